@@ -1,0 +1,130 @@
+"""Typed records that flow one way: CSV row -> request -> API image -> metadata row.
+
+They are frozen so that a value handed to a worker cannot change behind the engine's back,
+and they carry canonical forms (``16x9`` aspect ratios, ``1024x1024`` resolutions,
+upper-case enums) so that every endpoint-specific spelling lives in the client alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "LEGACY_MODELS",
+    "MODELS",
+    "STATUSES",
+    "GeneratedImage",
+    "GenerationRequest",
+    "GenerationResponse",
+    "RejectedRow",
+    "Status",
+]
+
+#: The model served by ``POST /v1/ideogram-v3/generate``.
+V3_MODEL = "V_3"
+#: Models served by the legacy ``POST /generate`` endpoint.
+LEGACY_MODELS = ("V_1", "V_1_TURBO", "V_2", "V_2_TURBO", "V_2A", "V_2A_TURBO")
+MODELS = (V3_MODEL, *LEGACY_MODELS)
+
+Status = Literal["stored", "unsafe", "rejected", "failed"]
+STATUSES: tuple[Status, ...] = ("stored", "unsafe", "rejected", "failed")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One valid CSV row, ready to send.
+
+    ``row`` is the 1-based CSV data row (the header is row 0), so an error message points at
+    the line a person sees in a spreadsheet, minus the header.
+    """
+
+    row: int
+    prompt: str
+    model: str = V3_MODEL
+    num_images: int = 1
+    negative_prompt: str | None = None
+    style_type: str | None = None
+    aspect_ratio: str | None = None  # canonical "16x9"
+    resolution: str | None = None  # canonical "1024x1024"
+    rendering_speed: str | None = None  # V_3 only
+    magic_prompt: str | None = None  # AUTO / ON / OFF
+    seed: int | None = None
+    tags: tuple[str, ...] = ()
+
+    @property
+    def is_legacy(self) -> bool:
+        return self.model in LEGACY_MODELS
+
+    def parameters(self) -> dict[str, Any]:
+        """The fields that determine what Ideogram generates (no row number, no tags)."""
+        data = asdict(self)
+        for key in ("row", "tags"):
+            data.pop(key)
+        return data
+
+    def request_hash(self) -> str:
+        """Canonical hash of the request: equal hashes mean the same paid work."""
+        canonical = json.dumps(self.parameters(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    """A CSV row that was never sent, with the field and the reason a person can act on."""
+
+    row: int
+    field: str
+    reason: str
+    prompt: str = ""
+    tags: tuple[str, ...] = ()
+
+    @property
+    def error(self) -> str:
+        return f"row {self.row}: field '{self.field}': {self.reason}"
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """One item of an API response's ``data`` list.
+
+    ``url`` is ``None`` whenever the API withheld the image, whether it sent null, an empty
+    string or no key at all.
+    """
+
+    prompt: str
+    resolution: str | None
+    is_image_safe: bool
+    seed: int | None
+    url: str | None
+    style_type: str | None = None
+
+    @classmethod
+    def from_api(cls, item: dict[str, Any]) -> GeneratedImage:
+        url = item.get("url") or None
+        return cls(
+            prompt=str(item.get("prompt") or ""),
+            resolution=item.get("resolution"),
+            is_image_safe=bool(item.get("is_image_safe", url is not None)),
+            seed=item.get("seed"),
+            url=url,
+            style_type=item.get("style_type"),
+        )
+
+
+@dataclass(frozen=True)
+class GenerationResponse:
+    """A successful generate call: when Ideogram says it ran, and what came back."""
+
+    created: str | None
+    images: tuple[GeneratedImage, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_api(cls, body: dict[str, Any]) -> GenerationResponse:
+        data = body.get("data") or []
+        return cls(
+            created=body.get("created"),
+            images=tuple(GeneratedImage.from_api(item) for item in data),
+        )

@@ -1,0 +1,34 @@
+"""Published per-image prices, so every record carries what it cost.
+
+Ideogram bills per output image, unsafe ones included; 422 and 429 are not billed.
+"""
+
+from __future__ import annotations
+
+__all__ = ["PRICE_PER_IMAGE_USD", "price_per_image"]
+
+#: USD per image for the legacy models.
+PRICE_PER_IMAGE_USD: dict[str, float] = {
+    "V_2": 0.08,
+    "V_2_TURBO": 0.05,
+    "V_2A": 0.04,
+    "V_2A_TURBO": 0.025,
+    "V_1": 0.06,
+    "V_1_TURBO": 0.02,
+}
+
+#: USD per image for Ideogram 3.0, by rendering speed (DEFAULT when unset).
+V3_PRICE_BY_SPEED_USD: dict[str, float] = {
+    "FLASH": 0.03,
+    "TURBO": 0.03,
+    "BALANCED": 0.06,
+    "DEFAULT": 0.06,
+    "QUALITY": 0.09,
+}
+
+
+def price_per_image(model: str, rendering_speed: str | None = None) -> float:
+    """Price of one image; BALANCED is unpublished and billed here like DEFAULT."""
+    if model == "V_3":
+        return V3_PRICE_BY_SPEED_USD[(rendering_speed or "DEFAULT").upper()]
+    return PRICE_PER_IMAGE_USD[model]

@@ -1,0 +1,116 @@
+"""A folder on local disk as an object store (the default root, ``./data``)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from ideogram_pipeline.storage.base import (
+    ObjectExists,
+    ObjectInfo,
+    StorageError,
+    StoragePreflightError,
+)
+
+__all__ = ["LocalStore"]
+
+
+class LocalStore:
+    """Objects are files under ``root``; writes go to a temporary file and are renamed in.
+
+    Rename is atomic on one filesystem, so a reader (DuckDB globbing ``*.parquet``) never sees
+    a half-written file: temporary files start with a dot and end in ``.tmp``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.path = Path(root).expanduser().resolve()
+        self.root = str(self.path)
+
+    def _path(self, key: str) -> Path:
+        path = (self.path / key).resolve()
+        if self.path not in path.parents:
+            raise StorageError(f"key {key!r} escapes the storage root")
+        return path
+
+    def uri(self, key: str) -> str:
+        return str(self.path / key)
+
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
+        create_only: bool = False,
+        cache_control: str | None = None,
+    ) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if create_only:
+                try:
+                    os.link(tmp_name, target)  # fails if the target exists: create-only
+                except FileExistsError:
+                    if target.read_bytes() != data:
+                        raise ObjectExists(f"{key} already exists with different bytes") from None
+            else:
+                os.replace(tmp_name, target)
+        finally:
+            if os.path.exists(tmp_name):
+                os.unlink(tmp_name)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"no object at {key}") from None
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            stat = self._path(key).stat()
+        except FileNotFoundError:
+            return None
+        return ObjectInfo(key=key, size=stat.st_size, last_modified=stat.st_mtime)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self.path / prefix
+        start = base if base.is_dir() else base.parent
+        if not start.exists():
+            return
+        for dirpath, _dirnames, filenames in os.walk(start):
+            for name in sorted(filenames):
+                if name.startswith(".") and name.endswith(".tmp"):
+                    continue
+                full = Path(dirpath) / name
+                key = full.relative_to(self.path).as_posix()
+                if key.startswith(prefix):
+                    stat = full.stat()
+                    yield ObjectInfo(key=key, size=stat.st_size, last_modified=stat.st_mtime)
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self._path(key).unlink()
+            except FileNotFoundError:
+                pass
+
+    def preflight(self) -> None:
+        probe = ".preflight/probe"
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.put_bytes(probe, b"ok")
+            if self.get_bytes(probe) != b"ok":
+                raise StoragePreflightError(f"storage root {self.root} did not read back a write")
+            self.delete([probe])
+        except OSError as exc:
+            raise StoragePreflightError(
+                f"storage root {self.root} is not writable: {exc.strerror or exc}"
+            ) from exc
