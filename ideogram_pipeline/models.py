@@ -120,6 +120,7 @@ class GenerationResponse:
 
     created: str | None
     images: tuple[GeneratedImage, ...] = field(default_factory=tuple)
+    attempts: int = 1
 
     @classmethod
     def from_api(cls, body: dict[str, Any]) -> GenerationResponse:

@@ -84,7 +84,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("IDEOGRAM_STORAGE=s3:// needs a bucket, e.g. s3://my-bucket/prefix")
     base_url = (env.get("IDEOGRAM_BASE_URL", "").strip() or DEFAULT_BASE_URL).rstrip("/")
     if not base_url.startswith(("http://", "https://")):
-        raise SettingsError(f"IDEOGRAM_BASE_URL must start with http:// or https://, got {base_url!r}")
+        raise SettingsError(
+            f"IDEOGRAM_BASE_URL must start with http:// or https://, got {base_url!r}"
+        )
     return Settings(
         api_key=env.get("IDEOGRAM_API_KEY", "").strip() or None,
         base_url=base_url,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -97,10 +98,8 @@ class LocalStore:
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self._path(key).unlink()
-            except FileNotFoundError:
-                pass
 
     def preflight(self) -> None:
         probe = ".preflight/probe"

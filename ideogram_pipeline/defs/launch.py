@@ -1,0 +1,65 @@
+"""Materialize one batch through Dagster from the command line.
+
+The run is recorded in the Dagster instance under ``DAGSTER_HOME`` (the CLI picks
+``./.dagster`` when it is unset), exactly as if launched from the UI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from ideogram_pipeline.defs.assets import batch_images
+from ideogram_pipeline.defs.partitions import batch_partitions
+from ideogram_pipeline.defs.resources import build_resources
+
+__all__ = ["LaunchResult", "materialize_batch"]
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    success: bool
+    run_id: str
+    metadata: dict[str, Any]
+    error: str | None
+
+
+def _plain(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+def materialize_batch(csv_path: Path, key: str) -> LaunchResult:
+    instance = dg.DagsterInstance.get()
+    if not instance.has_dynamic_partition(batch_partitions.name, key):
+        instance.add_dynamic_partitions(batch_partitions.name, [key])
+    result = dg.materialize(
+        [batch_images],
+        instance=instance,
+        partition_key=key,
+        resources=build_resources(),
+        run_config={
+            "ops": {"batch_images": {"config": {"csv_path": str(csv_path)}}},
+            "loggers": {"console": {"config": {"log_level": "INFO"}}},
+        },
+        raise_on_error=False,
+    )
+    metadata: dict[str, Any] = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.asset_materialization
+        if materialization is not None:
+            metadata = {k: _plain(v) for k, v in materialization.metadata.items()}
+    error = None
+    if not result.success:
+        for event in result.all_events:
+            if event.is_step_failure and event.step_failure_data is not None:
+                error_info = event.step_failure_data.error
+                error = error_info.message.strip() if error_info else "the batch step failed"
+                user_failure = event.step_failure_data.user_failure_data
+                if user_failure is not None:
+                    error = (user_failure.description or error).strip()
+                    metadata = {k: _plain(v) for k, v in user_failure.metadata.items()}
+        error = error or "the Dagster run failed"
+    return LaunchResult(result.success, result.run_id, metadata, error)

@@ -1,0 +1,24 @@
+"""One dynamic partition per CSV batch file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from ideogram_pipeline.keys import batch_key_for
+
+__all__ = ["batch_partitions", "csv_for_partition"]
+
+batch_partitions = dg.DynamicPartitionsDefinition(name="batches")
+
+
+def csv_for_partition(folder: Path, key: str) -> Path | None:
+    """The CSV in ``folder`` whose batch key is ``key`` (keys are escaped file stems)."""
+    direct = folder / f"{key}.csv"
+    if direct.is_file():
+        return direct
+    for path in sorted(folder.glob("*.csv")):
+        if batch_key_for(path.stem) == key:
+            return path
+    return None

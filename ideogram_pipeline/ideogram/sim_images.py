@@ -1,0 +1,163 @@
+"""Deterministic, realistic-sized PNGs for the simulator, produced in a few milliseconds.
+
+Why this shape: a pipeline test must move image-sized payloads (about 1 MB at 1024x1024,
+like Ideogram's PNGs) through download, checksum and storage, yet a test run renders
+thousands of them. Compressing 3 MB of pixels per image costs ~60 ms, so images are built
+from *bands* of 16 rows instead:
+
+* a small pool of bands per image width is generated (gradient plus noise, PNG ``Sub``
+  filter) and deflate-compressed once, each as a byte-aligned, non-final segment;
+* an image is one unique band derived from the SHA-256 of its inputs, followed by pool
+  bands chosen by a generator seeded with that digest;
+* the compressed segments are concatenated into one zlib stream (deflate allows this after
+  a sync flush), and the Adler-32 is combined from the bands' checksums.
+
+So equal inputs give byte-identical PNGs, different inputs give different PNGs (the unique
+band and the band order both follow the digest), and rendering costs little more than a
+CRC over the output. The result is a valid PNG: signature, IHDR, tEXt, IDAT, IEND, CRCs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import threading
+import zlib
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+
+__all__ = ["ImageKey", "pixel_size", "render_png"]
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+BAND_ROWS = 16
+POOL_SIZE = 32
+#: Two noise bits per channel: after the Sub filter about 1 MB per 1024x1024 image.
+NOISE_MASK = 0x03
+_POOL_SEED = 0x1DE06A4
+_ADLER_BASE = 65521
+_ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, "fastest" level hint; % 31 == 0
+_FINAL_EMPTY_BLOCK = b"\x03\x00"  # a final fixed-Huffman block holding only end-of-block
+
+
+@dataclass(frozen=True)
+class ImageKey:
+    """Everything that determines an image's bytes; equal keys give identical PNGs."""
+
+    model: str
+    prompt: str
+    seed: int
+    resolution: str
+    style_type: str | None = None
+    negative_prompt: str | None = None
+
+    def digest(self) -> bytes:
+        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).digest()
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """One band: its raw-deflate bytes (sync-flushed), Adler-32 and raw length."""
+
+    data: bytes
+    adler: int
+    length: int
+
+
+def pixel_size(resolution: str, scale: float = 1.0) -> tuple[int, int]:
+    """Pixel width and height for a ``WxH`` resolution shrunk by ``scale`` (at least 8 px)."""
+    width, height = (int(part) for part in resolution.lower().split("x"))
+    return max(8, round(width * scale)), max(8, round(height * scale))
+
+
+def _adler32_combine(adler1: int, adler2: int, length2: int) -> int:
+    """zlib's ``adler32_combine``: the checksum of A+B from those of A and B."""
+    rem = length2 % _ADLER_BASE
+    a1, b1 = adler1 & 0xFFFF, adler1 >> 16
+    a2, b2 = adler2 & 0xFFFF, adler2 >> 16
+    s1 = (a1 + a2 - 1) % _ADLER_BASE
+    s2 = (rem * a1 + b1 + b2 - rem) % _ADLER_BASE
+    return (s2 << 16) | s1
+
+
+def _band_rows(rng: np.random.Generator, width: int, rows: int, noise_mask: int) -> bytes:
+    """``rows`` filtered scanlines: a random diagonal gradient plus low-bit noise."""
+    start = rng.integers(0, 256, 3).astype(np.int32)
+    slope_x = rng.integers(-2, 3, 3).astype(np.int32)
+    slope_y = rng.integers(-3, 4, 3).astype(np.int32)
+    x = np.arange(width, dtype=np.int32)[None, :, None]
+    y = np.arange(rows, dtype=np.int32)[:, None, None]
+    pixels = start + (x * slope_x) // 4 + y * slope_y
+    noise = np.frombuffer(rng.bytes(rows * width * 3), dtype=np.uint8).reshape(rows, width, 3)
+    line = ((pixels & 0xFF).astype(np.uint8) + (noise & noise_mask)).reshape(rows, width * 3)
+    # PNG filter type 1 (Sub): each byte minus the byte one pixel to the left, modulo 256.
+    out = np.empty((rows, width * 3 + 1), dtype=np.uint8)
+    out[:, 0] = 1
+    out[:, 1:4] = line[:, :3]
+    out[:, 4:] = line[:, 3:] - line[:, :-3]
+    return out.tobytes()
+
+
+def _compress_segment(raw: bytes, level: int) -> _Segment:
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+    data = compressor.compress(raw) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    return _Segment(data=data, adler=zlib.adler32(raw), length=len(raw))
+
+
+_pool_lock = threading.Lock()
+
+
+@lru_cache(maxsize=16)
+def _pool(width: int) -> tuple[_Segment, ...]:
+    """The shared bands for one width, built once per process (about 30 ms at 1024 px)."""
+    with _pool_lock:
+        return tuple(
+            _compress_segment(
+                _band_rows(np.random.default_rng([_POOL_SEED, width, i]), width, BAND_ROWS, NOISE_MASK),
+                level=1,
+            )
+            for i in range(POOL_SIZE)
+        )
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    body = kind + data
+    return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+
+@lru_cache(maxsize=24)
+def render_png(key: ImageKey, width: int, height: int) -> bytes:
+    """The PNG for ``key`` at ``width`` x ``height`` pixels (RGB, 8 bit)."""
+    digest = key.digest()
+    rng = np.random.default_rng(np.frombuffer(digest, dtype=np.uint32))
+    segments: list[_Segment] = []
+    # The unique band carries the digest into the pixels; stronger noise makes it visible.
+    first_rows = min(BAND_ROWS, height)
+    segments.append(_compress_segment(_band_rows(rng, width, first_rows, 0x0F), level=1))
+    remaining = height - first_rows
+    pool = _pool(width)
+    full_bands, tail_rows = divmod(remaining, BAND_ROWS)
+    segments.extend(pool[int(i)] for i in rng.integers(0, POOL_SIZE, full_bands))
+    if tail_rows:
+        segments.append(_compress_segment(_band_rows(rng, width, tail_rows, NOISE_MASK), level=1))
+
+    adler = 1
+    for segment in segments:
+        adler = _adler32_combine(adler, segment.adler, segment.length)
+    stream = b"".join(
+        [_ZLIB_HEADER, *(s.data for s in segments), _FINAL_EMPTY_BLOCK, struct.pack(">I", adler)]
+    )
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    text = b"Software\x00ideogram-pipeline simulator " + digest.hex()[:16].encode("ascii")
+    return b"".join(
+        [
+            PNG_SIGNATURE,
+            _chunk(b"IHDR", header),
+            _chunk(b"tEXt", text),
+            _chunk(b"IDAT", stream),
+            _chunk(b"IEND", b""),
+        ]
+    )

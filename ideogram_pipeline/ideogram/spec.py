@@ -1,0 +1,242 @@
+"""Ideogram's request rules, read from the trimmed JSON Schema shipped with the package.
+
+Why a schema file and not hand-written checks: ``request_schemas.json`` is derived by
+``scripts/derive_request_schemas.py`` from Ideogram's published OpenAPI document, so field
+names, enums and bounds have one traceable source. CSV validation, the client and the bundled
+simulator all ask this module, and none of them can drift from the spec on its own.
+
+Beyond the schema, two documented cross-field rules are enforced (see
+:data:`CROSS_FIELD_RULES`), and unknown fields are reported by default: the real API may
+ignore a misspelt field silently, which is exactly the bug a test should catch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+__all__ = [
+    "CROSS_FIELD_RULES",
+    "NUM_IMAGES_MAX",
+    "NUM_IMAGES_MIN",
+    "SEED_MAX",
+    "SEED_MIN",
+    "coerce_multipart_fields",
+    "enum_values",
+    "schema_document",
+    "v3_fields",
+    "validate_legacy_request",
+    "validate_response",
+    "validate_v3_request",
+]
+
+SCHEMA_RESOURCE = "request_schemas.json"
+
+#: Pairs of fields the spec says cannot be combined, with the spec's wording as the reason.
+CROSS_FIELD_RULES: tuple[tuple[str, str, str], ...] = (
+    ("aspect_ratio", "resolution", "aspect_ratio cannot be used in conjunction with resolution"),
+    ("style_codes", "style_type", "style_codes cannot be used in conjunction with style_type"),
+)
+
+#: Enum values are listed in full up to this many; longer lists are cut in messages.
+_ENUM_LIST_LIMIT = 20
+
+
+@cache
+def schema_document() -> dict[str, Any]:
+    """The derived JSON Schema document (``$defs`` holds every schema by its spec name)."""
+    text = (
+        resources.files("ideogram_pipeline").joinpath("ideogram", SCHEMA_RESOURCE).read_text("utf-8")
+    )
+    document: dict[str, Any] = json.loads(text)
+    return document
+
+
+def _defs() -> dict[str, Any]:
+    defs: dict[str, Any] = schema_document()["$defs"]
+    return defs
+
+
+@cache
+def _validator(name: str) -> Draft202012Validator:
+    document = schema_document()
+    schema = {"$schema": document["$schema"], "$defs": document["$defs"], "$ref": f"#/$defs/{name}"}
+    return Draft202012Validator(schema)
+
+
+def _resolve(schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    while "$ref" in schema:
+        schema = _defs()[schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+def _enum_name(error: ValidationError) -> str | None:
+    """Name of the ``$defs`` enum an error came from, for a friendlier message."""
+    for name, definition in _defs().items():
+        if definition.get("enum") == error.validator_value:
+            return name
+    return None
+
+
+def _format_error(error: ValidationError) -> str:
+    where = ".".join(str(part) for part in error.absolute_path) or "body"
+    if error.validator == "enum":
+        allowed = [str(value) for value in error.validator_value]
+        shown = ", ".join(allowed[:_ENUM_LIST_LIMIT])
+        if len(allowed) > _ENUM_LIST_LIMIT:
+            shown += f", ... ({len(allowed)} values)"
+        enum = _enum_name(error)
+        kind = f"a valid {enum}" if enum else "an allowed value"
+        return f"{where}: {error.instance!r} is not {kind} (one of {shown})"
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        # "is not valid under any of the given schemas" names no field; the closest
+        # alternative's own error does (e.g. color_palette.name: 'X' is not ...): the
+        # deepest error belongs to the alternative the caller most likely meant.
+        deepest = max(error.context, key=lambda e: len(e.absolute_path))
+        return _format_error(deepest)
+    return f"{where}: {error.message}"
+
+
+def _schema_errors(name: str, body: Any) -> list[str]:
+    errors = sorted(_validator(name).iter_errors(body), key=lambda e: list(map(str, e.path)))
+    return [_format_error(error) for error in errors]
+
+
+def _unknown_fields(body: Mapping[str, Any], schema_name: str, prefix: str = "") -> list[str]:
+    known = _resolve(_defs()[schema_name]).get("properties", {})
+    return [
+        f"{prefix}{field}: unknown field (not in {schema_name})"
+        for field in sorted(body)
+        if field not in known
+    ]
+
+
+def _cross_field_errors(body: Mapping[str, Any], prefix: str = "") -> list[str]:
+    return [
+        f"{prefix}{first}+{second}: {reason}"
+        for first, second, reason in CROSS_FIELD_RULES
+        if body.get(first) is not None and body.get(second) is not None
+    ]
+
+
+def validate_v3_request(body: Any, *, allow_unknown: bool = False) -> list[str]:
+    """Errors for a ``POST /v1/ideogram-v3/generate`` body; an empty list means valid.
+
+    Each error starts with the field path, so callers can name the field to a user.
+    """
+    errors = _schema_errors("GenerateImageRequestV3", body)
+    if isinstance(body, Mapping):
+        if not allow_unknown:
+            errors += _unknown_fields(body, "GenerateImageRequestV3")
+        errors += _cross_field_errors(body)
+    return errors
+
+
+def validate_legacy_request(body: Any, *, allow_unknown: bool = False) -> list[str]:
+    """Errors for a legacy ``POST /generate`` body, i.e. ``{"image_request": {...}}``."""
+    errors = _schema_errors("GenerateImageRequest", body)
+    if isinstance(body, Mapping):
+        if not allow_unknown:
+            errors += _unknown_fields(body, "GenerateImageRequest")
+        inner = body.get("image_request")
+        if isinstance(inner, Mapping):
+            if not allow_unknown:
+                errors += _unknown_fields(inner, "ImageRequest", prefix="image_request.")
+            errors += _cross_field_errors(inner, prefix="image_request.")
+    return errors
+
+
+def validate_response(body: Any, *, legacy: bool = False) -> list[str]:
+    """Errors for a 200 generate response against the spec's response schema."""
+    return _schema_errors("GenerateImageResponse" if legacy else "ImageGenerationResponseV3", body)
+
+
+def enum_values(name: str) -> tuple[str, ...]:
+    """The allowed values of a spec enum, e.g. ``enum_values("AspectRatioV3")``."""
+    definition = _defs().get(name)
+    if definition is None or "enum" not in definition:
+        known = sorted(n for n, d in _defs().items() if "enum" in d)
+        raise ValueError(f"{name!r} is not an enum in the spec; known enums: {', '.join(known)}")
+    return tuple(definition["enum"])
+
+
+def v3_fields() -> tuple[str, ...]:
+    """Field names ``GenerateImageRequestV3`` declares, in the spec's order."""
+    return tuple(_defs()["GenerateImageRequestV3"]["properties"])
+
+
+def _property_bound(schema: str, field: str, bound: str) -> int:
+    value = _defs()[schema]["properties"][field][bound]
+    return int(value)
+
+
+#: Seed bounds the spec declares (the same for both endpoints).
+SEED_MIN = _property_bound("GenerateImageRequestV3", "seed", "minimum")
+SEED_MAX = _property_bound("GenerateImageRequestV3", "seed", "maximum")
+#: ``num_images`` bounds the spec declares.
+NUM_IMAGES_MIN = _property_bound("GenerateImageRequestV3", "num_images", "minimum")
+NUM_IMAGES_MAX = _property_bound("GenerateImageRequestV3", "num_images", "maximum")
+
+
+def _declared_kind(schema: Mapping[str, Any]) -> str:
+    """``integer``, ``number``, ``boolean``, ``array``, ``json`` (objects) or ``string``."""
+    schema = _resolve(schema)
+    declared = schema.get("type")
+    if isinstance(declared, list):
+        declared = next((t for t in declared if t != "null"), None)
+    if declared in ("integer", "number", "boolean", "array", "string"):
+        return str(declared)
+    if declared == "object" or any(k in schema for k in ("oneOf", "anyOf", "properties")):
+        return "json"
+    return "string"
+
+
+def _coerce_scalar(value: str, kind: str) -> Any:
+    """Convert one form value; leave it a string when it does not parse, so the validator
+    reports the type error with the field's name instead of this function guessing."""
+    text = value.strip()
+    try:
+        if kind == "integer":
+            return int(text)
+        if kind == "number":
+            return float(text)
+        if kind == "json":
+            return json.loads(text)
+    except ValueError:
+        return value
+    if kind == "boolean" and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return value
+
+
+def coerce_multipart_fields(form: Mapping[str, str | list[str]]) -> dict[str, Any]:
+    """Turn multipart/form-data strings into the types the V3 schema declares.
+
+    Multipart carries only strings: ``seed=42`` arrives as ``"42"``, ``style_codes`` as
+    repeated parts, ``color_palette`` as a JSON part. Converting by the schema's declared
+    types lets a multipart body be validated exactly like a JSON one. Unknown fields pass
+    through unchanged (the validator reports them); a repeated scalar field stays a list,
+    so it fails validation instead of one value being picked silently.
+    """
+    properties = _defs()["GenerateImageRequestV3"]["properties"]
+    result: dict[str, Any] = {}
+    for field, raw in form.items():
+        values = raw if isinstance(raw, list) else [raw]
+        if field not in properties:
+            result[field] = raw
+            continue
+        kind = _declared_kind(properties[field])
+        if kind == "array":
+            item_kind = _declared_kind(_resolve(properties[field]).get("items", {}))
+            result[field] = [_coerce_scalar(v, item_kind) for v in values]
+        elif len(values) == 1:
+            result[field] = _coerce_scalar(values[0], kind)
+        else:
+            result[field] = [_coerce_scalar(v, kind) for v in values]
+    return result

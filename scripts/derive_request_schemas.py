@@ -1,0 +1,180 @@
+"""Derive the trimmed JSON Schema of Ideogram's generate requests from the published OpenAPI.
+
+Why: a user's clone has no ``../shared/reference/``, yet the project needs the spec's facts
+(field names, enums, bounds) at run time and in tests. This script copies just the schemas
+the pipeline sends or receives into ``ideogram_pipeline/ideogram/request_schemas.json``,
+rewritten as a self-contained JSON Schema (draft 2020-12, ``$defs``), so the facts stay
+traceable to the spec (its title, version and sha256 are recorded) and refreshable by
+running this script again:
+
+    .venv/bin/python scripts/derive_request_schemas.py [OPENAPI_JSON] [--out PATH]
+
+Rewrites: ``#/components/schemas/X`` -> ``#/$defs/X``; OpenAPI ``nullable: true`` -> a type
+union with ``"null"``; ``format: binary`` (multipart uploads) -> a plain string; descriptions,
+examples, titles and vendor extensions dropped. The output is deterministic (sorted keys), so
+a test can compare it byte for byte with a fresh derivation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SOURCE = PROJECT_ROOT.parent / "shared" / "reference" / "ideogram-openapi.json"
+DEFAULT_OUT = PROJECT_ROOT / "ideogram_pipeline" / "ideogram" / "request_schemas.json"
+
+#: Schemas the pipeline needs; everything they reference is copied too.
+ROOTS = (
+    "GenerateImageRequestV3",
+    "GenerateImageRequest",
+    "ImageRequest",
+    # Response shapes, so the simulator (and its tests) can prove it answers like the spec.
+    "ImageGenerationResponseV3",
+    "GenerateImageResponse",
+    "GenerateImageSafetyError",
+)
+
+#: Keywords that carry validation meaning; everything else (description, example, ...) goes.
+KEPT_KEYWORDS = frozenset(
+    {
+        "type",
+        "enum",
+        "const",
+        "default",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "format",
+        "required",
+        "items",
+        "minItems",
+        "maxItems",
+        "uniqueItems",
+        "properties",
+        "additionalProperties",
+        "oneOf",
+        "anyOf",
+        "allOf",
+        "not",
+        "$ref",
+    }
+)
+
+#: Formats that mean nothing to a JSON validator (multipart file parts).
+DROPPED_FORMATS = frozenset({"binary", "byte"})
+
+_COMPONENT_PREFIX = "#/components/schemas/"
+
+
+def _ref_name(ref: str) -> str:
+    if not ref.startswith(_COMPONENT_PREFIX):
+        raise ValueError(f"unsupported $ref {ref!r}: only {_COMPONENT_PREFIX}* is resolved")
+    return ref[len(_COMPONENT_PREFIX) :]
+
+
+def _convert(schema: dict[str, Any], found: set[str]) -> dict[str, Any]:
+    """Trim one OpenAPI schema object into JSON Schema, collecting referenced names."""
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key not in KEPT_KEYWORDS:
+            continue
+        if key == "$ref":
+            name = _ref_name(value)
+            found.add(name)
+            out[key] = f"#/$defs/{name}"
+        elif key == "properties":
+            out[key] = {prop: _convert(sub, found) for prop, sub in value.items()}
+        elif key in ("items", "not") or (key == "additionalProperties" and isinstance(value, dict)):
+            out[key] = _convert(value, found)
+        elif key in ("oneOf", "anyOf", "allOf"):
+            out[key] = [_convert(sub, found) for sub in value]
+        elif key == "format" and value in DROPPED_FORMATS:
+            continue
+        else:
+            out[key] = value
+    if schema.get("nullable") is True:
+        out = _make_nullable(out)
+    return out
+
+
+def _make_nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI 3.0 ``nullable: true`` as JSON Schema: add ``null`` to the allowed types."""
+    if "$ref" in schema or "type" not in schema:
+        return {"anyOf": [schema, {"type": "null"}]}
+    types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    out = dict(schema)
+    out["type"] = [*types, "null"] if "null" not in types else types
+    if "enum" in out and None not in out["enum"]:
+        out["enum"] = [*out["enum"], None]
+    return out
+
+
+def derive(openapi: dict[str, Any], source_sha256: str | None = None) -> dict[str, Any]:
+    """Return the trimmed, self-contained JSON Schema document for :data:`ROOTS`."""
+    components = openapi["components"]["schemas"]
+    defs: dict[str, Any] = {}
+    pending = list(ROOTS)
+    while pending:
+        name = pending.pop()
+        if name in defs:
+            continue
+        if name not in components:
+            raise KeyError(f"schema {name!r} not found in the OpenAPI document")
+        found: set[str] = set()
+        defs[name] = _convert(components[name], found)
+        pending.extend(sorted(found - defs.keys()))
+    info = openapi.get("info", {})
+    source: dict[str, Any] = {
+        "document": "ideogram-openapi.json",
+        "title": info.get("title"),
+        "version": info.get("version"),
+        "roots": list(ROOTS),
+    }
+    if source_sha256:
+        source["sha256"] = source_sha256
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$comment": "Generated by scripts/derive_request_schemas.py; do not edit by hand.",
+        "x-derived-from": source,
+        "$defs": dict(sorted(defs.items())),
+    }
+
+
+def render(document: dict[str, Any]) -> str:
+    """Serialise deterministically (sorted keys, two-space indent, trailing newline)."""
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def derive_file(source: Path) -> str:
+    """Read an OpenAPI JSON file and return the rendered trimmed schema text."""
+    raw = source.read_bytes()
+    return render(derive(json.loads(raw), hashlib.sha256(raw).hexdigest()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", nargs="?", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    if not args.source.is_file():
+        print(f"error: OpenAPI file not found: {args.source}", file=sys.stderr)
+        return 1
+    text = derive_file(args.source)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    count = len(json.loads(text)["$defs"])
+    print(f"wrote {args.out} ({count} schemas, {len(text)} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
