@@ -165,7 +165,8 @@ def parse_batch(data: bytes, *, source: str = "<bytes>", key: str = "batch") -> 
     header, body = _split_header(text, source)
     columns = _column_index(header, source)
     if "prompt" not in columns:
-        found = ", ".join(name for name in columns) or "none"
+        # repr() exposes invisible characters such as a zero-width space in "prompt\u200b".
+        found = ", ".join(n if n.isprintable() else repr(n) for n in columns) or "none"
         raise BatchFileError(f"{source}: no 'prompt' column (columns found: {found})")
     rows: list[GenerationRequest | RejectedRow] = []
     for number, record in enumerate(body, start=1):
@@ -173,7 +174,7 @@ def parse_batch(data: bytes, *, source: str = "<bytes>", key: str = "batch") -> 
             continue
         rows.append(_parse_row(number, record, columns, len(header)))
     if not rows:
-        raise BatchFileError(f"{source}: has a header but no data rows")
+        raise BatchFileError(f"{source}: has no data rows (only a header)")
     is_ui = any(marker in columns for marker in _UI_MARKERS)
     return Batch(
         key=key,
@@ -397,7 +398,9 @@ def _parse_model(raw: str) -> str:
     version, turbo = match.groups()
     if version == "3":
         if turbo:
-            raise _Reject("model", "V_3 has no TURBO model; set rendering_speed TURBO instead")
+            raise _Reject(
+                "model", "V_3 has no TURBO model; set rendering_speed (UI: rendering) to TURBO"
+            )
         return V3_MODEL
     return f"V_{version}_TURBO" if turbo else f"V_{version}"
 
@@ -430,7 +433,9 @@ def _parse_ui_rendering(raw: str, model: str) -> tuple[str, str | None]:
         return (model if model.endswith("_TURBO") else f"{model}_TURBO"), None
     if value in ("DEFAULT", "QUALITY"):
         return model, None
-    raise _Reject("rendering", f"{_show(raw)} is only for 3.0; {model} takes default or turbo")
+    raise _Reject(
+        "rendering", f"{_show(raw)} is only for 3.0; {model} takes default, quality or turbo"
+    )
 
 
 def _parse_int(field: str, raw: str, low: int, high: int) -> int | None:

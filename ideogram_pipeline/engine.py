@@ -354,6 +354,18 @@ async def run_batch(
             run._row_done()
         elif isinstance(row, RejectedRow):
             await run.reject(row)
+        elif row.num_images > client.limiter.max_images:
+            # Ideogram answers 429 forever to a request larger than the account's limit.
+            await run.reject(
+                RejectedRow(
+                    row.row,
+                    "num_images",
+                    f"{row.num_images} exceeds the account's in-flight limit "
+                    f"(IDEOGRAM_MAX_INFLIGHT={client.limiter.max_images})",
+                    row.prompt,
+                    row.tags,
+                )
+            )
         else:
             tasks.append(asyncio.create_task(run.generate(row)))
     try:

@@ -12,6 +12,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ideogram_pipeline import history
 from ideogram_pipeline.batches import Batch, load_batch
@@ -19,6 +20,9 @@ from ideogram_pipeline.engine import BatchSummary, ProgressCallback, run_batch
 from ideogram_pipeline.ideogram.client import IdeogramClient
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore, open_store
+
+if TYPE_CHECKING:
+    from ideogram_pipeline.ideogram.simulator import SimulatorConfig
 
 __all__ = ["ApiEndpoint", "api_endpoint", "execute_batch", "simulator_config_from_env"]
 
@@ -36,7 +40,7 @@ class ApiEndpoint:
         return f"ApiEndpoint(base_url={self.base_url!r}, simulated={self.simulated})"
 
 
-def simulator_config_from_env(settings: Settings) -> object:
+def simulator_config_from_env(settings: Settings) -> SimulatorConfig:
     """The embedded simulator's switches; ``IDEOGRAM_SIMULATOR_*`` variables tune them."""
     from ideogram_pipeline.ideogram.simulator import SimulatorConfig
 
@@ -53,7 +57,7 @@ def api_endpoint(settings: Settings) -> Iterator[ApiEndpoint]:
         return
     from ideogram_pipeline.ideogram.simulator import running_simulator
 
-    with running_simulator(simulator_config_from_env(settings)) as simulator:  # type: ignore[arg-type]
+    with running_simulator(simulator_config_from_env(settings)) as simulator:
         yield ApiEndpoint(simulator.base_url, simulator.api_key, simulated=True)
 
 

@@ -1,9 +1,8 @@
 """The batch asset: one partition per CSV file, one op per batch."""
 
-from __future__ import annotations
-
 import time
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -37,7 +36,7 @@ def _first_rows_markdown(summary: BatchSummary) -> str:
     return "\n".join(lines)
 
 
-def summary_metadata(summary: BatchSummary) -> dict[str, dg.RawMetadataValue]:
+def summary_metadata(summary: BatchSummary) -> dict[str, Any]:
     """What a person wants to see in the UI after a batch."""
     return {
         "mode": "SIMULATED (bundled simulator)" if summary.simulated else "Ideogram API",

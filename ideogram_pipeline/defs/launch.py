@@ -48,9 +48,7 @@ def materialize_batch(csv_path: Path, key: str) -> LaunchResult:
     )
     metadata: dict[str, Any] = {}
     for event in result.get_asset_materialization_events():
-        materialization = event.asset_materialization
-        if materialization is not None:
-            metadata = {k: _plain(v) for k, v in materialization.metadata.items()}
+        metadata = {k: _plain(v) for k, v in event.materialization.metadata.items()}
     error = None
     if not result.success:
         for event in result.all_events:

@@ -44,7 +44,11 @@ _FINAL_EMPTY_BLOCK = b"\x03\x00"  # a final fixed-Huffman block holding only end
 
 @dataclass(frozen=True)
 class ImageKey:
-    """Everything that determines an image's bytes; equal keys give identical PNGs."""
+    """Everything that determines an image's bytes; equal keys give identical PNGs.
+
+    ``index`` is the image's position in its response: the images of one request share a
+    seed but are different pictures, as at Ideogram.
+    """
 
     model: str
     prompt: str
@@ -52,6 +56,7 @@ class ImageKey:
     resolution: str
     style_type: str | None = None
     negative_prompt: str | None = None
+    index: int = 0
 
     def digest(self) -> bytes:
         canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -116,7 +121,9 @@ def _pool(width: int) -> tuple[_Segment, ...]:
     with _pool_lock:
         return tuple(
             _compress_segment(
-                _band_rows(np.random.default_rng([_POOL_SEED, width, i]), width, BAND_ROWS, NOISE_MASK),
+                _band_rows(
+                    np.random.default_rng([_POOL_SEED, width, i]), width, BAND_ROWS, NOISE_MASK
+                ),
                 level=1,
             )
             for i in range(POOL_SIZE)

@@ -184,7 +184,9 @@ class SimulatorStats:
         with self._lock:
             return {
                 "requests_total": self.requests_total,
-                "requests_by_status": {str(k): v for k, v in sorted(self.requests_by_status.items())},
+                "requests_by_status": {
+                    str(k): v for k, v in sorted(self.requests_by_status.items())
+                },
                 "invalid_requests": list(self.invalid_requests),
                 "billed_requests": self.billed_requests,
                 "billed_images": self.billed_images,

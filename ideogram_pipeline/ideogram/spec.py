@@ -52,7 +52,9 @@ _ENUM_LIST_LIMIT = 20
 def schema_document() -> dict[str, Any]:
     """The derived JSON Schema document (``$defs`` holds every schema by its spec name)."""
     text = (
-        resources.files("ideogram_pipeline").joinpath("ideogram", SCHEMA_RESOURCE).read_text("utf-8")
+        resources.files("ideogram_pipeline")
+        .joinpath("ideogram", SCHEMA_RESOURCE)
+        .read_text("utf-8")
     )
     document: dict[str, Any] = json.loads(text)
     return document

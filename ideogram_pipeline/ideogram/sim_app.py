@@ -1,0 +1,400 @@
+"""The simulator's HTTP side: request parsing, the generate and download handlers, the app.
+
+Public behaviour (endpoints, triggers, billing) is described in
+:mod:`ideogram_pipeline.ideogram.simulator`; this module is its implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import math
+import random
+import time
+from datetime import UTC, datetime
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ideogram_pipeline.ideogram import spec
+from ideogram_pipeline.ideogram.sim_images import ImageKey, pixel_size, render_png
+from ideogram_pipeline.ideogram.sim_state import (
+    SimulatorConfig,
+    SimulatorStats,
+    Triggers,
+)
+from ideogram_pipeline.pricing import price_per_image
+
+__all__ = ["ASPECT_RESOLUTIONS", "DEFAULT_RESOLUTION", "build_app", "magic_prompt"]
+
+logger = logging.getLogger(__name__)
+
+#: Nominal resolution per aspect ratio (all values are ResolutionV3 members).
+ASPECT_RESOLUTIONS = {
+    "1x1": "1024x1024",
+    "16x9": "1312x736",
+    "9x16": "736x1312",
+    "4x3": "1152x864",
+    "3x4": "864x1152",
+    "3x2": "1248x832",
+    "2x3": "832x1248",
+    "16x10": "1280x800",
+    "10x16": "800x1280",
+    "4x5": "896x1120",
+    "5x4": "1120x896",
+    "2x1": "1408x704",
+    "1x2": "704x1408",
+    "3x1": "1536x512",
+    "1x3": "512x1536",
+}
+DEFAULT_RESOLUTION = "1024x1024"
+_AUTO_STYLES = ("GENERAL", "REALISTIC", "DESIGN", "FICTION")
+_EXPANSIONS = (
+    "cinematic lighting, rich detail, balanced composition, soft depth of field",
+    "vivid colours, crisp focus, dramatic perspective, high dynamic range",
+    "muted palette, gentle morning light, fine textures, editorial photography",
+    "bold graphic shapes, clean lines, studio lighting, striking contrast",
+)
+_STATUS_ERRORS = {
+    402: "Insufficient credits to complete the request.",
+    422: "Prompt provided failed safety check due to the inclusion of prohibited content.",
+    429: "Too many requests in flight for this organization.",
+    500: "Internal server error.",
+    502: "Bad gateway.",
+    503: "Service temporarily unavailable.",
+    504: "Gateway timeout.",
+}
+_MAX_REMEMBERED_IMAGES = 100_000
+_ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _hash_text(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big")
+
+
+def magic_prompt(prompt: str, option: str | None) -> str:
+    """The prompt Ideogram reports back: expanded for ON, and for short prompts on AUTO."""
+    mode = (option or "AUTO").upper()
+    if mode == "OFF" or (mode == "AUTO" and len(prompt.split()) >= 12):
+        return prompt
+    return f"{prompt.rstrip(' .')}. {_EXPANSIONS[_hash_text(prompt) % len(_EXPANSIONS)]}"
+
+
+def _parse_multipart(body: bytes, content_type: str) -> dict[str, str | list[str]]:
+    """Form fields of a multipart body (stdlib parser, so no python-multipart dependency).
+
+    File parts (style reference images) become a short placeholder string: the simulator
+    only needs to know they were sent.
+    """
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
+    message = BytesParser(policy=HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise ValueError("malformed multipart/form-data body")
+    form: dict[str, str | list[str]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            raise ValueError("multipart part without a name")
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        filename = part.get_filename()
+        value = f"<file {filename} {len(data)} bytes>" if filename else data.decode("utf-8")
+        previous = form.get(name)
+        if previous is None:
+            form[name] = value
+        else:
+            form[name] = [*(previous if isinstance(previous, list) else [previous]), value]
+    return form
+
+
+async def _read_v3_body(request: Request) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "")
+    body = await request.body()
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json":
+        return json.loads(body)  # type: ignore[no-any-return]
+    if media == "multipart/form-data":
+        return spec.coerce_multipart_fields(_parse_multipart(body, content_type))
+    if media == "application/x-www-form-urlencoded":
+        fields = parse_qs(body.decode("utf-8"), keep_blank_values=True)
+        form = {k: v[0] if len(v) == 1 else v for k, v in fields.items()}
+        return spec.coerce_multipart_fields(form)
+    raise ValueError(
+        f"unsupported Content-Type {media or '(none)'!r}: send multipart/form-data or "
+        "application/json"
+    )
+
+
+class _SimulatedApi:
+    """Request handling state: one instance per running app, used from its event loop only
+    (apart from ``stats``, which is locked)."""
+
+    def __init__(self, config: SimulatorConfig, stats: SimulatorStats) -> None:
+        self.config = config
+        self.stats = stats
+        self.rng = random.Random(config.random_seed)
+        secret = config.url_secret or f"ideogram-simulator-{config.random_seed}"
+        self.secret = secret.encode("utf-8")
+        self.images: dict[str, tuple[ImageKey, int, bool]] = {}  # id -> key, expiry, corrupt
+        self.attempts: dict[str, int] = {}
+        self.unsafe_counter = 0
+
+    # -- generate ---------------------------------------------------------------------------
+
+    async def generate_v3(self, request: Request) -> Response:
+        if (denied := self._check_key(request)) is not None:
+            return denied
+        try:
+            body = await _read_v3_body(request)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return self._invalid(f"body: could not parse the request: {exc}")
+        errors = spec.validate_v3_request(body)
+        if errors:
+            return self._invalid("; ".join(errors))
+        return await self._generate(request, body, "V_3", body, legacy=False)
+
+    async def generate_legacy(self, request: Request) -> Response:
+        if (denied := self._check_key(request)) is not None:
+            return denied
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as exc:
+            return self._invalid(f"body: not valid JSON: {exc}")
+        errors = spec.validate_legacy_request(body)
+        if errors:
+            return self._invalid("; ".join(errors))
+        inner = body["image_request"]
+        model = inner.get("model", "V_2")
+        if model in ("V_3", "AUTO"):
+            return self._invalid(
+                f"image_request.model: {model} is not served by POST /generate; "
+                "use POST /v1/ideogram-v3/generate"
+            )
+        return await self._generate(request, inner, model, body, legacy=True)
+
+    def _check_key(self, request: Request) -> Response | None:
+        sent = request.headers.get("api-key", "")
+        if sent and hmac.compare_digest(sent.encode(), self.config.api_key.encode()):
+            return None
+        self.stats.record_response(401)
+        return _error(401, "Missing or invalid Api-Key header." if sent else "Missing Api-Key.")
+
+    def _invalid(self, message: str) -> Response:
+        logger.debug("simulator: 400 %s", message)
+        self.stats.record_response(400, message)
+        return _error(400, message)
+
+    async def _generate(
+        self, request: Request, fields: dict[str, Any], model: str, body: Any, legacy: bool
+    ) -> Response:
+        prompt: str = fields["prompt"]
+        num_images = int(fields.get("num_images", 1))
+        triggers = Triggers.from_prompt(prompt)
+        attempt = self.attempts[prompt] = self.attempts.get(prompt, 0) + 1
+        # Draw every random choice up front, in a fixed order, so triggers do not shift them.
+        server_error = self.rng.random() < self.config.server_error_rate
+        server_status = self.rng.choice((500, 503))
+        safety_reject = self.rng.random() < self.config.safety_reject_rate
+        scripted = triggers.failure_for_attempt(attempt)
+
+        if scripted == 429 or not self.stats.try_acquire(num_images, self.config.max_inflight):
+            self.stats.record_response(429)
+            return _error(
+                429,
+                _STATUS_ERRORS[429],
+                reject_reason="inflight_limit",
+                max_inflight_requests=self.config.max_inflight,
+                task_completion_speed="fast",
+            )
+        try:
+            delay = self.config.latency_s + (self.config.slow_latency_s if triggers.slow else 0)
+            if delay:
+                await asyncio.sleep(delay)
+            status = (
+                scripted
+                or (422 if triggers.safety_reject or safety_reject else None)
+                or (server_status if server_error else None)
+            )
+            if status is not None:
+                self.stats.record_response(status)
+                return _error(status, _STATUS_ERRORS[status])
+            payload = self._success(request, fields, model, num_images, triggers, legacy)
+        finally:
+            self.stats.release(num_images)
+        self.stats.record_response(200)
+        self._bill(fields, model, payload, body)
+        return JSONResponse(payload)
+
+    def _success(
+        self,
+        request: Request,
+        fields: dict[str, Any],
+        model: str,
+        num_images: int,
+        triggers: Triggers,
+        legacy: bool,
+    ) -> dict[str, Any]:
+        prompt: str = fields["prompt"]
+        seed = fields.get("seed")
+        if seed is None:
+            seed = self.rng.randrange(0, spec.SEED_MAX + 1)
+        resolution = _resolution(fields, legacy)
+        style_type = fields.get("style_type") or "GENERAL"
+        if style_type == "AUTO":
+            style_type = _AUTO_STYLES[_hash_text(prompt) % len(_AUTO_STYLES)]
+        shown_prompt = magic_prompt(
+            prompt, fields.get("magic_prompt_option" if legacy else "magic_prompt")
+        )
+        base_url = str(request.base_url).rstrip("/")
+        # Whole seconds, rounded up, so a URL is never valid for less than url_ttl_s.
+        now = time.time()
+        expires = (
+            math.floor(now) - 1 if triggers.expired else math.ceil(now + self.config.url_ttl_s)
+        )
+        if len(self.images) > _MAX_REMEMBERED_IMAGES:
+            self._forget_expired(now)
+        data = []
+        for index in range(num_images):
+            draw = self.rng.random()  # drawn even when a trigger decides, to keep the sequence
+            unsafe = triggers.unsafe or draw < self.config.unsafe_rate
+            image_id = self._new_id()
+            item: dict[str, Any] = {
+                "prompt": shown_prompt,
+                "resolution": resolution,
+                "is_image_safe": not unsafe,
+                "seed": seed,
+                "style_type": style_type,
+            }
+            if unsafe:
+                form = self.unsafe_counter % 3
+                self.unsafe_counter += 1
+                if form < 2:
+                    item["url"] = None if form == 0 else ""
+            else:
+                key = ImageKey(
+                    model=model,
+                    prompt=shown_prompt,
+                    seed=seed,
+                    resolution=resolution,
+                    style_type=style_type,
+                    negative_prompt=fields.get("negative_prompt"),
+                    index=index,
+                )
+                self.images[image_id] = (key, expires, triggers.corrupt)
+                item["url"] = self._signed_url(base_url, image_id, expires)
+            data.append(item)
+        return {"created": datetime.now(UTC).isoformat(timespec="seconds"), "data": data}
+
+    def _forget_expired(self, now: float) -> None:
+        """Bound memory in a long-running simulator: expired links can never be served."""
+        for image_id in [i for i, (_, exp, _) in self.images.items() if exp < now]:
+            del self.images[image_id]
+
+    def _bill(self, fields: dict[str, Any], model: str, payload: dict[str, Any], body: Any) -> None:
+        images = payload["data"]
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+        price = price_per_image(model, fields.get("rendering_speed"))
+        self.stats.record_billing(
+            prompt=fields["prompt"],
+            seed=images[0]["seed"],
+            images=len(images),
+            unsafe=sum(1 for item in images if not item["is_image_safe"]),
+            body_hash=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
+            usd=price * len(images),
+        )
+
+    def _new_id(self) -> str:
+        value = self.rng.getrandbits(128)
+        chars = []
+        for _ in range(22):
+            value, index = divmod(value, len(_ID_ALPHABET))
+            chars.append(_ID_ALPHABET[index])
+        return "".join(chars)
+
+    # -- download ---------------------------------------------------------------------------
+
+    def _signature(self, image_id: str, expires: int) -> str:
+        message = f"{image_id}.{expires}".encode()
+        return hmac.new(self.secret, message, hashlib.sha256).hexdigest()
+
+    def _signed_url(self, base_url: str, image_id: str, expires: int) -> str:
+        sig = self._signature(image_id, expires)
+        return f"{base_url}/api/images/ephemeral/{image_id}.png?exp={expires}&sig={sig}"
+
+    async def download(self, request: Request) -> Response:
+        if self.config.download_latency_s:
+            await asyncio.sleep(self.config.download_latency_s)
+        image_id = request.path_params["image_id"]
+        exp, sig = request.query_params.get("exp", ""), request.query_params.get("sig", "")
+        valid_exp = exp.isascii() and exp.isdigit()
+        expected = self._signature(image_id, int(exp)) if valid_exp else ""
+        if not valid_exp or not hmac.compare_digest(sig.encode(), expected.encode()):
+            self.stats.record_download(403)
+            return _error(403, "Invalid signature.")
+        if int(exp) < time.time():
+            self.stats.record_download(403)
+            return _error(403, "URL expired.")
+        entry = self.images.get(image_id)
+        if entry is None:
+            self.stats.record_download(404)
+            return _error(404, "Image not found.")
+        key, expires, corrupt = entry
+        width, height = pixel_size(key.resolution, self.config.image_scale)
+        data = render_png(key, width, height)
+        if corrupt:
+            self.images[image_id] = (key, expires, False)
+            data = data[: len(data) // 2]
+        self.stats.record_download(200, corrupt=corrupt)
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private"})
+
+    # -- introspection ----------------------------------------------------------------------
+
+    async def stats_endpoint(self, request: Request) -> Response:
+        return JSONResponse(self.stats.snapshot())
+
+    async def reset_endpoint(self, request: Request) -> Response:
+        self.stats.reset()
+        return JSONResponse({"reset": True})
+
+
+def _resolution(fields: dict[str, Any], legacy: bool) -> str:
+    """Nominal ``WxH`` from ``resolution`` or ``aspect_ratio`` (either endpoint's spelling)."""
+    resolution = fields.get("resolution")
+    if resolution:
+        return str(resolution).removeprefix("RESOLUTION_").replace("_", "x")
+    aspect = fields.get("aspect_ratio")
+    if aspect:
+        return ASPECT_RESOLUTIONS[str(aspect).removeprefix("ASPECT_").replace("_", "x")]
+    return DEFAULT_RESOLUTION
+
+
+def build_app(
+    config: SimulatorConfig | None = None, stats: SimulatorStats | None = None
+) -> Starlette:
+    """The simulator as an ASGI app (``app.state.stats`` holds its counters)."""
+    api = _SimulatedApi(config or SimulatorConfig(), stats or SimulatorStats())
+    app = Starlette(
+        routes=[
+            Route("/v1/ideogram-v3/generate", api.generate_v3, methods=["POST"]),
+            Route("/generate", api.generate_legacy, methods=["POST"]),
+            Route("/api/images/ephemeral/{image_id}.png", api.download, methods=["GET"]),
+            Route("/sim/stats", api.stats_endpoint, methods=["GET"]),
+            Route("/sim/reset", api.reset_endpoint, methods=["POST"]),
+        ]
+    )
+    app.state.stats = api.stats
+    app.state.config = api.config
+    return app
