@@ -47,7 +47,7 @@ def main() -> None:
 
 def _print_summary(metadata: dict[str, Any], run_id: str) -> None:
     mode = metadata.get("mode", "")
-    click.echo(f"batch summary ({mode})" if mode else "batch summary")
+    click.echo(f"batch summary: {mode}" if mode else "batch summary")
     for name in SUMMARY_FIELDS:
         if name in metadata:
             click.echo(f"  {name.replace('_', ' '):<22} {metadata[name]}")

@@ -11,8 +11,12 @@ fi
 stamp=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ "$(cat .venv/.install-stamp 2>/dev/null)" != "$stamp" ]; then
   echo "installing ideogram-pipeline and its dependencies into .venv ..." >&2
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
+  if ! { .venv/bin/python -m pip install --upgrade pip &&
+         .venv/bin/python -m pip install -c constraints.txt -e '.[test]'; } > .venv/install.log 2>&1; then
+    tail -n 40 .venv/install.log >&2
+    echo "installation failed; the full log is .venv/install.log" >&2
+    exit 1
+  fi
   echo "$stamp" > .venv/.install-stamp
 fi
 

@@ -89,6 +89,7 @@ def batch_images(
             context.log.info(
                 f"{progress.done_rows}/{progress.total_rows} rows: stored {s.stored}, "
                 f"unsafe {s.unsafe}, rejected {s.rejected}, failed {s.failed}, "
+                f"skipped {s.skipped}, "
                 f"cost ${s.cost_usd:.2f}"
             )
 

@@ -14,7 +14,9 @@ What the server is started with, and why:
 - every port ``weed mini`` opens (master, volume, filer, S3, admin; HTTP and gRPC) is picked
   free on 127.0.0.1 and bound to loopback only, so parallel test runs never collide;
 - WebDAV and the Iceberg/Lance catalogs are off (unused ports), telemetry is off;
-- one S3 identity from a ``-s3.config`` JSON file, so wrong credentials are really rejected;
+- two S3 identities from a ``-s3.config`` JSON file, so wrong credentials are really
+  rejected: an admin (``access_key``) and a read-only one (``reader_access_key``), to test
+  "no write permission";
 - ``-s3.autoCreateBucket=false``, so a missing bucket is an error, as on AWS.
 """
 
@@ -121,6 +123,8 @@ class SeaweedServer:
     access_key: str
     secret_key: str = field(repr=False)
     region: str
+    reader_access_key: str
+    reader_secret_key: str = field(repr=False)
     data_dir: Path
     log_path: Path
     ports: dict[str, int]
@@ -147,17 +151,18 @@ class SeaweedServer:
     def create_bucket(self, name: str) -> None:
         """Create ``name`` unless it exists (``-s3.autoCreateBucket`` is off)."""
         client = self.client()
-        try:
+        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
             client.create_bucket(Bucket=name)
-        except client.exceptions.BucketAlreadyOwnedByYou:
-            pass
 
-    def env(self) -> dict[str, str]:
-        """The standard AWS variables pointing at this server, for settings and subprocesses."""
+    def env(self, *, read_only: bool = False) -> dict[str, str]:
+        """The standard AWS variables pointing at this server, for settings and subprocesses.
+
+        ``read_only`` gives the identity that may read and list but not write or delete.
+        """
         return {
             "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ACCESS_KEY_ID": self.reader_access_key if read_only else self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.reader_secret_key if read_only else self.secret_key,
             "AWS_REGION": self.region,
         }
 
@@ -252,15 +257,23 @@ def start_seaweedfs(
     weed_dir.mkdir(parents=True, exist_ok=True)
     access_key = access_key or "AK" + secrets.token_hex(8).upper()
     secret_key = secret_key or secrets.token_urlsafe(30)
+    reader_key, reader_secret = "AK" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
     config = root / "s3-identities.json"
-    identity = {
-        "name": "ideogram-pipeline",
-        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }
+    identities = [
+        {
+            "name": "ideogram-pipeline",
+            "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        },
+        {
+            "name": "reader",
+            "credentials": [{"accessKey": reader_key, "secretKey": reader_secret}],
+            "actions": ["Read", "List"],
+        },
+    ]
     fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        json.dump({"identities": [identity]}, handle)
+        json.dump({"identities": identities}, handle)
 
     error: SeaweedError | None = None
     for attempt in range(3):
@@ -281,6 +294,8 @@ def start_seaweedfs(
             access_key=access_key,
             secret_key=secret_key,
             region=region,
+            reader_access_key=reader_key,
+            reader_secret_key=reader_secret,
             data_dir=root,
             log_path=log_path,
             ports=ports,

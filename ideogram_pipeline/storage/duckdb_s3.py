@@ -1,0 +1,175 @@
+"""DuckDB over S3: the ``httpfs`` extension from PyPI and a secret from the AWS settings.
+
+Machines here cannot download DuckDB extensions at run time, so ``httpfs`` comes from the
+``duckdb-extension-httpfs`` wheel (whose version must equal duckdb's) and is loaded straight
+from the file inside that package: nothing is downloaded and nothing is written to
+``~/.duckdb``. Automatic extension installs are switched off on the connection, so a
+missing extension is a clear error instead of a hanging download.
+
+The same settings also produce the SQL a user pastes into their own DuckDB client
+(:func:`duckdb_init_sql`), with credentials replaced by placeholders unless asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import urllib.parse
+from pathlib import Path
+
+import duckdb
+
+from ideogram_pipeline.settings import Settings
+from ideogram_pipeline.storage.base import StorageError
+
+__all__ = [
+    "SECRET_NAME",
+    "configure_duckdb_s3",
+    "duckdb_init_sql",
+    "httpfs_extension_path",
+    "load_httpfs",
+    "s3_secret_sql",
+]
+
+SECRET_NAME = "ideogram_s3"
+KEY_ID_PLACEHOLDER = "<AWS_ACCESS_KEY_ID>"
+SECRET_PLACEHOLDER = "<AWS_SECRET_ACCESS_KEY>"
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def httpfs_extension_path() -> Path:
+    """The ``httpfs.duckdb_extension`` file shipped by ``duckdb-extension-httpfs``."""
+    spec = importlib.util.find_spec("duckdb_extension_httpfs")
+    if spec is None or not spec.submodule_search_locations:
+        raise StorageError(
+            f"DuckDB over S3 needs the httpfs extension: pip install "
+            f"duckdb-extension-httpfs=={duckdb.__version__}"
+        )
+    base = Path(next(iter(spec.submodule_search_locations))) / "extensions"
+    path = base / f"v{duckdb.__version__}" / "httpfs.duckdb_extension"
+    if not path.is_file():
+        shipped = sorted(p.name for p in base.glob("v*")) if base.is_dir() else []
+        raise StorageError(
+            f"duckdb-extension-httpfs ships {', '.join(shipped) or 'no extension'}, but duckdb "
+            f"is {duckdb.__version__}: pip install duckdb-extension-httpfs=={duckdb.__version__}"
+        )
+    return path
+
+
+def load_httpfs(con: duckdb.DuckDBPyConnection) -> None:
+    """Load ``httpfs`` into ``con`` from the wheel, never from the network."""
+    con.execute("SET autoinstall_known_extensions = false")
+    row = con.execute(
+        "SELECT loaded FROM duckdb_extensions() WHERE extension_name = 'httpfs'"
+    ).fetchone()
+    if row and row[0]:
+        return
+    path = httpfs_extension_path()
+    try:
+        con.execute(f"LOAD {_literal(str(path))}")
+    except duckdb.Error as exc:
+        raise StorageError(f"cannot load the DuckDB httpfs extension from {path}: {exc}") from exc
+
+
+def _credentials(settings: Settings) -> tuple[str, str, str | None] | None:
+    """Key id, secret and session token: from the settings, else boto3's credential chain.
+
+    The chain (profile, SSO, instance role) lets an AWS user with no keys in the environment
+    query too; DuckDB's own ``credential_chain`` provider would need the ``aws`` extension,
+    which cannot be downloaded here.
+    """
+    if settings.aws_access_key_id and settings.aws_secret_access_key:
+        return settings.aws_access_key_id, settings.aws_secret_access_key, None
+    import boto3
+
+    found = boto3.session.Session().get_credentials()
+    if found is None:
+        return None
+    frozen = found.get_frozen_credentials()
+    return frozen.access_key, frozen.secret_key, frozen.token
+
+
+def _scope(settings: Settings) -> str | None:
+    if not settings.storage.startswith("s3://"):
+        return None
+    bucket = settings.storage[len("s3://") :].split("/", 1)[0]
+    return f"s3://{bucket}"
+
+
+def s3_secret_sql(
+    settings: Settings,
+    *,
+    key_id: str | None,
+    secret: str | None,
+    session_token: str | None = None,
+) -> str:
+    """``CREATE OR REPLACE SECRET`` for the settings' endpoint, scoped to the bucket.
+
+    With no ``key_id`` the secret uses DuckDB's ``credential_chain`` provider instead.
+    """
+    parts = ["TYPE s3"]
+    if key_id is not None and secret is not None:
+        parts += [f"KEY_ID {_literal(key_id)}", f"SECRET {_literal(secret)}"]
+        if session_token:
+            parts.append(f"SESSION_TOKEN {_literal(session_token)}")
+    else:
+        parts.append("PROVIDER credential_chain")
+    parts.append(f"REGION {_literal(settings.aws_region or 'us-east-1')}")
+    if settings.aws_endpoint_url:
+        url = urllib.parse.urlsplit(settings.aws_endpoint_url)
+        # DuckDB wants host[:port]; the scheme becomes USE_SSL, and custom endpoints are
+        # addressed path-style, as boto3 does for them (see storage/s3.py).
+        parts += [
+            f"ENDPOINT {_literal(url.netloc)}",
+            "URL_STYLE 'path'",
+            f"USE_SSL {'true' if url.scheme == 'https' else 'false'}",
+        ]
+    scope = _scope(settings)
+    if scope:
+        parts.append(f"SCOPE {_literal(scope)}")
+    return f"CREATE OR REPLACE SECRET {SECRET_NAME} (\n    " + ",\n    ".join(parts) + "\n)"
+
+
+def configure_duckdb_s3(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    """Make ``s3://`` paths of the settings' bucket readable on ``con``, offline."""
+    load_httpfs(con)
+    credentials = _credentials(settings)
+    key_id, secret, token = credentials if credentials else (None, None, None)
+    if credentials is None:
+        # No keys anywhere: an anonymous secret still reads public buckets.
+        key_id, secret = "", ""
+    try:
+        con.execute(s3_secret_sql(settings, key_id=key_id, secret=secret, session_token=token))
+    except duckdb.Error as exc:
+        raise StorageError(f"cannot create the DuckDB S3 secret: {exc}") from None
+
+
+def duckdb_init_sql(settings: Settings, view_sql: str, *, with_credentials: bool) -> str:
+    """SQL for a user's own DuckDB client: httpfs, the S3 secret, then ``view_sql``.
+
+    Without ``with_credentials`` the key id and secret are placeholders to fill in, so the
+    output can be shared or pasted into tickets safely.
+    """
+    lines = [
+        f"-- DuckDB setup for ideogram-pipeline storage {settings.storage}",
+        "INSTALL httpfs;",
+        "LOAD httpfs;",
+    ]
+    have_keys = bool(settings.aws_access_key_id and settings.aws_secret_access_key)
+    token: str | None = None
+    if with_credentials:
+        credentials = _credentials(settings)
+        key_id, secret, token = credentials if credentials else (None, None, None)
+    elif have_keys:
+        key_id, secret = KEY_ID_PLACEHOLDER, SECRET_PLACEHOLDER
+        lines.insert(1, f"-- Replace {KEY_ID_PLACEHOLDER} and {SECRET_PLACEHOLDER} below.")
+    else:
+        key_id, secret = None, None
+    if key_id is None:
+        lines += ["INSTALL aws;", "LOAD aws;"]  # for PROVIDER credential_chain
+    lines.append(s3_secret_sql(settings, key_id=key_id, secret=secret, session_token=token) + ";")
+    view = view_sql.strip()
+    lines.append(view if view.endswith(";") else view + ";")
+    return "\n".join(lines) + "\n"
