@@ -1,29 +1,17 @@
-"""The ``ideogram-pipeline`` command: thin wrappers that print one clear line on error.
-
-Dagster is imported only by the commands that run a batch, so ``--help`` and ``query``
-start fast.
-"""
+"""Commands that generate: ``run``, ``demo`` and ``simulator``."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ideogram_pipeline.settings import Settings, SettingsError, load_settings
+from ideogram_pipeline.cli.common import main, settings_or_exit
 
 SUMMARY_FIELDS = ("rows", "stored", "unsafe", "rejected", "failed", "skipped_already_done")
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 def _ensure_dagster_home() -> Path:
@@ -37,12 +25,6 @@ def _ensure_dagster_home() -> Path:
     if not instance_config.exists() and Path("dagster.yaml").is_file():
         shutil.copyfile("dagster.yaml", instance_config)
     return Path(home)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="ideogram-pipeline")
-def main() -> None:
-    """Batch Ideogram image generation: CSV in, stored images and queryable metadata out."""
 
 
 def _print_summary(metadata: dict[str, Any], run_id: str) -> None:
@@ -67,7 +49,7 @@ def run_csv(csv: Path, batch: str | None) -> dict[str, Any]:
     from ideogram_pipeline.batches import BatchFileError, load_batch
     from ideogram_pipeline.keys import batch_key_for
 
-    settings = _settings()
+    settings = settings_or_exit()
     key = batch_key_for(batch or csv.stem)
     try:
         loaded = load_batch(csv, key=key)
@@ -103,41 +85,6 @@ def run(csv: Path, batch: str | None) -> None:
 
 
 @main.command()
-@click.argument("sql")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
-def query(sql: str, fmt: str) -> None:
-    """Run SQL in DuckDB with a `generations` view over the metadata.
-
-    `generations` holds the current record of every row; `generation_records` holds every
-    record of every run.
-    """
-    import duckdb
-
-    from ideogram_pipeline import history
-
-    con = history.connect(_settings())
-    try:
-        frame = con.execute(sql).df()
-    except duckdb.Error as exc:
-        raise click.ClickException(f"query failed: {exc}") from None
-    finally:
-        con.close()
-    if fmt == "csv":
-        click.echo(frame.to_csv(index=False), nl=False)
-    elif fmt == "json":
-        click.echo(frame.to_json(orient="records", date_format="iso", indent=2))
-    else:
-        click.echo(frame.to_string(index=False) if len(frame.columns) else "(no columns)")
-
-
-@main.command()
 @click.option("--port", default=8765, show_default=True, help="Port on 127.0.0.1.")
 @click.option("--latency", default=0.5, show_default=True, help="Seconds per generation.")
 @click.option("--max-inflight", default=10, show_default=True, help="In-flight image limit.")
@@ -168,7 +115,7 @@ def demo(csv: Path | None) -> None:
     if not csv.is_file():
         raise click.ClickException(f"{csv} not found: run the demo from the repository root")
     metadata = run_csv(csv, None)
-    settings = _settings()
+    settings = settings_or_exit()
     root = metadata.get("storage_root", settings.storage)
     click.echo("")
     click.echo(f"images:   {root}/images/")
@@ -181,7 +128,3 @@ def demo(csv: Path | None) -> None:
         click.echo(con.execute(DEMO_QUERY).df().to_string(index=False))
     finally:
         con.close()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

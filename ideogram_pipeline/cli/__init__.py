@@ -1,0 +1,10 @@
+"""The ``ideogram-pipeline`` command: thin wrappers that print one clear line on error.
+
+One module per area registers its commands on :data:`main`. Heavy libraries (Dagster,
+DuckDB, boto3) are imported inside commands, so ``--help`` starts fast.
+"""
+
+from ideogram_pipeline.cli import batch, history  # noqa: F401  (registers the commands)
+from ideogram_pipeline.cli.common import main
+
+__all__ = ["main"]

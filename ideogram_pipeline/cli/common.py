@@ -1,0 +1,23 @@
+"""The command group and what every command shares: settings and errors."""
+
+from __future__ import annotations
+
+import click
+
+from ideogram_pipeline.settings import Settings, SettingsError, load_settings
+
+__all__ = ["main", "settings_or_exit"]
+
+
+def settings_or_exit() -> Settings:
+    """Validated settings, or one clear line and a non-zero exit."""
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ideogram-pipeline")
+def main() -> None:
+    """Batch Ideogram image generation: CSV in, stored images and queryable metadata out."""
