@@ -11,6 +11,7 @@ from ideogram_pipeline.defs.partitions import batch_partitions, csv_for_partitio
 from ideogram_pipeline.defs.resources import PipelineSettingsResource, prompts_dir
 from ideogram_pipeline.engine import BatchAborted, BatchSummary, Progress
 from ideogram_pipeline.pipeline import execute_batch
+from ideogram_pipeline.safe_output import escape_markdown_cell
 from ideogram_pipeline.settings import SettingsError
 from ideogram_pipeline.storage import StorageError
 
@@ -28,7 +29,7 @@ class BatchConfig(dg.Config):
 def _first_rows_markdown(summary: BatchSummary) -> str:
     lines = ["| row | status | model | seed | prompt | stored |", "|---|---|---|---|---|---|"]
     for record in summary.first_records:
-        prompt = (record.get("prompt") or "").replace("|", "\\|").replace("\n", " ")[:80]
+        prompt = escape_markdown_cell(record.get("prompt"), limit=80)
         lines.append(
             f"| {record['row']} | {record['status']} | {record.get('model') or ''} | "
             f"{record.get('seed') or ''} | {prompt} | {record.get('stored_uri') or ''} |"

@@ -1,0 +1,39 @@
+"""Making user text safe for the places it is written to: spreadsheets, Markdown, HTML.
+
+Prompts come from users and may contain anything. A CSV cell starting with ``=``, ``+``,
+``-``, ``@``, a tab or a carriage return is executed as a formula by spreadsheet programs,
+and a prompt with ``|`` or ``<script>`` breaks or injects into a Markdown/HTML report.
+Every export and report goes through these functions rather than its own escaping.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+__all__ = ["escape_html", "escape_markdown_cell", "neutralise_csv_cell"]
+
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_csv_cell(value: Any) -> Any:
+    """Prefix formula-like text with a quote so spreadsheets show it instead of running it.
+
+    Numbers stay numbers: ``-3`` as an int is data, ``"-3+cmd"`` as text is neutralised.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def escape_markdown_cell(text: Any, limit: int | None = None) -> str:
+    """Text for one Markdown table cell: HTML-escaped, pipes escaped, on one line."""
+    value = "" if text is None else str(text)
+    if limit is not None and len(value) > limit:
+        value = value[: limit - 1] + "…"
+    value = html.escape(value, quote=False)
+    return value.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def escape_html(text: Any) -> str:
+    return html.escape("" if text is None else str(text), quote=True)
