@@ -78,7 +78,7 @@ def weed_binary() -> str:
     activation does not have that directory on ``PATH``. ``SEAWEEDFS_WEED`` overrides.
     """
     override = os.environ.get("SEAWEEDFS_WEED")
-    candidates = [override] if override else []
+    candidates: list[str | None] = [override]
     candidates += [
         str(Path(sysconfig.get_path("scripts")) / "weed"),
         str(Path(sys.executable).parent / "weed"),
@@ -198,6 +198,8 @@ class SeaweedServer:
 def _command(binary: str, weed_dir: Path, config: Path, ports: dict[str, int]) -> list[str]:
     args = [
         binary,
+        "-logtostderr",  # into our log file, not weed.* files in the temp dir
+        f"-config_dir={weed_dir.parent}",  # no stray ~/.seaweedfs/*.toml
         "mini",
         f"-dir={weed_dir}",
         "-ip=127.0.0.1",
@@ -216,8 +218,10 @@ def _command(binary: str, weed_dir: Path, config: Path, ports: dict[str, int]) -
 
 def _wait_ready(server: SeaweedServer, deadline: float) -> None:
     """Poll with a signed ListBuckets: a 200 means S3 gateway, filer and auth all work."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     client = server.client(
-        retries={"mode": "standard", "max_attempts": 1}, connect_timeout=0.5, read_timeout=5
+        retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=0.5, read_timeout=5
     )
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -229,7 +233,7 @@ def _wait_ready(server: SeaweedServer, deadline: float) -> None:
         try:
             client.list_buckets()
             return
-        except Exception as exc:  # not up yet: connection refused, 503, ...
+        except (BotoCoreError, ClientError) as exc:  # not up yet: refused, 503, ...
             last = exc
             time.sleep(0.05)
     raise SeaweedError(
