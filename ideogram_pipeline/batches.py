@@ -30,13 +30,20 @@ import hashlib
 import io
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from ideogram_pipeline import enums
-from ideogram_pipeline.models import MODELS, V3_MODEL, GenerationRequest, RejectedRow
+from ideogram_pipeline.keys import batch_key_for
+from ideogram_pipeline.models import (
+    MODELS,
+    V2_ONLY_MODELS,
+    V3_MODEL,
+    GenerationRequest,
+    RejectedRow,
+)
 
 __all__ = [
     "COLUMNS",
@@ -50,6 +57,7 @@ __all__ = [
     "BatchFormat",
     "load_batch",
     "parse_batch",
+    "validate_cells",
 ]
 
 #: Ideogram's documented prompt limit, in characters.
@@ -102,9 +110,21 @@ _V3_RESOLUTIONS = frozenset(enums.RESOLUTIONS_V3)
 _LEGACY_RESOLUTIONS = tuple(
     value.removeprefix("RESOLUTION_").replace("_", "x") for value in enums.RESOLUTIONS_LEGACY
 )
-_RESOLUTION_MODELS = (V3_MODEL, "V_2", "V_2_TURBO")
-_NO_NEGATIVE_PROMPT_MODELS = ("V_2A", "V_2A_TURBO")
-_NO_STYLE_TYPE_MODELS = ("V_1", "V_1_TURBO")
+_RESOLUTION_MODELS = (V3_MODEL, "ideogram-4", "V_2", "V_2_TURBO")
+_NO_NEGATIVE_PROMPT_MODELS = ("V_2A", "V_2A_TURBO", *V2_ONLY_MODELS)
+_NO_STYLE_TYPE_MODELS = ("V_1", "V_1_TURBO", *V2_ONLY_MODELS)
+#: Models whose speed is a rendering_speed (V_3) or a speed/quality knob on the v2 API.
+_SPEED_MODELS = (V3_MODEL, *V2_ONLY_MODELS)
+_V2_SPEEDS = ("TURBO", "DEFAULT", "QUALITY")
+#: v2 API model paths and version numbers as people write them.
+_V2_MODEL_NAMES = {
+    "ideogram-3": V3_MODEL,
+    "ideogram-4": "ideogram-4",
+    "4.0": "ideogram-4",
+    "4": "ideogram-4",
+    "ideogram-4-5": "ideogram-4-5",
+    "4.5": "ideogram-4-5",
+}
 _MAGIC_PROMPT = {
     "AUTO": "AUTO",
     **dict.fromkeys(("ON", "TRUE", "YES"), "ON"),
@@ -147,14 +167,16 @@ class Batch:
 
 
 def load_batch(path: str | os.PathLike[str], key: str | None = None) -> Batch:
-    """Read and validate the CSV at ``path``; the batch key defaults to the file's stem.
+    """Read and validate the CSV at ``path``; the batch key defaults to the file's stem,
+    escaped by :func:`~ideogram_pipeline.keys.batch_key_for`.
 
     Raises :class:`BatchFileError` when the file cannot be a batch; ``OSError`` (missing
     file, permissions) is left alone because it is an I/O problem, not a content one.
     """
     source = os.fspath(path)
     data = Path(source).read_bytes()
-    return parse_batch(data, source=source, key=Path(source).stem if key is None else key)
+    stem = Path(source).stem
+    return parse_batch(data, source=source, key=batch_key_for(stem) if key is None else key)
 
 
 def parse_batch(data: bytes, *, source: str = "<bytes>", key: str = "batch") -> Batch:
@@ -322,6 +344,22 @@ def _parse_row(
         )
 
 
+def validate_cells(
+    number: int, cells: Mapping[str, str], tags: tuple[str, ...] = ()
+) -> GenerationRequest | RejectedRow:
+    """Validate one row given as native column name -> cell text.
+
+    For code that changes a request after parsing (run-level overrides in
+    :mod:`ideogram_pipeline.overrides`): the row is checked by the same rules as a CSV row,
+    so every rule lives here once.
+    """
+    prompt = cells.get("prompt", "").strip()
+    try:
+        return _validate(number, prompt, tags, lambda name: cells.get(name, "").strip())
+    except _Reject as problem:
+        return RejectedRow(number, problem.field, problem.reason, prompt, tags)
+
+
 def _validate(
     number: int, prompt: str, tags: tuple[str, ...], cell: Callable[[str], str]
 ) -> GenerationRequest:
@@ -391,6 +429,8 @@ def _check_text(field: str, value: str, *, required: bool) -> None:
 def _parse_model(raw: str) -> str:
     if not raw:
         return V3_MODEL
+    if raw.lower() in _V2_MODEL_NAMES:
+        return _V2_MODEL_NAMES[raw.lower()]
     match = _MODEL_RE.fullmatch(re.sub(r"[\s_-]", "", raw.upper()))
     if match is None:
         note = " (3.0, 2.0, 2a, 1.0 and turbo spellings such as 2a_turbo work too)"
@@ -408,13 +448,16 @@ def _parse_model(raw: str) -> str:
 def _parse_rendering_speed(raw: str, model: str) -> str | None:
     if not raw:
         return None
-    if model != V3_MODEL:
+    if model not in _SPEED_MODELS:
         faster = model if model.endswith("_TURBO") else f"{model}_TURBO"
         raise _Reject(
             "rendering_speed",
-            f"is only for V_3; {model} has no rendering speed (use model {faster} for speed)",
+            f"is only for V_3 and the v2 models; {model} has no rendering speed "
+            f"(use model {faster} for speed)",
         )
     value = raw.upper()
+    if model in V2_ONLY_MODELS and value not in _V2_SPEEDS:
+        raise _Reject("rendering_speed", _not_one_of(raw, _V2_SPEEDS, f" (for {model})"))
     if value not in enums.RENDERING_SPEEDS:
         raise _Reject("rendering_speed", _not_one_of(raw, enums.RENDERING_SPEEDS))
     return value
@@ -427,8 +470,8 @@ def _parse_ui_rendering(raw: str, model: str) -> tuple[str, str | None]:
     if value not in enums.RENDERING_SPEEDS:
         allowed = [speed.lower() for speed in enums.RENDERING_SPEEDS]
         raise _Reject("rendering", _not_one_of(raw, allowed))
-    if model == V3_MODEL:
-        return model, value
+    if model in _SPEED_MODELS:
+        return model, _parse_rendering_speed(raw, model)
     if value == "TURBO":
         return (model if model.endswith("_TURBO") else f"{model}_TURBO"), None
     if value in ("DEFAULT", "QUALITY"):
@@ -467,6 +510,8 @@ def _parse_aspect_ratio(raw: str, model: str) -> str | None:
     """Accept ``16x9``, ``16:9`` and ``ASPECT_16_9``; return the canonical ``16x9``."""
     if not raw:
         return None
+    if model in V2_ONLY_MODELS:
+        raise _Reject("aspect_ratio", f"{model} takes no aspect_ratio; use resolution")
     match = _RATIO_RE.fullmatch(raw.upper())
     value = f"{int(match.group(1))}x{int(match.group(2))}" if match else ""
     if model == V3_MODEL:
@@ -491,7 +536,7 @@ def _parse_resolution(raw: str, model: str) -> str | None:
         )
     match = _RESOLUTION_RE.fullmatch(raw.upper())
     value = f"{int(match.group(1))}x{int(match.group(2))}" if match else ""
-    if model == V3_MODEL:
+    if model in (V3_MODEL, "ideogram-4"):
         if value not in _V3_RESOLUTIONS:
             raise _Reject("resolution", _not_one_of(raw, enums.RESOLUTIONS_V3))
         return value
@@ -504,7 +549,7 @@ def _parse_style_type(raw: str, model: str) -> str | None:
     if not raw:
         return None
     if model in _NO_STYLE_TYPE_MODELS:
-        raise _Reject("style_type", f"{model} does not take a style type (V_2 and later do)")
+        raise _Reject("style_type", f"{model} does not take a style type (V_2, V_2A, V_3 do)")
     value = re.sub(r"[\s-]+", "_", raw.upper())
     allowed = enums.STYLE_TYPES_V3 if model == V3_MODEL else enums.STYLE_TYPES_LEGACY
     if value not in allowed:

@@ -16,22 +16,32 @@ import hashlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ideogram_pipeline.batches import Batch
+from ideogram_pipeline.duplicates import link_records
 from ideogram_pipeline.ideogram.client import IdeogramClient
 from ideogram_pipeline.ideogram.errors import IdeogramError, LinkExpired, SafetyRejected
+from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
 from ideogram_pipeline.keys import image_key
-from ideogram_pipeline.models import GeneratedImage, GenerationRequest, RejectedRow
+from ideogram_pipeline.ledger import Ledger, LedgerEntry, attempt_day, new_attempt_id
+from ideogram_pipeline.models import (
+    V2_ONLY_MODELS,
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResponse,
+    RejectedRow,
+)
+from ideogram_pipeline.pngmeta import prepare_for_storage
 from ideogram_pipeline.pricing import price_per_image
 from ideogram_pipeline.storage import ObjectStore
 from ideogram_pipeline.storage.metadata import MetadataWriter
 
-__all__ = ["BatchAborted", "BatchSummary", "Progress", "run_batch"]
+__all__ = ["BatchAborted", "BatchSummary", "Progress", "already_done", "run_batch"]
 
 IMAGE_CACHE_CONTROL = "public, max-age=31536000, immutable"
 
@@ -56,6 +66,9 @@ class BatchSummary:
     rejected: int = 0
     failed: int = 0
     skipped: int = 0  # rows already stored/unsafe from an earlier run: not sent, not paid
+    unknown: int = 0  # sent before a crash with no answer recorded: possibly billed
+    resumed: int = 0  # answered before a crash and finished now without a new request
+    linked: int = 0  # rows whose exact request was stored before: linked, not sent (issue 6)
     cost_usd: float = 0.0
     seconds: float = 0.0
     retries: Counter[str] = field(default_factory=Counter)
@@ -63,6 +76,8 @@ class BatchSummary:
     storage_root: str = ""
     simulated: bool = False
     first_records: list[dict[str, Any]] = field(default_factory=list)
+    estimated_cost_usd: float | None = None  # what the cost guard priced before sending
+    dry_run: bool = False  # estimate only: nothing was sent
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -74,11 +89,16 @@ class BatchSummary:
             "rejected": self.rejected,
             "failed": self.failed,
             "skipped": self.skipped,
+            "unknown": self.unknown,
+            "resumed": self.resumed,
+            "linked": self.linked,
             "cost_usd": round(self.cost_usd, 4),
             "seconds": round(self.seconds, 2),
             "retries": dict(self.retries),
             "storage_root": self.storage_root,
             "simulated": self.simulated,
+            "estimated_cost_usd": self.estimated_cost_usd,
+            "dry_run": self.dry_run,
         }
 
 
@@ -110,13 +130,25 @@ class _BatchRun:
         previous: dict[int, dict[str, Any]],
         progress: ProgressCallback | None,
         flush_every: int,
+        extra_fields: Mapping[tuple[int, int], Mapping[str, Any]] | None = None,
+        ledger: Ledger | None = None,
+        api_mode: str = "async",
+        resend_unknown: bool = False,
     ) -> None:
         self.batch = batch
+        self.ledger = ledger or Ledger(store, batch.key)
+        self.ledger_state: dict[tuple[int, str], LedgerEntry] = {}
+        self.api_mode = api_mode
+        self.resend_unknown = resend_unknown
+        # Records that belong to no request attempt (rejections, links) share this one.
+        self.run_attempt = new_attempt_id()
+        self.concluded: set[tuple[int, str]] = set()  # rows whose ledger entries can go
         self.client = client
         self.store = store
         self.previous = previous
         self.progress = progress
         self.flush_every = flush_every
+        self.extra_fields = extra_fields or {}
         self.started = _now()
         self.writer = MetadataWriter(store, run_id)
         self.summary = BatchSummary(
@@ -134,12 +166,19 @@ class _BatchRun:
 
     # -- records -------------------------------------------------------------------------
 
-    def _base_record(self, row: GenerationRequest | RejectedRow) -> dict[str, Any]:
+    def _base_record(
+        self, row: GenerationRequest | RejectedRow, index: int = 0, attempt_id: str | None = None
+    ) -> dict[str, Any]:
         created = _now()
+        attempt_id = attempt_id or self.run_attempt
+        # Ids (and so image keys) follow from the attempt: an attempt finished by a later run
+        # after a crash writes the same ids and keys, never a duplicate or an orphan.
+        identity = f"{self.batch.key}|{row.row}|{attempt_id}|{index}"
         record: dict[str, Any] = {
-            "id": uuid.uuid4().hex,
+            "id": hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32],
+            "attempt_id": attempt_id,
             "row": row.row,
-            "image_index": 0,
+            "image_index": index,
             "prompt": row.prompt,
             "tags": list(row.tags),
             "created_at": created,
@@ -152,6 +191,7 @@ class _BatchRun:
             "source_file": self.batch.source,
             "simulated": self.summary.simulated,
         }
+        record.update(self.extra_fields.get((row.row, index), {}))  # e.g. reproduced_from
         if isinstance(row, GenerationRequest):
             record.update(
                 model=row.model,
@@ -170,6 +210,8 @@ class _BatchRun:
 
     async def _add(self, record: dict[str, Any]) -> None:
         status = record["status"]
+        if record.get("request_hash") and status != "unknown":
+            self.concluded.add((record["row"], record["request_hash"]))
         setattr(self.summary, status, getattr(self.summary, status) + 1)
         self.summary.cost_usd += record.get("cost_usd") or 0.0
         if len(self.summary.first_records) < 10:
@@ -193,14 +235,7 @@ class _BatchRun:
     # -- rows ----------------------------------------------------------------------------
 
     def _already_done(self, row: GenerationRequest | RejectedRow) -> bool:
-        before = self.previous.get(row.row)
-        if before is None:
-            return False
-        if isinstance(row, RejectedRow):
-            return before["statuses"] == {"rejected"} and before["error"] == row.error
-        return before["request_hash"] == row.request_hash() and bool(
-            before["statuses"] & {"stored", "unsafe"}
-        )
+        return already_done(row, self.previous)
 
     async def reject(self, row: RejectedRow) -> None:
         record = self._base_record(row)
@@ -208,14 +243,78 @@ class _BatchRun:
         await self._add(record)
         self._row_done()
 
+    def _mode(self, request: GenerationRequest) -> str:
+        """Asynchronous (v2) wherever the model has a v2 path and the mode allows it."""
+        if request.model in V2_ONLY_MODELS:
+            return "async" if self.api_mode == "async" else "sync-v2"
+        if request.model in V2_MODEL_PATHS and self.api_mode == "async":
+            return "async"
+        return "sync"
+
+    async def _ledger(self, write: Callable[..., None], *args: Any) -> None:
+        await asyncio.to_thread(write, *args)
+
+    def _on_submitted(
+        self, request: GenerationRequest, attempt_id: str
+    ) -> Callable[[str], Awaitable[None]]:
+        async def record(generation_id: str) -> None:
+            await self._ledger(self.ledger.record_submitted, request, attempt_id, generation_id)
+
+        return record
+
+    def _attempt_state(self, request: GenerationRequest) -> tuple[LedgerEntry | None, set[int]]:
+        """The newest ledger attempt for this row and the image indexes already recorded
+        for it; a concluded attempt (its records all written) yields ``(None, set())``."""
+        entry = self.ledger_state.get((request.row, request.request_hash()))
+        if entry is None:
+            return None, set()
+        before = self.previous.get(request.row) or {}
+        if before.get("attempt_id") != entry.attempt_id:
+            return entry, set()
+        recorded = set(before.get("indexes") or ())
+        expected = len(entry.response.images) if entry.response else 0
+        if entry.response is not None and len(recorded) < expected:
+            return entry, recorded  # crashed between storing images and recording them
+        return None, set()
+
     async def generate(self, request: GenerationRequest) -> None:
         started = time.monotonic()
+        entry, recorded = self._attempt_state(request)
+        attempt_id = entry.attempt_id if entry else new_attempt_id()
         try:
-            response = await self.client.generate(request)
+            if entry is not None and entry.response is not None:
+                response = entry.response  # answered before a crash: download, don't pay
+                self.summary.resumed += 1
+            elif entry is not None and entry.generation_id is not None:
+                response = await self.client.generate_async(
+                    request,
+                    self._on_submitted(request, attempt_id),
+                    resume_generation_id=entry.generation_id,
+                )
+                await self._ledger(self.ledger.record_result, request, attempt_id, response)
+                self.summary.resumed += 1
+            elif entry is not None and not self.resend_unknown:
+                await self._unknown(request, entry)
+                return
+            else:
+                if entry is not None:
+                    attempt_id = new_attempt_id()  # the user chose to resend an unknown row
+                mode = self._mode(request)
+
+                async def intent() -> None:
+                    await self._ledger(self.ledger.record_intent, request, attempt_id, mode)
+
+                if mode == "async":
+                    response = await self.client.generate_async(
+                        request, self._on_submitted(request, attempt_id), before_send=intent
+                    )
+                else:
+                    response = await self.client.generate(request, before_send=intent)
+                await self._ledger(self.ledger.record_result, request, attempt_id, response)
         except IdeogramError as exc:
             if exc.fatal:
                 raise
-            record = self._base_record(request)
+            record = self._base_record(request, 0, attempt_id)
             reason = (
                 "prompt failed Ideogram's safety check (HTTP 422, not billed)"
                 if isinstance(exc, SafetyRejected)
@@ -231,10 +330,30 @@ class _BatchRun:
         price = price_per_image(request.model, request.rendering_speed)
         await asyncio.gather(
             *(
-                self._keep_image(request, index, image, price, response.attempts, latency_ms)
+                self._keep_image(
+                    request, index, image, price, response, attempt_id, latency_ms
+                )
                 for index, image in enumerate(response.images)
+                if index not in recorded
             )
         )
+        self._row_done()
+
+    async def _unknown(self, request: GenerationRequest, entry: LedgerEntry) -> None:
+        before = self.previous.get(request.row) or {}
+        if before.get("attempt_id") != entry.attempt_id:  # not yet recorded as unknown
+            record = self._base_record(request, 0, entry.attempt_id)
+            record.update(
+                status="unknown",
+                error=(
+                    f"row {request.row}: a request was sent at {entry.intent_at} but no answer "
+                    "was recorded (the run stopped); it may have been billed. Re-run with "
+                    "--resend-unknown to send it again."
+                ),
+            )
+            await self._add(record)
+        else:
+            self.summary.unknown += 1
         self._row_done()
 
     async def _keep_image(
@@ -243,10 +362,13 @@ class _BatchRun:
         index: int,
         image: GeneratedImage,
         price: float,
-        attempts: int,
+        response: GenerationResponse,
+        attempt_id: str,
         latency_ms: float,
     ) -> None:
-        record = self._base_record(request)
+        attempts = response.attempts
+        record = self._base_record(request, index, attempt_id)
+        record["generation_id"] = response.generation_id
         record.update(
             image_index=index,
             expanded_prompt=image.prompt,
@@ -266,8 +388,10 @@ class _BatchRun:
         try:
             async with self.download_slots:
                 data, download_attempts = await self.client.download(image.url)
+                # Text chunks in, download sha256 and phash recorded (pngmeta.py, issue 6).
+                data = await asyncio.to_thread(prepare_for_storage, data, record, self.batch.key)
                 digest = hashlib.sha256(data).hexdigest()
-                key = image_key(record["id"], record["date"])
+                key = image_key(record["id"], attempt_day(attempt_id))
                 await asyncio.to_thread(self._store_image, key, data, digest, record, request)
         except LinkExpired as exc:
             record.update(
@@ -316,6 +440,22 @@ class _BatchRun:
             raise OSError(f"stored object {key} does not match the downloaded bytes")
 
 
+def already_done(row: GenerationRequest | RejectedRow, previous: dict[int, dict[str, Any]]) -> bool:
+    """Whether ``row`` needs no new work: the same request already ``stored`` or ``unsafe``
+    (paid for), or the same rejection already recorded. The cost estimate uses it too."""
+    before = previous.get(row.row)
+    if before is None:
+        return False
+    if isinstance(row, RejectedRow):
+        return before["statuses"] == {"rejected"} and before["error"] == row.error
+    # Every image of the attempt must be recorded: a crash can record some of them only.
+    return (
+        before["request_hash"] == row.request_hash()
+        and bool(before["statuses"] & {"stored", "unsafe"})
+        and len(before.get("indexes") or (0,)) >= row.num_images
+    )
+
+
 async def run_batch(
     batch: Batch,
     client: IdeogramClient,
@@ -326,11 +466,23 @@ async def run_batch(
     simulated: bool = False,
     progress: ProgressCallback | None = None,
     flush_every: int = 500,
+    existing: Mapping[str, list[dict[str, Any]]] | None = None,
+    extra_fields: Mapping[tuple[int, int], Mapping[str, Any]] | None = None,
+    api_mode: str = "async",
+    resend_unknown: bool = False,
 ) -> BatchSummary:
     """Run every row of ``batch``; return the summary, or raise :class:`BatchAborted`.
 
     ``previous`` is the batch's recorded state (:func:`ideogram_pipeline.history.batch_state`)
-    so that rows already paid for are skipped.
+    so that rows already paid for are skipped. ``existing`` maps request hashes to images
+    already stored anywhere in the history (:func:`ideogram_pipeline.duplicates.existing_images`):
+    such rows are linked, not sent. ``extra_fields`` adds columns to the records of
+    ``(row, image_index)``, e.g. ``reproduced_from``.
+
+    The batch's ledger (``ledger.py``) is read first: rows answered before a crash are
+    finished without a new request, and rows sent without an answer end ``unknown`` unless
+    ``resend_unknown``. ``api_mode`` ``async`` uses Ideogram's v2 asynchronous API where the
+    model has it; ``sync`` keeps the v1 endpoints.
     """
     run = _BatchRun(
         batch,
@@ -341,7 +493,11 @@ async def run_batch(
         previous=previous or {},
         progress=progress,
         flush_every=flush_every,
+        extra_fields=extra_fields,
+        api_mode=api_mode,
+        resend_unknown=resend_unknown,
     )
+    run.ledger_state = await asyncio.to_thread(run.ledger.load)
     clock = time.monotonic()
     client.on_retry = lambda exc, _attempt: run.summary.retries.update([type(exc).__name__])
     tasks = []
@@ -351,6 +507,7 @@ async def run_batch(
                 run.summary.rejected += 1
             else:
                 run.summary.skipped += 1
+                run.concluded.add((row.row, row.request_hash()))
             run._row_done()
         elif isinstance(row, RejectedRow):
             await run.reject(row)
@@ -366,6 +523,14 @@ async def run_batch(
                     row.tags,
                 )
             )
+        elif existing and row.request_hash() in existing:
+            originals = existing[row.request_hash()]
+            for record in link_records(
+                [run._base_record(row, i) for i in range(len(originals))], originals
+            ):
+                await run._add(record)
+            run.summary.linked += 1
+            run._row_done()
         else:
             tasks.append(asyncio.create_task(run.generate(row)))
     try:
@@ -378,5 +543,6 @@ async def run_batch(
         run.summary.seconds = time.monotonic() - clock
         raise BatchAborted(f"batch {batch.key} stopped: {exc}", run.summary) from exc
     await run.flush()
+    await asyncio.to_thread(run.ledger.prune, run.concluded)
     run.summary.seconds = time.monotonic() - clock
     return run.summary

@@ -5,12 +5,15 @@ Two views, because a batch can be re-run:
 - ``generation_records``: every metadata row ever written, one per image or rejected/failed
   row per run (the audit trail).
 - ``generations``: the current state, i.e. for each (batch, row) only the records of the
-  latest run that touched that row. A row that failed yesterday and was stored today shows
-  once, as stored; a row that a re-run skipped keeps the records of the run that did it.
+  latest attempt at that row (attempt ids sort by time; see ``ledger.py``). A row that
+  failed yesterday and was stored today shows once, as stored; a row that a re-run skipped
+  keeps the records of the attempt that did it, and an attempt finished by a later run
+  after a crash shows all its images together.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import duckdb
@@ -19,6 +22,7 @@ import pyarrow as pa
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore, open_store
 from ideogram_pipeline.storage.metadata import GENERATIONS_PREFIX, METADATA_SCHEMA
+from ideogram_pipeline.tag_log import tag_log_sql
 
 __all__ = ["batch_state", "connect", "view_sql"]
 
@@ -33,15 +37,43 @@ def _has_metadata(store: ObjectStore) -> bool:
     return any(info.key.endswith(".parquet") for info in store.list(GENERATIONS_PREFIX + "/"))
 
 
+@functools.cache
+def _schema_nulls_sql() -> str:
+    """A typed, empty SELECT of every metadata column (types as DuckDB reads the schema)."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.register("_schema", pa.Table.from_pylist([], schema=METADATA_SCHEMA))
+        described = con.execute("DESCRIBE _schema").fetchall()
+    finally:
+        con.close()
+    nulls = ", ".join(f'CAST(NULL AS {kind}) AS "{name}"' for name, kind, *_ in described)
+    return f"SELECT * FROM (SELECT {nulls}) WHERE false"
+
+
+def _with_all_columns(records_sql: str) -> str:
+    """``records_sql`` with every metadata column, NULL where older files lack it."""
+    return f"SELECT * FROM ({records_sql}) UNION ALL BY NAME {_schema_nulls_sql()}"
+
+
 def view_sql(store: ObjectStore) -> str:
     """The view definitions over ``store``'s metadata, as plain SQL anyone can paste."""
     glob = _parquet_glob(store).replace("'", "''")
-    return (
-        "CREATE OR REPLACE VIEW generation_records AS SELECT * FROM read_parquet("
+    records = (
+        "SELECT * FROM read_parquet("
         f"'{glob}', hive_partitioning = true, union_by_name = true, "
-        f"hive_types = {_HIVE_TYPES});\n"
+        f"hive_types = {_HIVE_TYPES}) "
+        # Compaction and cleanup write a file's replacement before deleting it; for that
+        # moment a row is in two files. One copy per id, partitioned by the Hive keys so
+        # filters on date/batch still prune (ideogram_pipeline.compaction explains).
+        "QUALIFY row_number() OVER (PARTITION BY date, batch, id) = 1"
+    )
+    # Every schema column exists even before any file has it, and `tags` merges the
+    # tag-change log (tag_log.py): the views are the one source of a record's tags.
+    tag_views, records = tag_log_sql(store, _with_all_columns(records))
+    return (
+        tag_views + f"CREATE OR REPLACE VIEW generation_records AS {records};\n"
         "CREATE OR REPLACE VIEW generations AS SELECT * FROM generation_records "
-        'QUALIFY run_started_at = max(run_started_at) OVER (PARTITION BY batch, "row");\n'
+        'QUALIFY attempt_id = max(attempt_id) OVER (PARTITION BY batch, "row");\n'
     )
 
 
@@ -80,13 +112,20 @@ def batch_state(settings: Settings, store: ObjectStore, batch: str) -> dict[int,
     con = connect(settings, store)
     try:
         rows = con.execute(
-            'SELECT "row", any_value(request_hash), list(DISTINCT status), any_value(error) '
+            'SELECT "row", any_value(request_hash), list(DISTINCT status), any_value(error), '
+            "any_value(attempt_id), list(DISTINCT image_index) "
             'FROM generations WHERE batch = ? GROUP BY "row"',
             [batch],
         ).fetchall()
     finally:
         con.close()
     return {
-        row: {"request_hash": request_hash, "statuses": set(statuses), "error": error}
-        for row, request_hash, statuses, error in rows
+        row: {
+            "request_hash": request_hash,
+            "statuses": set(statuses),
+            "error": error,
+            "attempt_id": attempt_id,
+            "indexes": set(indexes),
+        }
+        for row, request_hash, statuses, error, attempt_id, indexes in rows
     }

@@ -16,6 +16,7 @@ __all__ = [
     "LEGACY_MODELS",
     "MODELS",
     "STATUSES",
+    "V2_ONLY_MODELS",
     "GeneratedImage",
     "GenerationRequest",
     "GenerationResponse",
@@ -27,10 +28,14 @@ __all__ = [
 V3_MODEL = "V_3"
 #: Models served by the legacy ``POST /generate`` endpoint.
 LEGACY_MODELS = ("V_1", "V_1_TURBO", "V_2", "V_2_TURBO", "V_2A", "V_2A_TURBO")
-MODELS = (V3_MODEL, *LEGACY_MODELS)
+#: Models only on Ideogram's v2 API (``POST /v2/image/generate/{model}``).
+V2_ONLY_MODELS = ("ideogram-4", "ideogram-4-5")
+MODELS = (V3_MODEL, *V2_ONLY_MODELS, *LEGACY_MODELS)
 
-Status = Literal["stored", "unsafe", "rejected", "failed"]
-STATUSES: tuple[Status, ...] = ("stored", "unsafe", "rejected", "failed")
+Status = Literal["stored", "unsafe", "rejected", "failed", "unknown"]
+#: ``unknown``: a request was sent but no answer was recorded before a crash, so it may have
+#: been billed; it is sent again only when the user allows it (``--resend-unknown``).
+STATUSES: tuple[Status, ...] = ("stored", "unsafe", "rejected", "failed", "unknown")
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,7 @@ class GenerationResponse:
     created: str | None
     images: tuple[GeneratedImage, ...] = field(default_factory=tuple)
     attempts: int = 1
+    generation_id: str | None = None
 
     @classmethod
     def from_api(cls, body: dict[str, Any]) -> GenerationResponse:
@@ -128,4 +134,5 @@ class GenerationResponse:
         return cls(
             created=body.get("created"),
             images=tuple(GeneratedImage.from_api(item) for item in data),
+            generation_id=body.get("generation_id"),
         )

@@ -10,21 +10,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ideogram_pipeline import history
 from ideogram_pipeline.batches import Batch, load_batch
+from ideogram_pipeline.cost import CostEstimate, check_budget, estimate_cost
+from ideogram_pipeline.duplicates import existing_images
 from ideogram_pipeline.engine import BatchSummary, ProgressCallback, run_batch
 from ideogram_pipeline.ideogram.client import IdeogramClient
+from ideogram_pipeline.ideogram.url_policy import UrlPolicy
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore, open_store
 
 if TYPE_CHECKING:
     from ideogram_pipeline.ideogram.simulator import SimulatorConfig
 
-__all__ = ["ApiEndpoint", "api_endpoint", "execute_batch", "simulator_config_from_env"]
+__all__ = [
+    "ApiEndpoint",
+    "api_endpoint",
+    "estimate_batch",
+    "execute_batch",
+    "simulator_config_from_env",
+]
 
 #: Latency of the embedded simulator: enough to look real in a demo, short enough to be quick.
 DEFAULT_SIMULATOR_LATENCY_S = 0.3
@@ -68,16 +77,49 @@ def execute_batch(
     store: ObjectStore | None = None,
     run_id: str | None = None,
     progress: ProgressCallback | None = None,
+    max_cost_usd: float | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    extra_fields: Mapping[tuple[int, int], Mapping[str, Any]] | None = None,
+    resend_unknown: bool = False,
 ) -> BatchSummary:
-    """Preflight the store, then generate every row of ``batch`` that is not done yet."""
+    """Preflight the store, then generate every row of ``batch`` that is not done yet.
+
+    Rows whose exact request (explicit seed) is already stored anywhere in the history are
+    linked to it instead of paid again, unless ``force`` (see ``duplicates.py``);
+    ``extra_fields`` adds columns to records by ``(row, image_index)`` (``reproduce.py``).
+
+    The cost of the rows to send is estimated first (``summary.estimated_cost_usd``). With
+    ``dry_run`` nothing is sent and the summary only carries the estimate; with
+    ``max_cost_usd`` an estimate above it raises :class:`~ideogram_pipeline.cost.CostLimitExceeded`
+    before any request.
+    """
     store = store or open_store(settings)
     store.preflight()
     previous = history.batch_state(settings, store, batch.key)
+    estimate = estimate_cost(batch, previous, max_inflight=settings.batch_inflight)
+    if dry_run:
+        return BatchSummary(
+            batch=batch.key,
+            run_id=run_id or "dry-run",
+            rows=len(batch.rows),
+            skipped=estimate.rows_already_done,
+            rejected=estimate.rows_rejected,
+            storage_root=store.root,
+            simulated=settings.simulated,
+            estimated_cost_usd=estimate.usd,
+            dry_run=True,
+        )
+    check_budget(estimate, max_cost_usd)
+    existing = {} if force else existing_images(settings, store, batch.requests)
     with api_endpoint(settings) as endpoint:
 
         async def go() -> BatchSummary:
             async with IdeogramClient(
-                endpoint.base_url, endpoint.api_key, max_inflight=settings.max_inflight
+                endpoint.base_url,
+                endpoint.api_key,
+                max_inflight=settings.batch_inflight,
+                url_policy=UrlPolicy.from_settings(settings, endpoint.base_url),
             ) as client:
                 return await run_batch(
                     batch,
@@ -87,9 +129,26 @@ def execute_batch(
                     run_id=run_id,
                     simulated=endpoint.simulated,
                     progress=progress,
+                    existing=existing,
+                    extra_fields=extra_fields,
+                    api_mode=settings.api_mode,
+                    flush_every=settings.flush_every,
+                    resend_unknown=resend_unknown,
                 )
 
-        return asyncio.run(go())
+        summary = asyncio.run(go())
+    summary.estimated_cost_usd = estimate.usd
+    return summary
+
+
+def estimate_batch(
+    batch: Batch, settings: Settings, *, store: ObjectStore | None = None
+) -> CostEstimate:
+    """What running ``batch`` now would cost, given what the storage root already holds."""
+    store = store or open_store(settings)
+    store.preflight()
+    previous = history.batch_state(settings, store, batch.key)
+    return estimate_cost(batch, previous, max_inflight=settings.max_inflight)
 
 
 def execute_csv(path: str, settings: Settings, key: str | None = None) -> BatchSummary:

@@ -27,8 +27,20 @@ V3_PRICE_BY_SPEED_USD: dict[str, float] = {
 }
 
 
+#: USD per image on the v2 API (``/v2/image/generate/{model}``), by speed or quality knob.
+V2_PRICE_USD: dict[str, dict[str, float]] = {
+    "ideogram-3": V3_PRICE_BY_SPEED_USD,
+    "ideogram-4": {"TURBO": 0.03, "DEFAULT": 0.06, "QUALITY": 0.10},
+    # 4.5 bills by quality (low/medium/high); its rendering_speed column maps onto it.
+    "ideogram-4-5": {"TURBO": 0.03, "DEFAULT": 0.10, "QUALITY": 0.10},
+}
+
+
 def price_per_image(model: str, rendering_speed: str | None = None) -> float:
     """Price of one image; BALANCED is unpublished and billed here like DEFAULT."""
+    speed = (rendering_speed or "DEFAULT").upper()
     if model == "V_3":
-        return V3_PRICE_BY_SPEED_USD[(rendering_speed or "DEFAULT").upper()]
+        return V3_PRICE_BY_SPEED_USD[speed]
+    if model in V2_PRICE_USD:
+        return V2_PRICE_USD[model].get(speed, V2_PRICE_USD[model]["DEFAULT"])
     return PRICE_PER_IMAGE_USD[model]

@@ -23,6 +23,15 @@ __all__ = [
 DEFAULT_BASE_URL = "https://api.ideogram.ai"
 DEFAULT_MAX_INFLIGHT = 10
 DEFAULT_STORAGE = "./data"
+DEFAULT_FLUSH_EVERY = 500
+#: ``async``: Ideogram's v2 asynchronous API where the model has it (the generation id is
+#: recorded before waiting, so a crash never pays twice); ``sync``: the v1 endpoints.
+API_MODES = ("async", "sync")
+#: Where Ideogram serves images; the API base URL's own host is always allowed too.
+DEFAULT_IMAGE_HOSTS = ("ideogram.ai", "*.ideogram.ai")
+#: Largest image download accepted (bytes); a bigger body is aborted while streaming.
+DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
+SSE_MODES = ("AES256", "aws:kms")
 
 
 class SettingsError(ValueError):
@@ -45,6 +54,24 @@ class Settings:
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = field(default=None, repr=False)
     aws_region: str | None = None
+    api_mode: str = "async"
+    #: Metadata rows buffered before a Parquet file is written: fewer, larger files versus
+    #: less rework after a crash (the ledger makes that rework free of charge either way).
+    flush_every: int = DEFAULT_FLUSH_EVERY
+    #: How many batches may run at once on the account (the ``ideogram_account`` pool's
+    #: limit in dagster.yaml); each gets an equal share of the in-flight limit, so the sum
+    #: never exceeds it, on one machine or many.
+    concurrent_batches: int = 1
+
+    @property
+    def batch_inflight(self) -> int:
+        """In-flight images one batch may use: its share of the account's limit."""
+        return max(1, self.max_inflight // self.concurrent_batches)
+    image_hosts: tuple[str, ...] = DEFAULT_IMAGE_HOSTS
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    #: Server-side encryption of S3 uploads: ``AES256`` (SSE-S3) or ``aws:kms`` (SSE-KMS).
+    s3_sse: str | None = None
+    s3_sse_kms_key_id: str | None = None
 
     @property
     def simulated(self) -> bool:
@@ -53,6 +80,11 @@ class Settings:
     @property
     def is_s3(self) -> bool:
         return self.storage.startswith("s3://")
+
+    @property
+    def s3_sse_spec(self) -> str | None:
+        """What :class:`~ideogram_pipeline.storage.s3.S3Store` takes as ``sse``."""
+        return self.s3_sse_kms_key_id or self.s3_sse
 
     def __repr__(self) -> str:
         return (
@@ -76,6 +108,30 @@ def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _image_hosts(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = env.get("IDEOGRAM_IMAGE_HOSTS", "").strip()
+    if not raw:
+        return DEFAULT_IMAGE_HOSTS
+    hosts = tuple(h.strip().lower().rstrip(".") for h in raw.split(",") if h.strip())
+    for host in hosts:
+        if "/" in host or "@" in host or " " in host or host.count("*") > (host[:2] == "*."):
+            raise SettingsError(
+                f"IDEOGRAM_IMAGE_HOSTS takes host names like 'ideogram.ai' or "
+                f"'*.ideogram.ai', separated by commas; got {host!r}"
+            )
+    return hosts
+
+
+def _sse(env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    mode = env.get("IDEOGRAM_S3_SSE", "").strip() or None
+    key_id = env.get("IDEOGRAM_S3_SSE_KMS_KEY_ID", "").strip() or None
+    if mode is not None and mode not in SSE_MODES:
+        raise SettingsError(f"IDEOGRAM_S3_SSE must be AES256 or aws:kms, got {mode!r}")
+    if key_id is not None and mode == "AES256":
+        raise SettingsError("IDEOGRAM_S3_SSE_KMS_KEY_ID needs IDEOGRAM_S3_SSE=aws:kms (or unset)")
+    return ("aws:kms" if key_id else mode), key_id
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the environment (``os.environ`` unless a mapping is given)."""
     env = os.environ if environ is None else environ
@@ -87,7 +143,20 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(
             f"IDEOGRAM_BASE_URL must start with http:// or https://, got {base_url!r}"
         )
+    api_mode = env.get("IDEOGRAM_API_MODE", "").strip().lower() or "async"
+    if api_mode not in API_MODES:
+        raise SettingsError(
+            f"IDEOGRAM_API_MODE must be one of {', '.join(API_MODES)}, got {api_mode!r}"
+        )
+    sse, sse_kms_key_id = _sse(env)
     return Settings(
+        image_hosts=_image_hosts(env),
+        max_image_bytes=_positive_int(env, "IDEOGRAM_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES),
+        s3_sse=sse,
+        s3_sse_kms_key_id=sse_kms_key_id,
+        api_mode=api_mode,
+        flush_every=_positive_int(env, "IDEOGRAM_FLUSH_EVERY", DEFAULT_FLUSH_EVERY),
+        concurrent_batches=_positive_int(env, "IDEOGRAM_CONCURRENT_BATCHES", 1),
         api_key=env.get("IDEOGRAM_API_KEY", "").strip() or None,
         base_url=base_url,
         max_inflight=_positive_int(env, "IDEOGRAM_MAX_INFLIGHT", DEFAULT_MAX_INFLIGHT),

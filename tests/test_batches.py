@@ -222,7 +222,7 @@ REJECTIONS: list[tuple[str, dict[str, str], str, str]] = [
     ("seed negative", {"seed": "-1"}, "seed", "'-1' is outside 0..2147483647"),
     ("seed too big", {"seed": "2147483648"}, "seed", "outside 0..2147483647"),
     ("seed huge", {"seed": "9" * 5000}, "seed", "outside"),
-    ("unknown model", {"model": "V_4"}, "model", "'V_4' is not one of V_3, V_1"),
+    ("unknown model", {"model": "V_4"}, "model", "'V_4' is not one of V_3, ideogram-4, ideogram-4-5, V_1"),
     ("v3 turbo model", {"model": "3.0 turbo"}, "model", "to TURBO"),
     ("unknown style", {"style_type": "VAPORWAVE"}, "style_type", "not one of AUTO, GENERAL"),
     ("legacy style on v3", {"style_type": "ANIME"}, "style_type", "style types of V_3"),
@@ -578,3 +578,35 @@ def _assert_sendable(request: GenerationRequest) -> None:
         assert request.style_type in allowed
     if request.negative_prompt:
         assert request.model not in ("V_2A", "V_2A_TURBO")
+
+
+@pytest.mark.parametrize(
+    ("cells", "model", "speed"),
+    [
+        ({"model": "ideogram-4", "rendering_speed": "turbo"}, "ideogram-4", "TURBO"),
+        ({"model": "4.5"}, "ideogram-4-5", None),
+        ({"model": "ideogram-3", "aspect_ratio": "16:9"}, "V_3", None),
+    ],
+)
+def test_v2_models_are_accepted(
+    tmp_path: Path, cells: dict[str, str], model: str, speed: str | None
+) -> None:
+    row = second_row(tmp_path, **{"prompt": "a kite", **cells})
+    assert isinstance(row, GenerationRequest), row
+    assert (row.model, row.rendering_speed) == (model, speed)
+
+
+@pytest.mark.parametrize(
+    ("cells", "field"),
+    [
+        ({"model": "ideogram-4", "aspect_ratio": "16x9"}, "aspect_ratio"),
+        ({"model": "ideogram-4-5", "style_type": "REALISTIC"}, "style_type"),
+        ({"model": "ideogram-4", "rendering_speed": "FLASH"}, "rendering_speed"),
+        ({"model": "ideogram-4-5", "negative_prompt": "blur"}, "negative_prompt"),
+    ],
+)
+def test_v2_models_reject_fields_they_lack(
+    tmp_path: Path, cells: dict[str, str], field: str
+) -> None:
+    row = second_row(tmp_path, **{"prompt": "a kite", **cells})
+    assert isinstance(row, RejectedRow) and row.field == field, row

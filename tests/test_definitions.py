@@ -29,7 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 def test_definitions_resolve() -> None:
     repo = defs.get_repository_def()
     assert sorted(k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()) == [
-        "batch_images"
+        "batch_images",
+        "generation_history",
+        "metadata_compaction",
+        "retention_cleanup",
+        "usage_report",
     ]
     assert {job.name for job in repo.get_all_jobs()} >= {"batch_job"}
     assert [s.name for s in repo.sensor_defs] == ["prompts_sensor"]
@@ -122,8 +126,11 @@ ASSETS_QUERY = """
 """
 
 
-def test_dagster_dev_shows_asset_sensor_and_partitions(tmp_path: Path) -> None:
+def test_dagster_dev_shows_asset_sensor_and_partitions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     home = tmp_path / "home"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))  # dagster.yaml reads it
     home.mkdir()
     (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     port = _free_port()

@@ -29,6 +29,7 @@ from ideogram_pipeline.ideogram.errors import (
     error_for_status,
 )
 from ideogram_pipeline.ideogram.limiter import InflightLimiter
+from ideogram_pipeline.ideogram.url_policy import UrlPolicy
 from ideogram_pipeline.models import GenerationRequest
 
 EXPECTED = {
@@ -135,10 +136,16 @@ def test_the_key_is_not_sent_to_image_hosts() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.update(request.headers)
-        return httpx.Response(200, content=b"\x89PNG\r\n\x1a\n" + b"x" * 10 + b"IEND\xaeB`\x82")
+        ihdr = b"\x00\x00\x00\x0dIHDR" + b"\x00\x00\x00\x01" * 2 + b"\x08\x02\x00\x00\x00" + b"crc!"
+        return httpx.Response(200, content=b"\x89PNG\r\n\x1a\n" + ihdr + b"IEND\xaeB`\x82")
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return ["93.184.215.14"]  # a public address: the URL policy lets it through
+
+    policy = UrlPolicy(image_hosts=("images.example.test",), resolver=resolve)
 
     async def go():
-        async with _client(handler) as client:
+        async with _client(handler, url_policy=policy) as client:
             return await client.download("https://images.example.test/a.png")
 
     data, attempts = asyncio.run(go())

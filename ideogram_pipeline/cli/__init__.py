@@ -4,7 +4,14 @@ One module per area registers its commands on :data:`main`. Heavy libraries (Dag
 DuckDB, boto3) are imported inside commands, so ``--help`` starts fast.
 """
 
-from ideogram_pipeline.cli import batch, history  # noqa: F401  (registers the commands)
+from ideogram_pipeline.cli import (  # noqa: F401  (registers the commands)
+    batch,
+    curate,
+    explore,
+    history,
+    lifecycle,
+    share,
+)
 from ideogram_pipeline.cli.common import main
 
 __all__ = ["main"]

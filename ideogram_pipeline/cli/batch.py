@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,15 @@ import click
 
 from ideogram_pipeline.cli.common import main, settings_or_exit
 
-SUMMARY_FIELDS = ("rows", "stored", "unsafe", "rejected", "failed", "skipped_already_done")
+SUMMARY_FIELDS = (
+    "rows",
+    "stored",
+    "unsafe",
+    "rejected",
+    "failed",
+    "skipped_already_done",
+    "linked_duplicates",
+)
 
 
 def _ensure_dagster_home() -> Path:
@@ -35,6 +45,8 @@ def _print_summary(metadata: dict[str, Any], run_id: str) -> None:
             click.echo(f"  {name.replace('_', ' '):<22} {metadata[name]}")
     if "cost_usd" in metadata:
         click.echo(f"  {'cost':<22} ${float(metadata['cost_usd']):.2f}")
+    if metadata.get("estimated_cost_usd") is not None:
+        click.echo(f"  {'estimated cost':<22} ${float(metadata['estimated_cost_usd']):.2f}")
     if "seconds" in metadata:
         click.echo(f"  {'seconds':<22} {float(metadata['seconds']):.1f}")
     if metadata.get("retries"):
@@ -44,13 +56,16 @@ def _print_summary(metadata: dict[str, Any], run_id: str) -> None:
     click.echo(f"  {'dagster run':<22} {run_id}")
 
 
-def run_csv(csv: Path, batch: str | None) -> dict[str, Any]:
-    """Validate, then materialize through Dagster; shared by ``run`` and ``demo``."""
+def run_csv(csv: Path, batch: str | None, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate, then materialize through Dagster; shared by ``run`` and ``demo``.
+
+    ``config`` holds further ``BatchConfig`` fields for this run (``max_cost_usd``, ...).
+    """
     from ideogram_pipeline.batches import BatchFileError, load_batch
-    from ideogram_pipeline.keys import batch_key_for
+    from ideogram_pipeline.keys import batch_key_from
 
     settings = settings_or_exit()
-    key = batch_key_for(batch or csv.stem)
+    key = batch_key_from(batch, csv.stem)
     try:
         loaded = load_batch(csv, key=key)
     except BatchFileError as exc:
@@ -64,7 +79,7 @@ def run_csv(csv: Path, batch: str | None) -> dict[str, Any]:
     _ensure_dagster_home()
     from ideogram_pipeline.defs.launch import materialize_batch
 
-    result = materialize_batch(csv.resolve(), key)
+    result = materialize_batch(csv.resolve(), key, config or {})
     if result.metadata:
         _print_summary(result.metadata, result.run_id)
     if not result.success:
@@ -75,13 +90,52 @@ def run_csv(csv: Path, batch: str | None) -> dict[str, Any]:
 @main.command()
 @click.argument("csv", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--batch", help="Batch key (default: the CSV file name without .csv).")
-def run(csv: Path, batch: str | None) -> None:
+@click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="USD",
+    help="Refuse to start when the estimated cost of the rows to send is above USD.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the cost estimate only: nothing is sent, no Dagster run is recorded.",
+)
+@click.option(
+    "--resend-unknown",
+    is_flag=True,
+    help="Send again rows whose earlier request got no recorded answer (status unknown); "
+    "they may have been billed already.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Generate rows whose exact request (explicit seed) is already stored in the history "
+    "instead of linking them to that image at no cost.",
+)
+def run(
+    csv: Path,
+    batch: str | None,
+    max_cost: float | None,
+    dry_run: bool,
+    resend_unknown: bool,
+    force: bool,
+) -> None:
     """Generate every row of CSV through Dagster and print a summary.
 
     Exits 0 when the batch ran to its end (rejected or failed rows are counted in the
-    summary), non-zero when it could not run at all.
+    summary), non-zero when it could not run at all (or the estimate is above --max-cost).
     """
-    run_csv(csv, batch)
+    if dry_run:
+        from ideogram_pipeline.cli.estimate import print_estimate
+
+        print_estimate(csv, batch, max_cost)
+        return
+    config: dict[str, Any] = {"resend_unknown": resend_unknown, "force": force}
+    if max_cost is not None:
+        config["max_cost_usd"] = max_cost
+    run_csv(csv, batch, config)
 
 
 @main.command()
@@ -101,6 +155,29 @@ DEMO_QUERY = (
 )
 
 
+DEMO_BUCKET = "ideogram-demo"
+
+
+@contextlib.contextmanager
+def _demo_s3_root(data_dir: Path) -> Iterator[None]:
+    """A local SeaweedFS S3 server for ``demo --s3``; its data persists in ``data_dir``."""
+    from ideogram_pipeline.storage.seaweed import running_seaweedfs
+
+    click.echo(f"starting SeaweedFS (S3) on 127.0.0.1, data in {data_dir} ...", err=True)
+    with running_seaweedfs(data_dir) as server:
+        server.create_bucket(DEMO_BUCKET)
+        saved = {k: os.environ.get(k) for k in [*server.env(), "IDEOGRAM_STORAGE"]}
+        os.environ.update(server.env(), IDEOGRAM_STORAGE=f"s3://{DEMO_BUCKET}/demo")
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
 @main.command()
 @click.option(
     "--csv",
@@ -109,11 +186,25 @@ DEMO_QUERY = (
     default=None,
     help="Batch to run (default: prompts/demo-landscapes.csv).",
 )
-def demo(csv: Path | None) -> None:
+@click.option(
+    "--s3",
+    "use_s3",
+    is_flag=True,
+    help="Store in a local SeaweedFS S3 server (started for the demo) instead of ./data.",
+)
+def demo(csv: Path | None, use_s3: bool) -> None:
     """Run a sample batch end to end on the embedded defaults and show where it went."""
     csv = csv or Path("prompts/demo-landscapes.csv")
     if not csv.is_file():
         raise click.ClickException(f"{csv} not found: run the demo from the repository root")
+    root = contextlib.nullcontext()
+    if use_s3:
+        root = _demo_s3_root(Path(settings_or_exit().storage).resolve() / "seaweedfs")
+    with root:
+        _demo(csv)
+
+
+def _demo(csv: Path) -> None:
     metadata = run_csv(csv, None)
     settings = settings_or_exit()
     root = metadata.get("storage_root", settings.storage)

@@ -6,6 +6,8 @@ The run is recorded in the Dagster instance under ``DAGSTER_HOME`` (the CLI pick
 
 from __future__ import annotations
 
+import fcntl
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,23 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
-def materialize_batch(csv_path: Path, key: str) -> LaunchResult:
-    instance = dg.DagsterInstance.get()
+def _instance() -> dg.DagsterInstance:
+    """The instance under DAGSTER_HOME, opened under a file lock: two CLI runs starting at
+    once against a new SQLite instance would otherwise both try to create its tables."""
+    lock_path = Path(os.environ["DAGSTER_HOME"]) / ".ideogram-pipeline.lock"
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return dg.DagsterInstance.get()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def materialize_batch(
+    csv_path: Path, key: str, config: dict[str, Any] | None = None
+) -> LaunchResult:
+    """``config``: further ``BatchConfig`` fields for this run (e.g. ``max_cost_usd``)."""
+    instance = _instance()
     if not instance.has_dynamic_partition(batch_partitions.name, key):
         instance.add_dynamic_partitions(batch_partitions.name, [key])
     result = dg.materialize(
@@ -41,7 +58,7 @@ def materialize_batch(csv_path: Path, key: str) -> LaunchResult:
         partition_key=key,
         resources=build_resources(),
         run_config={
-            "ops": {"batch_images": {"config": {"csv_path": str(csv_path)}}},
+            "ops": {"batch_images": {"config": {"csv_path": str(csv_path), **(config or {})}}},
             "loggers": {"console": {"config": {"log_level": "INFO"}}},
         },
         raise_on_error=False,

@@ -2,39 +2,62 @@
 
 The API key is read from the environment at run time by :func:`load_settings`, never put
 into resource config: Dagster stores run config in its instance, and unset must mean "use
-the simulator", which a required ``EnvVar`` cannot express.
+the simulator", which a required ``EnvVar`` cannot express. S3 goes through dagster-aws's
+``S3Resource``: left empty, boto3 reads the standard ``AWS_*`` variables at run time, and
+every field can be set per deployment or per run in the UI's resource config.
 """
-
-from __future__ import annotations
 
 import os
 from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
 from ideogram_pipeline.settings import Settings, load_settings
+from ideogram_pipeline.storage import LocalStore, ObjectStore
 
-__all__ = ["PipelineSettingsResource", "build_resources", "prompts_dir"]
+__all__ = ["PipelineSettingsResource", "StorageResource", "build_resources", "prompts_dir"]
 
 
 class PipelineSettingsResource(dg.ConfigurableResource):
-    """Where images and metadata go and how hard to push the API.
+    """How hard to push the API. Empty values mean "take it from the environment"."""
 
-    Empty values mean "take it from the environment" (``IDEOGRAM_STORAGE``,
-    ``IDEOGRAM_MAX_INFLIGHT``), so one code location serves every deployment.
-    """
-
-    storage: str = ""
     max_inflight: int = 0
 
     def settings(self) -> Settings:
         settings = load_settings(os.environ)
-        if self.storage:
-            settings = replace(settings, storage=self.storage)
         if self.max_inflight:
             settings = replace(settings, max_inflight=self.max_inflight)
         return settings
+
+
+class StorageResource(dg.ConfigurableResource):
+    """Where images and metadata go: ``root`` or ``IDEOGRAM_STORAGE`` (local path or S3)."""
+
+    root: str = ""
+    s3: dg.ResourceDependency[S3Resource]
+
+    def resolve(self, settings: Settings) -> Settings:
+        return replace(settings, storage=self.root) if self.root else settings
+
+    def open(self, settings: Settings) -> ObjectStore:
+        """The store for the resolved root; S3 clients come from the ``S3Resource``."""
+        settings = self.resolve(settings)
+        if not settings.is_s3:
+            return LocalStore(settings.storage)
+        from ideogram_pipeline.storage.s3 import S3Store, parse_s3_uri
+
+        bucket, prefix = parse_s3_uri(settings.storage)
+        store = S3Store(
+            self.s3.get_client(),
+            bucket,
+            prefix,
+            root=settings.storage.rstrip("/"),
+            sse=settings.s3_sse_spec,
+        )
+        store._secret = settings.aws_secret_access_key or self.s3.aws_secret_access_key
+        return store
 
 
 def prompts_dir() -> Path:
@@ -42,5 +65,16 @@ def prompts_dir() -> Path:
     return Path(os.environ.get("IDEOGRAM_PROMPTS_DIR", "prompts")).resolve()
 
 
+def _secret_from_env(name: str) -> dg.EnvVar | None:
+    """``EnvVar(name)`` when the variable is set, so Dagster's config snapshots hold the
+    variable's name, never its value; unset leaves boto3's chain (profile, role) in charge."""
+    return dg.EnvVar(name) if os.environ.get(name) else None
+
+
 def build_resources() -> dict[str, dg.ConfigurableResource]:
-    return {"pipeline": PipelineSettingsResource()}
+    s3 = S3Resource(
+        aws_access_key_id=_secret_from_env("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=_secret_from_env("AWS_SECRET_ACCESS_KEY"),
+        aws_session_token=_secret_from_env("AWS_SESSION_TOKEN"),
+    )
+    return {"pipeline": PipelineSettingsResource(), "storage": StorageResource(s3=s3), "s3": s3}

@@ -10,6 +10,7 @@ from ideogram_pipeline.ideogram.errors import (
     CorruptImage,
     DownloadError,
     IdeogramError,
+    ImageTooLarge,
     InvalidRequest,
     LinkExpired,
     OutOfCredits,
@@ -17,8 +18,11 @@ from ideogram_pipeline.ideogram.errors import (
     SafetyRejected,
     ServerError,
     TransportError,
+    UnexpectedContent,
+    UntrustedUrl,
 )
 from ideogram_pipeline.ideogram.limiter import InflightLimiter
+from ideogram_pipeline.ideogram.url_policy import UrlPolicy
 
 __all__ = [
     "APIStatusError",
@@ -27,6 +31,7 @@ __all__ = [
     "DownloadError",
     "IdeogramClient",
     "IdeogramError",
+    "ImageTooLarge",
     "InflightLimiter",
     "InvalidRequest",
     "LinkExpired",
@@ -36,4 +41,7 @@ __all__ = [
     "SafetyRejected",
     "ServerError",
     "TransportError",
+    "UnexpectedContent",
+    "UntrustedUrl",
+    "UrlPolicy",
 ]

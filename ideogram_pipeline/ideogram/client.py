@@ -10,27 +10,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import httpx
 
+from ideogram_pipeline.ideogram.downloads import fetch_image
 from ideogram_pipeline.ideogram.errors import (
-    CorruptImage,
-    DownloadError,
+    GenerationFailed,
     IdeogramError,
-    LinkExpired,
     TransportError,
     error_for_status,
 )
 from ideogram_pipeline.ideogram.limiter import InflightLimiter
-from ideogram_pipeline.ideogram.requests import LEGACY_PATH, V3_PATH, legacy_body, v3_multipart
+from ideogram_pipeline.ideogram.requests import (
+    LEGACY_PATH,
+    V2_GENERATIONS_PATH,
+    V3_PATH,
+    legacy_body,
+    v2_body,
+    v2_path,
+    v3_multipart,
+)
+from ideogram_pipeline.ideogram.url_policy import UrlPolicy
 from ideogram_pipeline.models import GenerationRequest, GenerationResponse
 
 __all__ = ["IdeogramClient", "RetryPolicy", "translate_transport_errors"]
 
 T = TypeVar("T")
+#: Shortest gap between polls of one generation (Ideogram allows 1,000 polls / 10 s).
+POLL_MIN_INTERVAL_S = 0.15
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -78,6 +89,7 @@ def _json_or_text(response: httpx.Response) -> Any:
 
 
 RetryCallback = Callable[[IdeogramError, int], None]
+BeforeSend = Callable[[], Awaitable[None]]
 
 
 class IdeogramClient:
@@ -99,11 +111,16 @@ class IdeogramClient:
         download_timeout_s: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
         on_retry: RetryCallback | None = None,
+        url_policy: UrlPolicy | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # Which image URLs may be fetched (hosts, addresses, size); see url_policy.py.
+        self.url_policy = url_policy or UrlPolicy(api_base_url=self.base_url)
         self.limiter = InflightLimiter(max_inflight)
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
+        # Where to first look for an async result; learnt from completed generations.
+        self._expected_latency = 0.5
         self._download_timeout = httpx.Timeout(download_timeout_s, connect=10.0)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -116,7 +133,7 @@ class IdeogramClient:
         self._downloads = httpx.AsyncClient(
             timeout=self._download_timeout,
             limits=httpx.Limits(max_connections=max(max_inflight * 2, 20)),
-            follow_redirects=True,
+            follow_redirects=False,  # fetch_image follows them, vetting every hop
             transport=transport,
         )
 
@@ -144,11 +161,23 @@ class IdeogramClient:
                 await asyncio.sleep(self.retry.delay(attempt, getattr(exc, "retry_after", None)))
                 attempt += 1
 
-    async def generate(self, request: GenerationRequest) -> GenerationResponse:
-        """Send one request (holding its images' in-flight slots) and parse the answer."""
+    async def generate(
+        self, request: GenerationRequest, before_send: BeforeSend | None = None
+    ) -> GenerationResponse:
+        """Send one request (holding its images' in-flight slots) and parse the answer.
+
+        ``before_send`` runs once, inside the slots, right before the first send: the
+        engine records its intent there, so a queued request that never left leaves no
+        trace and a sent one always does.
+        """
+        hook = before_send
 
         async def once() -> GenerationResponse:
+            nonlocal hook
             async with self.limiter.slots(request.num_images):
+                if hook is not None:
+                    run_hook, hook = hook, None
+                    await run_hook()
                 with translate_transport_errors():
                     if request.is_legacy:
                         response = await self._http.post(LEGACY_PATH, json=legacy_body(request))
@@ -165,28 +194,102 @@ class IdeogramClient:
         result, attempts = await self._with_retries(once)
         return replace(result, attempts=attempts)
 
+    # -- v2, asynchronous ----------------------------------------------------------------------
+
+    async def _post_v2(self, request: GenerationRequest, *, dry_run: bool = False) -> Any:
+        with translate_transport_errors():
+            response = await self._http.post(
+                v2_path(request),
+                json=v2_body(request, asynchronous=not dry_run),
+                params={"dry_run": "true"} if dry_run else None,
+            )
+        if response.status_code != 200:
+            raise error_for_status(
+                response.status_code, _json_or_text(response), retry_after=_retry_after(response)
+            )
+        return response.json()
+
+    async def quote_usd(self, request: GenerationRequest) -> float:
+        """Ideogram's own price for ``request`` (``?dry_run=true``: not billed, not run)."""
+        body, _attempts = await self._with_retries(lambda: self._post_v2(request, dry_run=True))
+        return float(body["usd_micros"]) / 1_000_000
+
+    async def generate_async(
+        self,
+        request: GenerationRequest,
+        on_submitted: Callable[[str], Awaitable[None]],
+        *,
+        resume_generation_id: str | None = None,
+        before_send: BeforeSend | None = None,
+    ) -> GenerationResponse:
+        """Submit with ``async: true``, record the id via ``on_submitted``, then poll.
+
+        The id is handed over before any waiting, so a crash after submission loses nothing:
+        a later run polls the recorded id instead of paying again. With
+        ``resume_generation_id`` nothing is submitted unless that generation failed. The
+        images' in-flight slots are held until the generation completes, because that is
+        how long Ideogram counts them.
+        """
+        generation_id = resume_generation_id
+        attempts = 0
+        async with self.limiter.slots(request.num_images):
+            if before_send is not None and generation_id is None:
+                await before_send()
+            while True:
+                if generation_id is None:
+                    body, tries = await self._with_retries(lambda: self._post_v2(request))
+                    attempts += tries
+                    generation_id = str(body["generation_id"])
+                    await on_submitted(generation_id)
+                try:
+                    result = await self._wait(generation_id)
+                except GenerationFailed as exc:
+                    exc.attempts = attempts
+                    if attempts >= self.retry.max_attempts:
+                        raise
+                    if self.on_retry is not None:
+                        self.on_retry(exc, attempts)
+                    generation_id = None
+                    continue
+                return replace(result, attempts=max(attempts, 1), generation_id=generation_id)
+
+    async def _wait(self, generation_id: str) -> GenerationResponse:
+        started = time.monotonic()
+        await asyncio.sleep(self._expected_latency * 0.95)
+        while True:
+            body, _tries = await self._with_retries(lambda: self._poll_once(generation_id))
+            status = body.get("status")
+            if status == "completed":
+                elapsed = time.monotonic() - started
+                self._expected_latency = 0.8 * self._expected_latency + 0.2 * elapsed
+                return GenerationResponse.from_api(body)
+            if status == "failed":
+                raise GenerationFailed(
+                    f"generation {generation_id} failed: {body.get('failure_reason') or 'unknown'}"
+                )
+            await asyncio.sleep(max(POLL_MIN_INTERVAL_S, self._expected_latency * 0.1))
+
+    async def _poll_once(self, generation_id: str) -> Any:
+        with translate_transport_errors():
+            response = await self._http.get(f"{V2_GENERATIONS_PATH}/{generation_id}")
+        if response.status_code != 200:
+            raise error_for_status(
+                response.status_code, _json_or_text(response), retry_after=_retry_after(response)
+            )
+        return response.json()
+
+    # -- downloads ---------------------------------------------------------------------------
+
     async def download(self, url: str) -> tuple[bytes, int]:
         """Fetch an image while its link is valid; returns the bytes and the attempts made.
 
-        The PNG signature and the declared length are checked here so a truncated body is
+        The URL policy is applied first (a refused URL is never requested, nor retried);
+        the PNG signature and the declared length are checked so a truncated body is
         retried like a dropped connection while the link is still valid.
         """
 
         async def once() -> bytes:
             with translate_transport_errors():
-                response = await self._downloads.get(url)
-            if response.status_code in (401, 403, 404, 410):
-                raise LinkExpired(f"image link no longer valid (HTTP {response.status_code})")
-            if response.status_code != 200:
-                raise DownloadError(f"image download failed with HTTP {response.status_code}")
-            data = response.content
-            declared = response.headers.get("content-length")
-            if declared is not None and int(declared) != len(data):
-                raise CorruptImage(f"truncated download: {len(data)} of {declared} bytes")
-            if not data.startswith(PNG_SIGNATURE):
-                raise CorruptImage("download is not a PNG (bad signature)")
-            if not data.endswith(b"IEND\xaeB`\x82"):
-                raise CorruptImage("PNG is truncated (no IEND chunk)")
-            return data
+                return await fetch_image(self._downloads, url, self.url_policy)
 
         return await self._with_retries(once)

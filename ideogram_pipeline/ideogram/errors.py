@@ -11,9 +11,13 @@
     │   ├── SafetyRejected        422 (fails only that row; not billed)
     │   ├── RateLimited           429 inflight_limit (retried; not billed)
     │   └── ServerError           5xx (retried)
+    ├── GenerationFailed          an async generation ended ``failed`` (not billed; resent)
     └── DownloadError             the image could not be fetched or is not what was promised
         ├── LinkExpired           403 / 404 / 410 on the signed image URL
-        └── CorruptImage          wrong signature, truncated, checksum mismatch
+        ├── CorruptImage          wrong signature, truncated, checksum mismatch
+        ├── UntrustedUrl          refused before fetching: host, scheme, address, redirects
+        ├── ImageTooLarge         the body exceeds IDEOGRAM_MAX_IMAGE_BYTES (not retried)
+        └── UnexpectedContent     the host answered with something that is not an image
 
 Retries decide by class, never by parsing messages. No message ever contains the API key:
 errors are built from status codes and response bodies, never from request headers.
@@ -28,7 +32,9 @@ __all__ = [
     "AuthError",
     "CorruptImage",
     "DownloadError",
+    "GenerationFailed",
     "IdeogramError",
+    "ImageTooLarge",
     "InvalidRequest",
     "LinkExpired",
     "OutOfCredits",
@@ -36,6 +42,8 @@ __all__ = [
     "SafetyRejected",
     "ServerError",
     "TransportError",
+    "UnexpectedContent",
+    "UntrustedUrl",
     "error_for_status",
 ]
 
@@ -104,6 +112,12 @@ class ServerError(APIStatusError):
     retryable = True
 
 
+class GenerationFailed(IdeogramError):
+    """An asynchronous generation ended ``failed``: not billed, so sending again is safe."""
+
+    retryable = True
+
+
 class DownloadError(IdeogramError):
     """The image URL could not be fetched, or returned something that is not the image."""
 
@@ -118,6 +132,24 @@ class LinkExpired(DownloadError):
 
 class CorruptImage(DownloadError):
     """The bytes are not a complete PNG (bad signature, truncated, wrong length)."""
+
+
+class UntrustedUrl(DownloadError):
+    """The URL (or a redirect) leaves the allow-list of image hosts; nothing was fetched."""
+
+    retryable = False
+
+
+class ImageTooLarge(DownloadError):
+    """The download passed the size cap; it was aborted and nothing was stored."""
+
+    retryable = False
+
+
+class UnexpectedContent(DownloadError):
+    """The image host declared a body that is not an image (an HTML error page, say)."""
+
+    retryable = False
 
 
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {

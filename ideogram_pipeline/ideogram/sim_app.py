@@ -26,12 +26,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ideogram_pipeline.ideogram import spec
+from ideogram_pipeline.ideogram.sim_hostile import hostile_response, hostile_url
 from ideogram_pipeline.ideogram.sim_images import ImageKey, pixel_size, render_png
 from ideogram_pipeline.ideogram.sim_state import (
     SimulatorConfig,
     SimulatorStats,
     Triggers,
 )
+from ideogram_pipeline.ideogram.sim_v2 import SimulatedV2
 from ideogram_pipeline.pricing import price_per_image
 
 __all__ = ["ASPECT_RESOLUTIONS", "DEFAULT_RESOLUTION", "build_app", "magic_prompt"]
@@ -149,6 +151,7 @@ class _SimulatedApi:
         secret = config.url_secret or f"ideogram-simulator-{config.random_seed}"
         self.secret = secret.encode("utf-8")
         self.images: dict[str, tuple[ImageKey, int, bool]] = {}  # id -> key, expiry, corrupt
+        self.download_modes: dict[str, str] = {}  # id -> [sim:...] download misbehaviour
         self.attempts: dict[str, int] = {}
         self.unsafe_counter = 0
 
@@ -295,6 +298,9 @@ class _SimulatedApi:
                 )
                 self.images[image_id] = (key, expires, triggers.corrupt)
                 item["url"] = self._signed_url(base_url, image_id, expires)
+                if triggers.download_mode:
+                    self.download_modes[image_id] = triggers.download_mode
+                    item["url"] = hostile_url(item["url"], image_id, triggers.download_mode)
             data.append(item)
         return {"created": datetime.now(UTC).isoformat(timespec="seconds"), "data": data}
 
@@ -302,6 +308,7 @@ class _SimulatedApi:
         """Bound memory in a long-running simulator: expired links can never be served."""
         for image_id in [i for i, (_, exp, _) in self.images.items() if exp < now]:
             del self.images[image_id]
+            self.download_modes.pop(image_id, None)
 
     def _bill(self, fields: dict[str, Any], model: str, payload: dict[str, Any], body: Any) -> None:
         images = payload["data"]
@@ -352,6 +359,11 @@ class _SimulatedApi:
             self.stats.record_download(404)
             return _error(404, "Image not found.")
         key, expires, corrupt = entry
+        mode = self.download_modes.get(image_id)
+        hostile = hostile_response(request, mode, self.config.huge_bytes) if mode else None
+        if hostile is not None:
+            self.stats.record_download(hostile.status_code)
+            return hostile
         width, height = pixel_size(key.resolution, self.config.image_scale)
         data = render_png(key, width, height)
         if corrupt:
@@ -386,8 +398,11 @@ def build_app(
 ) -> Starlette:
     """The simulator as an ASGI app (``app.state.stats`` holds its counters)."""
     api = _SimulatedApi(config or SimulatorConfig(), stats or SimulatorStats())
+    v2 = SimulatedV2(api)
     app = Starlette(
         routes=[
+            Route("/v2/image/generate/{model}", v2.generate, methods=["POST"]),
+            Route("/v2/generations/{generation_id}", v2.poll, methods=["GET"]),
             Route("/v1/ideogram-v3/generate", api.generate_v3, methods=["POST"]),
             Route("/generate", api.generate_legacy, methods=["POST"]),
             Route("/api/images/ephemeral/{image_id}.png", api.download, methods=["GET"]),

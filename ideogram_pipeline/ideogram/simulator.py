@@ -46,6 +46,21 @@ Deterministic triggers (put them anywhere in the prompt; they survive Magic Prom
                      second download is complete
 ===================  =====================================================================
 
+Hostile image host (``sim_hostile``; one per prompt), for the download URL policy:
+
+==========================  ==============================================================
+``[sim:foreign-url]``       the URL names ``https://images.attacker.example/...`` (RFC 2606:
+                            never resolves), a host outside the allow-list
+``[sim:private-url]``       the URL names ``https://169.254.169.254/latest/meta-data/...``,
+                            the cloud metadata address
+``[sim:redirect]``          the download answers 302 to the same image (``&hop=1``), once
+``[sim:redirect-foreign]``  the download answers 302 to ``images.attacker.example``
+``[sim:redirect-loop]``     the download redirects to itself forever (``hop`` counts up)
+``[sim:huge]``              200 ``image/png``: a PNG signature then zeros, ``huge_bytes``
+                            (default 64 MiB) streamed without a Content-Length
+``[sim:not-png]``           200 ``text/html``: a sign-in page instead of the image
+==========================  ==============================================================
+
 Attempts are counted per exact prompt for the simulator's lifetime (``stats.reset()`` keeps
 them), so give each scripted scenario a prompt of its own.
 

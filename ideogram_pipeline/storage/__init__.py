@@ -28,5 +28,5 @@ def open_store(settings: Settings) -> ObjectStore:
     if settings.is_s3:
         from ideogram_pipeline.storage.s3 import S3Store  # boto3 only when needed
 
-        return S3Store.from_settings(settings)
+        return S3Store.from_settings(settings, sse=settings.s3_sse_spec)
     return LocalStore(settings.storage)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -101,6 +102,18 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 self._path(key).unlink()
 
+    def sweep_temporary_files(self, older_than_s: float = 3600.0) -> int:
+        """Remove temporary files a killed writer left behind (never listed, but they take
+        space); young ones may belong to a live writer in another process and stay."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for path in self.path.rglob(".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
+
     def preflight(self) -> None:
         probe = ".preflight/probe"
         try:
@@ -109,6 +122,7 @@ class LocalStore:
             if self.get_bytes(probe) != b"ok":
                 raise StoragePreflightError(f"storage root {self.root} did not read back a write")
             self.delete([probe])
+            self.sweep_temporary_files()
         except OSError as exc:
             raise StoragePreflightError(
                 f"storage root {self.root} is not writable: {exc.strerror or exc}"

@@ -9,6 +9,7 @@ sees half a file, and never rewritten, so a crash loses at most the rows not yet
 from __future__ import annotations
 
 import io
+import re
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -17,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ideogram_pipeline.keys import is_safe_key
 from ideogram_pipeline.storage.base import ObjectStore
 
 __all__ = ["GENERATIONS_PREFIX", "METADATA_SCHEMA", "MetadataWriter", "partition_prefix"]
@@ -55,15 +57,28 @@ METADATA_SCHEMA = pa.schema(
         ("run_started_at", pa.timestamp("us", tz="UTC")),
         ("request_hash", pa.string()),
         ("attempts", pa.int32()),
+        ("attempt_id", pa.string()),  # the ledger attempt this record belongs to
+        ("generation_id", pa.string()),  # Ideogram's id, when the API gave one
         ("latency_ms", pa.float64()),
         ("batch_name", pa.string()),
         ("source_file", pa.string()),
         ("simulated", pa.bool_()),
+        # History features (issue 6): links between records and image fingerprints.
+        ("reproduced_from", pa.string()),  # id of the record this one regenerated
+        ("duplicate_of", pa.string()),  # id of the stored record this request reused
+        ("download_sha256", pa.string()),  # bytes as downloaded, before text chunks
+        ("phash", pa.string()),  # perceptual hash, 16 hex digits
     ]
 )
 
 
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def partition_prefix(day: str, batch: str) -> str:
+    # The last line of defence: a batch key reaches a path only once it is escaped (keys.py).
+    if not is_safe_key(batch) or not _DAY.fullmatch(day):
+        raise ValueError(f"unsafe partition date={day!r} batch={batch!r}: see keys.batch_key_for")
     return f"{GENERATIONS_PREFIX}/date={day}/batch={batch}"
 
 

@@ -35,7 +35,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,11 +249,15 @@ def start_seaweedfs(
     secret_key: str | None = None,
     region: str = DEFAULT_REGION,
     timeout: float = DEFAULT_START_TIMEOUT,
+    extra_identities: Sequence[Mapping[str, Any]] = (),
 ) -> SeaweedServer:
     """Start ``weed mini`` storing under ``data_dir`` and wait until S3 answers.
 
     Credentials default to fresh random ones. A port grabbed by someone else between choosing
     and binding makes weed exit; that is retried with new ports (three attempts).
+    ``extra_identities`` are added to the ``-s3.config`` identities as given (SeaweedFS's
+    format: ``name``, ``credentials``, ``actions`` such as ``Write:bucket/prefix/*``), for
+    least-privilege tests.
     """
     binary = weed_binary()
     root = Path(data_dir).expanduser().resolve()
@@ -274,6 +278,7 @@ def start_seaweedfs(
             "credentials": [{"accessKey": reader_key, "secretKey": reader_secret}],
             "actions": ["Read", "List"],
         },
+        *extra_identities,
     ]
     fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:

@@ -1,0 +1,249 @@
+"""Commands that find things in the history: ``search``, ``inspect`` and ``duplicates``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ideogram_pipeline.cli.common import main, settings_or_exit
+from ideogram_pipeline.models import STATUSES
+
+FORMAT_OPTION = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+#: Table columns are cut to this width; CSV and JSON carry full values.
+TABLE_WIDTHS = {"id": 12, "prompt": 48, "tags": 24, "created_at": 16}
+
+
+def _plain(value: Any) -> str:
+    """Terminal-safe text: no control characters (no escape sequences from prompts)."""
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        value = "|".join(str(item) for item in value)
+    elif isinstance(value, datetime):
+        value = value.strftime("%Y-%m-%d %H:%M")
+    text = str(value)
+    return "".join(ch if ch.isprintable() else " " for ch in text)
+
+
+def emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str) -> None:
+    """Print ``rows`` as an aligned table, CSV (formula-safe) or JSON."""
+    from ideogram_pipeline.export import csv_cell
+
+    if fmt == "json":
+        data = [{c: row.get(c) for c in columns} for row in rows]
+        click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+        return
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([csv_cell(row.get(c)) for c in columns])
+        click.echo(out.getvalue(), nl=False)
+        return
+    if not rows:
+        click.echo("(no matches)")
+        return
+    cells = []
+    for row in rows:
+        line = []
+        for column in columns:
+            text = _plain(row.get(column))
+            limit = TABLE_WIDTHS.get(column)
+            if limit and len(text) > limit:
+                text = text[:limit] if column == "id" else text[: limit - 1] + "…"
+            line.append(text)
+        cells.append(line)
+    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for line in cells:
+        click.echo("  ".join(t.ljust(w) for t, w in zip(line, widths, strict=True)).rstrip())
+
+
+@main.command()
+@click.argument("text", required=False)
+@click.option("--seed", type=int, help="Exact seed.")
+@click.option("--model", help="Model, e.g. V_3 or V_2_TURBO.")
+@click.option("--style", help="Style type, e.g. REALISTIC.")
+@click.option("--aspect-ratio", help="Aspect ratio, 16:9 or 16x9.")
+@click.option("--tag", "tags", multiple=True, help="Has this tag (repeat: has all of them).")
+@click.option("--batch", help="Batch key.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(STATUSES),
+    help="Row status (repeat for any of several).",
+)
+@click.option("--since", help="Created on or after this date (YYYY-MM-DD) or ISO time.")
+@click.option("--until", help="Created on or before this date (whole day) or ISO time.")
+@click.option("--expanded", is_flag=True, help="Also match the Magic-Prompt expansion.")
+@click.option("--all-runs", is_flag=True, help="Search every record of every run, not the latest.")
+@click.option("--limit", default=50, show_default=True, help="Most results to show (0: no limit).")
+@FORMAT_OPTION
+def search(
+    text: str | None,
+    seed: int | None,
+    model: str | None,
+    style: str | None,
+    aspect_ratio: str | None,
+    tags: tuple[str, ...],
+    batch: str | None,
+    statuses: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    expanded: bool,
+    all_runs: bool,
+    limit: int,
+    fmt: str,
+) -> None:
+    """Find generations by prompt words, seed, model, style, tag, batch, status or date.
+
+    TEXT holds words and "quoted phrases"; each must appear as whole words in the prompt,
+    in any case (a trailing * matches a prefix: fox* finds foxes). Newest first, with the
+    stored location of each image.
+
+    Example: ideogram-pipeline search 'fox "fresh snow"' --since 2024-01-01 --tag keep
+    """
+    from ideogram_pipeline import history
+    from ideogram_pipeline.search import RESULT_COLUMNS, SearchError, SearchFilters, parse_when
+    from ideogram_pipeline.search import search as run_search
+
+    try:
+        filters = SearchFilters(
+            text=text,
+            seed=seed,
+            model=model,
+            style=style,
+            aspect_ratio=aspect_ratio,
+            tags=tags,
+            batch=batch,
+            statuses=statuses,
+            since=parse_when(since, name="--since") if since else None,
+            until=parse_when(until, name="--until") if until else None,
+            include_expanded=expanded,
+            all_runs=all_runs,
+            limit=limit or None,
+        )
+        con = history.connect(settings_or_exit())
+        try:
+            rows = run_search(con, filters)
+        finally:
+            con.close()
+    except SearchError as exc:
+        raise click.ClickException(str(exc)) from None
+    emit(rows, RESULT_COLUMNS, fmt)
+
+
+def _read_image(location: str) -> bytes:
+    from ideogram_pipeline.fingerprint import MAX_IMAGE_BYTES
+
+    if location.startswith("s3://"):
+        from ideogram_pipeline.storage import StorageError
+        from ideogram_pipeline.storage.s3 import S3Store, make_s3_client, parse_s3_uri
+
+        try:
+            bucket, key = parse_s3_uri(location)
+            store = S3Store(make_s3_client(settings_or_exit()), bucket, "")
+            info = store.head(key)
+            if info is None:
+                raise click.ClickException(f"{location} does not exist")
+            if info.size > MAX_IMAGE_BYTES:
+                raise click.ClickException(f"{location} is larger than {MAX_IMAGE_BYTES} bytes")
+            return store.get_bytes(key)
+        except StorageError as exc:
+            raise click.ClickException(str(exc)) from None
+    path = Path(location)
+    if not path.is_file():
+        raise click.ClickException(f"{location} is not a file")
+    if path.stat().st_size > MAX_IMAGE_BYTES:
+        raise click.ClickException(f"{location} is larger than {MAX_IMAGE_BYTES} bytes")
+    return path.read_bytes()
+
+
+@main.command()
+@click.argument("file")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: the parameters and the record; json: every text chunk, parsed.",
+)
+def inspect(file: str, fmt: str) -> None:
+    """Show the generation parameters embedded in a stored PNG (a path or an s3:// URI).
+
+    Every image the pipeline stores carries a human-readable `parameters` text chunk and
+    an `ideogram-pipeline` JSON chunk with the full record.
+    """
+    from ideogram_pipeline.pngmeta import PngError, read_metadata
+
+    try:
+        meta = read_metadata(_read_image(file))
+    except PngError as exc:
+        raise click.ClickException(f"{file}: {exc}") from None
+    if meta["parameters"] is None and meta["record"] is None:
+        raise click.ClickException(f"{file} carries no generation parameters")
+    if fmt == "json":
+        click.echo(json.dumps(meta, indent=2, ensure_ascii=False))
+        return
+    if meta["parameters"] is not None:
+        click.echo("parameters:")
+        for line in meta["parameters"].splitlines():
+            click.echo(f"  {_plain(line)}")
+    if meta["record"] is not None:
+        click.echo("record:")
+        for key, value in meta["record"].items():
+            click.echo(f"  {key + ':':<18} {_plain(value)}")
+
+
+DUPLICATE_COLUMNS = ("group", "distance", "id", "batch", "row", "records", "prompt", "stored_uri")
+
+
+@main.command()
+@click.option(
+    "--distance",
+    default=4,
+    show_default=True,
+    type=click.IntRange(0, 32),
+    help="Most differing bits (of 64) between perceptual hashes to count as near-identical.",
+)
+@click.option("--batch", help="Only images of this batch.")
+@FORMAT_OPTION
+def duplicates(distance: int, batch: str | None, fmt: str) -> None:
+    """Group near-identical stored images by perceptual hash (pHash).
+
+    Each group lists its images with their distance (differing bits) from the group's
+    earliest image; records linked as exact duplicates count under their original.
+    """
+    from ideogram_pipeline import history
+    from ideogram_pipeline.duplicates import near_duplicate_groups
+
+    con = history.connect(settings_or_exit())
+    try:
+        groups = near_duplicate_groups(con, distance, batch=batch)
+    finally:
+        con.close()
+    rows = [
+        {**image, "group": number}
+        for number, group in enumerate(groups, start=1)
+        for image in group
+    ]
+    if fmt == "table" and rows:
+        click.echo(f"{len(groups)} group(s) of near-identical images (distance <= {distance})")
+    emit(rows, DUPLICATE_COLUMNS, fmt)

@@ -1,0 +1,131 @@
+"""What a batch will cost before anything is sent, and the guard that refuses a costly one.
+
+The estimate is plain arithmetic over the parsed batch: for every row that will be sent, the
+published price of one image of its model and rendering speed (:mod:`ideogram_pipeline.pricing`)
+times ``num_images``. Rows that will not be sent cost nothing and are left out: rejected rows,
+rows already ``stored`` or ``unsafe`` for the same request (the engine skips them, see
+:func:`ideogram_pipeline.engine.already_done`), and rows asking for more images than the
+account may have in flight (the engine rejects them).
+
+It is an upper bound for a run that goes well: a row that fails on a 422 or a 429 is not
+billed. Retried 5xx are not billed either, so retries never raise the real cost above it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ideogram_pipeline.batches import Batch
+from ideogram_pipeline.engine import already_done
+from ideogram_pipeline.models import GenerationRequest
+from ideogram_pipeline.pricing import price_per_image
+
+__all__ = ["CostEstimate", "CostLimitExceeded", "check_budget", "estimate_cost"]
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """The price of the rows a run would send, and what was left out and why."""
+
+    batch: str
+    rows: int
+    rows_to_send: int
+    images: int
+    usd: float
+    rows_already_done: int = 0
+    rows_rejected: int = 0
+    usd_by_model: dict[str, float] = field(default_factory=dict)
+    unpriced_models: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """One line for a log or a terminal."""
+        text = (
+            f"estimated cost ${self.usd:.2f} for {self.images} image(s) from "
+            f"{self.rows_to_send} row(s) to send"
+        )
+        if self.rows_already_done:
+            text += f"; {self.rows_already_done} row(s) already done are skipped"
+        if self.unpriced_models:
+            text += f"; no published price for {', '.join(self.unpriced_models)}"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batch": self.batch,
+            "rows": self.rows,
+            "rows_to_send": self.rows_to_send,
+            "images": self.images,
+            "estimated_cost_usd": round(self.usd, 4),
+            "rows_already_done": self.rows_already_done,
+            "rows_rejected": self.rows_rejected,
+            "usd_by_model": {k: round(v, 4) for k, v in sorted(self.usd_by_model.items())},
+            "unpriced_models": list(self.unpriced_models),
+        }
+
+
+class CostLimitExceeded(Exception):
+    """The estimate is above the run's maximum; nothing was sent."""
+
+    def __init__(self, estimate: CostEstimate, max_cost_usd: float) -> None:
+        if estimate.unpriced_models:
+            why = f"its cost is unknown: {estimate.describe()}"
+        else:
+            why = f"{estimate.describe()}, above max_cost_usd ${max_cost_usd:.2f}"
+        super().__init__(f"batch {estimate.batch} refused before sending anything: {why}")
+        self.estimate = estimate
+        self.max_cost_usd = max_cost_usd
+
+
+def estimate_cost(
+    batch: Batch,
+    previous: dict[int, dict[str, Any]] | None = None,
+    *,
+    max_inflight: int | None = None,
+) -> CostEstimate:
+    """Price the rows of ``batch`` that a run would send.
+
+    ``previous`` is the batch's recorded state (:func:`ideogram_pipeline.history.batch_state`);
+    ``max_inflight`` the account's limit, above which a row is rejected rather than sent.
+    """
+    previous = previous or {}
+    by_model: Counter[str] = Counter()
+    unpriced: dict[str, None] = {}
+    rows_to_send = images = done = rejected = 0
+    for row in batch.rows:
+        if not isinstance(row, GenerationRequest):
+            rejected += 1
+            continue
+        if already_done(row, previous):
+            done += 1
+            continue
+        if max_inflight is not None and row.num_images > max_inflight:
+            rejected += 1
+            continue
+        rows_to_send += 1
+        images += row.num_images
+        try:
+            by_model[row.model] += price_per_image(row.model, row.rendering_speed) * row.num_images
+        except KeyError:
+            unpriced[row.model] = None
+    return CostEstimate(
+        batch=batch.key,
+        rows=len(batch.rows),
+        rows_to_send=rows_to_send,
+        images=images,
+        usd=round(sum(by_model.values()), 6),
+        rows_already_done=done,
+        rows_rejected=rejected,
+        usd_by_model=dict(by_model),
+        unpriced_models=tuple(unpriced),
+    )
+
+
+def check_budget(estimate: CostEstimate, max_cost_usd: float | None) -> None:
+    """Raise :class:`CostLimitExceeded` when a maximum is set and the estimate exceeds it
+    (or cannot be known because a model has no published price)."""
+    if max_cost_usd is None:
+        return
+    if estimate.unpriced_models or estimate.usd > max_cost_usd + 1e-9:
+        raise CostLimitExceeded(estimate, max_cost_usd)

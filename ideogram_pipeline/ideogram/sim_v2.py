@@ -1,0 +1,281 @@
+"""The simulator's v2 side: ``POST /v2/image/generate/{model}`` and ``GET /v2/generations/{id}``.
+
+Ideogram's current API (see ``reference/ideogram-api-v2-notes.md`` in the design notes) has
+no published OpenAPI document here, so requests are checked against a small table of the
+documented fields per model path: lowercase enums, ``async`` in the body, ``dry_run`` as a
+query parameter. Behaviour follows the notes:
+
+* ``async: true`` answers at once with ``{"generation_id"}``; the generation stays
+  ``pending`` for the simulator's latency (holding its images' in-flight slots), then turns
+  ``completed`` (billed, ``data[]`` with ``object_type``) or ``failed`` (``failure_reason``,
+  not billed). Without ``async`` the call waits and returns the completed shape with
+  ``generation_id``, ``generation_kind`` and ``seed``.
+* ``?dry_run=true`` answers a ``price_quote`` without generating, billing or counting
+  towards the in-flight limit.
+* ``GET /v2/generations/{id}`` is rate limited like Ideogram's polling (``poll_limit`` per
+  10 s; 429 with ``Retry-After`` beyond it).
+* Trigger ``[sim:failed]`` makes an async generation end ``failed`` on its first attempt
+  (``[sim:failedx3]``: the first three), in addition to the v1 triggers, which apply here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ideogram_pipeline.ideogram import spec
+from ideogram_pipeline.ideogram.sim_state import Triggers
+from ideogram_pipeline.pricing import price_per_image
+
+if TYPE_CHECKING:
+    from ideogram_pipeline.ideogram.sim_app import _SimulatedApi
+
+__all__ = ["V2_MODELS", "SimulatedV2"]
+
+_LOWER = {
+    name: tuple(v.lower() for v in spec.enum_values(name))
+    for name in ("AspectRatioV3", "RenderingSpeed", "MagicPromptOption", "StyleTypeV3")
+}
+_SPEEDS = ("turbo", "default", "quality")
+_COMMON = {"prompt", "num_images", "seed", "async", "magic_prompt"}
+
+#: Fields each model path accepts, with their allowed values (None: any value of its type).
+V2_MODELS: dict[str, dict[str, tuple[str, ...] | None]] = {
+    "ideogram-3": {
+        "aspect_ratio": _LOWER["AspectRatioV3"],
+        "resolution": spec.enum_values("ResolutionV3"),
+        "rendering_speed": _LOWER["RenderingSpeed"],
+        "style_type": _LOWER["StyleTypeV3"],
+        "negative_prompt": None,
+    },
+    "ideogram-4": {
+        "resolution": (*spec.enum_values("ResolutionV3"), "2048x2048", "2048x1152", "1152x2048"),
+        "rendering_speed": _SPEEDS,
+    },
+    "ideogram-4-5": {
+        "size": None,
+        "quality": ("low", "medium", "high"),
+        "enable_copyright_detection": None,
+    },
+}
+_QUALITY_PRICE_SPEED = {"low": "TURBO", "medium": "DEFAULT", "high": "QUALITY"}
+_FAILED = re.compile(r"\[sim:failed(?:x(\d+))?\]")
+
+
+def _validate(model: str, body: Any) -> list[str]:
+    if not isinstance(body, dict):
+        return ["body: must be a JSON object"]
+    allowed = V2_MODELS[model]
+    errors = [
+        f"{name}: not accepted by {model}" for name in body if name not in _COMMON | set(allowed)
+    ]
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        errors.append("prompt: required, a non-empty string")
+    elif len(prompt) > 10_000:
+        errors.append("prompt: longer than 10,000 characters")
+    num = body.get("num_images", 1)
+    if not isinstance(num, int) or isinstance(num, bool) or not 1 <= num <= 8:
+        errors.append("num_images: must be an integer in 1..8")
+    seed = body.get("seed")
+    if seed is not None and (not isinstance(seed, int) or not 0 <= seed <= spec.SEED_MAX):
+        errors.append(f"seed: must be an integer in 0..{spec.SEED_MAX}")
+    if "async" in body and not isinstance(body["async"], bool):
+        errors.append("async: must be a boolean")
+    if body.get("magic_prompt") is not None and body["magic_prompt"] not in ("auto", "on", "off"):
+        errors.append("magic_prompt: must be one of auto, on, off")
+    for name, values in allowed.items():
+        if name in body and values is not None and body[name] not in values:
+            errors.append(f"{name}: {body[name]!r} is not one of {', '.join(values[:12])}...")
+    if "aspect_ratio" in body and "resolution" in body:
+        errors.append("aspect_ratio+resolution: cannot be used together")
+    return errors
+
+
+@dataclass
+class _Generation:
+    id: str
+    model: str
+    body: dict[str, Any]
+    created: str
+    status: str = "pending"
+    payload: dict[str, Any] = field(default_factory=dict)
+    failure_reason: str | None = None
+
+
+class SimulatedV2:
+    """v2 handlers sharing the v1 simulator's key check, limits, images and billing."""
+
+    def __init__(self, api: _SimulatedApi, poll_limit: int = 1000) -> None:
+        self.api = api
+        self.generations: dict[str, _Generation] = {}
+        self.failed_attempts: collections.Counter[str] = collections.Counter()
+        self.poll_limit = poll_limit
+        self.polls: collections.deque[float] = collections.deque()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def generate(self, request: Request) -> Response:
+        api = self.api
+        if (denied := api._check_key(request)) is not None:
+            return denied
+        model = request.path_params["model"]
+        if model not in V2_MODELS:
+            api.stats.record_response(404)
+            return JSONResponse({"error": f"model {model!r} not found"}, status_code=404)
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as exc:
+            return api._invalid(f"body: not valid JSON: {exc}")
+        if errors := _validate(model, body):
+            return api._invalid("; ".join(errors))
+        fields = _as_v1_fields(model, body)
+        if request.query_params.get("dry_run", "").lower() == "true":
+            api.stats.record_response(200)
+            return JSONResponse(_quote(model, fields))
+        if not body.get("async"):
+            response = await api._generate(request, fields, model, body, legacy=False)
+            if response.status_code != 200:
+                return response
+            payload = json.loads(bytes(response.body))
+            return JSONResponse(_completed_shape(uuid.uuid4().hex, payload))
+        return await self._submit(request, model, body, fields)
+
+    async def _submit(
+        self, request: Request, model: str, body: dict[str, Any], fields: dict[str, Any]
+    ) -> Response:
+        api = self.api
+        num_images = int(fields.get("num_images", 1))
+        triggers = Triggers.from_prompt(fields["prompt"])
+        attempt = api.attempts[fields["prompt"]] = api.attempts.get(fields["prompt"], 0) + 1
+        scripted = triggers.failure_for_attempt(attempt)
+        if scripted == 429 or not api.stats.try_acquire(num_images, api.config.max_inflight):
+            api.stats.record_response(429)
+            return JSONResponse(
+                {
+                    "error": "Too many requests in flight for this organization.",
+                    "reject_reason": "inflight_limit",
+                    "max_inflight_requests": api.config.max_inflight,
+                    "task_completion_speed": "fast",
+                },
+                status_code=429,
+            )
+        if scripted is not None or triggers.safety_reject:
+            api.stats.release(num_images)
+            status = scripted or 422
+            api.stats.record_response(status)
+            return JSONResponse({"error": f"simulated HTTP {status}"}, status_code=status)
+        generation = _Generation(
+            id=uuid.uuid4().hex,
+            model=model,
+            body=body,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        self.generations[generation.id] = generation
+        api.stats.record_response(200)
+        task = asyncio.create_task(self._complete(request, generation, fields, triggers))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return JSONResponse({"generation_id": generation.id})
+
+    async def _complete(
+        self, request: Request, generation: _Generation, fields: dict[str, Any], triggers: Triggers
+    ) -> None:
+        api = self.api
+        num_images = int(fields.get("num_images", 1))
+        try:
+            delay = api.config.latency_s + (api.config.slow_latency_s if triggers.slow else 0)
+            await asyncio.sleep(delay)
+            match = _FAILED.search(fields["prompt"])
+            if match:
+                self.failed_attempts[fields["prompt"]] += 1
+                if self.failed_attempts[fields["prompt"]] <= int(match.group(1) or 1):
+                    generation.status = "failed"
+                    generation.failure_reason = "simulated generation failure"
+                    return
+            payload = api._success(request, fields, generation.model, num_images, triggers, False)
+            api._bill(fields, generation.model, payload, generation.body)
+            generation.payload = _completed_shape(generation.id, payload)
+            generation.status = "completed"
+        finally:
+            api.stats.release(num_images)
+
+    async def poll(self, request: Request) -> Response:
+        api = self.api
+        if (denied := api._check_key(request)) is not None:
+            return denied
+        now = time.monotonic()
+        while self.polls and now - self.polls[0] > 10:
+            self.polls.popleft()
+        if len(self.polls) >= self.poll_limit:
+            api.stats.record_response(429)
+            return JSONResponse(
+                {"error": "Polling rate limit exceeded."},
+                status_code=429,
+                headers={"Retry-After": "1"},
+            )
+        self.polls.append(now)
+        generation = self.generations.get(request.path_params["generation_id"])
+        if generation is None:
+            return JSONResponse({"error": "generation not found"}, status_code=404)
+        if generation.status == "completed":
+            return JSONResponse(
+                {**generation.payload, "status": "completed", "created": generation.created}
+            )
+        answer: dict[str, Any] = {
+            "generation_id": generation.id,
+            "status": generation.status,
+            "created": generation.created,
+        }
+        if generation.failure_reason:
+            answer["failure_reason"] = generation.failure_reason
+        return JSONResponse(answer)
+
+
+def _as_v1_fields(model: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The v2 body in the upper-case v1 spellings the shared image code understands."""
+    fields = {k: v for k, v in body.items() if k != "async"}
+    for name in ("rendering_speed", "magic_prompt", "style_type"):
+        if isinstance(fields.get(name), str):
+            fields[name] = fields[name].upper()
+    if model == "ideogram-4-5":
+        quality = fields.pop("quality", None)
+        fields.pop("size", None)
+        fields.pop("enable_copyright_detection", None)
+        if quality:
+            fields["rendering_speed"] = _QUALITY_PRICE_SPEED[quality]
+    return fields
+
+
+def _completed_shape(generation_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    data = [{**item, "object_type": "image"} for item in payload["data"]]
+    return {
+        "generation_id": generation_id,
+        "generation_kind": "sampling",
+        "response_type": "url",
+        "seed": data[0]["seed"] if data else None,
+        "data": data,
+    }
+
+
+def _quote(model: str, fields: dict[str, Any]) -> dict[str, Any]:
+    quantity = int(fields.get("num_images", 1))
+    micros = round(price_per_image(model, fields.get("rendering_speed")) * 1_000_000) * quantity
+    return {
+        "object": "price_quote",
+        "billing_identifier": f"{model.replace('-', '_')}_generate",
+        "quantity": quantity,
+        "usd_micros": micros,
+        "credit_millis": micros // 100,
+        "qualifier": "exact",
+        "upper_bound_usd_micros": micros,
+    }

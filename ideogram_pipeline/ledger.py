@@ -1,0 +1,169 @@
+"""A durable per-batch ledger of paid work: what was asked, and what came back.
+
+Ideogram takes no idempotency key, so the only defence against paying twice is to write
+down, before each request, that it is about to be sent, and, as soon as an answer arrives,
+what it was (the generation id, the image URLs and their seeds), before spending time on
+downloads. A later run reads the ledger and:
+
+- polls a recorded ``generation_id`` instead of submitting again (asynchronous mode);
+- downloads recorded image URLs that are still valid instead of generating again;
+- reports a request with an intent but no answer as ``unknown`` (possibly billed: a
+  synchronous request may have run on Ideogram's side after the connection dropped), and
+  sends it again only when the user says so.
+
+Each event is one small JSON object written whole through the :class:`ObjectStore`, so the
+ledger lives beside the images (it survives the machine) and a crash can never leave half an
+entry. Layout::
+
+    ledger/<batch>/<row>-<request hash>/<attempt id>.<n>-<event>.json
+
+Attempt ids start with a nanosecond timestamp, so the newest attempt sorts last.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ideogram_pipeline.models import GeneratedImage, GenerationRequest, GenerationResponse
+from ideogram_pipeline.storage import ObjectStore
+
+__all__ = ["LEDGER_PREFIX", "Ledger", "LedgerEntry", "attempt_day", "new_attempt_id"]
+
+LEDGER_PREFIX = "ledger"
+_EVENTS = {"intent": 1, "submitted": 2, "result": 3}
+
+
+def new_attempt_id() -> str:
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+
+
+def attempt_day(attempt_id: str) -> str:
+    """The UTC day an attempt started (``YYYY-MM-DD``), fixed for the attempt's lifetime."""
+    stamp = datetime.fromtimestamp(int(attempt_id.split("-", 1)[0]) / 1e9, tz=UTC)
+    return stamp.date().isoformat()
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """Everything recorded about the newest attempt for one (row, request)."""
+
+    row: int
+    request_hash: str
+    attempt_id: str
+    mode: str  # "sync" or "async"
+    intent_at: str
+    generation_id: str | None = None
+    response: GenerationResponse | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.response is not None
+
+
+class Ledger:
+    """Reads and appends a batch's ledger through the store."""
+
+    def __init__(self, store: ObjectStore, batch: str) -> None:
+        self.store = store
+        self.batch = batch
+
+    def _key(self, request: GenerationRequest, attempt_id: str, event: str) -> str:
+        folder = f"{request.row:06d}-{request.request_hash()[:16]}"
+        return f"{LEDGER_PREFIX}/{self.batch}/{folder}/{attempt_id}.{_EVENTS[event]}-{event}.json"
+
+    def _write(self, request: GenerationRequest, attempt_id: str, event: str, **data: Any) -> None:
+        body = {
+            "event": event,
+            "row": request.row,
+            "request_hash": request.request_hash(),
+            "attempt_id": attempt_id,
+            "at": datetime.now(UTC).isoformat(),
+            **data,
+        }
+        self.store.put_bytes(
+            self._key(request, attempt_id, event),
+            json.dumps(body, sort_keys=True).encode("utf-8"),
+            content_type="application/json",
+        )
+
+    def record_intent(self, request: GenerationRequest, attempt_id: str, mode: str) -> None:
+        """Before sending: from here on, a crash leaves evidence that money may be spent."""
+        self._write(request, attempt_id, "intent", mode=mode)
+
+    def record_submitted(
+        self, request: GenerationRequest, attempt_id: str, generation_id: str
+    ) -> None:
+        """An asynchronous generation was accepted: a later run polls this id, never resends."""
+        self._write(request, attempt_id, "submitted", generation_id=generation_id)
+
+    def record_result(
+        self, request: GenerationRequest, attempt_id: str, response: GenerationResponse
+    ) -> None:
+        """The answer, with image URLs, before any download starts."""
+        self._write(
+            request,
+            attempt_id,
+            "result",
+            generation_id=response.generation_id,
+            created=response.created,
+            images=[asdict(image) for image in response.images],
+        )
+
+    def prune(self, concluded: set[tuple[int, str]]) -> int:
+        """Delete the entries of rows whose outcome is now in the metadata; returns how many.
+
+        Called only after the metadata is written, so the ledger holds just unfinished work
+        and a re-run reads little. A crash halfway leaves entries that the next run sees as
+        concluded (their attempt is recorded), so pruning never loses anything.
+        """
+        folders = {f"{row:06d}-{request_hash[:16]}" for row, request_hash in concluded}
+        prefix = f"{LEDGER_PREFIX}/{self.batch}/"
+        doomed = [
+            info.key
+            for info in self.store.list(prefix)
+            if info.key[len(prefix) :].split("/", 1)[0] in folders
+        ]
+        self.store.delete(doomed)
+        return len(doomed)
+
+    def load(self) -> dict[tuple[int, str], LedgerEntry]:
+        """The newest attempt per (row, request hash), merged from its events."""
+        events: dict[tuple[int, str, str], dict[str, Any]] = defaultdict(dict)
+        prefix = f"{LEDGER_PREFIX}/{self.batch}/"
+        for info in self.store.list(prefix):
+            if not info.key.endswith(".json"):
+                continue
+            body = json.loads(self.store.get_bytes(info.key))
+            key = (int(body["row"]), str(body["request_hash"]), str(body["attempt_id"]))
+            events[key][body["event"]] = body
+        newest: dict[tuple[int, str], LedgerEntry] = {}
+        for (row, request_hash, attempt_id), by_event in sorted(events.items()):
+            intent = by_event.get("intent")
+            if intent is None:
+                continue
+            submitted = by_event.get("submitted", {})
+            result = by_event.get("result")
+            response = None
+            if result is not None:
+                response = GenerationResponse(
+                    created=result.get("created"),
+                    images=tuple(GeneratedImage(**image) for image in result["images"]),
+                    generation_id=result.get("generation_id"),
+                )
+            newest[(row, request_hash)] = LedgerEntry(
+                row=row,
+                request_hash=request_hash,
+                attempt_id=attempt_id,
+                mode=intent.get("mode", "sync"),
+                intent_at=intent["at"],
+                generation_id=(result or submitted).get("generation_id")
+                or submitted.get("generation_id"),
+                response=response,
+            )
+        return newest

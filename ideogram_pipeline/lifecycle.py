@@ -1,0 +1,406 @@
+"""What retention, the orphan sweep, compaction and reports share: policy, lock, file I/O.
+
+The policy lives in one place, ``retention.toml`` (the repository root, or the file named by
+``IDEOGRAM_RETENTION``)::
+
+    [retention]
+    default_days = 30          # records older than this go
+    keep_tags = ["keep"]       # records with any of these tags never go
+    [retention.tags]
+    draft = 7                  # per-tag overrides; the longest matching one wins
+    [orphans]
+    grace_hours = 24           # objects younger than this are never orphans (batches in flight)
+    [compaction]
+    target_file_mb = 128
+    [reports]
+    monthly_budget_usd = 500   # IDEOGRAM_MONTHLY_BUDGET_USD overrides it
+    [schedules]
+    cleanup_cron = "0 3 * * *" # IDEOGRAM_CLEANUP_CRON etc. override them
+
+Every lifecycle job that rewrites metadata holds :class:`LifecycleLock`, a lease object
+under ``metadata/lifecycle/``: a cleanup and a compaction interleaving on one partition
+could resurrect rows the cleanup removed. The lock is created with a create-only write
+(``If-None-Match`` on S3, a hard link locally), so only one holder wins; a holder killed
+mid-run leaves it behind, and it counts as stale once it expires or, on the same host, once
+its process is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import time
+import tomllib
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ideogram_pipeline.storage import LocalStore, ObjectExists, ObjectStore, StorageError
+
+__all__ = [
+    "LIFECYCLE_PREFIX",
+    "LifecycleBusy",
+    "LifecycleConfig",
+    "LifecycleError",
+    "LifecycleLock",
+    "RetentionPolicy",
+    "crash_point",
+    "load_lifecycle_config",
+    "parse_as_of",
+    "prune_empty_dirs",
+    "read_parquet_object",
+    "rewrite_rows",
+    "write_parquet_object",
+]
+
+LIFECYCLE_PREFIX = "metadata/lifecycle"
+LOCK_KEY = f"{LIFECYCLE_PREFIX}/lock.json"
+DEFAULT_RETENTION_DAYS = 30.0
+DEFAULT_KEEP_TAGS = ("keep",)
+DEFAULT_GRACE_HOURS = 24.0
+DEFAULT_TARGET_FILE_MB = 128.0
+DEFAULT_CLEANUP_CRON = "0 3 * * *"
+DEFAULT_COMPACTION_CRON = "30 3 * * *"
+DEFAULT_REPORT_CRON = "0 6 * * *"
+#: A lock older than this is stale even if its holder cannot be checked (another host).
+LOCK_TTL_S = 6 * 3600
+#: Test-only: names a crash point at which the process kills itself with SIGKILL.
+CRASH_ENV = "IDEOGRAM_LIFECYCLE_CRASH_AT"
+
+
+class LifecycleError(Exception):
+    """A lifecycle job cannot run as configured; the message says what to change."""
+
+
+class LifecycleBusy(LifecycleError):
+    """Another cleanup or compaction holds the lifecycle lock."""
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How long records live. ``days_for(tags)`` is ``None`` for records kept forever."""
+
+    default_days: float = DEFAULT_RETENTION_DAYS
+    tag_days: Mapping[str, float] = field(default_factory=dict)
+    keep_tags: tuple[str, ...] = DEFAULT_KEEP_TAGS
+
+    def days_for(self, tags: list[str] | tuple[str, ...] | None) -> float | None:
+        """The retention of a record with ``tags``: keep tags win, then the longest override.
+
+        The longest override wins so that adding a tag can never shorten a record's life by
+        surprise (a ``draft`` that is also ``campaign: 90`` stays 90 days).
+        """
+        tags = tags or ()
+        if any(tag in self.keep_tags for tag in tags):
+            return None
+        overrides = [self.tag_days[tag] for tag in tags if tag in self.tag_days]
+        return max(overrides) if overrides else self.default_days
+
+    def with_default(self, days: float | None) -> RetentionPolicy:
+        if days is None:
+            return self
+        return RetentionPolicy(float(days), dict(self.tag_days), self.keep_tags)
+
+    def describe(self) -> str:
+        parts = [f"default {self.default_days:g} days"]
+        parts += [f"{tag} {days:g} days" for tag, days in sorted(self.tag_days.items())]
+        parts.append("kept forever: tags " + ", ".join(self.keep_tags) + " and pinned ids")
+        return "; ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "default_days": self.default_days,
+            "tag_days": dict(sorted(self.tag_days.items())),
+            "keep_tags": list(self.keep_tags),
+        }
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    """Everything the lifecycle jobs read from ``retention.toml`` and the environment."""
+
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    grace_hours: float = DEFAULT_GRACE_HOURS
+    target_file_mb: float = DEFAULT_TARGET_FILE_MB
+    monthly_budget_usd: float | None = None
+    cleanup_cron: str = DEFAULT_CLEANUP_CRON
+    compaction_cron: str = DEFAULT_COMPACTION_CRON
+    report_cron: str = DEFAULT_REPORT_CRON
+    source: str = "built-in defaults"
+
+
+def _number(value: Any, name: str, *, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise LifecycleError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise LifecycleError(f"{name} must be a number, got {value!r}") from None
+    if number < minimum or number != number:
+        raise LifecycleError(f"{name} must be at least {minimum:g}, got {value!r}")
+    return number
+
+
+def _config_path(env: Mapping[str, str]) -> Path | None:
+    named = env.get("IDEOGRAM_RETENTION", "").strip()
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise LifecycleError(f"IDEOGRAM_RETENTION={named} is not a file")
+        return path
+    default = Path("retention.toml")
+    return default if default.is_file() else None
+
+
+def load_lifecycle_config(
+    environ: Mapping[str, str] | None = None, path: str | os.PathLike[str] | None = None
+) -> LifecycleConfig:
+    """Read ``retention.toml`` (or ``path``) and the environment overrides, validated."""
+    env = os.environ if environ is None else environ
+    file = Path(path) if path is not None else _config_path(env)
+    data: dict[str, Any] = {}
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise LifecycleError(f"cannot read retention config {file}: {exc}") from None
+    section = data.get("retention", {})
+    tags = section.get("tags", {})
+    if not isinstance(tags, dict):
+        raise LifecycleError("[retention.tags] must map tag names to days")
+    keep = section.get("keep_tags", list(DEFAULT_KEEP_TAGS))
+    if not isinstance(keep, list) or not all(isinstance(tag, str) for tag in keep):
+        raise LifecycleError("retention.keep_tags must be a list of tag names")
+    policy = RetentionPolicy(
+        default_days=_number(
+            section.get("default_days", DEFAULT_RETENTION_DAYS), "retention.default_days"
+        ),
+        tag_days={str(k): _number(v, f"retention.tags.{k}") for k, v in tags.items()},
+        keep_tags=tuple(keep),
+    )
+    budget = env.get("IDEOGRAM_MONTHLY_BUDGET_USD", "").strip() or data.get("reports", {}).get(
+        "monthly_budget_usd"
+    )
+    schedules = data.get("schedules", {})
+
+    def cron(name: str, default: str) -> str:
+        value = env.get(f"IDEOGRAM_{name.upper()}", "").strip() or schedules.get(name, default)
+        if not isinstance(value, str) or len(value.split()) != 5:
+            raise LifecycleError(f"{name} must be a five-field cron string, got {value!r}")
+        return value
+
+    return LifecycleConfig(
+        retention=policy,
+        grace_hours=_number(
+            data.get("orphans", {}).get("grace_hours", DEFAULT_GRACE_HOURS), "orphans.grace_hours"
+        ),
+        target_file_mb=_number(
+            data.get("compaction", {}).get("target_file_mb", DEFAULT_TARGET_FILE_MB),
+            "compaction.target_file_mb",
+            minimum=0.001,
+        ),
+        monthly_budget_usd=None if budget in (None, "") else _number(budget, "monthly budget"),
+        cleanup_cron=cron("cleanup_cron", DEFAULT_CLEANUP_CRON),
+        compaction_cron=cron("compaction_cron", DEFAULT_COMPACTION_CRON),
+        report_cron=cron("report_cron", DEFAULT_REPORT_CRON),
+        source=str(file) if file is not None else "built-in defaults",
+    )
+
+
+def parse_as_of(value: str | date | datetime | None) -> datetime:
+    """``now`` when empty; a date means midnight UTC at its start; naive times are UTC."""
+    if value is None or value == "":
+        return datetime.now(UTC)
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime(value.year, value.month, value.day)
+    else:
+        try:
+            moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise LifecycleError(
+                f"--as-of must be a date (2025-01-31) or an ISO time, got {value!r}"
+            ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def crash_point(name: str) -> None:
+    """Test-only fault injection: die at once, like a killed worker, at the named point."""
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# -- Parquet objects --------------------------------------------------------------------
+
+
+def read_parquet_object(store: ObjectStore, key: str) -> pa.Table:
+    return pq.read_table(io.BytesIO(store.get_bytes(key)))
+
+
+def write_parquet_object(store: ObjectStore, key: str, table: pa.Table) -> int:
+    """Write ``table`` whole (readers see all of it or nothing); return its size in bytes."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    data = buffer.getvalue()
+    store.put_bytes(key, data, content_type="application/vnd.apache.parquet")
+    return len(data)
+
+
+def _replacement_key(key: str, tag: str) -> str:
+    folder, _, name = key.rpartition("/")
+    base = name.split(".", 1)[0]
+    return f"{folder}/{base}.{tag}.parquet"
+
+
+#: Given a file's table and the mask of its matching rows, the rows to keep in its place.
+RowChange = Callable[[pa.Table, pa.ChunkedArray], pa.Table]
+
+
+def rewrite_rows(
+    store: ObjectStore, prefix: str, ids: set[str], tag: str, change: RowChange
+) -> tuple[int, int]:
+    """Apply ``change`` to every Parquet file under ``prefix`` holding one of ``ids``.
+
+    Returns (files deleted, files written). The changed table replaces the file as
+    ``<base>.<tag>.parquet``, written before the old file is deleted, so a reader never
+    sees a gap (the history views hide the moment's duplicate ids), and a retry after a
+    crash rewrites the same key with the same rows. An empty result deletes the file.
+    """
+    deleted = written = 0
+    wanted = pa.array(sorted(ids), pa.string())
+    for info in list(store.list(prefix + "/")):
+        if not info.key.endswith(".parquet"):
+            continue
+        try:
+            table = read_parquet_object(store, info.key)
+        except StorageError:
+            continue  # deleted since the listing (a retry of this very phase)
+        hit = pc.is_in(table.column("id"), value_set=wanted)
+        if not pc.any(hit).as_py():
+            continue
+        changed = change(table, hit)
+        target = _replacement_key(info.key, tag)
+        if changed.num_rows:
+            write_parquet_object(store, target, changed)
+            written += 1
+        if target != info.key or not changed.num_rows:
+            store.delete([info.key])
+            deleted += 1
+    return deleted, written
+
+
+def put_json(store: ObjectStore, key: str, value: Any, *, create_only: bool = False) -> None:
+    data = json.dumps(value, indent=2, sort_keys=True, default=str).encode("utf-8")
+    store.put_bytes(key, data, content_type="application/json", create_only=create_only)
+
+
+def get_json(store: ObjectStore, key: str) -> Any:
+    return json.loads(store.get_bytes(key))
+
+
+def prune_empty_dirs(store: ObjectStore, prefix: str) -> None:
+    """Remove folders left empty by deletions (local roots only; S3 has no folders)."""
+    if not isinstance(store, LocalStore):
+        return
+    base = store.path / prefix
+    if not base.is_dir():
+        return
+    for dirpath, _dirs, _files in sorted(os.walk(base), key=lambda item: -len(item[0])):
+        path = Path(dirpath)
+        if path != base:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only succeeds when empty
+
+
+# -- the lock ---------------------------------------------------------------------------
+
+
+def _holder_alive(holder: Mapping[str, Any]) -> bool:
+    if time.time() > float(holder.get("expires_at", 0)):
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True  # cannot check another machine: trust the lease until it expires
+    try:
+        os.kill(int(holder.get("pid", 0)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+class LifecycleLock:
+    """``with LifecycleLock(store, "cleanup"):`` one metadata-rewriting job at a time."""
+
+    def __init__(self, store: ObjectStore, job: str, ttl_s: float = LOCK_TTL_S) -> None:
+        self.store = store
+        self.job = job
+        self.ttl_s = ttl_s
+        self.token = uuid.uuid4().hex
+
+    def _holder(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "token": self.token,
+            "job": self.job,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": datetime.fromtimestamp(now, UTC).isoformat(),
+            "expires_at": now + self.ttl_s,
+        }
+
+    def acquire(self) -> None:
+        for _ in range(3):
+            try:
+                put_json(self.store, LOCK_KEY, self._holder(), create_only=True)
+                return
+            except ObjectExists:
+                pass
+            try:
+                holder = get_json(self.store, LOCK_KEY)
+            except (StorageError, ValueError):
+                continue  # released in between (or half-visible): try again
+            if _holder_alive(holder):
+                raise LifecycleBusy(
+                    f"another lifecycle job ({holder.get('job')}, pid {holder.get('pid')} on "
+                    f"{holder.get('host')}, since {holder.get('since')}) holds "
+                    f"{self.store.uri(LOCK_KEY)}; try again when it ends"
+                )
+            self.store.delete([LOCK_KEY])  # stale: its holder died or the lease expired
+        raise LifecycleBusy(f"could not take the lifecycle lock {self.store.uri(LOCK_KEY)}")
+
+    def release(self) -> None:
+        try:
+            holder = get_json(self.store, LOCK_KEY)
+        except (StorageError, ValueError):
+            return
+        if holder.get("token") == self.token:
+            self.store.delete([LOCK_KEY])
+
+    def __enter__(self) -> LifecycleLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def utc_stamp(moment: datetime | None = None) -> str:
+    """A sortable, path-safe timestamp: ``20250131T120000Z``."""
+    return (moment or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def days_ago(as_of: datetime, days: float) -> datetime:
+    return as_of - timedelta(days=days)

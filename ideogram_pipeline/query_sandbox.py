@@ -1,0 +1,136 @@
+"""Running a user's own SQL against the history, inside a boundary DuckDB enforces.
+
+``ideogram-pipeline query`` executes whatever SQL it is given: that is its purpose. A plain
+DuckDB connection would also let that SQL read any file the user can (``read_csv('/etc/
+passwd')``), print environment variables (``getenv('AWS_SECRET_ACCESS_KEY')``), fetch URLs,
+install extensions, or write files with ``COPY ... TO``, including fake Parquet into the
+history itself. SQL pasted from a ticket or a chat is not always what it seems.
+
+The boundary, from the outside in:
+
+1. The connection is built as usual (views, ``httpfs`` and the S3 secret for an S3 root).
+2. Then DuckDB is locked down: ``allowed_directories`` is the storage root only (a local
+   directory, or ``s3://bucket/prefix/``), ``enable_external_access = false`` makes every
+   other file, URL and extension install fail, unredacted secrets stay hidden, and
+   ``lock_configuration = true`` refuses any ``SET`` that would undo it.
+3. Only ``SELECT``-like statements run (``SELECT``, ``WITH``, ``FROM``, ``DESCRIBE``,
+   ``SUMMARIZE``, ``SHOW``, ``PRAGMA show_tables``, ``EXPLAIN``): ``COPY``, ``EXPORT``,
+   ``ATTACH``, ``CREATE`` (secrets included), ``INSTALL``/``LOAD`` and ``SET`` are refused
+   before execution, because the storage root itself must stay read-only to a query.
+
+What the boundary does not cover: reading anything under the storage root is allowed by
+design (all of it is the history and its images), a query can still use CPU and memory,
+and a symbolic link placed inside a local root is followed by the operating system.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import duckdb
+
+from ideogram_pipeline.settings import Settings
+from ideogram_pipeline.storage import ObjectStore, open_store
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "ALLOWED_STATEMENTS",
+    "QueryRefused",
+    "allowed_root",
+    "check_statements",
+    "lock_down",
+    "run_query",
+    "sandboxed_connection",
+]
+
+ALLOWED_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
+
+
+class QueryRefused(ValueError):
+    """The SQL asks for something a history query may not do; the message says what."""
+
+
+def allowed_root(settings: Settings, store: ObjectStore) -> str:
+    """The one prefix queries may read: the storage root, with a trailing ``/``.
+
+    The slash matters: DuckDB compares prefixes as strings, so ``/data`` would also allow
+    ``/data-private``.
+    """
+    if settings.is_s3:
+        from ideogram_pipeline.storage.s3 import parse_s3_uri
+
+        bucket, prefix = parse_s3_uri(settings.storage)
+        return f"s3://{bucket}/{prefix}/" if prefix else f"s3://{bucket}/"
+    return store.root.rstrip("/") + "/"
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def lock_down(con: duckdb.DuckDBPyConnection, allowed: list[str]) -> None:
+    """Restrict ``con`` to ``allowed`` prefixes and freeze its configuration.
+
+    Call it after everything that needs external access (loading ``httpfs``, creating the S3
+    secret, registering views): afterwards nothing can be loaded or changed.
+    """
+    directories = ", ".join(_literal(path) for path in allowed)
+    for statement in (
+        f"SET allowed_directories = [{directories}]",
+        "SET enable_external_access = false",
+        "SET autoinstall_known_extensions = false",
+        "SET autoload_known_extensions = false",
+        "SET allow_community_extensions = false",
+        "SET allow_unredacted_secrets = false",
+        "SET lock_configuration = true",
+    ):
+        con.execute(statement)
+
+
+def check_statements(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Raise :class:`QueryRefused` unless every statement in ``sql`` only reads.
+
+    Parsing errors are DuckDB's own (``duckdb.ParserException``), left to the caller.
+    """
+    statements = con.extract_statements(sql)
+    if not statements:
+        raise QueryRefused("no SQL statement given")
+    for statement in statements:
+        if statement.type not in ALLOWED_STATEMENTS:
+            kind = statement.type.name
+            raise QueryRefused(
+                f"{kind} statements are not allowed here: queries only read the history "
+                "(SELECT, WITH, DESCRIBE, SUMMARIZE, EXPLAIN)"
+            )
+
+
+def sandboxed_connection(
+    settings: Settings, store: ObjectStore | None = None
+) -> duckdb.DuckDBPyConnection:
+    """A history connection (see :func:`ideogram_pipeline.history.connect`), locked down."""
+    from ideogram_pipeline import history
+
+    store = store or open_store(settings)
+    con = history.connect(settings, store)
+    try:
+        lock_down(con, [allowed_root(settings, store)])
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def run_query(settings: Settings, sql: str, store: ObjectStore | None = None) -> pd.DataFrame:
+    """Run the user's ``sql`` inside the boundary and return the last statement's result.
+
+    Raises :class:`QueryRefused` for a statement that writes or configures, and
+    ``duckdb.Error`` for SQL that fails (including a path outside the storage root).
+    """
+    con = sandboxed_connection(settings, store)
+    try:
+        check_statements(con, sql)
+        return con.execute(sql).df()
+    finally:
+        con.close()

@@ -1,0 +1,233 @@
+"""Finding images again: filters over the history, as bound SQL parameters.
+
+People come back months later remembering a few words of a prompt, a seed, a tag or a
+week. :func:`search` turns such filters into one DuckDB query over the ``generations`` view
+(or ``generation_records`` for every run), newest first. Every value a user types is a bound
+parameter; the SQL text is assembled only from fixed fragments.
+
+Prompt text: words and ``"quoted phrases"``, each of which must appear as whole words,
+case-insensitively (Unicode-aware), in the prompt (and optionally the Magic-Prompt
+expansion). A trailing ``*`` matches a word prefix: ``fox*`` finds "foxes".
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from ideogram_pipeline.models import MODELS, STATUSES
+
+if TYPE_CHECKING:
+    import duckdb
+
+__all__ = [
+    "RESULT_COLUMNS",
+    "SearchError",
+    "SearchFilters",
+    "build_query",
+    "parse_terms",
+    "parse_when",
+    "resolve_ids",
+    "search",
+    "term_pattern",
+]
+
+RESULT_COLUMNS = (
+    "id",
+    "created_at",
+    "batch",
+    "row",
+    "image_index",
+    "status",
+    "model",
+    "seed",
+    "aspect_ratio",
+    "style_type",
+    "tags",
+    "prompt",
+    "stored_uri",
+)
+#: Shortest id prefix accepted where a record id is expected.
+MIN_ID_PREFIX = 6
+_WORD_EDGE = r"[^\pL\pN_]"
+_RATIO = re.compile(r"^\s*(\d{1,5})\s*[x:X×]\s*(\d{1,5})\s*$")
+
+
+class SearchError(ValueError):
+    """A filter value cannot be used; the message names the filter."""
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    """What to look for; ``None`` or empty means "any"."""
+
+    text: str | None = None
+    seed: int | None = None
+    model: str | None = None
+    style: str | None = None
+    aspect_ratio: str | None = None
+    tags: tuple[str, ...] = ()
+    batch: str | None = None
+    statuses: tuple[str, ...] = ()
+    since: date | datetime | None = None
+    until: date | datetime | None = None
+    include_expanded: bool = False
+    all_runs: bool = False
+    limit: int | None = 50
+
+
+def parse_terms(text: str) -> list[str]:
+    """Split on whitespace; ``"double quotes"`` keep a phrase together. Apostrophes are text."""
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split = True
+    lexer.quotes = '"'
+    lexer.escape = ""
+    try:
+        terms = [term.strip() for term in lexer]
+    except ValueError:
+        raise SearchError(f"unbalanced double quote in search text {text!r}") from None
+    return [term for term in terms if term]
+
+
+def _literal(text: str) -> str:
+    """RE2-safe literal: ASCII letters and digits as is, everything else as ``\\x{..}``."""
+    return "".join(ch if ch.isascii() and ch.isalnum() else f"\\x{{{ord(ch):x}}}" for ch in text)
+
+
+def term_pattern(term: str) -> str:
+    """The RE2 pattern for one word or phrase: whole words, any run of whitespace between."""
+    prefix = term.endswith("*") and len(term) > 1
+    words = term.rstrip("*").split() if prefix else term.split()
+    body = r"\s+".join(_literal(word) for word in words)
+    end = "" if prefix else f"($|{_WORD_EDGE})"
+    return f"(?i)(^|{_WORD_EDGE}){body}{end}"
+
+
+def parse_when(value: str, *, name: str) -> date | datetime:
+    """A date (``2024-05-01``) or an ISO timestamp; naive timestamps are UTC."""
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            return date.fromisoformat(text)
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise SearchError(f"{name}: {value!r} is not a date (YYYY-MM-DD) or ISO time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _start(value: date | datetime) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime(value.year, value.month, value.day, tzinfo=UTC)
+
+
+def _model(value: str) -> str:
+    model = value.strip().upper().replace("-", "_")
+    if model not in MODELS:
+        raise SearchError(f"model: {value!r} is not one of {', '.join(MODELS)}")
+    return model
+
+
+def _ratio(value: str) -> str:
+    match = _RATIO.match(value)
+    if not match:
+        raise SearchError(f"aspect ratio: {value!r} is not like 16:9 or 16x9")
+    return f"{int(match[1])}x{int(match[2])}"
+
+
+def build_query(filters: SearchFilters) -> tuple[str, list[Any]]:
+    """The SQL (fixed fragments only) and its bound parameters."""
+    where: list[str] = []
+    params: list[Any] = []
+    for term in parse_terms(filters.text or ""):
+        fields = ["prompt", "expanded_prompt"] if filters.include_expanded else ["prompt"]
+        where.append(
+            "(" + " OR ".join(f"coalesce(regexp_matches({f}, ?), false)" for f in fields) + ")"
+        )
+        params.extend([term_pattern(term)] * len(fields))
+    if filters.seed is not None:
+        where.append("seed = ?")
+        params.append(filters.seed)
+    if filters.model:
+        where.append("model = ?")
+        params.append(_model(filters.model))
+    if filters.style:
+        where.append("upper(style_type) = ?")
+        params.append(filters.style.strip().upper())
+    if filters.aspect_ratio:
+        where.append("aspect_ratio = ?")
+        params.append(_ratio(filters.aspect_ratio))
+    for tag in filters.tags:
+        where.append("list_contains(tags, ?)")
+        params.append(tag)
+    if filters.batch:
+        where.append("batch = ?")
+        params.append(filters.batch)
+    if filters.statuses:
+        unknown = sorted(set(filters.statuses) - set(STATUSES))
+        if unknown:
+            raise SearchError(f"status: {', '.join(unknown)} not one of {', '.join(STATUSES)}")
+        where.append("list_contains(?::VARCHAR[], status)")
+        params.append(list(filters.statuses))
+    if filters.since is not None:
+        where.append("created_at >= ?")
+        params.append(_start(filters.since))
+    if filters.until is not None:
+        if isinstance(filters.until, datetime):
+            where.append("created_at <= ?")
+            params.append(filters.until)
+        else:
+            where.append("created_at < ?")
+            params.append(_start(filters.until) + timedelta(days=1))
+    view = "generation_records" if filters.all_runs else "generations"
+    columns = ", ".join(f'"{name}"' for name in RESULT_COLUMNS)
+    sql = f"SELECT {columns} FROM {view}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += ' ORDER BY created_at DESC, batch, "row", image_index, id'
+    if filters.limit is not None:
+        if filters.limit < 1:
+            raise SearchError(f"limit must be at least 1, got {filters.limit}")
+        sql += " LIMIT ?"
+        params.append(filters.limit)
+    return sql, params
+
+
+def search(con: duckdb.DuckDBPyConnection, filters: SearchFilters) -> list[dict[str, Any]]:
+    """Matching records, newest first, as dicts of :data:`RESULT_COLUMNS`."""
+    sql, params = build_query(filters)
+    cursor = con.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def resolve_ids(con: duckdb.DuckDBPyConnection, ids: Sequence[str]) -> list[str]:
+    """Full record ids for ``ids`` (full ids or unique prefixes of at least 6 characters).
+
+    Raises :class:`SearchError` naming every id that matches nothing or more than one record.
+    """
+    wanted = [value.strip().lower() for value in ids]
+    short = [value for value in wanted if len(value) < MIN_ID_PREFIX]
+    if short:
+        raise SearchError(f"record id {short[0]!r} is too short (at least {MIN_ID_PREFIX} chars)")
+    rows = con.execute(
+        "SELECT p.prefix, list(DISTINCT r.id) FROM unnest(?::VARCHAR[]) AS p(prefix) "
+        "LEFT JOIN (SELECT DISTINCT id FROM generation_records) AS r "
+        "ON starts_with(r.id, p.prefix) GROUP BY p.prefix",
+        [wanted],
+    ).fetchall()
+    matches = {prefix: [i for i in found if i is not None] for prefix, found in rows}
+    problems = []
+    for value in wanted:
+        found = matches.get(value, [])
+        if not found:
+            problems.append(f"no record with id {value!r}")
+        elif len(found) > 1:
+            problems.append(f"id {value!r} is ambiguous ({len(found)} records)")
+    if problems:
+        raise SearchError("; ".join(problems))
+    return list(dict.fromkeys(matches[value][0] for value in wanted))

@@ -1,0 +1,133 @@
+"""Search, export and contact sheets over a known history, on a local and an S3 root.
+
+Real components: two batches run through the engine against the bundled simulator (on
+loopback), stored in a temporary folder or a SeaweedFS bucket, queried with DuckDB (over
+httpfs for S3), exported through the CLI.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import zipfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from ideogram_pipeline.cli import main
+from ideogram_pipeline.contact_sheet import save_contact_sheet
+from ideogram_pipeline.ideogram.simulator import Simulator, SimulatorConfig, running_simulator
+from ideogram_pipeline.pngmeta import read_metadata
+from ideogram_pipeline.search import SearchError, SearchFilters, search
+from tests.history_support import Root, make_root
+
+SPRING = (
+    "prompt,seed,model,aspect_ratio,style_type,tags\n"
+    'A red fox in fresh snow,11,,,,"nature|fox-photo"\n'
+    "Two paper boats on a puddle,12,V_2_TURBO,16:9,,boats\n"
+    "Un CAFÉ crème à Paris,13,,,REALISTIC,food|fr\n"
+    "A lighthouse in a storm [sim:unsafe],14,,,,\n"
+    "=1+2 looks like a formula,15,,,,\n"
+)
+AUTUMN = "prompt,seed,tags\nA red barn in autumn fog,21,farm\nFoxes crossing a road at dusk,22,\n"
+
+
+@pytest.fixture(scope="module")
+def simulator() -> Simulator:
+    with running_simulator(SimulatorConfig(image_scale=0.25)) as sim:
+        yield sim
+
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def known(request: pytest.FixtureRequest, simulator: Simulator, tmp_path_factory) -> Root:
+    root = make_root(request.param, simulator, request, tmp_path_factory.mktemp("root"))
+    assert root.run("spring", SPRING).stored == 4
+    assert root.run("autumn", AUTUMN).stored == 2
+    return root
+
+
+def test_search_cli_formats_and_locations(known: Root) -> None:
+    runner = CliRunner(env=known.env)
+    result = runner.invoke(main, ["search", "boats", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.output)
+    assert row["seed"] == 12 and row["batch"] == "spring" and row["tags"] == ["boats"]
+    assert row["stored_uri"].startswith("s3://" if known.kind == "s3" else "/")
+    table = runner.invoke(main, ["search", "--batch", "spring", "--status", "stored"])
+    assert table.exit_code == 0 and "stored_uri" in table.output.splitlines()[0]
+    assert len(table.output.splitlines()) == 1 + 4
+    as_csv = runner.invoke(main, ["search", "formula", "--format", "csv"])
+    assert "'=1+2 looks like a formula" in as_csv.output  # spreadsheet-safe
+    bad = runner.invoke(main, ["search", "--since", "last tuesday"])
+    assert bad.exit_code != 0 and "--since" in bad.output
+
+
+def test_stored_images_describe_themselves(known: Root) -> None:
+    [(record_id, key, sha, download_sha, phash)] = known.query(
+        "SELECT id, image_key, sha256, download_sha256, phash FROM generations WHERE seed = 13"
+    )
+    data = known.store.get_bytes(key)
+    assert hashlib.sha256(data).hexdigest() == sha != download_sha  # checksum of stored bytes
+    meta = read_metadata(data)
+    assert meta["record"]["id"] == record_id and meta["record"]["batch"] == "spring"
+    assert meta["record"]["prompt"] == "Un CAFÉ crème à Paris"
+    assert meta["parameters"].startswith("Un CAFÉ crème à Paris\nSeed: 13,")
+    assert phash and len(phash) == 16
+    if known.kind == "s3":  # inspect reads s3:// URIs too
+        uri = known.store.uri(key)
+        result = CliRunner(env=known.env).invoke(main, ["inspect", uri])
+        assert result.exit_code == 0, result.output
+        assert "Un CAFÉ crème à Paris" in result.output and record_id in result.output
+
+
+def test_export_matches_the_query(known: Root, tmp_path: Path) -> None:
+    where = "batch = 'spring' AND seed <> 14"
+    expected = dict(known.query(f"SELECT id, sha256 FROM generations WHERE {where}"))
+    runner = CliRunner(env=known.env)
+    for target in (tmp_path / "out", tmp_path / "out.zip"):
+        result = runner.invoke(main, ["export", "--where", where, "--to", str(target)])
+        assert result.exit_code == 0, result.output
+        assert "4 record(s) and 4 image(s)" in result.output
+        if target.suffix == ".zip":
+            with zipfile.ZipFile(target) as archive:
+                files = {name: archive.read(name) for name in archive.namelist()}
+        else:
+            files = {
+                p.relative_to(target).as_posix(): p.read_bytes()
+                for p in target.rglob("*")
+                if p.is_file()
+            }
+        table = pq.read_table(io.BytesIO(files["metadata.parquet"]))
+        assert sorted(table.column("id").to_pylist()) == sorted(expected)
+        for record_id, path in zip(
+            table.column("id").to_pylist(), table.column("export_path").to_pylist(), strict=True
+        ):
+            assert hashlib.sha256(files[path]).hexdigest() == expected[record_id]
+        assert len([name for name in files if name.startswith("images/")]) == 4
+        rows = list(csv.DictReader(io.StringIO(files["metadata.csv"].decode("utf-8"))))
+        assert {row["id"] for row in rows} == set(expected)
+        assert "'=1+2 looks like a formula" in {row["prompt"] for row in rows}
+        assert json.loads(files["export.json"])["where"] == where
+    again = runner.invoke(main, ["export", "--where", where, "--to", str(tmp_path / "out.zip")])
+    assert again.exit_code != 0 and "already exists" in again.output
+    bad = runner.invoke(main, ["export", "--where", "nope = 1", "--to", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "condition failed" in bad.output
+    none = runner.invoke(main, ["export", "--where", "false", "--to", str(tmp_path / "y")])
+    assert none.exit_code != 0 and "no records" in none.output
+
+
+def test_contact_sheet_of_a_batch(known: Root) -> None:
+    sheet = save_contact_sheet(known.settings, known.store, "spring", "run123")
+    assert sheet is not None and (sheet.shown, sheet.total) == (5, 5)
+    assert sheet.key == "reports/contact_sheets/spring/run123.png"
+    assert known.store.get_bytes(sheet.key) == sheet.png
+    image = Image.open(io.BytesIO(sheet.png))
+    assert image.width >= 5 * 160 and image.height >= 160
+    assert Image.open(io.BytesIO(sheet.preview_jpeg)).format == "JPEG"
+    assert save_contact_sheet(known.settings, known.store, "no-such-batch", "r") is None

@@ -1,0 +1,129 @@
+"""The lifecycle in Dagster: schedules, their jobs run in a real instance, asset checks.
+
+Real Dagster throughout (a temporary SQLite instance), the code location's own
+``defs``, real batches against the bundled simulator for the history, a local root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from ideogram_pipeline.definitions import defs
+from ideogram_pipeline.defs.lifecycle_schedules import build_lifecycle_schedules
+from ideogram_pipeline.ideogram.simulator import Simulator
+from ideogram_pipeline.lifecycle import load_lifecycle_config
+from tests.lifecycle_support import Root, make_root, simulator_running
+
+SCHEDULES = {
+    "retention_cleanup_schedule": "retention_cleanup_job",
+    "metadata_compaction_schedule": "metadata_compaction_job",
+    "usage_report_schedule": "usage_report_job",
+}
+
+
+@pytest.fixture(scope="module")
+def simulator() -> Iterator[Simulator]:
+    with simulator_running() as sim:
+        yield sim
+
+
+@pytest.fixture
+def root(
+    tmp_path: Path,
+    simulator: Simulator,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Root:
+    config = "[retention]\ndefault_days = 30\n[retention.tags]\ndraft = 7\n"
+    root = make_root("local", tmp_path, simulator, request, retention=config)
+    for name in ("AWS_ENDPOINT_URL", "IDEOGRAM_MONTHLY_BUDGET_USD"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in root.env.items():
+        monkeypatch.setenv(name, value)  # the resources read the environment at run time
+    return root
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        yield instance
+
+
+def _metadata(result: dg.ExecuteInProcessResult, node: str) -> dict[str, Any]:
+    (materialization,) = result.asset_materializations_for_node(node)
+    return {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+
+
+def test_schedules_are_defined_with_configurable_crons() -> None:
+    repo = defs.get_repository_def()
+    schedules = {s.name: s for s in repo.schedule_defs}
+    assert {name: s.job_name for name, s in schedules.items()} == SCHEDULES
+    assert schedules["retention_cleanup_schedule"].cron_schedule == "0 3 * * *"
+    assert all(s.execution_timezone == "UTC" for s in schedules.values())
+    custom = build_lifecycle_schedules(
+        load_lifecycle_config({"IDEOGRAM_CLEANUP_CRON": "15 1 * * 0"})
+    )
+    assert custom[0].cron_schedule == "15 1 * * 0"
+
+
+def test_scheduled_jobs_run_through_dagster(root: Root, instance: dg.DagsterInstance) -> None:
+    root.batch("nightly", [("A draft sketch", "draft"), ("A final painting", "")])
+    for number in range(2):  # a second file in the partition for compaction to merge
+        root.batch("nightly", [(f"An extra print {number}", "")])
+    repo = defs.get_repository_def()
+    results = {}
+    for schedule in repo.schedule_defs:
+        context = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=datetime.now(UTC)
+        )
+        (run_request,) = schedule.evaluate_tick(context).run_requests or []
+        job = defs.resolve_job_def(schedule.job_name)
+        results[schedule.name] = job.execute_in_process(
+            instance=instance, run_config=run_request.run_config, tags=run_request.tags
+        )
+        assert results[schedule.name].success
+
+    # Today nothing is old enough: the scheduled cleanup deletes nothing, and says so.
+    cleanup = _metadata(results["retention_cleanup_schedule"], "retention_cleanup")
+    assert cleanup["records_deleted"] == 0 and cleanup["audit"]
+    compaction = _metadata(results["metadata_compaction_schedule"], "metadata_compaction")
+    assert compaction["files_before"] > compaction["files_after"] >= 1
+    report = _metadata(results["usage_report_schedule"], "usage_report")
+    assert report["records"] == 4 and "data:image/png;base64," in report["report_markdown"]
+    history = _metadata(results["usage_report_schedule"], "generation_history")
+    assert history["records"] == 4 and history["by_status"] == {"stored": 4}
+    checks = results["usage_report_schedule"].get_asset_check_evaluations()
+    assert len(checks) == 4 and all(c.passed for c in checks)
+
+    # Ten days on, the draft goes (draft = 7 days in the policy file).
+    later = (datetime.now(UTC) + timedelta(days=10)).isoformat()
+    again = defs.resolve_job_def("retention_cleanup_job").execute_in_process(
+        instance=instance,
+        run_config={"ops": {"retention_cleanup": {"config": {"as_of": later}}}},
+    )
+    assert _metadata(again, "retention_cleanup")["records_deleted"] == 1
+    assert sorted(p for (p,) in root.query("SELECT prompt FROM generations"))[0] == (
+        "A final painting"
+    )
+
+
+def test_history_checks_fail_visibly(root: Root, instance: dg.DagsterInstance) -> None:
+    root.batch("checked", [("A glass of water", ""), ("A loaf of bread", "")])
+    (key,) = root.query("SELECT image_key FROM generations WHERE prompt = 'A loaf of bread'")[0]
+    root.store.delete([key])
+    result = defs.resolve_job_def("usage_report_job").execute_in_process(instance=instance)
+    assert result.success  # a failed check is shown, it does not hide the report
+    outcomes = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not outcomes["stored_objects_match"].passed
+    missing = outcomes["stored_objects_match"].metadata["missing"].value
+    assert len(missing) == 1
+    assert all(
+        outcomes[name].passed for name in ("ids_unique", "status_present", "cost_non_negative")
+    )
