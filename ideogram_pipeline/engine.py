@@ -24,8 +24,13 @@ from typing import Any
 
 from ideogram_pipeline.batches import Batch
 from ideogram_pipeline.duplicates import link_records
-from ideogram_pipeline.ideogram.client import IdeogramClient
-from ideogram_pipeline.ideogram.errors import IdeogramError, LinkExpired, SafetyRejected
+from ideogram_pipeline.ideogram.client import LAST_RETRY_ERROR, IdeogramClient
+from ideogram_pipeline.ideogram.errors import (
+    IdeogramError,
+    LinkExpired,
+    ResponseLost,
+    SafetyRejected,
+)
 from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
 from ideogram_pipeline.keys import image_key
 from ideogram_pipeline.ledger import Ledger, LedgerEntry, attempt_day, new_attempt_id
@@ -38,12 +43,20 @@ from ideogram_pipeline.models import (
 )
 from ideogram_pipeline.pngmeta import prepare_for_storage
 from ideogram_pipeline.pricing import price_per_image
-from ideogram_pipeline.storage import ObjectStore
+from ideogram_pipeline.storage import ObjectStore, StorageError
 from ideogram_pipeline.storage.metadata import MetadataWriter
 
 __all__ = ["BatchAborted", "BatchSummary", "Progress", "already_done", "run_batch"]
 
 IMAGE_CACHE_CONTROL = "public, max-age=31536000, immutable"
+#: Storage retries (on top of boto3's own): about a minute of outage is waited out.
+STORE_ATTEMPTS = 8
+STORE_RETRY_FIRST_DELAY_S = 0.5
+STORE_RETRY_MAX_DELAY_S = 15.0
+
+
+class StorageUnavailable(Exception):
+    """The store kept failing for an image we paid for and downloaded."""
 
 
 class BatchAborted(Exception):
@@ -143,6 +156,7 @@ class _BatchRun:
         # Records that belong to no request attempt (rejections, links) share this one.
         self.run_attempt = new_attempt_id()
         self.concluded: set[tuple[int, str]] = set()  # rows whose ledger entries can go
+        self.unfinished: set[tuple[int, str]] = set()
         self.client = client
         self.store = store
         self.previous = previous
@@ -210,8 +224,12 @@ class _BatchRun:
 
     async def _add(self, record: dict[str, Any]) -> None:
         status = record["status"]
-        if record.get("request_hash") and status != "unknown":
-            self.concluded.add((record["row"], record["request_hash"]))
+        if record.get("request_hash"):
+            row_key = (record["row"], record["request_hash"])
+            if status == "unknown" or record.get("failure_kind") == "storage":
+                self.unfinished.add(row_key)  # its ledger entry is still needed
+            else:
+                self.concluded.add(row_key)
         setattr(self.summary, status, getattr(self.summary, status) + 1)
         self.summary.cost_usd += record.get("cost_usd") or 0.0
         if len(self.summary.first_records) < 10:
@@ -252,7 +270,19 @@ class _BatchRun:
         return "sync"
 
     async def _ledger(self, write: Callable[..., None], *args: Any) -> None:
-        await asyncio.to_thread(write, *args)
+        """Ledger writes wait out storage outages like image uploads do: without the
+        record of an intent, nothing may be sent."""
+        delay = STORE_RETRY_FIRST_DELAY_S
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                await asyncio.to_thread(write, *args)
+                return
+            except StorageError:
+                if attempt == STORE_ATTEMPTS:
+                    raise
+                self.summary.retries.update(["StorageError"])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX_DELAY_S)
 
     def _on_submitted(
         self, request: GenerationRequest, attempt_id: str
@@ -279,6 +309,7 @@ class _BatchRun:
 
     async def generate(self, request: GenerationRequest) -> None:
         started = time.monotonic()
+        LAST_RETRY_ERROR.set(None)
         entry, recorded = self._attempt_state(request)
         attempt_id = entry.attempt_id if entry else new_attempt_id()
         try:
@@ -311,6 +342,11 @@ class _BatchRun:
                 else:
                     response = await self.client.generate(request, before_send=intent)
                 await self._ledger(self.ledger.record_result, request, attempt_id, response)
+        except ResponseLost as exc:
+            await self._unknown(
+                request, LedgerEntry(request.row, request.request_hash(), attempt_id, "", ""), exc
+            )
+            return
         except IdeogramError as exc:
             if exc.fatal:
                 raise
@@ -321,7 +357,11 @@ class _BatchRun:
                 else f"generation failed after {exc.attempts} attempt(s): {exc}"
             )
             record.update(
-                status="failed", error=f"row {request.row}: {reason}", attempts=exc.attempts
+                status="failed",
+                error=f"row {request.row}: {reason}",
+                attempts=exc.attempts,
+                failure_kind="safety" if isinstance(exc, SafetyRejected) else "generation",
+                last_error=LAST_RETRY_ERROR.get(),
             )
             await self._add(record)
             self._row_done()
@@ -330,26 +370,29 @@ class _BatchRun:
         price = price_per_image(request.model, request.rendering_speed)
         await asyncio.gather(
             *(
-                self._keep_image(
-                    request, index, image, price, response, attempt_id, latency_ms
-                )
+                self._keep_image(request, index, image, price, response, attempt_id, latency_ms)
                 for index, image in enumerate(response.images)
                 if index not in recorded
             )
         )
         self._row_done()
 
-    async def _unknown(self, request: GenerationRequest, entry: LedgerEntry) -> None:
+    async def _unknown(
+        self, request: GenerationRequest, entry: LedgerEntry, lost: ResponseLost | None = None
+    ) -> None:
         before = self.previous.get(request.row) or {}
         if before.get("attempt_id") != entry.attempt_id:  # not yet recorded as unknown
             record = self._base_record(request, 0, entry.attempt_id)
+            what = (
+                str(lost)
+                if lost is not None
+                else f"a request was sent at {entry.intent_at} but no answer was recorded "
+                "(the run stopped); it may have been billed"
+            )
             record.update(
                 status="unknown",
-                error=(
-                    f"row {request.row}: a request was sent at {entry.intent_at} but no answer "
-                    "was recorded (the run stopped); it may have been billed. Re-run with "
-                    "--resend-unknown to send it again."
-                ),
+                failure_kind="answer_lost",
+                error=f"row {request.row}: {what}. Re-run with --resend-unknown to send it again.",
             )
             await self._add(record)
         else:
@@ -392,20 +435,25 @@ class _BatchRun:
                 data = await asyncio.to_thread(prepare_for_storage, data, record, self.batch.key)
                 digest = hashlib.sha256(data).hexdigest()
                 key = image_key(record["id"], attempt_day(attempt_id))
-                await asyncio.to_thread(self._store_image, key, data, digest, record, request)
+            await self._store_with_retries(key, data, digest, record, request)
         except LinkExpired as exc:
             record.update(
                 status="failed",
+                failure_kind="expired",
                 error=f"row {request.row}: image link expired before download: {exc}",
             )
         except IdeogramError as exc:
             record.update(
                 status="failed",
+                failure_kind="download",
                 error=f"row {request.row}: download failed after {exc.attempts} attempt(s): {exc}",
             )
-        except Exception as exc:  # storage errors: the image was paid for, say so plainly
+        except StorageUnavailable as exc:  # paid and downloaded: the ledger keeps the URL
             record.update(
-                status="failed", error=f"row {request.row}: storing the image failed: {exc}"
+                status="failed",
+                failure_kind="storage",
+                error=f"row {request.row}: storing the image failed ({exc}); the next run "
+                "stores it from the ledger without paying again while its link is valid",
             )
         else:
             record.update(
@@ -416,7 +464,31 @@ class _BatchRun:
                 stored_uri=self.store.uri(key),
                 attempts=attempts + download_attempts - 1,
             )
+        record["last_error"] = LAST_RETRY_ERROR.get()
         await self._add(record)
+
+    async def _store_with_retries(
+        self,
+        key: str,
+        data: bytes,
+        digest: str,
+        record: dict[str, Any],
+        request: GenerationRequest,
+    ) -> None:
+        """Storage outages (an S3 endpoint restarting) are waited out with backoff: the
+        image is paid for and in memory, so giving up early would waste it."""
+        delay = STORE_RETRY_FIRST_DELAY_S
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                await asyncio.to_thread(self._store_image, key, data, digest, record, request)
+                return
+            except Exception as exc:
+                if attempt == STORE_ATTEMPTS:
+                    raise StorageUnavailable(str(exc)) from exc
+                LAST_RETRY_ERROR.set(f"{type(exc).__name__}: {exc}")
+                self.summary.retries.update(["StorageError"])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX_DELAY_S)
 
     def _store_image(
         self, key: str, data: bytes, digest: str, record: dict[str, Any], request: GenerationRequest
@@ -543,6 +615,6 @@ async def run_batch(
         run.summary.seconds = time.monotonic() - clock
         raise BatchAborted(f"batch {batch.key} stopped: {exc}", run.summary) from exc
     await run.flush()
-    await asyncio.to_thread(run.ledger.prune, run.concluded)
+    await asyncio.to_thread(run.ledger.prune, run.concluded - run.unfinished)
     run.summary.seconds = time.monotonic() - clock
     return run.summary

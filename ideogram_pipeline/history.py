@@ -65,15 +65,17 @@ def view_sql(store: ObjectStore) -> str:
         # Compaction and cleanup write a file's replacement before deleting it; for that
         # moment a row is in two files. One copy per id, partitioned by the Hive keys so
         # filters on date/batch still prune (ideogram_pipeline.compaction explains).
-        "QUALIFY row_number() OVER (PARTITION BY date, batch, id) = 1"
+        "QUALIFY row_number() OVER (PARTITION BY date, batch, id ORDER BY created_at DESC) = 1"
     )
     # Every schema column exists even before any file has it, and `tags` merges the
     # tag-change log (tag_log.py): the views are the one source of a record's tags.
     tag_views, records = tag_log_sql(store, _with_all_columns(records))
     return (
         tag_views + f"CREATE OR REPLACE VIEW generation_records AS {records};\n"
-        "CREATE OR REPLACE VIEW generations AS SELECT * FROM generation_records "
-        'QUALIFY attempt_id = max(attempt_id) OVER (PARTITION BY batch, "row");\n'
+        "CREATE OR REPLACE VIEW generations AS SELECT * FROM (SELECT * FROM generation_records "
+        'QUALIFY attempt_id = max(attempt_id) OVER (PARTITION BY batch, "row")) '
+        # The newest record of an image: a storage failure later finished from the ledger.
+        "QUALIFY row_number() OVER (PARTITION BY id ORDER BY created_at DESC) = 1;\n"
     )
 
 
@@ -113,7 +115,9 @@ def batch_state(settings: Settings, store: ObjectStore, batch: str) -> dict[int,
     try:
         rows = con.execute(
             'SELECT "row", any_value(request_hash), list(DISTINCT status), any_value(error), '
-            "any_value(attempt_id), list(DISTINCT image_index) "
+            "any_value(attempt_id), "
+            # An image whose storage failed is still to be finished from the ledger.
+            "list(DISTINCT image_index) FILTER (coalesce(failure_kind, '') <> 'storage') "
             'FROM generations WHERE batch = ? GROUP BY "row"',
             [batch],
         ).fetchall()

@@ -121,7 +121,14 @@ def test_kill_then_rerun_ends_consistent(tmp_path: Path, point: str, api_mode: s
         ).fetchall()
     )
     assert sorted(statuses) == list(range(1, ROWS + 1))
-    assert set(statuses.values()) == {"stored"}, statuses
+    if api_mode == "sync":
+        assert set(statuses.values()) == {"stored"}, statuses  # unknown rows were resent
+    else:
+        # A kill between Ideogram accepting a submission and the ledger recording its id
+        # (a few milliseconds) leaves the row unknown: never resent, so never paid twice.
+        unknown = [row for row, status in statuses.items() if status == "unknown"]
+        assert set(statuses.values()) <= {"stored", "unknown"}, statuses
+        assert len(unknown) <= LIMIT
 
     # No duplicate records, no half-written Parquet.
     dupes = con.execute(
@@ -135,7 +142,12 @@ def test_kill_then_rerun_ends_consistent(tmp_path: Path, point: str, api_mode: s
     assert not any(key.endswith(".tmp") for key in listed)
 
     # Objects and metadata agree one to one: no orphans, no dangling rows.
-    keys = {row[0] for row in con.execute("SELECT image_key FROM generations").fetchall()}
+    keys = {
+        row[0]
+        for row in con.execute(
+            "SELECT image_key FROM generations WHERE image_key IS NOT NULL"
+        ).fetchall()
+    }
     con.close()
     objects = {p.relative_to(storage).as_posix() for p in (storage / "images").rglob("*.png")}
     assert objects == keys

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -21,6 +22,7 @@ from ideogram_pipeline.ideogram.downloads import fetch_image
 from ideogram_pipeline.ideogram.errors import (
     GenerationFailed,
     IdeogramError,
+    ResponseLost,
     TransportError,
     error_for_status,
 )
@@ -37,7 +39,7 @@ from ideogram_pipeline.ideogram.requests import (
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy
 from ideogram_pipeline.models import GenerationRequest, GenerationResponse
 
-__all__ = ["IdeogramClient", "RetryPolicy", "translate_transport_errors"]
+__all__ = ["LAST_RETRY_ERROR", "IdeogramClient", "RetryPolicy", "translate_transport_errors"]
 
 T = TypeVar("T")
 #: Shortest gap between polls of one generation (Ideogram allows 1,000 polls / 10 s).
@@ -61,10 +63,22 @@ class RetryPolicy:
 
 
 @contextlib.contextmanager
-def translate_transport_errors() -> Iterator[None]:
-    """The single choke point where httpx exceptions become our :class:`TransportError`."""
+def translate_transport_errors(*, paid_request: bool = False) -> Iterator[None]:
+    """The single choke point where httpx exceptions become our :class:`TransportError`.
+
+    With ``paid_request``, a failure after the request was sent (read timeout, dropped
+    connection) becomes :class:`ResponseLost`: Ideogram may have run and billed it, so
+    sending it again could pay twice. Failures before sending stay retryable.
+    """
     try:
         yield
+    except _ANSWER_LOST as exc:
+        if paid_request:
+            raise ResponseLost(
+                f"the request was sent but no answer arrived ({type(exc).__name__}); "
+                "Ideogram may have run and billed it"
+            ) from exc
+        raise TransportError(f"connection failed: {type(exc).__name__}: {exc}") from exc
     except httpx.TimeoutException as exc:
         raise TransportError(f"timed out: {type(exc).__name__}") from exc
     except httpx.TransportError as exc:
@@ -88,7 +102,15 @@ def _json_or_text(response: httpx.Response) -> Any:
         return response.text[:500]
 
 
+#: httpx errors raised after the request left: the server may have acted on it.
+_ANSWER_LOST = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteTimeout)
+
 RetryCallback = Callable[[IdeogramError, int], None]
+#: The last error that was retried in the current task (one row's work runs in one task),
+#: so the engine can record why a row that finally succeeded needed more than one try.
+LAST_RETRY_ERROR: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "LAST_RETRY_ERROR", default=None
+)
 BeforeSend = Callable[[], Awaitable[None]]
 
 
@@ -158,6 +180,7 @@ class IdeogramClient:
                     raise
                 if self.on_retry is not None:
                     self.on_retry(exc, attempt)
+                LAST_RETRY_ERROR.set(f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(self.retry.delay(attempt, getattr(exc, "retry_after", None)))
                 attempt += 1
 
@@ -178,7 +201,7 @@ class IdeogramClient:
                 if hook is not None:
                     run_hook, hook = hook, None
                     await run_hook()
-                with translate_transport_errors():
+                with translate_transport_errors(paid_request=True):
                     if request.is_legacy:
                         response = await self._http.post(LEGACY_PATH, json=legacy_body(request))
                     else:
@@ -197,7 +220,7 @@ class IdeogramClient:
     # -- v2, asynchronous ----------------------------------------------------------------------
 
     async def _post_v2(self, request: GenerationRequest, *, dry_run: bool = False) -> Any:
-        with translate_transport_errors():
+        with translate_transport_errors(paid_request=not dry_run):
             response = await self._http.post(
                 v2_path(request),
                 json=v2_body(request, asynchronous=not dry_run),

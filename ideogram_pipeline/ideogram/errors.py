@@ -4,6 +4,8 @@
 
     IdeogramError
     ├── TransportError            network failure or timeout (retried)
+    │   └── ResponseLost          a paid request left but its answer did not arrive (not
+    │                             retried: it may have run; the row ends ``unknown``)
     ├── APIStatusError            an HTTP error answer; carries status, body, billed
     │   ├── InvalidRequest        400 (not retried)
     │   ├── AuthError             401 / 403 (stops the batch)
@@ -39,6 +41,7 @@ __all__ = [
     "LinkExpired",
     "OutOfCredits",
     "RateLimited",
+    "ResponseLost",
     "SafetyRejected",
     "ServerError",
     "TransportError",
@@ -63,6 +66,16 @@ class TransportError(IdeogramError):
     """The request did not complete: connection refused or reset, timeout, protocol error."""
 
     retryable = True
+
+
+class ResponseLost(TransportError):
+    """A generate request was sent but the answer never came (timeout, dropped connection).
+
+    Ideogram keeps working on a request whose connection dropped, and bills it, so sending
+    it again could pay twice: the row is reported ``unknown`` instead.
+    """
+
+    retryable = False
 
 
 class APIStatusError(IdeogramError):

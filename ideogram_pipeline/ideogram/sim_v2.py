@@ -158,6 +158,12 @@ class SimulatedV2:
         triggers = Triggers.from_prompt(fields["prompt"])
         attempt = api.attempts[fields["prompt"]] = api.attempts.get(fields["prompt"], 0) + 1
         scripted = triggers.failure_for_attempt(attempt)
+        # The same random faults as v1, drawn in the same order.
+        server_error = api.rng.random() < api.config.server_error_rate
+        server_status = api.rng.choice((500, 503))
+        safety_reject = api.rng.random() < api.config.safety_reject_rate
+        if scripted is None and server_error:
+            scripted = server_status
         if scripted == 429 or not api.stats.try_acquire(num_images, api.config.max_inflight):
             api.stats.record_response(429)
             return JSONResponse(
@@ -169,7 +175,7 @@ class SimulatedV2:
                 },
                 status_code=429,
             )
-        if scripted is not None or triggers.safety_reject:
+        if scripted is not None or triggers.safety_reject or safety_reject:
             api.stats.release(num_images)
             status = scripted or 422
             api.stats.record_response(status)

@@ -58,6 +58,8 @@ METADATA_SCHEMA = pa.schema(
         ("request_hash", pa.string()),
         ("attempts", pa.int32()),
         ("attempt_id", pa.string()),  # the ledger attempt this record belongs to
+        ("last_error", pa.string()),  # the last error retried on the way (None: first try)
+        ("failure_kind", pa.string()),  # failed records: safety, generation, expired, ...
         ("generation_id", pa.string()),  # Ideogram's id, when the API gave one
         ("latency_ms", pa.float64()),
         ("batch_name", pa.string()),

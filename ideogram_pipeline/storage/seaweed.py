@@ -250,6 +250,7 @@ def start_seaweedfs(
     region: str = DEFAULT_REGION,
     timeout: float = DEFAULT_START_TIMEOUT,
     extra_identities: Sequence[Mapping[str, Any]] = (),
+    ports: Mapping[str, int] | None = None,
 ) -> SeaweedServer:
     """Start ``weed mini`` storing under ``data_dir`` and wait until S3 answers.
 
@@ -257,7 +258,8 @@ def start_seaweedfs(
     and binding makes weed exit; that is retried with new ports (three attempts).
     ``extra_identities`` are added to the ``-s3.config`` identities as given (SeaweedFS's
     format: ``name``, ``credentials``, ``actions`` such as ``Write:bucket/prefix/*``), for
-    least-privilege tests.
+    least-privilege tests. ``ports`` (a previous server's ``.ports``) restarts a server
+    at the same address, e.g. after stopping it to test an outage.
     """
     binary = weed_binary()
     root = Path(data_dir).expanduser().resolve()
@@ -285,8 +287,9 @@ def start_seaweedfs(
         json.dump({"identities": identities}, handle)
 
     error: SeaweedError | None = None
+    fixed_ports = dict(ports) if ports else None
     for attempt in range(3):
-        ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
+        ports = fixed_ports or dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
         log_path = root / f"weed-{attempt}.log"
         started = time.monotonic()
         with open(log_path, "wb") as log:
@@ -316,7 +319,7 @@ def start_seaweedfs(
         except SeaweedError as exc:
             server.stop(timeout=5)
             error = exc
-            if "address already in use" in _tail(log_path, 200):
+            if "address already in use" in _tail(log_path, 200) and fixed_ports is None:
                 continue
             raise
         server.startup_seconds = time.monotonic() - started
