@@ -35,7 +35,7 @@ async def _run(args: argparse.Namespace, root: Path, base_url: str, api_key: str
     batch = parse_batch(_batch_csv(args.prompts), key="throughput")
     async with IdeogramClient(base_url, api_key, max_inflight=args.inflight) as client:
         started = time.perf_counter()
-        summary = await run_batch(batch, client, LocalStore(root))
+        summary = await run_batch(batch, client, LocalStore(root), api_mode=args.api_mode)
         elapsed = time.perf_counter() - started
     assert summary.stored == args.prompts, summary.as_dict()
     return elapsed
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=10)
     parser.add_argument("--latency", type=float, default=0.5)
     parser.add_argument("--image-scale", type=float, default=1.0)
+    parser.add_argument("--api-mode", choices=["async", "sync"], default="async")
     args = parser.parse_args()
 
     config = SimulatorConfig(
@@ -60,6 +61,7 @@ def main() -> None:
         ratio = rate / ceiling
         print(f"prompts               {args.prompts}")
         print(f"in-flight limit       {args.inflight} images, latency {args.latency} s")
+        print(f"api mode              {args.api_mode}")
         print(f"elapsed               {elapsed:.2f} s")
         print(f"throughput            {rate:.2f} images/s")
         print(f"theoretical maximum   {ceiling:.2f} images/s (in-flight limit / latency)")

@@ -398,7 +398,7 @@ def build_app(
 ) -> Starlette:
     """The simulator as an ASGI app (``app.state.stats`` holds its counters)."""
     api = _SimulatedApi(config or SimulatorConfig(), stats or SimulatorStats())
-    v2 = SimulatedV2(api)
+    v2 = SimulatedV2(api, poll_limit=api.config.poll_limit_per_10s)
     app = Starlette(
         routes=[
             Route("/v2/image/generate/{model}", v2.generate, methods=["POST"]),

@@ -48,6 +48,8 @@ class SimulatorConfig:
     max_inflight: int = DEFAULT_MAX_INFLIGHT
     image_scale: float = 1.0
     random_seed: int = 0
+    #: ``GET /v2/generations/{id}`` calls allowed per 10 s (Ideogram: 1,000 per organisation).
+    poll_limit_per_10s: int = 1000
     #: HMAC key for image URLs; derived from ``random_seed`` when unset.
     url_secret: str | None = field(default=None, repr=False)
 

@@ -7,6 +7,10 @@ answers with Ideogram's bodies, and a per-organisation in-flight limit counted i
 Request bodies are validated by :mod:`ideogram_pipeline.ideogram.spec` (the derived OpenAPI
 schema), so a client that sends something the spec rejects fails here, not in production.
 
+It also serves Ideogram's current v2 API (``POST /v2/image/generate/{model}`` with
+``async``, ``GET /v2/generations/{id}``, ``?dry_run=true`` quotes); see
+:mod:`ideogram_pipeline.ideogram.sim_v2` and its ``[sim:failed]`` trigger.
+
 Behaviour worth knowing:
 
 * Legacy ``/generate`` serves V_1, V_1_TURBO, V_2, V_2_TURBO, V_2A, V_2A_TURBO (V_2 when
