@@ -144,23 +144,26 @@ def _spans(distance: int) -> list[tuple[int, int]]:
 
 
 def _close_pairs(hashes: Any, distance: int) -> Iterable[tuple[int, int]]:
-    """Index pairs ``(i, j)``, ``i < j``, whose hashes differ in at most ``distance`` bits."""
+    """Index pairs of distinct ``hashes`` that differ in at most ``distance`` bits.
+
+    Per block: sort by the block's value, then compare each hash with the one ``offset``
+    places on, for growing offsets, while any such neighbours still share the block value
+    (in sorted order, equal values are contiguous). Each step is one vectorised pass, so
+    the cost is about (largest bucket) x n instead of n squared.
+    """
     import numpy as np
 
     for shift, width in _spans(distance):
         keys = (hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
         order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
-        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-        ends = np.r_[starts[1:], len(order)]
-        for start, end in zip(starts, ends, strict=True):
-            if end - start < 2:
-                continue
-            members = order[start:end]
-            block = hashes[members]
-            bits = np.bitwise_count(block[:, None] ^ block[None, :])
-            rows, cols = np.nonzero(np.triu(bits <= distance, 1))
-            yield from zip(members[rows].tolist(), members[cols].tolist(), strict=True)
+        sorted_keys, sorted_hashes = keys[order], hashes[order]
+        for offset in range(1, len(order)):
+            same = sorted_keys[offset:] == sorted_keys[:-offset]
+            if not same.any():
+                break
+            bits = np.bitwise_count(sorted_hashes[offset:] ^ sorted_hashes[:-offset])
+            close = np.flatnonzero(same & (bits <= distance))
+            yield from zip(order[close].tolist(), order[close + offset].tolist(), strict=True)
 
 
 def near_duplicate_groups(
@@ -178,23 +181,23 @@ def near_duplicate_groups(
 
     if not 0 <= distance <= MAX_DISTANCE:
         raise ValueError(f"distance must be within 0..{MAX_DISTANCE}, got {distance}")
-    sql = (
-        "SELECT arg_min(id, (duplicate_of IS NOT NULL, created_at)) AS id, any_value(batch) "
-        'AS batch, arg_min("row", (duplicate_of IS NOT NULL, created_at)) AS "row", '
-        "arg_min(prompt, (duplicate_of IS NOT NULL, created_at)) AS prompt, "
-        "any_value(stored_uri) AS stored_uri, any_value(phash) AS phash, "
-        "min(created_at) AS created_at, count(*) AS records "
+    stored = (
         "FROM generations WHERE status = 'stored' AND phash IS NOT NULL "
-        "AND image_key IS NOT NULL AND (? IS NULL OR batch = ?) "
-        "GROUP BY image_key ORDER BY created_at, id"
+        "AND image_key IS NOT NULL AND (? IS NULL OR batch = ?)"
     )
-    cursor = con.execute(sql, [batch, batch])
-    names = [d[0] for d in cursor.description]
-    images = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
-    if len(images) < 2:
+    # Pass 1: only keys and hashes (as integers), so a large history stays cheap.
+    table = con.execute(
+        "SELECT image_key, ('0x' || any_value(phash))::UBIGINT AS hash, min(created_at) AS first "
+        f"{stored} GROUP BY image_key ORDER BY first, image_key",
+        [batch, batch],
+    ).fetch_arrow_table()
+    if table.num_rows < 2:
         return []
-    hashes = np.array([int(image["phash"], 16) for image in images], dtype=np.uint64)
-    parent = list(range(len(images)))
+    keys = table.column("image_key").to_pylist()
+    hashes = table.column("hash").to_numpy()
+    # Identical hashes are one node: they group together without being compared.
+    unique, node_of = np.unique(hashes, return_inverse=True)
+    parent = list(range(len(unique)))
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -202,20 +205,33 @@ def near_duplicate_groups(
             i = parent[i]
         return i
 
-    for i, j in _close_pairs(hashes, distance):
+    for i, j in _close_pairs(unique, distance):
         root_i, root_j = find(i), find(j)
         if root_i != root_j:
             parent[max(root_i, root_j)] = min(root_i, root_j)
     members: dict[int, list[int]] = defaultdict(list)
-    for index in range(len(images)):
-        members[find(index)].append(index)
+    for index, node in enumerate(node_of.reshape(-1).tolist()):
+        members[find(node)].append(index)
+    clusters = [indexes for indexes in members.values() if len(indexes) > 1]
+    if not clusters:
+        return []
+    # Pass 2: details of the grouped images only; the original record speaks for its links.
+    first_record = "(duplicate_of IS NOT NULL, created_at)"
+    cursor = con.execute(
+        f"SELECT image_key, arg_min(id, {first_record}) AS id, "
+        f"arg_min(batch, {first_record}) AS batch, "
+        f'arg_min("row", {first_record}) AS "row", arg_min(prompt, {first_record}) AS prompt, '
+        "any_value(stored_uri) AS stored_uri, any_value(phash) AS phash, "
+        f"min(created_at) AS created_at, count(*) AS records {stored} "
+        "AND list_contains(?::VARCHAR[], image_key) GROUP BY image_key",
+        [batch, batch, [keys[i] for indexes in clusters for i in indexes]],
+    )
+    names = [d[0] for d in cursor.description]
+    details = {row[0]: dict(zip(names[1:], row[1:], strict=True)) for row in cursor.fetchall()}
     groups = []
-    for indexes in members.values():
-        if len(indexes) < 2:
-            continue
-        first = images[indexes[0]]["phash"]
-        groups.append(
-            [{**images[i], "distance": hamming(first, images[i]["phash"])} for i in indexes]
-        )
+    for indexes in clusters:
+        images = [details[keys[i]] for i in indexes]
+        first = images[0]["phash"]
+        groups.append([{**image, "distance": hamming(first, image["phash"])} for image in images])
     groups.sort(key=lambda group: (-len(group), group[0]["created_at"]))
     return groups

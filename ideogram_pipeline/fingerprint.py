@@ -7,14 +7,14 @@ stored as 16 hex digits; their distance is the number of differing bits (0..64).
 
 Images come from the network, so decoding is guarded twice: the declared width and height
 in the PNG header are checked before Pillow sees the file, and Pillow's own
-decompression-bomb limit is set to the same cap and turned into an error.
+decompression-bomb limit is set to the same cap, and the size Pillow reads from any format's
+header is checked before a single pixel is decoded.
 """
 
 from __future__ import annotations
 
 import io
 import struct
-import warnings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -61,16 +61,18 @@ def open_image(data: bytes) -> PILImage.Image:
     size = _png_size(data)
     if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
         raise ImageTooLarge(f"image of {size[0]}x{size[1]} pixels exceeds {MAX_IMAGE_PIXELS}")
+    # Pillow warns above this many pixels and refuses above twice as many. Our own check
+    # right after opening (before any pixel is decoded) refuses anything above it, so no
+    # warning filter is needed (changing filters is not thread-safe, and this runs in
+    # worker threads).
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise ImageTooLarge(f"image of {image.width}x{image.height} pixels is too large")
-            image.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageTooLarge(str(exc)) from None
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(str(exc)) from None
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        raise ImageTooLarge(f"image of {image.width}x{image.height} pixels is too large")
+    image.load()
     return image
 
 

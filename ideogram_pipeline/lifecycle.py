@@ -38,7 +38,7 @@ import tomllib
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +56,11 @@ __all__ = [
     "LifecycleLock",
     "RetentionPolicy",
     "crash_point",
+    "get_json",
     "load_lifecycle_config",
     "parse_as_of",
     "prune_empty_dirs",
+    "put_json",
     "read_parquet_object",
     "rewrite_rows",
     "write_parquet_object",
@@ -400,7 +402,3 @@ class LifecycleLock:
 def utc_stamp(moment: datetime | None = None) -> str:
     """A sortable, path-safe timestamp: ``20250131T120000Z``."""
     return (moment or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-
-
-def days_ago(as_of: datetime, days: float) -> datetime:
-    return as_of - timedelta(days=days)

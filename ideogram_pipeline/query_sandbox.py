@@ -19,8 +19,9 @@ The boundary, from the outside in:
    before execution, because the storage root itself must stay read-only to a query.
 
 What the boundary does not cover: reading anything under the storage root is allowed by
-design (all of it is the history and its images), a query can still use CPU and memory,
-and a symbolic link placed inside a local root is followed by the operating system.
+design (all of it is the history and its images), DuckDB adds its own spill folder
+(``.tmp`` in the working directory) to the allowed list, a query can still use CPU and
+memory, and a symbolic link placed inside a local root is followed by the operating system.
 """
 
 from __future__ import annotations

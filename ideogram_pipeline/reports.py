@@ -106,7 +106,7 @@ def _by_day(con: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> pd.DataFr
         con,
         f"WITH d AS (SELECT date, {_COUNTS}, "
         "sum(size_bytes) FILTER (status = 'stored') AS bytes_added "
-        f"FROM usage WHERE {_WINDOW} GROUP BY date), "
+        f"FROM usage_window WHERE {_WINDOW} GROUP BY date), "
         # Every day of the window (of the data's span when the window is over a year), so
         # quiet days show as zero rather than vanish from the chart.
         "span AS (SELECT CAST(unnest(range(CASE WHEN $until - $since <= 366 THEN $since "
@@ -133,22 +133,29 @@ def _plain(values: dict[str, Any]) -> dict[str, Any]:
 def _budget(
     con: duckdb.DuckDBPyConnection, since: date, until: date, budget: float | None
 ) -> list[dict[str, Any]]:
+    """Spend per calendar month touched by the window (whole months up to ``until``)."""
+    first = date(since.year, since.month, 1)
+    spent = dict(
+        con.execute(
+            "SELECT strftime(date, '%Y-%m'), sum(coalesce(cost_usd, 0)) FROM usage "
+            "WHERE date BETWEEN ? AND ? GROUP BY 1",
+            [first, until],
+        ).fetchall()
+    )
     rows = []
-    month = date(since.year, since.month, 1)
+    month = first
     while month <= until:
         days = calendar.monthrange(month.year, month.month)[1]
         end = month + timedelta(days=days - 1)
-        spend = con.execute(
-            "SELECT coalesce(sum(cost_usd), 0) FROM usage WHERE date BETWEEN ? AND ?",
-            [month, min(end, until)],
-        ).fetchone()[0]  # type: ignore[index]
+        spend = float(spent.get(month.strftime("%Y-%m"), 0.0))
         elapsed = (min(end, until) - month).days + 1
-        row: dict[str, Any] = {"month": month.strftime("%Y-%m"), "spend_usd": float(spend)}
-        row["projected_usd"] = float(spend) / elapsed * days if elapsed < days else float(spend)
+        row: dict[str, Any] = {"month": month.strftime("%Y-%m"), "spend_usd": spend}
+        # A month still running is projected at its average daily spend so far.
+        row["projected_usd"] = spend / elapsed * days if elapsed < days else spend
         if budget is not None:
             row["budget_usd"] = budget
-            row["used_pct"] = 100.0 * float(spend) / budget if budget else None
-            row["remaining_usd"] = budget - float(spend)
+            row["used_pct"] = 100.0 * spend / budget if budget else None
+            row["remaining_usd"] = budget - spend
         rows.append(row)
         month = end + timedelta(days=1)
     return rows
@@ -187,17 +194,22 @@ def build_report(
     params = {"since": since, "until": until}
     con = connect_usage(settings, store)
     try:
-        totals = _df(con, f"SELECT {_COUNTS} FROM usage WHERE {_WINDOW}", params)
+        # One scan of the history for the window; every window figure reads this table.
+        con.execute(
+            f"CREATE TEMP TABLE usage_window AS SELECT * FROM usage WHERE {_WINDOW}", params
+        )
+        totals = _df(con, f"SELECT {_COUNTS} FROM usage_window WHERE {_WINDOW}", params)
         totals_dict = _plain(totals.fillna(0).to_dict("records")[0])
         simulated = con.execute(
-            f"SELECT count(*) FILTER (simulated) FROM usage WHERE {_WINDOW}", params
+            f"SELECT count(*) FILTER (simulated) FROM usage_window WHERE {_WINDOW}", params
         ).fetchone()[0]  # type: ignore[index]
         totals_dict["simulated_records"] = int(simulated or 0)
         by_dimension = {
             name: _df(
                 con,
                 f"SELECT coalesce(CAST({column} AS VARCHAR), '(none)') AS key, {_COUNTS} "
-                f"FROM usage WHERE {_WINDOW} GROUP BY 1 ORDER BY cost_usd DESC, records DESC, key",
+                f"FROM usage_window WHERE {_WINDOW} GROUP BY 1 "
+                "ORDER BY cost_usd DESC, records DESC, key",
                 params,
             )
             for name, column in DIMENSIONS.items()
@@ -205,13 +217,13 @@ def build_report(
         status_mix = _df(
             con,
             "SELECT status, count(*) AS records, count(*) / sum(count(*)) OVER () AS share "
-            f"FROM usage WHERE {_WINDOW} GROUP BY status ORDER BY records DESC, status",
+            f"FROM usage_window WHERE {_WINDOW} GROUP BY status ORDER BY records DESC, status",
             params,
         )
         top_errors = _df(
             con,
             "SELECT status, regexp_replace(error, '^row [0-9]+: ', '') AS reason, "
-            f"count(*) AS records FROM usage WHERE {_WINDOW} AND error IS NOT NULL "
+            f"count(*) AS records FROM usage_window WHERE {_WINDOW} AND error IS NOT NULL "
             "AND status <> 'stored' GROUP BY ALL ORDER BY records DESC, reason LIMIT 10",
             params,
         )
@@ -220,14 +232,14 @@ def build_report(
             "SELECT CASE WHEN grouping(model) = 1 THEN 'all models' "
             "ELSE coalesce(model, '(none)') END AS model, count(latency_ms) AS images, "
             "avg(latency_ms) AS avg_ms, quantile_cont(latency_ms, 0.95) AS p95_ms "
-            f"FROM usage WHERE {_WINDOW} AND latency_ms IS NOT NULL GROUP BY ROLLUP (model) "
+            f"FROM usage_window WHERE {_WINDOW} AND latency_ms IS NOT NULL GROUP BY ROLLUP (model) "
             "ORDER BY grouping(model), model",
             params,
         )
         cost_by_day_model = _df(
             con,
             "SELECT date, coalesce(model, '(none)') AS model, sum(coalesce(cost_usd, 0)) "
-            f"AS cost_usd FROM usage WHERE {_WINDOW} GROUP BY ALL ORDER BY ALL",
+            f"AS cost_usd FROM usage_window WHERE {_WINDOW} GROUP BY ALL ORDER BY ALL",
             params,
         )
         growth = _df(

@@ -195,8 +195,8 @@ def _group_order(item: tuple[tuple[Any, ...], dict[int, dict[str, Any]]]) -> tup
 
 def _batch_key(label: str) -> str:
     """A fresh batch key per reproduction, so one never hides another in ``generations``."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    return batch_key_for(f"reproduce-{label}-{stamp}-{uuid.uuid4().hex[:6]}")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return batch_key_for(f"reproduce-{label.lower()}-{stamp}-{uuid.uuid4().hex[:6]}")
 
 
 def _source_phash(store: ObjectStore, source: dict[str, Any]) -> str | None:

@@ -22,9 +22,10 @@ again (every run first finishes any cleanup a crash left behind):
 
 Which records go: those in ``generation_records`` (every run's records) whose
 ``created_at`` is older than their retention (``RetentionPolicy.days_for`` their tags),
-except pinned ids and records with a keep tag. Tags are read from the ``generations`` view,
-so tag changes merged there at query time count; records superseded by a re-run keep the
-tags they were written with.
+except pinned ids and records with a keep tag. Tags are read from the history views, which
+merge the tag-change log (``tag ID --add keep``, ``tag_log.py``) into every record's
+``tags`` at query time, so a tag added after the fact counts; there is no second tag
+mechanism here.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -99,18 +100,15 @@ USAGE_COLUMNS = (
 )
 
 _SELECT_SQL = """
-WITH current_tags AS (SELECT id, tags FROM generations),
-candidates AS (
-    SELECT r.*, coalesce(c.tags, r.tags) AS effective_tags
-    FROM generation_records r LEFT JOIN current_tags c ON c.id = r.id
-    WHERE r.id NOT IN (SELECT id FROM _pinned)
+WITH candidates AS (
+    SELECT *, coalesce(tags, []) AS effective_tags FROM generation_records
+    WHERE created_at < $horizon AND id NOT IN (SELECT id FROM _pinned)
 ),
 aged AS (
     SELECT *,
-        CASE WHEN list_has_any(coalesce(effective_tags, []), $keep) THEN NULL
+        CASE WHEN list_has_any(effective_tags, $keep) THEN NULL
              ELSE coalesce(
-                (SELECT max(p.days) FROM _policy p
-                 WHERE list_contains(coalesce(effective_tags, []), p.tag)),
+                (SELECT max(p.days) FROM _policy p WHERE list_contains(effective_tags, p.tag)),
                 $default_days)
         END AS retention_days
     FROM candidates
@@ -242,7 +240,14 @@ def _plan(
     columns = ", ".join(f'"{name}"' for name in USAGE_COLUMNS)
     records = con.execute(
         _SELECT_SQL.format(columns=columns),
-        {"keep": list(policy.keep_tags), "default_days": policy.default_days, "as_of": as_of},
+        {
+            "keep": list(policy.keep_tags),
+            "default_days": policy.default_days,
+            "as_of": as_of,
+            # Nothing younger than the shortest retention can go: prune early.
+            "horizon": as_of
+            - timedelta(days=min([policy.default_days, *policy.tag_days.values()])),
+        },
     ).fetch_arrow_table()
     partitions = []
     if records.num_rows:

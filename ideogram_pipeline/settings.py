@@ -62,16 +62,17 @@ class Settings:
     #: limit in dagster.yaml); each gets an equal share of the in-flight limit, so the sum
     #: never exceeds it, on one machine or many.
     concurrent_batches: int = 1
-
-    @property
-    def batch_inflight(self) -> int:
-        """In-flight images one batch may use: its share of the account's limit."""
-        return max(1, self.max_inflight // self.concurrent_batches)
+    #: Image hosts downloads may come from, and the download size cap (url_policy.py).
     image_hosts: tuple[str, ...] = DEFAULT_IMAGE_HOSTS
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     #: Server-side encryption of S3 uploads: ``AES256`` (SSE-S3) or ``aws:kms`` (SSE-KMS).
     s3_sse: str | None = None
     s3_sse_kms_key_id: str | None = None
+
+    @property
+    def batch_inflight(self) -> int:
+        """In-flight images one batch may use: its share of the account's limit."""
+        return max(1, self.max_inflight // self.concurrent_batches)
 
     @property
     def simulated(self) -> bool:

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
+bash scripts/ensure_chromium.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 exec .venv/bin/pytest -q "$@"

@@ -194,6 +194,8 @@ def service_env(tmp: Path, **extra: str) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("IDEOGRAM_", "AWS_", "DAGSTER_"))
     }
+    # dagster-celery starts `celery` by name: this venv's scripts come first on PATH.
+    env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
     env.update(extra)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
@@ -215,11 +217,12 @@ class Service:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
+        """Ctrl-C (SIGINT to the whole group, as a terminal sends it), then SIGKILL."""
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
+                os.killpg(self.process.pid, signal.SIGINT)
             try:
-                self.process.wait(timeout=30)
+                self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)

@@ -57,9 +57,15 @@ class Root:
         return execute_batch(load_batch(csv, key=key), self.settings, store=self.store)
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        return self.queries([sql], params)[0]
+
+    def queries(
+        self, sqls: list[str], params: list[Any] | None = None
+    ) -> list[list[tuple[Any, ...]]]:
+        """Each query's rows, all on one fresh connection (views as a new reader sees them)."""
         con = history.connect(self.settings, self.store)
         try:
-            return con.execute(sql, params or []).fetchall()
+            return [con.execute(sql, params or []).fetchall() for sql in sqls]
         finally:
             con.close()
 

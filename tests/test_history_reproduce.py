@@ -9,6 +9,7 @@ simulator's billing counter (``stats.billed_images``) proves what was and was no
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -69,7 +70,8 @@ def test_reproduce_is_byte_identical_and_linked(root: Root, simulator: Simulator
 
     [new] = root.records("id = ?", [items[kettle["id"]].new_id])
     assert new["reproduced_from"] == kettle["id"] and new["tags"] == ["again"]
-    assert new["batch"] == result.batch and new["batch"].startswith("reproduce-ids-")
+    assert new["batch"] == result.batch
+    assert re.fullmatch(r"reproduce-ids-\d{8}-\d{6}-[0-9a-f]{6}", result.batch)  # readable key
     assert new["request_hash"] == kettle["request_hash"]  # the very same request was sent
     assert new["download_sha256"] == kettle["download_sha256"]
     assert new["sha256"] != kettle["sha256"]  # stored bytes name their own record

@@ -52,6 +52,47 @@ def known(request: pytest.FixtureRequest, simulator: Simulator, tmp_path_factory
     return root
 
 
+class _Searcher:
+    """One DuckDB connection for many searches (a connection per search is slow on S3)."""
+
+    def __init__(self, root: Root) -> None:
+        from ideogram_pipeline import history
+
+        self.con = history.connect(root.settings, root.store)
+
+    def __call__(self, **filters) -> list[str]:
+        return [row["prompt"] for row in search(self.con, SearchFilters(**filters))]
+
+
+def test_search_filters(known: Root) -> None:
+    prompts = _Searcher(known)
+    fox = "A red fox in fresh snow"
+    assert prompts(text="fox") == [fox]  # whole words: "Foxes" is not "fox"
+    assert prompts(text="FOX*") == ["Foxes crossing a road at dusk", fox]  # newest first
+    assert prompts(text='"fresh snow" red') == [fox]
+    assert prompts(text='"snow fresh"') == []
+    assert prompts(text="café") == ["Un CAFÉ crème à Paris"]  # Unicode case folding
+    assert prompts(text="x' OR 1=1 --") == []  # bound, never pasted into SQL
+    assert prompts(seed=12) == ["Two paper boats on a puddle"]
+    assert prompts(model="v_2_turbo") == ["Two paper boats on a puddle"]
+    assert prompts(aspect_ratio="16:9") == ["Two paper boats on a puddle"]
+    assert prompts(style="realistic") == ["Un CAFÉ crème à Paris"]
+    assert prompts(tags=("fr",)) == ["Un CAFÉ crème à Paris"]
+    assert prompts(tags=("nature", "fox-photo")) == [fox]
+    assert prompts(statuses=("unsafe",)) == ["A lighthouse in a storm [sim:unsafe]"]
+    assert len(prompts(batch="autumn")) == 2
+    today = datetime.now(UTC).date()
+    assert len(prompts(since=today, until=today)) == 7
+    assert prompts(since=today + timedelta(days=1)) == []
+    assert prompts(until=today - timedelta(days=1)) == []
+    assert len(prompts(limit=3)) == 3
+    with pytest.raises(SearchError, match="unbalanced"):
+        prompts(text='"open phrase')
+    with pytest.raises(SearchError, match="model"):
+        prompts(model="V_9")
+    prompts.con.close()
+
+
 def test_search_cli_formats_and_locations(known: Root) -> None:
     runner = CliRunner(env=known.env)
     result = runner.invoke(main, ["search", "boats", "--format", "json"])
@@ -79,11 +120,26 @@ def test_stored_images_describe_themselves(known: Root) -> None:
     assert meta["record"]["prompt"] == "Un CAFÉ crème à Paris"
     assert meta["parameters"].startswith("Un CAFÉ crème à Paris\nSeed: 13,")
     assert phash and len(phash) == 16
-    if known.kind == "s3":  # inspect reads s3:// URIs too
-        uri = known.store.uri(key)
-        result = CliRunner(env=known.env).invoke(main, ["inspect", uri])
-        assert result.exit_code == 0, result.output
-        assert "Un CAFÉ crème à Paris" in result.output and record_id in result.output
+    # inspect reads a local path or an s3:// URI, whichever the root gives.
+    runner = CliRunner(env=known.env)
+    result = runner.invoke(main, ["inspect", known.store.uri(key)])
+    assert result.exit_code == 0, result.output
+    assert "Un CAFÉ crème à Paris" in result.output and record_id in result.output
+    as_json = runner.invoke(main, ["inspect", known.store.uri(key), "--format", "json"])
+    assert json.loads(as_json.output)["record"]["seed"] == 13
+
+
+def test_inspect_refuses_files_without_parameters(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    (tmp_path / "text.txt").write_text("hello", encoding="utf-8")
+    runner = CliRunner()
+    result = runner.invoke(main, ["inspect", str(plain)])
+    assert result.exit_code != 0 and "carries no generation parameters" in result.output
+    result = runner.invoke(main, ["inspect", str(tmp_path / "text.txt")])
+    assert result.exit_code != 0 and "not a PNG" in result.output
+    result = runner.invoke(main, ["inspect", str(tmp_path / "missing.png")])
+    assert result.exit_code != 0 and "not a file" in result.output
 
 
 def test_export_matches_the_query(known: Root, tmp_path: Path) -> None:

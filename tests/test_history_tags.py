@@ -166,3 +166,29 @@ def test_near_duplicate_groups_on_planted_images(root: Root) -> None:
     assert result.output.startswith("2 group(s) of near-identical images")
     bad = CliRunner(env=root.env).invoke(main, ["duplicates", "--distance", "65"])
     assert bad.exit_code != 0
+
+
+@pytest.mark.parametrize("distance", [0, 3, 10])
+def test_candidate_pairs_match_brute_force(distance: int) -> None:
+    """The pigeonhole search finds exactly the pairs a full comparison finds."""
+    import numpy as np
+
+    from ideogram_pipeline.duplicates import _close_pairs
+
+    rng = random.Random(distance)
+    values = [rng.getrandbits(64) for _ in range(300)]
+    for base in values[:40]:  # plant neighbours at every distance up to 12 bits
+        flipped = base
+        for bit in rng.sample(range(64), rng.randrange(1, 13)):
+            flipped ^= 1 << bit
+        values.append(flipped)
+    unique = np.unique(np.array(values, dtype=np.uint64))
+    found = {tuple(sorted(pair)) for pair in _close_pairs(unique, distance)}
+    ints = [int(v) for v in unique]
+    expected = {
+        (i, j)
+        for i in range(len(ints))
+        for j in range(i + 1, len(ints))
+        if (ints[i] ^ ints[j]).bit_count() <= distance
+    }
+    assert found == expected and (distance == 0 or expected)

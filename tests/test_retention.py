@@ -106,8 +106,12 @@ def test_per_tag_retention_from_config(
             ("A draft poster", "draft"),
             ("A final poster", ""),
             ("A campaign draft", "draft|campaign"),
+            ("A rescued draft", "draft"),
         ],
     )
+    # A keep tag added after the fact (the tag-change log, merged by the history views).
+    (rescued,) = root.ids("prompt = 'A rescued draft'")
+    assert run_cli(root, ["tag", rescued, "--add", "keep"]).returncode == 0
     (draft,) = root.ids("prompt = 'A draft poster'")
     assert run_cli(root, ["pin", draft]).returncode == 0
     assert "unpinned" in run_cli(root, ["unpin", draft]).stdout
@@ -117,7 +121,8 @@ def test_per_tag_retention_from_config(
     assert result.returncode == 0, result.stderr
     assert "draft 7 days" in result.stdout
     left = sorted(p for (p,) in root.query("SELECT prompt FROM generations"))
-    assert left == ["A campaign draft", "A final poster"]  # the longest matching tag wins
+    # The longest matching tag wins (campaign 90 over draft 7); keep wins over all.
+    assert left == ["A campaign draft", "A final poster", "A rescued draft"]
     _consistent(root)
 
 

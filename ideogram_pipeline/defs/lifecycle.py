@@ -207,7 +207,9 @@ def retention_cleanup(
             policy,
             parse_as_of(config.as_of),
             dry_run=config.dry_run,
-            reason="scheduled cleanup" if context.run.tags.get("dagster/schedule_name") else "",
+            reason="scheduled cleanup"
+            if context.run.tags.get("dagster/schedule_name")
+            else "dagster run",
             by=f"dagster:{context.run_id}",
         )
     except (LifecycleError, StorageError) as exc:

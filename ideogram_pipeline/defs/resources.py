@@ -3,8 +3,10 @@
 The API key is read from the environment at run time by :func:`load_settings`, never put
 into resource config: Dagster stores run config in its instance, and unset must mean "use
 the simulator", which a required ``EnvVar`` cannot express. S3 goes through dagster-aws's
-``S3Resource``: left empty, boto3 reads the standard ``AWS_*`` variables at run time, and
-every field can be set per deployment or per run in the UI's resource config.
+``S3Resource``: AWS credentials that are set in the environment enter as ``EnvVar`` (so
+Dagster's snapshots hold the variable names, never the values), unset ones are left to
+boto3's chain (profile, role), and every field can be set per deployment or per run in the
+UI's resource config. Never type a secret into that config: use an ``EnvVar`` there too.
 """
 
 import os

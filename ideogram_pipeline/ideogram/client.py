@@ -42,8 +42,11 @@ from ideogram_pipeline.models import GenerationRequest, GenerationResponse
 __all__ = ["LAST_RETRY_ERROR", "IdeogramClient", "RetryPolicy", "translate_transport_errors"]
 
 T = TypeVar("T")
-#: Shortest gap between polls of one generation (Ideogram allows 1,000 polls / 10 s).
-POLL_MIN_INTERVAL_S = 0.15
+#: Gap between polls of one pending generation, once its expected latency has passed.
+POLL_MIN_INTERVAL_S = 0.05
+#: Polls per second across the whole client: Ideogram allows 1,000 per 10 s per
+#: organisation, and other processes may poll too.
+POLL_RATE_PER_S = 60.0
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -143,6 +146,7 @@ class IdeogramClient:
         self.on_retry = on_retry
         # Where to first look for an async result; learnt from completed generations.
         self._expected_latency = 0.5
+        self._next_poll_at = 0.0
         self._download_timeout = httpx.Timeout(download_timeout_s, connect=10.0)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -290,9 +294,18 @@ class IdeogramClient:
                 raise GenerationFailed(
                     f"generation {generation_id} failed: {body.get('failure_reason') or 'unknown'}"
                 )
-            await asyncio.sleep(max(POLL_MIN_INTERVAL_S, self._expected_latency * 0.1))
+            await asyncio.sleep(POLL_MIN_INTERVAL_S)
+
+    async def _pace_poll(self) -> None:
+        """Space polls so the whole client stays under ``POLL_RATE_PER_S``."""
+        now = time.monotonic()
+        at = max(now, self._next_poll_at)
+        self._next_poll_at = at + 1.0 / POLL_RATE_PER_S
+        if at > now:
+            await asyncio.sleep(at - now)
 
     async def _poll_once(self, generation_id: str) -> Any:
+        await self._pace_poll()
         with translate_transport_errors():
             response = await self._http.get(f"{V2_GENERATIONS_PATH}/{generation_id}")
         if response.status_code != 200:

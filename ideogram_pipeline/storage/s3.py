@@ -137,6 +137,9 @@ def make_s3_client(
     )
     config = Config(
         s3=s3_options,
+        # SigV4 everywhere: botocore would otherwise presign custom endpoints with SigV2,
+        # whose URLs carry no enforced expiry limit (see sharing.py).
+        signature_version="s3v4",
         # total_max_attempts counts the first try too ("max_attempts" would mean retries).
         retries={"mode": "standard", "total_max_attempts": max_attempts},
         connect_timeout=connect_timeout,
