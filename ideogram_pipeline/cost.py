@@ -7,6 +7,10 @@ rows already ``stored`` or ``unsafe`` for the same request (the engine skips the
 :func:`ideogram_pipeline.engine.already_done`), and rows asking for more images than the
 account may have in flight (the engine rejects them).
 
+Where the API can quote (Ideogram's v2 ``?dry_run=true``, free and authoritative for the
+account), :func:`quote_unit_prices` asks once per (model, rendering speed) and those prices
+replace the table's.
+
 It is an upper bound for a run that goes well: a row that fails on a 422 or a 429 is not
 billed. Retried 5xx are not billed either, so retries never raise the real cost above it.
 """
@@ -14,15 +18,25 @@ billed. Retried 5xx are not billed either, so retries never raise the real cost 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ideogram_pipeline.batches import Batch
 from ideogram_pipeline.engine import already_done
+from ideogram_pipeline.ideogram.client import IdeogramClient
+from ideogram_pipeline.ideogram.errors import IdeogramError
+from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
 from ideogram_pipeline.models import GenerationRequest
 from ideogram_pipeline.pricing import price_per_image
 
-__all__ = ["CostEstimate", "CostLimitExceeded", "check_budget", "estimate_cost"]
+__all__ = [
+    "CostEstimate",
+    "CostLimitExceeded",
+    "check_budget",
+    "estimate_cost",
+    "quote_unit_prices",
+]
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,7 @@ class CostEstimate:
     rows_rejected: int = 0
     usd_by_model: dict[str, float] = field(default_factory=dict)
     unpriced_models: tuple[str, ...] = ()
+    quoted_models: tuple[str, ...] = ()  # priced by Ideogram's dry-run quote, not the table
 
     def describe(self) -> str:
         """One line for a log or a terminal."""
@@ -49,6 +64,8 @@ class CostEstimate:
             text += f"; {self.rows_already_done} row(s) already done are skipped"
         if self.unpriced_models:
             text += f"; no published price for {', '.join(self.unpriced_models)}"
+        if self.quoted_models:
+            text += f"; priced by Ideogram's quote for {', '.join(self.quoted_models)}"
         return text
 
     def as_dict(self) -> dict[str, Any]:
@@ -62,6 +79,7 @@ class CostEstimate:
             "rows_rejected": self.rows_rejected,
             "usd_by_model": {k: round(v, 4) for k, v in sorted(self.usd_by_model.items())},
             "unpriced_models": list(self.unpriced_models),
+            "quoted_models": list(self.quoted_models),
         }
 
 
@@ -83,13 +101,17 @@ def estimate_cost(
     previous: dict[int, dict[str, Any]] | None = None,
     *,
     max_inflight: int | None = None,
+    unit_prices: Mapping[tuple[str, str | None], float] | None = None,
 ) -> CostEstimate:
     """Price the rows of ``batch`` that a run would send.
 
     ``previous`` is the batch's recorded state (:func:`ideogram_pipeline.history.batch_state`);
-    ``max_inflight`` the account's limit, above which a row is rejected rather than sent.
+    ``max_inflight`` the account's limit, above which a row is rejected rather than sent;
+    ``unit_prices`` per-image quotes by (model, rendering speed) that override the table.
     """
     previous = previous or {}
+    unit_prices = unit_prices or {}
+    quoted: dict[str, None] = {}
     by_model: Counter[str] = Counter()
     unpriced: dict[str, None] = {}
     rows_to_send = images = done = rejected = 0
@@ -105,6 +127,11 @@ def estimate_cost(
             continue
         rows_to_send += 1
         images += row.num_images
+        quote = unit_prices.get((row.model, row.rendering_speed))
+        if quote is not None:
+            by_model[row.model] += quote * row.num_images
+            quoted[row.model] = None
+            continue
         try:
             by_model[row.model] += price_per_image(row.model, row.rendering_speed) * row.num_images
         except KeyError:
@@ -119,7 +146,26 @@ def estimate_cost(
         rows_rejected=rejected,
         usd_by_model=dict(by_model),
         unpriced_models=tuple(unpriced),
+        quoted_models=tuple(quoted),
     )
+
+
+async def quote_unit_prices(
+    client: IdeogramClient, requests: Iterable[GenerationRequest]
+) -> dict[tuple[str, str | None], float]:
+    """Ideogram's own price of one image for each (model, rendering speed) in ``requests``.
+
+    Only models on the v2 API can be quoted; a quote that fails leaves the table's price.
+    """
+    prices: dict[tuple[str, str | None], float] = {}
+    kinds = {(r.model, r.rendering_speed) for r in requests if r.model in V2_MODEL_PATHS}
+    for model, speed in sorted(kinds, key=str):
+        probe = GenerationRequest(row=0, prompt="price quote", model=model, rendering_speed=speed)
+        try:
+            prices[(model, speed)] = await client.quote_usd(probe)
+        except IdeogramError:
+            continue
+    return prices
 
 
 def check_budget(estimate: CostEstimate, max_cost_usd: float | None) -> None:

@@ -12,11 +12,15 @@ Every CSV row ends with at least one record: ``stored``, ``unsafe``, ``rejected`
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import hashlib
+import os
 import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +53,9 @@ from ideogram_pipeline.storage.metadata import MetadataWriter
 __all__ = ["BatchAborted", "BatchSummary", "Progress", "already_done", "run_batch"]
 
 IMAGE_CACHE_CONTROL = "public, max-age=31536000, immutable"
+#: Threads for ledger writes and for uploads (each pool): together within boto3's default
+#: connection pool of 32 (storage/s3.py), so no request waits for, or churns, a connection.
+MAX_IO_THREADS = 16
 #: Storage retries (on top of boto3's own): about a minute of outage is waited out.
 STORE_ATTEMPTS = 8
 STORE_RETRY_FIRST_DELAY_S = 0.5
@@ -177,6 +184,29 @@ class _BatchRun:
         self.flush_lock = asyncio.Lock()
         # Downloads start as soon as a generation returns; this only bounds memory.
         self.download_slots = asyncio.Semaphore(max(client.limiter.max_images * 2, 4))
+        # Blocking work runs in pools of this run's own, not the loop's default executor
+        # (min(32, cpus + 4) threads shared by everything): a ledger intent, written while
+        # its request holds in-flight slots, must never queue behind image hashing or
+        # uploads. Hashing decodes whole images (Pillow releases the GIL while decoding),
+        # so it gets one thread per core.
+        limit = client.limiter.max_images
+        self.ledger_pool = ThreadPoolExecutor(
+            min(limit + 4, MAX_IO_THREADS), thread_name_prefix="ideogram-ledger"
+        )
+        self.io_pool = ThreadPoolExecutor(
+            min(max(limit * 2, 4), MAX_IO_THREADS), thread_name_prefix="ideogram-io"
+        )
+        self.cpu_pool = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="ideogram-cpu")
+
+    async def _in_thread(self, pool: Executor, fn: Callable[..., Any], *args: Any) -> Any:
+        """``asyncio.to_thread`` on ``pool``: the call sees this task's context variables."""
+        context = contextvars.copy_context()
+        call = functools.partial(context.run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
+
+    def close(self) -> None:
+        for pool in (self.ledger_pool, self.io_pool, self.cpu_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # -- records -------------------------------------------------------------------------
 
@@ -242,7 +272,9 @@ class _BatchRun:
         async with self.flush_lock:
             records, self.pending = self.pending, []
             if records:
-                keys = await asyncio.to_thread(self.writer.write, self.batch.key, records)
+                keys = await self._in_thread(
+                    self.io_pool, self.writer.write, self.batch.key, records
+                )
                 self.summary.metadata_files.extend(keys)
 
     def _row_done(self) -> None:
@@ -275,7 +307,7 @@ class _BatchRun:
         delay = STORE_RETRY_FIRST_DELAY_S
         for attempt in range(1, STORE_ATTEMPTS + 1):
             try:
-                await asyncio.to_thread(write, *args)
+                await self._in_thread(self.ledger_pool, write, *args)
                 return
             except StorageError:
                 if attempt == STORE_ATTEMPTS:
@@ -431,9 +463,11 @@ class _BatchRun:
         try:
             async with self.download_slots:
                 data, download_attempts = await self.client.download(image.url)
-                # Text chunks in, download sha256 and phash recorded (pngmeta.py, issue 6).
-                data = await asyncio.to_thread(prepare_for_storage, data, record, self.batch.key)
-                digest = hashlib.sha256(data).hexdigest()
+                # Text chunks in, download sha256 and phash recorded (pngmeta.py, issue 6),
+                # and the stored bytes' checksum: all off the event loop.
+                data, digest = await self._in_thread(
+                    self.cpu_pool, _prepare, data, record, self.batch.key
+                )
                 key = image_key(record["id"], attempt_day(attempt_id))
             await self._store_with_retries(key, data, digest, record, request)
         except LinkExpired as exc:
@@ -480,7 +514,9 @@ class _BatchRun:
         delay = STORE_RETRY_FIRST_DELAY_S
         for attempt in range(1, STORE_ATTEMPTS + 1):
             try:
-                await asyncio.to_thread(self._store_image, key, data, digest, record, request)
+                await self._in_thread(
+                    self.io_pool, self._store_image, key, data, digest, record, request
+                )
                 return
             except Exception as exc:
                 if attempt == STORE_ATTEMPTS:
@@ -510,6 +546,12 @@ class _BatchRun:
         info = self.store.head(key)
         if info is None or info.size != len(data):
             raise OSError(f"stored object {key} does not match the downloaded bytes")
+
+
+def _prepare(data: bytes, record: dict[str, Any], batch: str) -> tuple[bytes, str]:
+    """The bytes to store (see :func:`prepare_for_storage`) and their SHA-256."""
+    stored = prepare_for_storage(data, record, batch)
+    return stored, hashlib.sha256(stored).hexdigest()
 
 
 def already_done(row: GenerationRequest | RejectedRow, previous: dict[int, dict[str, Any]]) -> bool:

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from ideogram_pipeline import history
 from ideogram_pipeline.batches import Batch, load_batch
-from ideogram_pipeline.cost import CostEstimate, check_budget, estimate_cost
+from ideogram_pipeline.cost import CostEstimate, check_budget, estimate_cost, quote_unit_prices
 from ideogram_pipeline.duplicates import existing_images
 from ideogram_pipeline.engine import BatchSummary, ProgressCallback, run_batch
-from ideogram_pipeline.ideogram.client import IdeogramClient
+from ideogram_pipeline.ideogram.client import POLL_RATE_PER_S, IdeogramClient
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore, open_store
@@ -97,20 +97,6 @@ def execute_batch(
     store = store or open_store(settings)
     store.preflight()
     previous = history.batch_state(settings, store, batch.key)
-    estimate = estimate_cost(batch, previous, max_inflight=settings.batch_inflight)
-    if dry_run:
-        return BatchSummary(
-            batch=batch.key,
-            run_id=run_id or "dry-run",
-            rows=len(batch.rows),
-            skipped=estimate.rows_already_done,
-            rejected=estimate.rows_rejected,
-            storage_root=store.root,
-            simulated=settings.simulated,
-            estimated_cost_usd=estimate.usd,
-            dry_run=True,
-        )
-    check_budget(estimate, max_cost_usd)
     existing = {} if force else existing_images(settings, store, batch.requests)
     with api_endpoint(settings) as endpoint:
 
@@ -119,9 +105,31 @@ def execute_batch(
                 endpoint.base_url,
                 endpoint.api_key,
                 max_inflight=settings.batch_inflight,
+                # Concurrent batches share the organisation's poll budget like its slots.
+                poll_rate_per_s=POLL_RATE_PER_S / settings.concurrent_batches,
                 url_policy=UrlPolicy.from_settings(settings, endpoint.base_url),
             ) as client:
-                return await run_batch(
+                # Ideogram's free dry-run quotes replace table prices when a limit is set
+                # or only an estimate is wanted.
+                guarded = dry_run or max_cost_usd is not None
+                prices = await quote_unit_prices(client, batch.requests) if guarded else {}
+                estimate = estimate_cost(
+                    batch, previous, max_inflight=settings.batch_inflight, unit_prices=prices
+                )
+                if dry_run:
+                    return BatchSummary(
+                        batch=batch.key,
+                        run_id=run_id or "dry-run",
+                        rows=len(batch.rows),
+                        skipped=estimate.rows_already_done,
+                        rejected=estimate.rows_rejected,
+                        storage_root=store.root,
+                        simulated=settings.simulated,
+                        estimated_cost_usd=estimate.usd,
+                        dry_run=True,
+                    )
+                check_budget(estimate, max_cost_usd)
+                summary = await run_batch(
                     batch,
                     client,
                     store,
@@ -135,10 +143,10 @@ def execute_batch(
                     flush_every=settings.flush_every,
                     resend_unknown=resend_unknown,
                 )
+                summary.estimated_cost_usd = estimate.usd
+                return summary
 
-        summary = asyncio.run(go())
-    summary.estimated_cost_usd = estimate.usd
-    return summary
+        return asyncio.run(go())
 
 
 def estimate_batch(

@@ -188,7 +188,7 @@ def vhost_exists(name: str) -> bool:
 # -- processes ----------------------------------------------------------------------------------
 
 
-def service_env(tmp: Path, **extra: str) -> dict[str, str]:
+def service_env(**extra: str) -> dict[str, str]:
     """The current environment minus project variables (a developer's shell must not leak
     into the services under test), plus ``extra``."""
     env = {

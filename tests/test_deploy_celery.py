@@ -85,7 +85,6 @@ def test_two_celery_workers_run_two_batches_at_once(
     ):
         db_name, vhost_name = db.name, vhost
         env = service_env(
-            tmp_path,
             DAGSTER_HOME=str(home),
             DAGSTER_CELERY_BROKER_URL=f"pyamqp://guest:guest@127.0.0.1:5672/{vhost}",
             IDEOGRAM_API_KEY=simulator.api_key,

@@ -145,7 +145,8 @@ def test_guard_and_dry_run_send_nothing(tmp_path: Path, simulator: Simulator) ->
     dry = execute_batch(batch, settings, dry_run=True)
     assert dry.dry_run and dry.estimated_cost_usd == pytest.approx(0.48)
     assert (dry.stored, dry.cost_usd, dry.metadata_files) == (0, 0.0, [])
-    assert simulator.stats.requests_total == 0
+    # Only Ideogram's free dry-run quotes were asked (one per call): nothing generated.
+    assert simulator.stats.billed_images == 0 and simulator.stats.requests_total == 2
     assert not (tmp_path / "data" / "metadata").exists()
     assert execute_batch(batch, settings, max_cost_usd=0.48).stored == 8  # at the limit: runs
 
@@ -219,13 +220,13 @@ def test_config_reaches_the_run(dagster_env: dg.DagsterInstance, simulator: Simu
     (observation,) = dry.asset_observations_for_node("batch_images")
     assert observation.metadata["estimated_cost_usd"].value == pytest.approx(0.18)
     assert observation.metadata["overrides"].value == "rendering_speed=QUALITY"
-    assert simulator.stats.requests_total == 0
+    assert simulator.stats.billed_images == 0  # dry-run quotes are free
 
     refused = _launch(dagster_env, max_cost_usd=0.10, rendering_speed="QUALITY")
     assert not refused.success
     failure = next(e for e in refused.all_events if e.is_step_failure)
     assert "above max_cost_usd $0.10" in failure.step_failure_data.user_failure_data.description
-    assert simulator.stats.requests_total == 0
+    assert simulator.stats.billed_images == 0  # dry-run quotes are free
 
     ran = _launch(dagster_env, model="V_2_TURBO", style_type="DESIGN", max_cost_usd=0.10)
     assert ran.success
@@ -251,7 +252,7 @@ def test_cli_dry_run_and_max_cost(
     too_much = CliRunner().invoke(main, ["run", str(csv), "--max-cost", "0.05"])
     assert too_much.exit_code != 0
     assert "refused before sending anything" in too_much.output
-    assert simulator.stats.requests_total == 0
+    assert simulator.stats.billed_images == 0  # dry-run quotes are free
     ok = CliRunner().invoke(main, ["run", str(csv), "--max-cost", "1"])
     assert ok.exit_code == 0, ok.output
     assert "estimated cost" in ok.output and "$0.09" in ok.output

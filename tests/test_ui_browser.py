@@ -135,7 +135,6 @@ def test_launch_a_batch_from_the_ui(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = service_env(
-        tmp_path,
         DAGSTER_HOME=str(home),
         IDEOGRAM_PROMPTS_DIR=str(prompts),
         IDEOGRAM_STORAGE=str(tmp_path / "storage"),

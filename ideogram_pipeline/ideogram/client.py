@@ -27,6 +27,12 @@ from ideogram_pipeline.ideogram.errors import (
     error_for_status,
 )
 from ideogram_pipeline.ideogram.limiter import InflightLimiter
+from ideogram_pipeline.ideogram.polling import (
+    DEFAULT_POLL_RATE_PER_S,
+    LatencyTracker,
+    PollBudget,
+    next_interval,
+)
 from ideogram_pipeline.ideogram.requests import (
     LEGACY_PATH,
     V2_GENERATIONS_PATH,
@@ -42,11 +48,9 @@ from ideogram_pipeline.models import GenerationRequest, GenerationResponse
 __all__ = ["LAST_RETRY_ERROR", "IdeogramClient", "RetryPolicy", "translate_transport_errors"]
 
 T = TypeVar("T")
-#: Gap between polls of one pending generation, once its expected latency has passed.
-POLL_MIN_INTERVAL_S = 0.05
-#: Polls per second across the whole client: Ideogram allows 1,000 per 10 s per
-#: organisation, and other processes may poll too.
-POLL_RATE_PER_S = 60.0
+#: Polls per second across the whole client (see ``polling.py``): Ideogram allows 1,000 per
+#: 10 s per organisation, and other processes may poll too.
+POLL_RATE_PER_S = DEFAULT_POLL_RATE_PER_S
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -117,6 +121,12 @@ LAST_RETRY_ERROR: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 BeforeSend = Callable[[], Awaitable[None]]
 
 
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a background task's exception as seen (it was reported another way)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class IdeogramClient:
     """Generate and download images with bounded concurrency and retries.
 
@@ -137,6 +147,7 @@ class IdeogramClient:
         transport: httpx.AsyncBaseTransport | None = None,
         on_retry: RetryCallback | None = None,
         url_policy: UrlPolicy | None = None,
+        poll_rate_per_s: float = POLL_RATE_PER_S,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         # Which image URLs may be fetched (hosts, addresses, size); see url_policy.py.
@@ -144,9 +155,10 @@ class IdeogramClient:
         self.limiter = InflightLimiter(max_inflight)
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
-        # Where to first look for an async result; learnt from completed generations.
-        self._expected_latency = 0.5
-        self._next_poll_at = 0.0
+        # When to first look for an async result, learnt per (model, speed) from completed
+        # generations; every poll draws on one budget (polling.py).
+        self._latency: dict[tuple[str, str | None], LatencyTracker] = {}
+        self.poll_budget = PollBudget(poll_rate_per_s)
         self._download_timeout = httpx.Timeout(download_timeout_s, connect=10.0)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -251,61 +263,84 @@ class IdeogramClient:
     ) -> GenerationResponse:
         """Submit with ``async: true``, record the id via ``on_submitted``, then poll.
 
-        The id is handed over before any waiting, so a crash after submission loses nothing:
-        a later run polls the recorded id instead of paying again. With
+        The id is handed to ``on_submitted`` as soon as Ideogram accepts the submission; that
+        write runs while the generation does and is awaited before the answer is returned,
+        so a crash after submission loses nothing: a later run polls the recorded id
+        instead of paying again. With
         ``resume_generation_id`` nothing is submitted unless that generation failed. The
         images' in-flight slots are held until the generation completes, because that is
         how long Ideogram counts them.
         """
         generation_id = resume_generation_id
         attempts = 0
+        latency = self._latency.setdefault(
+            (request.model, request.rendering_speed), LatencyTracker()
+        )
+        recording: asyncio.Task[None] | None = None
         async with self.limiter.slots(request.num_images):
             if before_send is not None and generation_id is None:
                 await before_send()
-            while True:
-                if generation_id is None:
-                    body, tries = await self._with_retries(lambda: self._post_v2(request))
-                    attempts += tries
-                    generation_id = str(body["generation_id"])
-                    await on_submitted(generation_id)
-                try:
-                    result = await self._wait(generation_id)
-                except GenerationFailed as exc:
-                    exc.attempts = attempts
-                    if attempts >= self.retry.max_attempts:
-                        raise
-                    if self.on_retry is not None:
-                        self.on_retry(exc, attempts)
-                    generation_id = None
-                    continue
-                return replace(result, attempts=max(attempts, 1), generation_id=generation_id)
+            try:
+                while True:
+                    if generation_id is None:
+                        body, tries = await self._with_retries(lambda: self._post_v2(request))
+                        attempts += tries
+                        generation_id = str(body["generation_id"])
+                        if recording is not None:
+                            await recording  # an earlier, failed attempt's id
+                        # Recorded while the generation runs rather than before waiting for
+                        # it: the crash window is the same, and the write no longer holds
+                        # the images' slots. It is awaited before the answer is returned.
+                        recording = asyncio.create_task(on_submitted(generation_id))
+                    try:
+                        result = await self._wait(
+                            generation_id, latency, resumed=generation_id == resume_generation_id
+                        )
+                    except GenerationFailed as exc:
+                        exc.attempts = attempts
+                        if attempts >= self.retry.max_attempts:
+                            raise
+                        if self.on_retry is not None:
+                            self.on_retry(exc, attempts)
+                        generation_id = None
+                        continue
+                    if recording is not None:
+                        await recording
+                    return replace(result, attempts=max(attempts, 1), generation_id=generation_id)
+            finally:
+                if recording is not None:
+                    # Leaving early (a fatal error, cancellation): the write finishes on its
+                    # own; only its outcome is no longer waited for.
+                    recording.add_done_callback(_retrieve)
 
-    async def _wait(self, generation_id: str) -> GenerationResponse:
-        started = time.monotonic()
-        await asyncio.sleep(self._expected_latency * 0.95)
+    async def _wait(
+        self, generation_id: str, latency: LatencyTracker, *, resumed: bool = False
+    ) -> GenerationResponse:
+        """Poll until the generation completes or fails (see ``polling.py`` for when).
+
+        A generation resumed after a crash was submitted long ago: it is polled at once,
+        and its latency is not learnt from.
+        """
+        submitted = time.monotonic()
+        if not resumed:
+            await asyncio.sleep(latency.estimate_s)
+        polls = 0
         while True:
             body, _tries = await self._with_retries(lambda: self._poll_once(generation_id))
+            polls += 1
             status = body.get("status")
             if status == "completed":
-                elapsed = time.monotonic() - started
-                self._expected_latency = 0.8 * self._expected_latency + 0.2 * elapsed
+                if not resumed:
+                    latency.observe(time.monotonic() - submitted, caught_by_first_poll=polls == 1)
                 return GenerationResponse.from_api(body)
             if status == "failed":
                 raise GenerationFailed(
                     f"generation {generation_id} failed: {body.get('failure_reason') or 'unknown'}"
                 )
-            await asyncio.sleep(POLL_MIN_INTERVAL_S)
-
-    async def _pace_poll(self) -> None:
-        """Space polls so the whole client stays under ``POLL_RATE_PER_S``."""
-        now = time.monotonic()
-        at = max(now, self._next_poll_at)
-        self._next_poll_at = at + 1.0 / POLL_RATE_PER_S
-        if at > now:
-            await asyncio.sleep(at - now)
+            await asyncio.sleep(next_interval(polls, latency.estimate_s))
 
     async def _poll_once(self, generation_id: str) -> Any:
-        await self._pace_poll()
+        await self.poll_budget.take()
         with translate_transport_errors():
             response = await self._http.get(f"{V2_GENERATIONS_PATH}/{generation_id}")
         if response.status_code != 200:
