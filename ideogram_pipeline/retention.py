@@ -252,6 +252,8 @@ def _plan(
     partitions = []
     if records.num_rows:
         con.register("_expired", records)
+        records = _keep_shared_images(con, records)
+        con.register("_expired", records)
         rows = con.execute(
             "SELECT e.date::VARCHAR, e.batch, count(*) AS expired, any_value(t.total) "
             "FROM _expired e JOIN (SELECT date, batch, count(*) AS total FROM generation_records "
@@ -262,6 +264,23 @@ def _plan(
         ]
     cleanup_id = f"{utc_stamp()}-{uuid.uuid4().hex[:8]}"
     return CleanupPlan(cleanup_id, as_of, policy, records, partitions, reason, by or _default_by())
+
+
+def _keep_shared_images(con: duckdb.DuckDBPyConnection, records: pa.Table) -> pa.Table:
+    """Linked duplicates and reproductions can share an image with a record that stays:
+    such an image is not deleted with the expiring record (its key is cleared in the plan)."""
+    shared = {
+        key
+        for (key,) in con.execute(
+            "SELECT DISTINCT image_key FROM generation_records WHERE image_key IN "
+            "(SELECT image_key FROM _expired) AND id NOT IN (SELECT id FROM _expired)"
+        ).fetchall()
+    }
+    if not shared:
+        return records
+    keys = [None if key in shared else key for key in records.column("image_key").to_pylist()]
+    position = records.schema.get_field_index("image_key")
+    return records.set_column(position, "image_key", pa.array(keys, pa.string()))
 
 
 # -- manifests --------------------------------------------------------------------------

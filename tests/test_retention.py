@@ -198,3 +198,23 @@ def test_cleanup_rejects_bad_input(
         root, ["cleanup", "--dry-run"], {"IDEOGRAM_RETENTION": str(tmp_path / "broken.toml")}
     )
     assert broken.returncode != 0 and "default_days" in broken.stderr
+
+
+def test_an_image_shared_with_a_record_that_stays_is_kept(
+    tmp_path: Path, simulator: Simulator, request: pytest.FixtureRequest
+) -> None:
+    """A linked duplicate (same seeded request in a later batch) points at the original's
+    image; when only the original expires, its image must stay for the duplicate."""
+    root = make_root("local", tmp_path, simulator, request)
+    root.batch("first", [("A brass compass on a map", "7")], header="prompt,seed")
+    boundary = datetime.now(UTC)
+    later = root.batch("second", [("A brass compass on a map", "7")], header="prompt,seed")
+    assert later.linked == 1  # not paid again: linked to the first batch's image
+    (shared,) = {k for (k,) in root.query("SELECT image_key FROM generations")}
+
+    result = run_cleanup(
+        root.settings, root.store, RetentionPolicy(default_days=30), boundary + timedelta(days=30)
+    )
+    assert result.plan.count == 1  # only the original record expired
+    assert root.query("SELECT batch, image_key FROM generations") == [("second", shared)]
+    assert shared in root.image_keys()  # the duplicate's image survived
