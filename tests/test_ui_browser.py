@@ -187,11 +187,12 @@ def test_launch_a_batch_from_the_ui(tmp_path: Path) -> None:
                 page.get_by_role("button", name="Materialize…").first.click()
                 page.get_by_text("Select a partition or create one").click()
                 page.get_by_role("menuitem").filter(has_text=PARTITION).click()
-                # Folding the section and unfolding it closes the picker and shows the choice.
-                page.get_by_text("Partition selection", exact=True).click()
-                page.get_by_text("Partition selection", exact=True).click()
-                expect(page.get_by_role("dialog")).to_contain_text(PARTITION)
-                launch = page.get_by_role("button", name="Launch 1 run")
+                dialog = page.locator(".bp5-dialog")
+                expect(dialog).to_contain_text("1 partition")
+                expect(
+                    page.locator(".dagster-popover").get_by_role("checkbox").last
+                ).to_be_checked()
+                launch = dialog.get_by_role("button", name="Launch 1 run")
                 expect(launch).to_be_enabled()
                 page.screenshot(path=str(ARTIFACTS / "03-materialize-dialog.png"))
                 launch.click()
