@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scale_support import (  # noqa: E402
+from scale_support import (
     batch_csv,
     load_average,
     run_child,
@@ -166,7 +166,8 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
             elapsed = time.perf_counter() - started
             loop_cpu = time.thread_time() - loop0
             cpu = sum(process.cpu_times()[:2]) - cpu0
-            polls = getattr(client, "polls", None)
+            budget = getattr(client, "poll_budget", None)
+            polls = {"total": budget.polls, "peak_10s": budget.peak_10s} if budget else None
         return {
             "elapsed": elapsed,
             "summary": summary.as_dict(),
@@ -188,7 +189,13 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_batch_child(
-    sim: Any, env: dict[str, str], storage: str, *, prompts: int, inflight: int, mode: str,
+    sim: Any,
+    env: dict[str, str],
+    storage: str,
+    *,
+    prompts: int,
+    inflight: int,
+    mode: str,
     instrument: bool = False,
 ) -> tuple[dict[str, Any], int]:
     config = {
@@ -202,9 +209,11 @@ def _run_batch_child(
         "instrument": instrument,
     }
     result, peak = run_child([__file__, "--child", json.dumps(config)], env=env)
-    stored = result["summary"]["stored"]
-    if stored != prompts:
-        raise RuntimeError(f"only {stored} of {prompts} stored: {result['summary']}")
+    summary = result["summary"]
+    if summary["stored"] != prompts:
+        # Reported, not fatal: a row whose answer was lost (a dropped connection) ends
+        # `unknown` by design and is not sent again.
+        print(f"  note: {summary['stored']} of {prompts} stored: {summary}", flush=True)
     return result, peak
 
 
@@ -221,7 +230,11 @@ def throughput_phase(args: argparse.Namespace, env: dict[str, str], root: str) -
             load_before = load_average()
             sim_cpu0 = sim.cpu_seconds()
             result, peak = _run_batch_child(
-                sim, env, f"{root}/{mode}", prompts=args.prompts, inflight=args.inflight,
+                sim,
+                env,
+                f"{root}/{mode}",
+                prompts=args.prompts,
+                inflight=args.inflight,
                 mode=mode,
             )
             stats = sim.stats()
@@ -272,7 +285,11 @@ def memory_phase(args: argparse.Namespace, env: dict[str, str], root: str, big: 
     ) as sim:
         load_before = load_average()
         _result, small_peak = _run_batch_child(
-            sim, env, f"{root}/small", prompts=args.small, inflight=args.inflight,
+            sim,
+            env,
+            f"{root}/small",
+            prompts=args.small,
+            inflight=args.inflight,
             mode=args.modes[0],
         )
     big_peak = big[args.modes[0]]["peak_rss_mb"] * 1e6
@@ -298,8 +315,13 @@ def cpu_phase(args: argparse.Namespace, env: dict[str, str], root: str) -> dict:
     ) as sim:
         load_before = load_average()
         result, peak = _run_batch_child(
-            sim, env, f"{root}/cpu", prompts=args.cpu_prompts, inflight=args.cpu_inflight,
-            mode=args.modes[0], instrument=True,
+            sim,
+            env,
+            f"{root}/cpu",
+            prompts=args.cpu_prompts,
+            inflight=args.cpu_inflight,
+            mode=args.modes[0],
+            instrument=True,
         )
     n = args.cpu_prompts
     probe = result["probe"]

@@ -12,6 +12,7 @@ Every CSV row ends with at least one record: ``stored``, ``unsafe``, ``rejected`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import hashlib
@@ -164,6 +165,7 @@ class _BatchRun:
         self.run_attempt = new_attempt_id()
         self.concluded: set[tuple[int, str]] = set()  # rows whose ledger entries can go
         self.unfinished: set[tuple[int, str]] = set()
+        self.in_progress: set[tuple[int, str]] = set()  # rows still adding records
         self.client = client
         self.store = store
         self.previous = previous
@@ -271,11 +273,20 @@ class _BatchRun:
     async def flush(self) -> None:
         async with self.flush_lock:
             records, self.pending = self.pending, []
+            # Rows with nothing left to record: every record of theirs is in `records` or in
+            # a file already written, so once these are written their ledger entries can go.
+            ready = self.concluded - self.unfinished - self.in_progress
             if records:
                 keys = await self._in_thread(
                     self.io_pool, self.writer.write, self.batch.key, records
                 )
                 self.summary.metadata_files.extend(keys)
+            if ready:
+                # Pruned as the run goes, so a 10,000-row batch ends without deleting 30,000
+                # entries at once; entries whose deletion fails are found by the next load.
+                self.concluded -= ready
+                with contextlib.suppress(StorageError):
+                    await self._in_thread(self.io_pool, self.ledger.prune, ready)
 
     def _row_done(self) -> None:
         self.done_rows += 1
@@ -611,48 +622,90 @@ async def run_batch(
         api_mode=api_mode,
         resend_unknown=resend_unknown,
     )
+    try:
+        return await _run(run, batch, client, existing)
+    finally:
+        run.close()
+
+
+def _worker_count(max_images: int) -> int:
+    """Rows worked on at once: enough to keep every in-flight slot busy while as many
+    finished rows download and store their images, and no more (memory stays flat)."""
+    return 2 * max_images + 4
+
+
+async def _run(
+    run: _BatchRun,
+    batch: Batch,
+    client: IdeogramClient,
+    existing: Mapping[str, list[dict[str, Any]]] | None,
+) -> BatchSummary:
     run.ledger_state = await asyncio.to_thread(run.ledger.load)
     clock = time.monotonic()
     client.on_retry = lambda exc, _attempt: run.summary.retries.update([type(exc).__name__])
-    tasks = []
-    for row in batch.rows:
-        if run._already_done(row):
-            if isinstance(row, RejectedRow):
-                run.summary.rejected += 1
-            else:
-                run.summary.skipped += 1
-                run.concluded.add((row.row, row.request_hash()))
-            run._row_done()
-        elif isinstance(row, RejectedRow):
-            await run.reject(row)
-        elif row.num_images > client.limiter.max_images:
-            # Ideogram answers 429 forever to a request larger than the account's limit.
-            await run.reject(
-                RejectedRow(
-                    row.row,
-                    "num_images",
-                    f"{row.num_images} exceeds the account's in-flight limit "
-                    f"(IDEOGRAM_MAX_INFLIGHT={client.limiter.max_images})",
-                    row.prompt,
-                    row.tags,
+    workers = _worker_count(client.limiter.max_images)
+    # A bounded queue between one producer and a fixed set of workers, rather than a task
+    # per row: 10,000 rows would otherwise mean 10,000 coroutines waiting on the limiter,
+    # each woken on every slot release. Rows still leave in CSV order.
+    queue: asyncio.Queue[GenerationRequest | None] = asyncio.Queue(maxsize=workers)
+
+    async def produce() -> None:
+        for row in batch.rows:
+            if run._already_done(row):
+                if isinstance(row, RejectedRow):
+                    run.summary.rejected += 1
+                else:
+                    run.summary.skipped += 1
+                    run.concluded.add((row.row, row.request_hash()))
+                run._row_done()
+            elif isinstance(row, RejectedRow):
+                await run.reject(row)
+            elif row.num_images > client.limiter.max_images:
+                # Ideogram answers 429 forever to a request larger than the account's limit.
+                await run.reject(
+                    RejectedRow(
+                        row.row,
+                        "num_images",
+                        f"{row.num_images} exceeds the account's in-flight limit "
+                        f"(IDEOGRAM_MAX_INFLIGHT={client.limiter.max_images})",
+                        row.prompt,
+                        row.tags,
+                    )
                 )
-            )
-        elif existing and row.request_hash() in existing:
-            originals = existing[row.request_hash()]
-            for record in link_records(
-                [run._base_record(row, i) for i in range(len(originals))], originals
-            ):
-                await run._add(record)
-            run.summary.linked += 1
-            run._row_done()
-        else:
-            tasks.append(asyncio.create_task(run.generate(row)))
+            elif existing and row.request_hash() in existing:
+                originals = existing[row.request_hash()]
+                run.in_progress.add((row.row, row.request_hash()))
+                for record in link_records(
+                    [run._base_record(row, i) for i in range(len(originals))], originals
+                ):
+                    await run._add(record)
+                run.in_progress.discard((row.row, row.request_hash()))
+                run.summary.linked += 1
+                run._row_done()
+            else:
+                await queue.put(row)
+        for _ in range(workers):
+            await queue.put(None)
+
+    async def work() -> None:
+        while (row := await queue.get()) is not None:
+            key = (row.row, row.request_hash())
+            run.in_progress.add(key)
+            try:
+                await run.generate(row)
+            finally:
+                run.in_progress.discard(key)
+
+    tasks = [asyncio.create_task(produce())]
+    tasks += [asyncio.create_task(work()) for _ in range(workers)]
     try:
         await asyncio.gather(*tasks)
-    except IdeogramError as exc:
+    except BaseException as exc:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if not isinstance(exc, IdeogramError):
+            raise
         await run.flush()
         run.summary.seconds = time.monotonic() - clock
         raise BatchAborted(f"batch {batch.key} stopped: {exc}", run.summary) from exc

@@ -156,7 +156,7 @@ def estimate_batch(
     store = store or open_store(settings)
     store.preflight()
     previous = history.batch_state(settings, store, batch.key)
-    return estimate_cost(batch, previous, max_inflight=settings.max_inflight)
+    return estimate_cost(batch, previous, max_inflight=settings.batch_inflight)
 
 
 def execute_csv(path: str, settings: Settings, key: str | None = None) -> BatchSummary:

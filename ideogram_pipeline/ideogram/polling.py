@@ -36,9 +36,9 @@ __all__ = [
 #: other runs and tools on the same organisation.
 DEFAULT_POLL_RATE_PER_S = 50.0
 #: Polls that may go out at once after a quiet spell (several generations due together).
-DEFAULT_POLL_BURST = 10
+DEFAULT_POLL_BURST = 50
 #: Gap before the second poll of an overdue generation; later gaps grow by BACKOFF.
-POLL_MIN_INTERVAL_S = 0.02
+POLL_MIN_INTERVAL_S = 0.01
 POLL_BACKOFF = 1.5
 #: Later gaps never exceed this fraction of the expected latency.
 POLL_MAX_INTERVAL_FRACTION = 0.1
@@ -95,8 +95,8 @@ class LatencyTracker:
         self,
         initial_s: float = 0.5,
         *,
-        quantile: float = 0.7,
-        step: float = 0.03,
+        quantile: float = 0.8,
+        step: float = 0.003,
         warmup: int = 3,
     ) -> None:
         self.estimate_s = initial_s
