@@ -222,7 +222,7 @@ REJECTIONS: list[tuple[str, dict[str, str], str, str]] = [
     ("seed negative", {"seed": "-1"}, "seed", "'-1' is outside 0..2147483647"),
     ("seed too big", {"seed": "2147483648"}, "seed", "outside 0..2147483647"),
     ("seed huge", {"seed": "9" * 5000}, "seed", "outside"),
-    ("unknown model", {"model": "V_4"}, "model", "'V_4' is not one of V_3, ideogram-4, ideogram-4-5, V_1"),
+    ("unknown model", {"model": "V_4"}, "model", "'V_4' is not one of V_3, ideogram-4"),
     ("v3 turbo model", {"model": "3.0 turbo"}, "model", "to TURBO"),
     ("unknown style", {"style_type": "VAPORWAVE"}, "style_type", "not one of AUTO, GENERAL"),
     ("legacy style on v3", {"style_type": "ANIME"}, "style_type", "style types of V_3"),
