@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from ideogram_pipeline.history_index import hidden_rows, metadata_files, read_sql
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore, open_store
 from ideogram_pipeline.storage.metadata import GENERATIONS_PREFIX, METADATA_SCHEMA
@@ -75,7 +76,31 @@ def view_sql(store: ObjectStore) -> str:
         "CREATE OR REPLACE VIEW generations AS SELECT * FROM (SELECT * FROM generation_records "
         'QUALIFY attempt_id = max(attempt_id) OVER (PARTITION BY batch, "row")) '
         # The newest record of an image: a storage failure later finished from the ledger.
-        "QUALIFY row_number() OVER (PARTITION BY id ORDER BY created_at DESC) = 1;\n"
+        # Ids embed the batch key, so partitioning by batch too changes nothing and lets
+        # batch filters prune.
+        "QUALIFY row_number() OVER (PARTITION BY batch, id ORDER BY created_at DESC) = 1;\n"
+    )
+
+
+def _snapshot_view_sql(store: ObjectStore, files: list[str], hide: str | None) -> str:
+    """The views over exactly ``files`` with the rows listed in ``_history_hidden`` left out:
+    the same rows as :func:`view_sql` without a window function per query
+    (``history_index.py`` explains). ``hide`` is the anti-join's subquery, or ``None``."""
+
+    def base(hidden: str | None) -> str:
+        raw = f"{read_sql(files)} AS r"
+        if hidden is not None:
+            raw += f" ANTI JOIN ({hidden}) AS h USING (filename, file_row_number)"
+        return _with_all_columns(f"SELECT r.* EXCLUDE (filename, file_row_number) FROM {raw}")
+
+    records_hidden = None
+    if hide is not None:
+        records_hidden = f"{hide} WHERE NOT generations_only"
+    tag_views, records = tag_log_sql(store, base(records_hidden))
+    _views, current = tag_log_sql(store, base(hide))
+    return (
+        tag_views + f"CREATE OR REPLACE VIEW generation_records AS {records};\n"
+        f"CREATE OR REPLACE VIEW generations AS {current};\n"
     )
 
 
@@ -93,14 +118,26 @@ def connect(settings: Settings, store: ObjectStore | None = None) -> duckdb.Duck
     """An in-memory DuckDB connection with the history views over the storage root."""
     store = store or open_store(settings)
     con = duckdb.connect(":memory:")
+    # Footers are read once per connection, not once for binding and again per query.
+    con.execute("SET parquet_metadata_cache = true")
     if settings.is_s3:
         from ideogram_pipeline.storage.duckdb_s3 import configure_duckdb_s3
 
         configure_duckdb_s3(con, settings)
-    if _has_metadata(store):
-        con.execute(view_sql(store))
-    else:
+    files = metadata_files(store)
+    if not files:
         _empty_view_sql(con)
+        return con
+    # A snapshot of the files listed now, with the rows the views hide computed once per
+    # change of a batch's files and cached (history_index.py), instead of window functions.
+    hidden = hidden_rows(con, store, files)
+    hide = None
+    if hidden.num_rows:
+        con.register("_history_hidden_rows", hidden)
+        con.execute("CREATE TEMP TABLE _history_hidden AS SELECT * FROM _history_hidden_rows")
+        con.unregister("_history_hidden_rows")
+        hide = "SELECT filename, file_row_number FROM _history_hidden"
+    con.execute(_snapshot_view_sql(store, [store.uri(info.key) for info in files], hide))
     return con
 
 

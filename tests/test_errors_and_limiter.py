@@ -173,3 +173,68 @@ def test_limiter_counts_images_not_requests() -> None:
     peak, reported = asyncio.run(go())
     assert peak <= 5 and reported == peak
     assert peak >= 4  # it did run things concurrently
+
+
+def test_a_429_storm_outlasts_the_ordinary_retry_budget() -> None:
+    """429 means "wait", never billed: ten in a row do not fail a row whose other
+    failures would be given up after three attempts."""
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) <= 10:
+            return httpx.Response(429, json={"reject_reason": "inflight_limit"})
+        return httpx.Response(200, json={"created": "t", "data": [{"prompt": "p", "url": ""}]})
+
+    async def go():
+        async with _client(handler) as client:
+            return await client.generate(GenerationRequest(row=1, prompt="p"))
+
+    assert asyncio.run(go()).attempts == 11
+
+    calls.clear()
+
+    def failing(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(503, json={"error": "down"})
+
+    async def fail():
+        async with _client(failing) as client:
+            await client.generate(GenerationRequest(row=1, prompt="p"))
+
+    with pytest.raises(ServerError):
+        asyncio.run(fail())
+    assert len(calls) == 3  # other retryable failures keep the ordinary budget
+
+
+def test_a_429_that_states_the_limit_lowers_the_client_limit() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            429, json={"reject_reason": "inflight_limit", "max_inflight_requests": 3}
+        )
+
+    async def go() -> int:
+        async with _client(handler, max_inflight=10) as client:
+            with pytest.raises(RateLimited):
+                await client.generate(GenerationRequest(row=1, prompt="p"))
+            return client.limiter.max_images
+
+    assert asyncio.run(go()) == 3
+
+
+def test_a_waiter_still_fits_after_the_limit_is_lowered() -> None:
+    async def go() -> int:
+        limiter = InflightLimiter(8)
+        async with limiter.slots(2):
+            waiter = asyncio.create_task(_hold(limiter, 8))
+            await asyncio.sleep(0)
+            limiter.learn_limit(4)  # the 8-image request now needs (and gets) 4 slots
+        await asyncio.wait_for(waiter, 1)
+        return limiter.peak
+
+    assert asyncio.run(go()) == 4
+
+
+async def _hold(limiter: InflightLimiter, images: int) -> None:
+    async with limiter.slots(images):
+        await asyncio.sleep(0)

@@ -22,6 +22,7 @@ from ideogram_pipeline.ideogram.downloads import fetch_image
 from ideogram_pipeline.ideogram.errors import (
     GenerationFailed,
     IdeogramError,
+    RateLimited,
     ResponseLost,
     TransportError,
     error_for_status,
@@ -61,6 +62,9 @@ class RetryPolicy:
     max_attempts: int = 6
     base_delay_s: float = 0.5
     max_delay_s: float = 30.0
+    #: 429 ``inflight_limit`` only says "wait": it is never billed and the request never
+    #: ran, so a storm is waited out far longer than other failures before a row fails.
+    max_rate_limited_attempts: int = 60
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         if retry_after is not None:
@@ -185,19 +189,38 @@ class IdeogramClient:
         await self._http.aclose()
         await self._downloads.aclose()
 
+    def _error(self, response: httpx.Response) -> IdeogramError:
+        """The error for an answer that is not 200. A 429 that states the account's limit
+        (``max_inflight_requests``) also teaches the limiter, so the next requests fit."""
+        body = _json_or_text(response)
+        if response.status_code == 429 and isinstance(body, dict):
+            limit = body.get("max_inflight_requests")
+            if isinstance(limit, int):
+                self.limiter.learn_limit(limit)
+        return error_for_status(response.status_code, body, retry_after=_retry_after(response))
+
     async def _with_retries(self, attempt_once: Callable[[], Awaitable[T]]) -> tuple[T, int]:
         attempt = 1
+        rate_limited = 0  # 429s have their own, larger budget (see RetryPolicy)
         while True:
             try:
                 return await attempt_once(), attempt
             except IdeogramError as exc:
                 exc.attempts = attempt
-                if not exc.retryable or attempt >= self.retry.max_attempts:
+                if isinstance(exc, RateLimited):
+                    rate_limited += 1
+                    exhausted = rate_limited >= self.retry.max_rate_limited_attempts
+                else:
+                    exhausted = attempt - rate_limited >= self.retry.max_attempts
+                if not exc.retryable or exhausted:
                     raise
                 if self.on_retry is not None:
                     self.on_retry(exc, attempt)
                 LAST_RETRY_ERROR.set(f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(self.retry.delay(attempt, getattr(exc, "retry_after", None)))
+                backoff_step = rate_limited if isinstance(exc, RateLimited) else attempt
+                await asyncio.sleep(
+                    self.retry.delay(min(backoff_step, 6), getattr(exc, "retry_after", None))
+                )
                 attempt += 1
 
     async def generate(
@@ -223,11 +246,7 @@ class IdeogramClient:
                     else:
                         response = await self._http.post(V3_PATH, files=v3_multipart(request))
             if response.status_code != 200:
-                raise error_for_status(
-                    response.status_code,
-                    _json_or_text(response),
-                    retry_after=_retry_after(response),
-                )
+                raise self._error(response)
             return GenerationResponse.from_api(response.json())
 
         result, attempts = await self._with_retries(once)
@@ -243,9 +262,7 @@ class IdeogramClient:
                 params={"dry_run": "true"} if dry_run else None,
             )
         if response.status_code != 200:
-            raise error_for_status(
-                response.status_code, _json_or_text(response), retry_after=_retry_after(response)
-            )
+            raise self._error(response)
         return response.json()
 
     async def quote_usd(self, request: GenerationRequest) -> float:
@@ -344,9 +361,7 @@ class IdeogramClient:
         with translate_transport_errors():
             response = await self._http.get(f"{V2_GENERATIONS_PATH}/{generation_id}")
         if response.status_code != 200:
-            raise error_for_status(
-                response.status_code, _json_or_text(response), retry_after=_retry_after(response)
-            )
+            raise self._error(response)
         return response.json()
 
     # -- downloads ---------------------------------------------------------------------------

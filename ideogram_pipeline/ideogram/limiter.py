@@ -30,17 +30,28 @@ class InflightLimiter:
         self._condition = asyncio.Condition()
         self._queue: list[object] = []
 
+    def learn_limit(self, account_limit: int) -> None:
+        """Lower the limit to what Ideogram says the account allows (a 429's
+        ``max_inflight_requests``), so a client configured too high stops provoking 429s.
+        Never raises it: the configured value may be this batch's share of the account."""
+        if 1 <= account_limit < self.max_images:
+            self.max_images = account_limit
+
     @asynccontextmanager
     async def slots(self, images: int) -> AsyncIterator[None]:
         """Hold ``images`` slots (capped at the limit) for the duration of the block."""
         needed = min(max(images, 1), self.max_images)
         token = object()
+
+        def ready() -> bool:
+            nonlocal needed  # the limit may have been lowered while waiting
+            needed = min(max(images, 1), self.max_images)
+            return self._queue[0] is token and self.in_flight + needed <= self.max_images
+
         async with self._condition:
             self._queue.append(token)
             try:
-                await self._condition.wait_for(
-                    lambda: self._queue[0] is token and self.in_flight + needed <= self.max_images
-                )
+                await self._condition.wait_for(ready)
             finally:
                 self._queue.remove(token)
                 self._condition.notify_all()

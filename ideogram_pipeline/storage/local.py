@@ -84,6 +84,8 @@ class LocalStore:
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self.path / prefix
+        if prefix.endswith("/") and not base.is_dir():
+            return  # a missing folder: nothing under it (and no walk of its parent)
         start = base if base.is_dir() else base.parent
         if not start.exists():
             return
