@@ -64,7 +64,7 @@ _CACHE_SCHEMA = pa.schema([("batch", pa.string()), ("signature", pa.string()), *
 #: A metadata file as the engine's MetadataWriter names it: ``<run id>-<8 hex>.parquet``.
 _ENGINE_FILE = re.compile(r"^(?P<run>.+)-[0-9a-f]{8}\.parquet$")
 #: Below this many seconds of computing, the cache is not worth a file (small histories).
-CACHE_MIN_SECONDS = 0.05
+CACHE_MIN_SECONDS = 0.2
 
 
 def cache_dir() -> Path:
@@ -162,7 +162,7 @@ def _split(table: pa.Table, batches: Sequence[str]) -> dict[str, pa.Table]:
 
 def _load_cache(path: Path) -> dict[str, tuple[str, pa.Table]]:
     try:
-        table = pq.read_table(path)
+        table = pq.ParquetFile(path).read()  # read_table would import pyarrow.dataset (+pandas)
     except (OSError, pa.ArrowInvalid):
         return {}
     if table.schema != _CACHE_SCHEMA:

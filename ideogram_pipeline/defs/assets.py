@@ -3,13 +3,12 @@
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import dagster as dg
 from pydantic import Field
 
 from ideogram_pipeline.batches import BatchFileError, load_batch
-from ideogram_pipeline.cost import CostLimitExceeded
 from ideogram_pipeline.defs.contact_sheets import contact_sheet_metadata
 from ideogram_pipeline.defs.partitions import batch_partitions, csv_for_partition
 from ideogram_pipeline.defs.resources import (
@@ -17,7 +16,6 @@ from ideogram_pipeline.defs.resources import (
     StorageResource,
     prompts_dir,
 )
-from ideogram_pipeline.engine import BatchAborted, BatchSummary, Progress
 from ideogram_pipeline.keys import batch_key_for, is_safe_key
 from ideogram_pipeline.overrides import (
     ModelChoice,
@@ -27,10 +25,12 @@ from ideogram_pipeline.overrides import (
     StyleTypeChoice,
     apply_overrides,
 )
-from ideogram_pipeline.pipeline import execute_batch
 from ideogram_pipeline.safe_output import escape_markdown_cell
 from ideogram_pipeline.settings import SettingsError
 from ideogram_pipeline.storage import StorageError
+
+if TYPE_CHECKING:
+    from ideogram_pipeline.engine import BatchSummary
 
 __all__ = ["BatchConfig", "batch_images"]
 
@@ -90,7 +90,7 @@ class BatchConfig(dg.Config):
         )
 
 
-def _first_rows_markdown(summary: BatchSummary) -> str:
+def _first_rows_markdown(summary: "BatchSummary") -> str:
     lines = ["| row | status | model | seed | prompt | stored |", "|---|---|---|---|---|---|"]
     for record in summary.first_records:
         prompt = escape_markdown_cell(record.get("prompt"), limit=80)
@@ -101,7 +101,7 @@ def _first_rows_markdown(summary: BatchSummary) -> str:
     return "\n".join(lines)
 
 
-def summary_metadata(summary: BatchSummary) -> dict[str, Any]:
+def summary_metadata(summary: "BatchSummary") -> dict[str, Any]:
     """What a person wants to see in the UI after a batch."""
     return {
         "mode": "SIMULATED (bundled simulator)" if summary.simulated else "Ideogram API",
@@ -150,6 +150,12 @@ def batch_images(
     Every CSV row ends as stored, unsafe, rejected or failed; re-materializing the partition
     pays only for rows not yet stored or unsafe.
     """
+    # The engine (httpx, pyarrow, DuckDB, Pillow) is imported when a batch runs, not when
+    # the code location loads: the UI, sensors and schedules never need it.
+    from ideogram_pipeline.cost import CostLimitExceeded
+    from ideogram_pipeline.engine import BatchAborted, Progress
+    from ideogram_pipeline.pipeline import execute_batch
+
     key = context.partition_key
     if not is_safe_key(key):  # partitions can be added by hand in the UI: keys are paths
         raise dg.Failure(f"batch {key!r} is not a safe key; name it like {batch_key_for(key)!r}")

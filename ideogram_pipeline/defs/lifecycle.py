@@ -7,19 +7,18 @@ them, and put what a person wants to see into materialization metadata.
 
 import os
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from ideogram_pipeline import history_health
-from ideogram_pipeline.compaction import compact
 from ideogram_pipeline.defs.resources import PipelineSettingsResource, StorageResource
 from ideogram_pipeline.lifecycle import LifecycleError, load_lifecycle_config, parse_as_of
-from ideogram_pipeline.orphans import verify_stored_objects
-from ideogram_pipeline.report_output import human_bytes, write_report
-from ideogram_pipeline.reports import build_report
-from ideogram_pipeline.retention import run_cleanup
 from ideogram_pipeline.settings import Settings, SettingsError
+
+# The work modules (DuckDB, pyarrow, pandas, matplotlib) are imported inside the assets
+# that run them, so loading the code location stays fast.
+if TYPE_CHECKING:
+    from ideogram_pipeline import history_health
 from ideogram_pipeline.storage import StorageError
 
 __all__ = [
@@ -59,6 +58,8 @@ def generation_history(
 
     Materializing it observes the Parquet history (nothing is written) and runs its checks.
     """
+    from ideogram_pipeline import history_health
+
     settings, store = _open(pipeline, storage)
     summary = history_health.summarise(settings, store)
     return dg.MaterializeResult(
@@ -79,7 +80,7 @@ def generation_history(
     )
 
 
-def _check_result(outcome: history_health.CheckOutcome) -> dg.AssetCheckResult:
+def _check_result(outcome: "history_health.CheckOutcome") -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=outcome.passed,
         metadata={
@@ -96,6 +97,8 @@ def _check_result(outcome: history_health.CheckOutcome) -> dg.AssetCheckResult:
 def stored_objects_match(
     pipeline: PipelineSettingsResource, storage: StorageResource
 ) -> dg.AssetCheckResult:
+    from ideogram_pipeline.orphans import verify_stored_objects
+
     settings, store = _open(pipeline, storage)
     result = verify_stored_objects(settings, store)
     return dg.AssetCheckResult(
@@ -112,6 +115,8 @@ def stored_objects_match(
 
 @dg.asset_check(asset=generation_history, description="No two different records share an id.")
 def ids_unique(pipeline: PipelineSettingsResource, storage: StorageResource) -> dg.AssetCheckResult:
+    from ideogram_pipeline import history_health
+
     return _check_result(history_health.ids_unique(*_open(pipeline, storage)))
 
 
@@ -119,6 +124,8 @@ def ids_unique(pipeline: PipelineSettingsResource, storage: StorageResource) -> 
 def status_present(
     pipeline: PipelineSettingsResource, storage: StorageResource
 ) -> dg.AssetCheckResult:
+    from ideogram_pipeline import history_health
+
     return _check_result(history_health.status_present(*_open(pipeline, storage)))
 
 
@@ -126,6 +133,8 @@ def status_present(
 def cost_non_negative(
     pipeline: PipelineSettingsResource, storage: StorageResource
 ) -> dg.AssetCheckResult:
+    from ideogram_pipeline import history_health
+
     return _check_result(history_health.cost_non_negative(*_open(pipeline, storage)))
 
 
@@ -155,6 +164,9 @@ def usage_report(
 
     Written as Markdown, PNG charts and CSV under ``reports/`` in the storage root.
     """
+    from ideogram_pipeline.report_output import write_report
+    from ideogram_pipeline.reports import build_report
+
     settings, store = _open(pipeline, storage)
     report = build_report(
         settings,
@@ -198,6 +210,9 @@ def retention_cleanup(
     Crash-safe: an interrupted cleanup is finished by the next run. Usage is rolled up for
     reports and an audit record written before anything goes.
     """
+    from ideogram_pipeline.report_output import human_bytes
+    from ideogram_pipeline.retention import run_cleanup
+
     settings, store = _open(pipeline, storage)
     policy = _config().retention.with_default(config.older_than_days)
     try:
@@ -250,6 +265,8 @@ def metadata_compaction(
 
     Query results never change, and readers of the history views never see a row twice.
     """
+    from ideogram_pipeline.compaction import compact
+
     _settings, store = _open(pipeline, storage)
     target = config.target_file_mb or _config().target_file_mb
     try:
