@@ -298,6 +298,7 @@ def write_json(store: Any, path: Path) -> int:
 
     glob = store.uri("metadata/generations/**/*.parquet").replace("'", "''")
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     con.execute(
         f"COPY (SELECT * FROM read_parquet('{glob}', hive_partitioning = true)) "
         f"TO '{str(path).replace(chr(39), chr(39) * 2)}' (FORMAT json, ARRAY true)"

@@ -39,7 +39,7 @@ from ideogram_pipeline.ideogram.errors import (
 from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
 from ideogram_pipeline.keys import image_key
 from ideogram_pipeline.ledger import Ledger, LedgerEntry, attempt_day, new_attempt_id
-from ideogram_pipeline.malloc_tuning import pin_mmap_threshold
+from ideogram_pipeline.malloc_tuning import pin_mmap_threshold, use_system_allocator_for_arrow
 from ideogram_pipeline.models import (
     V2_ONLY_MODELS,
     GeneratedImage,
@@ -623,7 +623,9 @@ async def run_batch(
         api_mode=api_mode,
         resend_unknown=resend_unknown,
     )
-    pin_mmap_threshold()  # image buffers go back to the system: memory stays flat
+    # Image buffers and Parquet flushes give their memory back: a long batch stays flat.
+    pin_mmap_threshold()
+    use_system_allocator_for_arrow()
     try:
         return await _run(run, batch, client, existing)
     finally:

@@ -89,7 +89,7 @@ def _select(settings: Settings, store: ObjectStore, where: str) -> pa.Table:
     # The condition is the user's own SQL: it runs inside the query boundary (reads under
     # the storage root only), and may not smuggle in a second statement.
     sql = f'SELECT * FROM generations WHERE ({where}) ORDER BY created_at, batch, "row", id'
-    con = sandboxed_connection(settings, store)
+    con = sandboxed_connection(settings, store, sql=sql)
     try:
         check_statements(con, sql)
         if len(con.extract_statements(sql)) != 1:

@@ -14,18 +14,24 @@ Two views, because a batch can be re-run:
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from ideogram_pipeline.history_index import hidden_rows, metadata_files, read_sql
+from ideogram_pipeline.history_index import hidden_rows, metadata_files, read_sql, same_schema
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore, open_store
+from ideogram_pipeline.storage.base import ObjectInfo
 from ideogram_pipeline.storage.metadata import GENERATIONS_PREFIX, METADATA_SCHEMA
-from ideogram_pipeline.tag_log import tag_log_sql
+from ideogram_pipeline.tag_log import merged_tags_sql, tag_changes_view_sql, tag_log_sql
 
-__all__ = ["batch_state", "connect", "view_sql"]
+__all__ = ["VIEWS", "batch_state", "connect", "view_sql"]
+
+#: The history views a connection can have (``connect(views=...)`` picks some).
+VIEWS = ("generation_records", "generations")
 
 _HIVE_TYPES = "{'date': DATE, 'batch': VARCHAR}"
 
@@ -82,26 +88,67 @@ def view_sql(store: ObjectStore) -> str:
     )
 
 
-def _snapshot_view_sql(store: ObjectStore, files: list[str], hide: str | None) -> str:
-    """The views over exactly ``files`` with the rows listed in ``_history_hidden`` left out:
-    the same rows as :func:`view_sql` without a window function per query
-    (``history_index.py`` explains). ``hide`` is the anti-join's subquery, or ``None``."""
+def _scan_sql(
+    con: duckdb.DuckDBPyConnection,
+    uris: list[str],
+    hidden: pa.Table,
+    *,
+    name: str,
+    uniform: bool,
+) -> str:
+    """The records of exactly ``uris`` (read in that order) without the ``hidden`` rows.
 
-    def base(hidden: str | None) -> str:
-        raw = f"{read_sql(files)} AS r"
-        if hidden is not None:
-            raw += f" ANTI JOIN ({hidden}) AS h USING (filename, file_row_number)"
-        return _with_all_columns(f"SELECT r.* EXCLUDE (filename, file_row_number) FROM {raw}")
-
-    records_hidden = None
-    if hide is not None:
-        records_hidden = f"{hide} WHERE NOT generations_only"
-    tag_views, records = tag_log_sql(store, base(records_hidden))
-    _views, current = tag_log_sql(store, base(hide))
-    return (
-        tag_views + f"CREATE OR REPLACE VIEW generation_records AS {records};\n"
-        f"CREATE OR REPLACE VIEW generations AS {current};\n"
+    Only files that hold a hidden row go through the anti-join (registered as the temp
+    table ``name``); the others are read plainly, so the join costs in proportion to the
+    files that need it.
+    """
+    if not hidden.num_rows:
+        return f"SELECT * FROM {read_sql(uris, same_schema=uniform)}"
+    dirty = pc.unique(hidden.column("file_index")).sort()
+    dirty_set = set(dirty.to_pylist())
+    dirty_uris = [uris[index] for index in dirty.to_pylist()]
+    clean_uris = [uri for index, uri in enumerate(uris) if index not in dirty_set]
+    # Positions in the list of dirty files, which is what DuckDB's file_index will say.
+    # UBIGINT, as DuckDB's file_index: mixed types would make the join cast every key.
+    positions = pc.index_in(hidden.column("file_index"), value_set=dirty).cast(pa.uint64())
+    rows = hidden.select(["file_index", "file_row_number"]).set_column(0, "file_index", positions)
+    con.register(f"{name}_rows", rows)
+    con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {name}_rows")
+    con.unregister(f"{name}_rows")
+    body = (
+        f"SELECT r.* FROM {read_sql(dirty_uris, same_schema=uniform)} AS r "
+        f"ANTI JOIN {name} USING (file_index, file_row_number)"
     )
+    if not clean_uris:
+        return body
+    union = "UNION ALL" if uniform else "UNION ALL BY NAME"
+    return f"SELECT * FROM {read_sql(clean_uris, same_schema=uniform)} {union} {body}"
+
+
+def _snapshot_views(
+    con: duckdb.DuckDBPyConnection,
+    store: ObjectStore,
+    files: list[ObjectInfo],
+    views: Collection[str],
+) -> None:
+    """Create ``views`` over exactly ``files``: the same rows as :func:`view_sql` without a
+    window function per query (``history_index.py`` explains)."""
+    uris = [store.uri(info.key) for info in files]
+    hidden = hidden_rows(con, store, files, uris)
+    uniform, complete = same_schema(con, store, files, METADATA_SCHEMA.names)
+    statements, has_log = tag_changes_view_sql(store)
+    for name in views:
+        rows = hidden
+        if name == "generation_records":  # keeps older attempts; only copies are hidden
+            rows = hidden.filter(pc.invert(hidden.column("generations_only")))
+        records = _scan_sql(con, uris, rows, name=f"_hidden_{name}", uniform=uniform)
+        # Adding missing columns costs a tenth of a scan: only when some file lacks some.
+        if not (uniform and complete):
+            records = _with_all_columns(records)
+        if has_log:
+            records = merged_tags_sql(records)
+        statements += f"CREATE OR REPLACE VIEW {name} AS {records};\n"
+    con.execute(statements)
 
 
 def _empty_view_sql(con: duckdb.DuckDBPyConnection) -> None:
@@ -114,12 +161,25 @@ def _empty_view_sql(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE OR REPLACE VIEW generations AS SELECT * FROM generation_records")
 
 
-def connect(settings: Settings, store: ObjectStore | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the history views over the storage root."""
+def connect(
+    settings: Settings,
+    store: ObjectStore | None = None,
+    *,
+    views: Collection[str] = VIEWS,
+    one_query: bool = False,
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the history views over the storage root.
+
+    ``views`` (a subset of :data:`VIEWS`) leaves out views a caller will not use: binding
+    one over a few thousand files is a good part of a short query's time. ``one_query``
+    says the connection answers a single query, so caching Parquet footers for later
+    queries (which costs the first one about a tenth) is not worth it.
+    """
     store = store or open_store(settings)
     con = duckdb.connect(":memory:")
-    # Footers are read once per connection, not once for binding and again per query.
-    con.execute("SET parquet_metadata_cache = true")
+    if not one_query:
+        # Footers are read once per connection, not once for binding and again per query.
+        con.execute("SET parquet_metadata_cache = true")
     if settings.is_s3:
         from ideogram_pipeline.storage.duckdb_s3 import configure_duckdb_s3
 
@@ -130,14 +190,7 @@ def connect(settings: Settings, store: ObjectStore | None = None) -> duckdb.Duck
         return con
     # A snapshot of the files listed now, with the rows the views hide computed once per
     # change of a batch's files and cached (history_index.py), instead of window functions.
-    hidden = hidden_rows(con, store, files)
-    hide = None
-    if hidden.num_rows:
-        con.register("_history_hidden_rows", hidden)
-        con.execute("CREATE TEMP TABLE _history_hidden AS SELECT * FROM _history_hidden_rows")
-        con.unregister("_history_hidden_rows")
-        hide = "SELECT filename, file_row_number FROM _history_hidden"
-    con.execute(_snapshot_view_sql(store, [store.uri(info.key) for info in files], hide))
+    _snapshot_views(con, store, files, [name for name in VIEWS if name in views])
     return con
 
 

@@ -36,11 +36,12 @@ import re
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ideogram_pipeline.storage.base import ObjectInfo, ObjectStore
@@ -49,18 +50,35 @@ from ideogram_pipeline.storage.metadata import GENERATIONS_PREFIX
 if TYPE_CHECKING:
     import duckdb
 
-__all__ = ["HIDDEN_SCHEMA", "HIVE_TYPES", "cache_dir", "hidden_rows", "metadata_files", "read_sql"]
+__all__ = [
+    "HIDDEN_SCHEMA",
+    "HIVE_TYPES",
+    "cache_dir",
+    "hidden_rows",
+    "metadata_files",
+    "read_sql",
+    "same_schema",
+]
 
 HIVE_TYPES = "{'date': DATE, 'batch': VARCHAR}"
 #: ``generations_only``: hidden from ``generations`` but kept in ``generation_records``.
 HIDDEN_SCHEMA = pa.schema(
     [
+        ("file_index", pa.uint64()),
+        ("file_row_number", pa.int64()),
+        ("generations_only", pa.bool_()),
+    ]
+)
+#: The cache names files (indexes change as files come and go), one row per hidden row.
+_CACHE_SCHEMA = pa.schema(
+    [
+        ("batch", pa.string()),
+        ("signature", pa.string()),
         ("filename", pa.string()),
         ("file_row_number", pa.int64()),
         ("generations_only", pa.bool_()),
     ]
 )
-_CACHE_SCHEMA = pa.schema([("batch", pa.string()), ("signature", pa.string()), *HIDDEN_SCHEMA])
 #: A metadata file as the engine's MetadataWriter names it: ``<run id>-<8 hex>.parquet``.
 _ENGINE_FILE = re.compile(r"^(?P<run>.+)-[0-9a-f]{8}\.parquet$")
 #: Below this many seconds of computing, the cache is not worth a file (small histories).
@@ -109,12 +127,70 @@ def _sql_list(uris: Sequence[str]) -> str:
     return "[" + ", ".join("'" + uri.replace("'", "''") + "'" for uri in uris) + "]"
 
 
-def read_sql(uris: Sequence[str]) -> str:
-    """``read_parquet`` over exactly ``uris``, with the file and row of each record."""
+def read_sql(uris: Sequence[str], *, same_schema: bool = False) -> str:
+    """``read_parquet`` over exactly ``uris``, in that order.
+
+    DuckDB's virtual columns ``file_index`` (position in ``uris``), ``file_row_number`` and
+    ``filename`` name each record's place; they cost nothing unless a query uses them.
+    ``union_by_name`` (needed when older files lack newer columns) makes DuckDB read every
+    footer while binding and map columns file by file, about half again a plain scan at
+    3,000 files; ``same_schema`` (see :func:`same_schema`) leaves it out.
+    """
+    union = "false" if same_schema else "true"
     return (
-        f"read_parquet({_sql_list(uris)}, hive_partitioning = true, union_by_name = true, "
-        f"hive_types = {HIVE_TYPES}, filename = true, file_row_number = true)"
+        f"read_parquet({_sql_list(uris)}, hive_partitioning = true, union_by_name = {union}, "
+        f"hive_types = {HIVE_TYPES})"
     )
+
+
+def same_schema(
+    con: duckdb.DuckDBPyConnection,
+    store: ObjectStore,
+    files: Sequence[ObjectInfo],
+    columns: Collection[str],
+) -> tuple[bool, bool]:
+    """``(same, complete)``: whether every file has the same columns (then no
+    ``union_by_name`` is needed), and whether each file has all of ``columns``.
+
+    Files are immutable, so each file's schema fingerprint is read from its footer once
+    and cached; a connection reads only the footers of files it has not seen before.
+    """
+    wanted = sorted(columns)
+    digest = hashlib.sha256("\n".join(wanted).encode("utf-8")).hexdigest()[:12]
+    path = _cache_path(store).with_suffix(f".schemas-{digest}.parquet")
+    known: dict[str, str] = {}
+    try:
+        table = pq.ParquetFile(path).read()
+        keys, schemas = table.column("key").to_pylist(), table.column("schema").to_pylist()
+        known = dict(zip(keys, schemas, strict=True))
+    except (OSError, pa.ArrowInvalid, KeyError):
+        pass
+    current = [f"{info.key}:{info.size}" for info in files]
+    new = [info for info, key in zip(files, current, strict=True) if key not in known]
+    if new:
+        started = time.monotonic()
+        uris = {store.uri(info.key): f"{info.key}:{info.size}" for info in new}
+        # A fingerprint of the columns and types, "+" when all wanted columns are there.
+        rows = con.execute(
+            "SELECT file_name, md5(string_agg(name || ':' || coalesce(type, '') || ':' || "
+            "coalesce(num_children, 0), ',' ORDER BY name, type, num_children)) || "
+            "CASE WHEN list_has_all(list(name), ?) THEN '+' ELSE '' END "
+            f"FROM parquet_schema({_sql_list(list(uris))}) GROUP BY file_name",
+            [wanted],
+        ).fetchall()
+        known.update({uris[name]: print_ for name, print_ in rows if name in uris})
+        if time.monotonic() - started >= CACHE_MIN_SECONDS or path.exists():
+            kept = [key for key in current if key in known]
+            table = pa.table({"key": kept, "schema": [known[key] for key in kept]})
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+                pq.write_table(table, temp)
+                os.replace(temp, path)
+            except OSError:
+                pass
+    prints = {known.get(key) for key in current}
+    return len(prints) == 1, all(p is not None and p.endswith("+") for p in prints)
 
 
 def _compute(con: duckdb.DuckDBPyConnection, uris: Sequence[str]) -> pa.Table:
@@ -138,13 +214,14 @@ def _compute(con: duckdb.DuckDBPyConnection, uris: Sequence[str]) -> pa.Table:
                 PARTITION BY batch, id ORDER BY created_at DESC) AS newest
             FROM attempts WHERE latest
         )
-        SELECT filename, file_row_number, false AS generations_only FROM ranked WHERE copy > 1
+        SELECT batch, filename, file_row_number, false AS generations_only
+        FROM ranked WHERE copy > 1
         UNION ALL
-        SELECT filename, file_row_number, true FROM attempts WHERE latest IS NOT TRUE
+        SELECT batch, filename, file_row_number, true FROM attempts WHERE latest IS NOT TRUE
         UNION ALL
-        SELECT filename, file_row_number, true FROM images WHERE newest > 1
+        SELECT batch, filename, file_row_number, true FROM images WHERE newest > 1
     """
-    return con.execute(sql).to_arrow_table().cast(HIDDEN_SCHEMA)
+    return con.execute(sql).to_arrow_table()
 
 
 def _cache_path(store: ObjectStore) -> Path:
@@ -152,42 +229,16 @@ def _cache_path(store: ObjectStore) -> Path:
     return cache_dir() / "history" / f"{digest}.parquet"
 
 
-def _split(table: pa.Table, batches: Sequence[str]) -> dict[str, pa.Table]:
-    """``table``'s rows grouped by ``batches`` (one batch name per row)."""
-    indices: dict[str, list[int]] = defaultdict(list)
-    for index, batch in enumerate(batches):
-        indices[batch].append(index)
-    return {batch: table.take(rows) for batch, rows in indices.items()}
-
-
-def _load_cache(path: Path) -> dict[str, tuple[str, pa.Table]]:
+def _load_cache(path: Path) -> pa.Table:
     try:
         table = pq.ParquetFile(path).read()  # read_table would import pyarrow.dataset (+pandas)
     except (OSError, pa.ArrowInvalid):
-        return {}
-    if table.schema != _CACHE_SCHEMA:
-        return {}
-    cached: dict[str, tuple[str, pa.Table]] = {}
-    for batch, rows in _split(table, table.column("batch").to_pylist()).items():
-        signature = rows.column("signature")[0].as_py()
-        hidden = rows.select(HIDDEN_SCHEMA.names)
-        hidden = hidden.filter(hidden.column("filename").is_valid())
-        cached[batch] = (signature, hidden.cast(HIDDEN_SCHEMA))
-    return cached
+        return _CACHE_SCHEMA.empty_table()
+    return table if table.schema == _CACHE_SCHEMA else _CACHE_SCHEMA.empty_table()
 
 
-def _save_cache(path: Path, entries: Mapping[str, tuple[str, pa.Table]]) -> None:
+def _save_cache(path: Path, table: pa.Table) -> None:
     """Write the cache whole (temp file, then rename), so readers never see half of it."""
-    parts = []
-    for batch, (signature, hidden) in sorted(entries.items()):
-        # An empty entry still records that the batch was computed: one row of nulls.
-        rows = hidden if hidden.num_rows else pa.Table.from_pylist([{}], schema=HIDDEN_SCHEMA)
-        parts.append(
-            rows.add_column(0, "signature", pa.array([signature] * rows.num_rows, pa.string()))
-            .add_column(0, "batch", pa.array([batch] * rows.num_rows, pa.string()))
-            .cast(_CACHE_SCHEMA)
-        )
-    table = pa.concat_tables(parts) if parts else _CACHE_SCHEMA.empty_table()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -197,34 +248,79 @@ def _save_cache(path: Path, entries: Mapping[str, tuple[str, pa.Table]]) -> None
         pass  # an unwritable cache only costs the next command the same computation
 
 
-def hidden_rows(
-    con: duckdb.DuckDBPyConnection, store: ObjectStore, files: Sequence[ObjectInfo]
+def _entries(batches: Sequence[str], signatures: Mapping[str, str]) -> pa.Array:
+    return pa.array([f"{batch}\t{signatures[batch]}" for batch in batches], pa.string())
+
+
+def _computed_entries(
+    con: duckdb.DuckDBPyConnection,
+    store: ObjectStore,
+    stale: Mapping[str, Sequence[ObjectInfo]],
+    signatures: Mapping[str, str],
 ) -> pa.Table:
-    """``(filename, file_row_number, generations_only)`` of every row the views hide."""
+    """Cache rows for the ``stale`` batches: their hidden rows, and one row of nulls per
+    batch, which records that the batch was computed even when it hides nothing."""
+    computed = _compute(con, [store.uri(info.key) for files in stale.values() for info in files])
+    batches = computed.column("batch").to_pylist()
+    rows = pa.table(
+        {
+            "batch": pa.array(batches, pa.string()),
+            "signature": pa.array([signatures[batch] for batch in batches], pa.string()),
+            "filename": computed.column("filename").cast(pa.string()),
+            "file_row_number": computed.column("file_row_number").cast(pa.int64()),
+            "generations_only": computed.column("generations_only").cast(pa.bool_()),
+        },
+        schema=_CACHE_SCHEMA,
+    )
+    markers = pa.Table.from_pylist(
+        [{"batch": b, "signature": signatures[b]} for b in stale], schema=_CACHE_SCHEMA
+    )
+    return pa.concat_tables([rows, markers])
+
+
+def hidden_rows(
+    con: duckdb.DuckDBPyConnection,
+    store: ObjectStore,
+    files: Sequence[ObjectInfo],
+    uris: Sequence[str] | None = None,
+) -> pa.Table:
+    """``(file_index, file_row_number, generations_only)`` of every row the views hide.
+
+    ``file_index`` is the file's position in ``files``: DuckDB's ``file_index`` virtual
+    column when ``files`` are read in that order (integers join far faster than names).
+    ``uris`` are the files' URIs, when the caller has them already.
+    """
     by_batch: dict[str, list[ObjectInfo]] = defaultdict(list)
     for info in files:
         by_batch[_batch_of(info.key)].append(info)
-    wanted = {
+    signatures = {
         batch: _signature(batch_files)
         for batch, batch_files in by_batch.items()
         if _needs_work(batch_files)
     }
-    if not wanted:
+    if not signatures:
         return HIDDEN_SCHEMA.empty_table()
     path = _cache_path(store)
-    cached = _load_cache(path)
-    stale = [
-        batch for batch, signature in wanted.items() if cached.get(batch, ("",))[0] != signature
-    ]
-    entries = {batch: cached[batch] for batch in wanted if batch not in stale}
+    cache = _load_cache(path)
+    entry = pc.binary_join_element_wise(cache.column("batch"), cache.column("signature"), "\t")
+    cache = cache.filter(pc.is_in(entry, value_set=_entries(list(signatures), signatures)))
+    known = set(pc.unique(cache.column("batch")).to_pylist())
+    stale = {batch: by_batch[batch] for batch in signatures if batch not in known}
     if stale:
         started = time.monotonic()
-        uris = [store.uri(info.key) for batch in stale for info in by_batch[batch]]
-        computed = _compute(con, uris)
-        groups = _split(computed, [_batch_of(f) for f in computed.column("filename").to_pylist()])
-        for batch in stale:
-            entries[batch] = (wanted[batch], groups.get(batch, HIDDEN_SCHEMA.empty_table()))
+        cache = pa.concat_tables([cache, _computed_entries(con, store, stale, signatures)])
         if time.monotonic() - started >= CACHE_MIN_SECONDS or path.exists():
-            _save_cache(path, entries)
-    tables = [hidden for _signature_, hidden in entries.values() if hidden.num_rows]
-    return pa.concat_tables(tables) if tables else HIDDEN_SCHEMA.empty_table()
+            _save_cache(path, cache)
+    cache = cache.filter(cache.column("filename").is_valid())
+    if uris is None:
+        uris = [store.uri(info.key) for info in files]
+    index = pc.index_in(cache.column("filename"), value_set=pa.array(uris, pa.string()))
+    hidden = pa.table(
+        {
+            "file_index": index.cast(pa.uint64()),
+            "file_row_number": cache.column("file_row_number"),
+            "generations_only": cache.column("generations_only"),
+        },
+        schema=HIDDEN_SCHEMA,
+    )
+    return hidden.filter(hidden.column("file_index").is_valid())

@@ -26,6 +26,7 @@ memory, and a symbolic link placed inside a local root is followed by the operat
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -44,6 +45,7 @@ __all__ = [
     "lock_down",
     "run_query",
     "sandboxed_connection",
+    "views_for",
 ]
 
 ALLOWED_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
@@ -107,14 +109,39 @@ def check_statements(con: duckdb.DuckDBPyConnection, sql: str) -> None:
             )
 
 
+#: Words that mean a query may look at the catalogue (which should list every view).
+_CATALOGUE = re.compile(
+    r"\b(show|describe|summarize|pragma|information_schema|duckdb_\w+|pg_\w+|sqlite_\w+)\b",
+    re.IGNORECASE,
+)
+
+
+def views_for(sql: str | None) -> tuple[str, ...]:
+    """The history views ``sql`` needs: those it names, or all when it may list them.
+
+    A view is named in the SQL text to be used (identifiers, quoted or not, and table
+    names in strings alike), so leaving out the others changes no answer and saves
+    binding them over every metadata file.
+    """
+    from ideogram_pipeline.history import VIEWS
+
+    if sql is None or _CATALOGUE.search(sql):
+        return VIEWS
+    named = tuple(v for v in VIEWS if re.search(rf"\b{v}\b", sql, re.IGNORECASE))
+    return named or VIEWS
+
+
 def sandboxed_connection(
-    settings: Settings, store: ObjectStore | None = None
+    settings: Settings, store: ObjectStore | None = None, *, sql: str | None = None
 ) -> duckdb.DuckDBPyConnection:
-    """A history connection (see :func:`ideogram_pipeline.history.connect`), locked down."""
+    """A history connection (see :func:`ideogram_pipeline.history.connect`), locked down.
+
+    Given the ``sql`` it will run (once), only the views that SQL names are created.
+    """
     from ideogram_pipeline import history
 
     store = store or open_store(settings)
-    con = history.connect(settings, store)
+    con = history.connect(settings, store, views=views_for(sql), one_query=sql is not None)
     try:
         lock_down(con, [allowed_root(settings, store)])
     except BaseException:
@@ -129,7 +156,7 @@ def run_query(settings: Settings, sql: str, store: ObjectStore | None = None) ->
     Raises :class:`QueryRefused` for a statement that writes or configures, and
     ``duckdb.Error`` for SQL that fails (including a path outside the storage root).
     """
-    con = sandboxed_connection(settings, store)
+    con = sandboxed_connection(settings, store, sql=sql)
     try:
         check_statements(con, sql)
         return con.execute(sql).df()

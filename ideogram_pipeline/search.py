@@ -34,6 +34,7 @@ __all__ = [
     "resolve_ids",
     "search",
     "term_pattern",
+    "view_searched",
 ]
 
 RESULT_COLUMNS = (
@@ -107,6 +108,28 @@ def term_pattern(term: str) -> str:
     return f"(?i)(^|{_WORD_EDGE}){body}{end}"
 
 
+def _term_sql(term: str, field: str) -> tuple[str, list[Any]]:
+    """SQL and parameters matching ``term`` in ``field``, shaped for DuckDB's planner.
+
+    DuckDB pushes a filter on one column into the Parquet scan, where the regular
+    expression is compiled again for every file: 2.5 s instead of 0.7 s for a million
+    records in 3,000 files. Referring to ``batch`` too (never null, so the answer is the
+    same) keeps the match in one filter above the scan. In front of it, a cheap test that
+    does go into the scan: each ASCII word must occur in the lower-cased text. Prompts
+    with other characters always reach the expression, since Unicode case folding can
+    match an ASCII letter to a character that lower-casing leaves alone (``ſ`` to ``s``).
+    """
+    params: list[Any] = []
+    checks = []
+    for word in term.rstrip("*").split():
+        if word.isascii():
+            checks.append(f"(strlen({field}) <> length({field}) OR contains(lower({field}), ?))")
+            params.append(word.lower())
+    checks.append(f"(regexp_matches({field}, ?) OR batch IS NULL)")
+    params.append(term_pattern(term))
+    return " AND ".join(checks), params
+
+
 def parse_when(value: str, *, name: str) -> date | datetime:
     """A date (``2024-05-01``) or an ISO timestamp; naive timestamps are UTC."""
     text = value.strip()
@@ -139,16 +162,20 @@ def _ratio(value: str) -> str:
     return f"{int(match[1])}x{int(match[2])}"
 
 
+def view_searched(filters: SearchFilters) -> str:
+    """The history view a search reads: every run's records, or the current ones."""
+    return "generation_records" if filters.all_runs else "generations"
+
+
 def build_query(filters: SearchFilters) -> tuple[str, list[Any]]:
     """The SQL (fixed fragments only) and its bound parameters."""
     where: list[str] = []
     params: list[Any] = []
     for term in parse_terms(filters.text or ""):
         fields = ["prompt", "expanded_prompt"] if filters.include_expanded else ["prompt"]
-        where.append(
-            "(" + " OR ".join(f"coalesce(regexp_matches({f}, ?), false)" for f in fields) + ")"
-        )
-        params.extend([term_pattern(term)] * len(fields))
+        matches = [_term_sql(term, field) for field in fields]
+        where.append("(" + " OR ".join(f"({sql})" for sql, _params in matches) + ")")
+        params.extend(param for _sql, field_params in matches for param in field_params)
     if filters.seed is not None:
         where.append("seed = ?")
         params.append(filters.seed)
@@ -183,7 +210,7 @@ def build_query(filters: SearchFilters) -> tuple[str, list[Any]]:
         else:
             where.append("created_at < ?")
             params.append(_start(filters.until) + timedelta(days=1))
-    view = "generation_records" if filters.all_runs else "generations"
+    view = view_searched(filters)
     columns = ", ".join(f'"{name}"' for name in RESULT_COLUMNS)
     sql = f"SELECT {columns} FROM {view}"
     if where:

@@ -30,6 +30,8 @@ __all__ = [
     "TAG_CHANGE_SCHEMA",
     "TagChange",
     "TagError",
+    "merged_tags_sql",
+    "tag_changes_view_sql",
     "tag_log_sql",
     "validate_tag",
     "write_tag_changes",
@@ -154,15 +156,26 @@ def tag_log_sql(store: ObjectStore, records_sql: str) -> tuple[str, str]:
     ``records_sql`` is a SELECT with an ``id`` and a ``tags`` column; with no log yet it is
     returned unchanged (no join), and ``tag_changes`` is an empty view.
     """
+    statements, has_log = tag_changes_view_sql(store)
+    return statements, merged_tags_sql(records_sql) if has_log else records_sql
+
+
+def tag_changes_view_sql(store: ObjectStore) -> tuple[str, bool]:
+    """``(statement, has_log)``: the ``tag_changes`` view (empty while there is no log)."""
     if not _has_log(store):
-        return f"CREATE OR REPLACE VIEW tag_changes AS {_empty_log_sql()};\n", records_sql
+        return f"CREATE OR REPLACE VIEW tag_changes AS {_empty_log_sql()};\n", False
     glob = store.uri(f"{TAG_CHANGES_PREFIX}/**/*.parquet").replace("'", "''")
-    statements = (
+    statement = (
         "CREATE OR REPLACE VIEW tag_changes AS SELECT * FROM read_parquet("
         f"'{glob}', union_by_name = true);\n"
     )
+    return statement, True
+
+
+def merged_tags_sql(records_sql: str) -> str:
+    """``records_sql`` (with ``id`` and ``tags``) with the ``tag_changes`` log merged in."""
     empty = "[]::VARCHAR[]"
-    query = (
+    return (
         f"WITH base_records AS ({records_sql}), "
         "tag_state AS (SELECT record_id, tag, "
         "arg_max(action, (changed_at, change_id, seq)) AS action, "
@@ -180,4 +193,3 @@ def tag_log_sql(store: ObjectStore, records_sql: str) -> tuple[str, str]:
         f"lambda t: NOT list_contains(coalesce(base_records.tags, {empty}), t))) END AS tags) "
         "FROM base_records LEFT JOIN tag_lists ON tag_lists.record_id = base_records.id"
     )
-    return statements, query

@@ -120,7 +120,13 @@ def search(
     Example: ideogram-pipeline search 'fox "fresh snow"' --since 2024-01-01 --tag keep
     """
     from ideogram_pipeline import history
-    from ideogram_pipeline.search import RESULT_COLUMNS, SearchError, SearchFilters, parse_when
+    from ideogram_pipeline.search import (
+        RESULT_COLUMNS,
+        SearchError,
+        SearchFilters,
+        parse_when,
+        view_searched,
+    )
     from ideogram_pipeline.search import search as run_search
 
     try:
@@ -139,7 +145,8 @@ def search(
             all_runs=all_runs,
             limit=limit or None,
         )
-        con = history.connect(settings_or_exit())
+        view = view_searched(filters)
+        con = history.connect(settings_or_exit(), views=(view,), one_query=True)
         try:
             rows = run_search(con, filters)
         finally:

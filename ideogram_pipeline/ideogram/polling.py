@@ -86,9 +86,12 @@ class LatencyTracker:
     Stochastic approximation: after each generation the estimate moves down a little when
     the first poll already found it complete, and up a little when it did not, so in the
     long run a fraction ``quantile`` of generations is caught by the first poll. Steps are
-    proportional to the estimate, so the same code suits 0.5 s and 20 s latencies. Until
-    ``warmup`` generations have been seen, or when one takes far longer than expected (a
-    new model, a slower API), the estimate jumps to just under what was observed.
+    proportional to the estimate, so the same code suits 0.5 s and 20 s latencies, and small
+    (generations often complete together, so outcomes come in runs); a long run of the same
+    outcome doubles the step every ``streak`` observations (up to 64x), so a far-off
+    estimate still converges in tens of generations. Until ``warmup`` generations have been
+    seen, or when one takes far longer than expected (a new model, a slower API), the
+    estimate jumps to just under what was observed.
     """
 
     def __init__(
@@ -98,12 +101,16 @@ class LatencyTracker:
         quantile: float = 0.8,
         step: float = 0.003,
         warmup: int = 3,
+        streak: int = 8,
     ) -> None:
         self.estimate_s = initial_s
         self.quantile = quantile
         self.step = step
         self.warmup = warmup
+        self.streak = streak
         self.observed = 0
+        self._run = 0  # consecutive observations with the same outcome
+        self._last: bool | None = None
 
     def observe(self, elapsed_s: float, caught_by_first_poll: bool) -> None:
         """Learn from one completed generation, seen ``elapsed_s`` after submission."""
@@ -111,8 +118,11 @@ class LatencyTracker:
         if self.observed <= self.warmup or elapsed_s > 2.0 * self.estimate_s:
             self.estimate_s = 0.9 * elapsed_s
             return
+        self._run = self._run + 1 if caught_by_first_poll == self._last else 0
+        self._last = caught_by_first_poll
+        boost = 2.0 ** min(self._run // self.streak, 6)
         target = self.quantile - (1.0 if caught_by_first_poll else 0.0)
-        self.estimate_s = max(0.001, self.estimate_s * (1.0 + self.step * target))
+        self.estimate_s = max(0.001, self.estimate_s * (1.0 + self.step * boost * target))
 
 
 def next_interval(poll_number: int, expected_s: float) -> float:
