@@ -33,11 +33,11 @@ import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ideogram_pipeline.safe_output import neutralise_csv_cell
+from ideogram_pipeline.safe_output import csv_cell
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -62,17 +62,6 @@ class ExportResult:
     images: int
     bytes_written: int
     problems: list[str] = field(default_factory=list)
-
-
-def csv_cell(value: Any) -> Any:
-    """One CSV cell: lists joined with ``|``, times in ISO form, formulas neutralised."""
-    if value is None:
-        return ""
-    if isinstance(value, list | tuple):
-        value = "|".join(str(item) for item in value)
-    elif isinstance(value, datetime | date):
-        value = value.isoformat()
-    return neutralise_csv_cell(value)
 
 
 def _select(settings: Settings, store: ObjectStore, where: str) -> pa.Table:

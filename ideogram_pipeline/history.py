@@ -19,9 +19,14 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from ideogram_pipeline.history_index import hidden_rows, metadata_files, read_sql, same_schema
+from ideogram_pipeline.history_index import (
+    HIDDEN_TABLE,
+    load_hidden_rows,
+    metadata_files,
+    read_sql,
+    same_schema,
+)
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore, open_store
 from ideogram_pipeline.storage.base import ObjectInfo
@@ -91,32 +96,35 @@ def view_sql(store: ObjectStore) -> str:
 def _scan_sql(
     con: duckdb.DuckDBPyConnection,
     uris: list[str],
-    hidden: pa.Table,
     *,
     name: str,
+    hidden_where: str | None,
     uniform: bool,
 ) -> str:
-    """The records of exactly ``uris`` (read in that order) without the ``hidden`` rows.
+    """The records of exactly ``uris`` (read in that order) without the hidden rows that
+    ``hidden_where`` picks from :data:`HIDDEN_TABLE` (``None``: hide nothing).
 
-    Only files that hold a hidden row go through the anti-join (registered as the temp
-    table ``name``); the others are read plainly, so the join costs in proportion to the
-    files that need it.
+    Only files that hold a hidden row go through the anti-join (their rows copied to the
+    temp table ``name``, numbered by position among those files); the others are read
+    plainly, so the join costs in proportion to the files that need it.
     """
-    if not hidden.num_rows:
+    if hidden_where is None:
         return f"SELECT * FROM {read_sql(uris, same_schema=uniform)}"
-    dirty = pc.unique(hidden.column("file_index")).sort()
-    dirty_set = set(dirty.to_pylist())
-    dirty_uris = [uris[index] for index in dirty.to_pylist()]
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT file_index AS listed, "
+        # UBIGINT, as DuckDB's file_index: mixed types would make the join cast every key.
+        "(dense_rank() OVER (ORDER BY file_index) - 1)::UBIGINT AS file_index, "
+        f"file_row_number FROM {HIDDEN_TABLE} WHERE {hidden_where}"
+    )
+    dirty = [
+        row[0] for row in con.execute(f"SELECT DISTINCT listed FROM {name} ORDER BY 1").fetchall()
+    ]
+    if not dirty:
+        return f"SELECT * FROM {read_sql(uris, same_schema=uniform)}"
+    dirty_set = set(dirty)
     clean_uris = [uri for index, uri in enumerate(uris) if index not in dirty_set]
-    # Positions in the list of dirty files, which is what DuckDB's file_index will say.
-    # UBIGINT, as DuckDB's file_index: mixed types would make the join cast every key.
-    positions = pc.index_in(hidden.column("file_index"), value_set=dirty).cast(pa.uint64())
-    rows = hidden.select(["file_index", "file_row_number"]).set_column(0, "file_index", positions)
-    con.register(f"{name}_rows", rows)
-    con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {name}_rows")
-    con.unregister(f"{name}_rows")
     body = (
-        f"SELECT r.* FROM {read_sql(dirty_uris, same_schema=uniform)} AS r "
+        f"SELECT r.* FROM {read_sql([uris[i] for i in dirty], same_schema=uniform)} AS r "
         f"ANTI JOIN {name} USING (file_index, file_row_number)"
     )
     if not clean_uris:
@@ -134,14 +142,14 @@ def _snapshot_views(
     """Create ``views`` over exactly ``files``: the same rows as :func:`view_sql` without a
     window function per query (``history_index.py`` explains)."""
     uris = [store.uri(info.key) for info in files]
-    hidden = hidden_rows(con, store, files, uris)
+    hidden = load_hidden_rows(con, store, files, uris)
     uniform, complete = same_schema(con, store, files, METADATA_SCHEMA.names)
     statements, has_log = tag_changes_view_sql(store)
     for name in views:
-        rows = hidden
-        if name == "generation_records":  # keeps older attempts; only copies are hidden
-            rows = hidden.filter(pc.invert(hidden.column("generations_only")))
-        records = _scan_sql(con, uris, rows, name=f"_hidden_{name}", uniform=uniform)
+        where = None
+        if hidden:  # generation_records keeps older attempts: it only hides copies
+            where = "NOT generations_only" if name == "generation_records" else "true"
+        records = _scan_sql(con, uris, name=f"_hidden_{name}", hidden_where=where, uniform=uniform)
         # Adding missing columns costs a tenth of a scan: only when some file lacks some.
         if not (uniform and complete):
             records = _with_all_columns(records)

@@ -25,7 +25,12 @@ out once and remembered:
 
 The connection then reads exactly the files it listed (a consistent snapshot: files added
 later are not seen, files deleted later make the query fail rather than answer wrongly)
-and hides the listed rows with an anti-join, which costs about a tenth of a plain scan.
+and hides the listed rows with an anti-join on DuckDB's ``file_index`` and
+``file_row_number``, which costs a few percent of a plain scan.
+
+All of it runs in DuckDB (the cache is Parquet read and written by DuckDB), with values
+written into the SQL as escaped literals: building Arrow tables from Python, or binding
+a parameter, imports pandas, a third of a short query's start-up.
 """
 
 from __future__ import annotations
@@ -36,13 +41,9 @@ import re
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ideogram_pipeline.storage.base import ObjectInfo, ObjectStore
 from ideogram_pipeline.storage.metadata import GENERATIONS_PREFIX
@@ -51,33 +52,24 @@ if TYPE_CHECKING:
     import duckdb
 
 __all__ = [
-    "HIDDEN_SCHEMA",
+    "HIDDEN_TABLE",
     "HIVE_TYPES",
     "cache_dir",
-    "hidden_rows",
+    "load_hidden_rows",
     "metadata_files",
     "read_sql",
     "same_schema",
 ]
 
 HIVE_TYPES = "{'date': DATE, 'batch': VARCHAR}"
-#: ``generations_only``: hidden from ``generations`` but kept in ``generation_records``.
-HIDDEN_SCHEMA = pa.schema(
-    [
-        ("file_index", pa.uint64()),
-        ("file_row_number", pa.int64()),
-        ("generations_only", pa.bool_()),
-    ]
-)
-#: The cache names files (indexes change as files come and go), one row per hidden row.
-_CACHE_SCHEMA = pa.schema(
-    [
-        ("batch", pa.string()),
-        ("signature", pa.string()),
-        ("filename", pa.string()),
-        ("file_row_number", pa.int64()),
-        ("generations_only", pa.bool_()),
-    ]
+#: The temp table of hidden rows: ``file_index`` (UBIGINT, a position in the file list),
+#: ``file_row_number``, ``generations_only`` (hidden from ``generations``, kept in
+#: ``generation_records``).
+HIDDEN_TABLE = "_history_hidden"
+#: The cache, one row per hidden row, plus a row of nulls per computed batch.
+_CACHE_COLUMNS = (
+    "batch VARCHAR, signature VARCHAR, filename VARCHAR, file_row_number BIGINT, "
+    "generations_only BOOLEAN"
 )
 #: A metadata file as the engine's MetadataWriter names it: ``<run id>-<8 hex>.parquet``.
 _ENGINE_FILE = re.compile(r"^(?P<run>.+)-[0-9a-f]{8}\.parquet$")
@@ -127,6 +119,10 @@ def _sql_list(uris: Sequence[str]) -> str:
     return "[" + ", ".join("'" + uri.replace("'", "''") + "'" for uri in uris) + "]"
 
 
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def read_sql(uris: Sequence[str], *, same_schema: bool = False) -> str:
     """``read_parquet`` over exactly ``uris``, in that order.
 
@@ -143,6 +139,20 @@ def read_sql(uris: Sequence[str], *, same_schema: bool = False) -> str:
     )
 
 
+def _replace_file(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
+    """Write ``query``'s rows to ``path`` as Parquet, whole (temp file, then rename), so
+    readers never see half of it; an unwritable cache only costs a recomputation."""
+    import duckdb
+
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        con.execute(f"COPY ({query}) TO {_literal(str(temp))} (FORMAT parquet)")
+        os.replace(temp, path)
+    except (OSError, duckdb.Error):
+        temp.unlink(missing_ok=True)
+
+
 def same_schema(
     con: duckdb.DuckDBPyConnection,
     store: ObjectStore,
@@ -155,16 +165,18 @@ def same_schema(
     Files are immutable, so each file's schema fingerprint is read from its footer once
     and cached; a connection reads only the footers of files it has not seen before.
     """
+    import duckdb
+
     wanted = sorted(columns)
     digest = hashlib.sha256("\n".join(wanted).encode("utf-8")).hexdigest()[:12]
     path = _cache_path(store).with_suffix(f".schemas-{digest}.parquet")
     known: dict[str, str] = {}
-    try:
-        table = pq.ParquetFile(path).read()
-        keys, schemas = table.column("key").to_pylist(), table.column("schema").to_pylist()
-        known = dict(zip(keys, schemas, strict=True))
-    except (OSError, pa.ArrowInvalid, KeyError):
-        pass
+    if path.exists():
+        try:
+            sql = f"SELECT key, schema FROM read_parquet({_literal(str(path))})"
+            known = dict(con.execute(sql).fetchall())
+        except duckdb.Error:
+            pass
     current = [f"{info.key}:{info.size}" for info in files]
     new = [info for info, key in zip(files, current, strict=True) if key not in known]
     if new:
@@ -174,28 +186,24 @@ def same_schema(
         rows = con.execute(
             "SELECT file_name, md5(string_agg(name || ':' || coalesce(type, '') || ':' || "
             "coalesce(num_children, 0), ',' ORDER BY name, type, num_children)) || "
-            "CASE WHEN list_has_all(list(name), ?) THEN '+' ELSE '' END "
-            f"FROM parquet_schema({_sql_list(list(uris))}) GROUP BY file_name",
-            [wanted],
+            f"CASE WHEN list_has_all(list(name), {_sql_list(wanted)}) THEN '+' ELSE '' END "
+            f"FROM parquet_schema({_sql_list(list(uris))}) GROUP BY file_name"
         ).fetchall()
         known.update({uris[name]: print_ for name, print_ in rows if name in uris})
         if time.monotonic() - started >= CACHE_MIN_SECONDS or path.exists():
             kept = [key for key in current if key in known]
-            table = pa.table({"key": kept, "schema": [known[key] for key in kept]})
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-                pq.write_table(table, temp)
-                os.replace(temp, path)
-            except OSError:
-                pass
+            schemas = [known[key] for key in kept]
+            query = (
+                f"SELECT unnest({_sql_list(kept)}) AS key, unnest({_sql_list(schemas)}) AS schema"
+            )
+            _replace_file(con, query, path)
     prints = {known.get(key) for key in current}
     return len(prints) == 1, all(p is not None and p.endswith("+") for p in prints)
 
 
-def _compute(con: duckdb.DuckDBPyConnection, uris: Sequence[str]) -> pa.Table:
+def _compute_sql(uris: Sequence[str]) -> str:
     """Rows the views hide among ``uris``, by the window functions of ``history.view_sql``."""
-    sql = f"""
+    return f"""
         WITH raw AS (
             SELECT filename, file_row_number, date, batch, id, "row", attempt_id, created_at
             FROM {read_sql(uris)}
@@ -221,7 +229,6 @@ def _compute(con: duckdb.DuckDBPyConnection, uris: Sequence[str]) -> pa.Table:
         UNION ALL
         SELECT batch, filename, file_row_number, true FROM images WHERE newest > 1
     """
-    return con.execute(sql).to_arrow_table()
 
 
 def _cache_path(store: ObjectStore) -> Path:
@@ -229,66 +236,34 @@ def _cache_path(store: ObjectStore) -> Path:
     return cache_dir() / "history" / f"{digest}.parquet"
 
 
-def _load_cache(path: Path) -> pa.Table:
+def _load_cache(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """``_hidden_cache``: the cached rows of the batches in ``_hidden_wanted`` whose
+    signature still matches (nothing when the file is missing or unreadable)."""
+    import duckdb
+
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _hidden_cache ({_CACHE_COLUMNS})")
+    if not path.exists():
+        return
     try:
-        table = pq.ParquetFile(path).read()  # read_table would import pyarrow.dataset (+pandas)
-    except (OSError, pa.ArrowInvalid):
-        return _CACHE_SCHEMA.empty_table()
-    return table if table.schema == _CACHE_SCHEMA else _CACHE_SCHEMA.empty_table()
+        con.execute(
+            "INSERT INTO _hidden_cache SELECT c.batch, c.signature, c.filename, "
+            f"c.file_row_number, c.generations_only FROM read_parquet({_literal(str(path))}) "
+            "AS c SEMI JOIN _hidden_wanted AS w USING (batch, signature)"
+        )
+    except duckdb.Error:
+        con.execute("DELETE FROM _hidden_cache")  # another version's or a damaged file
 
 
-def _save_cache(path: Path, table: pa.Table) -> None:
-    """Write the cache whole (temp file, then rename), so readers never see half of it."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        pq.write_table(table, temp, compression="zstd")
-        os.replace(temp, path)
-    except OSError:
-        pass  # an unwritable cache only costs the next command the same computation
-
-
-def _entries(batches: Sequence[str], signatures: Mapping[str, str]) -> pa.Array:
-    return pa.array([f"{batch}\t{signatures[batch]}" for batch in batches], pa.string())
-
-
-def _computed_entries(
-    con: duckdb.DuckDBPyConnection,
-    store: ObjectStore,
-    stale: Mapping[str, Sequence[ObjectInfo]],
-    signatures: Mapping[str, str],
-) -> pa.Table:
-    """Cache rows for the ``stale`` batches: their hidden rows, and one row of nulls per
-    batch, which records that the batch was computed even when it hides nothing."""
-    computed = _compute(con, [store.uri(info.key) for files in stale.values() for info in files])
-    batches = computed.column("batch").to_pylist()
-    rows = pa.table(
-        {
-            "batch": pa.array(batches, pa.string()),
-            "signature": pa.array([signatures[batch] for batch in batches], pa.string()),
-            "filename": computed.column("filename").cast(pa.string()),
-            "file_row_number": computed.column("file_row_number").cast(pa.int64()),
-            "generations_only": computed.column("generations_only").cast(pa.bool_()),
-        },
-        schema=_CACHE_SCHEMA,
-    )
-    markers = pa.Table.from_pylist(
-        [{"batch": b, "signature": signatures[b]} for b in stale], schema=_CACHE_SCHEMA
-    )
-    return pa.concat_tables([rows, markers])
-
-
-def hidden_rows(
+def load_hidden_rows(
     con: duckdb.DuckDBPyConnection,
     store: ObjectStore,
     files: Sequence[ObjectInfo],
-    uris: Sequence[str] | None = None,
-) -> pa.Table:
-    """``(file_index, file_row_number, generations_only)`` of every row the views hide.
+    uris: Sequence[str],
+) -> int:
+    """Fill the temp table :data:`HIDDEN_TABLE` with every row the views hide; its count.
 
-    ``file_index`` is the file's position in ``files``: DuckDB's ``file_index`` virtual
-    column when ``files`` are read in that order (integers join far faster than names).
-    ``uris`` are the files' URIs, when the caller has them already.
+    ``file_index`` there is the file's position in ``files`` (whose URIs are ``uris``):
+    DuckDB's ``file_index`` virtual column when they are read in that order.
     """
     by_batch: dict[str, list[ObjectInfo]] = defaultdict(list)
     for info in files:
@@ -299,28 +274,39 @@ def hidden_rows(
         if _needs_work(batch_files)
     }
     if not signatures:
-        return HIDDEN_SCHEMA.empty_table()
+        return 0
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _hidden_wanted AS SELECT "
+        f"unnest({_sql_list(list(signatures))}::VARCHAR[]) AS batch, "
+        f"unnest({_sql_list(list(signatures.values()))}::VARCHAR[]) AS signature"
+    )
     path = _cache_path(store)
-    cache = _load_cache(path)
-    entry = pc.binary_join_element_wise(cache.column("batch"), cache.column("signature"), "\t")
-    cache = cache.filter(pc.is_in(entry, value_set=_entries(list(signatures), signatures)))
-    known = set(pc.unique(cache.column("batch")).to_pylist())
-    stale = {batch: by_batch[batch] for batch in signatures if batch not in known}
+    _load_cache(con, path)
+    known = {row[0] for row in con.execute("SELECT DISTINCT batch FROM _hidden_cache").fetchall()}
+    stale = [batch for batch in signatures if batch not in known]
     if stale:
         started = time.monotonic()
-        cache = pa.concat_tables([cache, _computed_entries(con, store, stale, signatures)])
+        stale_uris = [store.uri(info.key) for batch in stale for info in by_batch[batch]]
+        con.execute(
+            "INSERT INTO _hidden_cache "
+            "SELECT h.batch, w.signature, h.filename, h.file_row_number, h.generations_only "
+            f"FROM ({_compute_sql(stale_uris)}) AS h JOIN _hidden_wanted AS w USING (batch)"
+        )
+        # A row of nulls records that a batch was computed, even when it hides nothing.
+        con.execute(
+            "INSERT INTO _hidden_cache (batch, signature) "
+            "SELECT batch, signature FROM _hidden_wanted "
+            f"WHERE list_contains({_sql_list(stale)}::VARCHAR[], batch)"
+        )
         if time.monotonic() - started >= CACHE_MIN_SECONDS or path.exists():
-            _save_cache(path, cache)
-    cache = cache.filter(cache.column("filename").is_valid())
-    if uris is None:
-        uris = [store.uri(info.key) for info in files]
-    index = pc.index_in(cache.column("filename"), value_set=pa.array(uris, pa.string()))
-    hidden = pa.table(
-        {
-            "file_index": index.cast(pa.uint64()),
-            "file_row_number": cache.column("file_row_number"),
-            "generations_only": cache.column("generations_only"),
-        },
-        schema=HIDDEN_SCHEMA,
+            _replace_file(con, "SELECT * FROM _hidden_cache ORDER BY batch", path)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {HIDDEN_TABLE} AS "
+        f"WITH listed AS (SELECT {_sql_list(uris)}::VARCHAR[] AS uris), "
+        "files AS (SELECT unnest(uris) AS filename, "
+        "(generate_subscripts(uris, 1) - 1)::UBIGINT AS file_index FROM listed) "
+        "SELECT f.file_index, c.file_row_number, c.generations_only "
+        "FROM _hidden_cache AS c JOIN files AS f USING (filename)"
     )
-    return hidden.filter(hidden.column("file_index").is_valid())
+    con.execute("DROP TABLE _hidden_cache; DROP TABLE _hidden_wanted")
+    return con.execute(f"SELECT count(*) FROM {HIDDEN_TABLE}").fetchone()[0]

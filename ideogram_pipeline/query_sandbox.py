@@ -26,8 +26,10 @@ memory, and a symbolic link placed inside a local root is followed by the operat
 
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
@@ -43,6 +45,7 @@ __all__ = [
     "allowed_root",
     "check_statements",
     "lock_down",
+    "query_rows",
     "run_query",
     "sandboxed_connection",
     "views_for",
@@ -150,15 +153,34 @@ def sandboxed_connection(
     return con
 
 
-def run_query(settings: Settings, sql: str, store: ObjectStore | None = None) -> pd.DataFrame:
-    """Run the user's ``sql`` inside the boundary and return the last statement's result.
+@contextlib.contextmanager
+def _executed(
+    settings: Settings, sql: str, store: ObjectStore | None
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = sandboxed_connection(settings, store, sql=sql)
+    try:
+        check_statements(con, sql)
+        con.execute(sql)
+        yield con
+    finally:
+        con.close()
+
+
+def query_rows(
+    settings: Settings, sql: str, store: ObjectStore | None = None
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run the user's ``sql`` inside the boundary: the last statement's column names and
+    rows, as Python values (what the ``query`` command prints, without pandas).
 
     Raises :class:`QueryRefused` for a statement that writes or configures, and
     ``duckdb.Error`` for SQL that fails (including a path outside the storage root).
     """
-    con = sandboxed_connection(settings, store, sql=sql)
-    try:
-        check_statements(con, sql)
-        return con.execute(sql).df()
-    finally:
-        con.close()
+    with _executed(settings, sql, store) as con:
+        columns = [column[0] for column in con.description or []]
+        return columns, con.fetchall() if columns else []
+
+
+def run_query(settings: Settings, sql: str, store: ObjectStore | None = None) -> pd.DataFrame:
+    """As :func:`query_rows`, as a DataFrame (for notebooks and scripts)."""
+    with _executed(settings, sql, store) as con:
+        return con.df()

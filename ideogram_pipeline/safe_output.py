@@ -9,11 +9,23 @@ Every export and report goes through these functions rather than its own escapin
 from __future__ import annotations
 
 import html
+from datetime import date, datetime
 from typing import Any
 
-__all__ = ["escape_html", "escape_markdown_cell", "neutralise_csv_cell"]
+__all__ = ["csv_cell", "escape_html", "escape_markdown_cell", "neutralise_csv_cell"]
 
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """One CSV cell: lists joined with ``|``, times in ISO form, formulas neutralised."""
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        value = "|".join(str(item) for item in value)
+    elif isinstance(value, datetime | date):
+        value = value.isoformat()
+    return neutralise_csv_cell(value)
 
 
 def neutralise_csv_cell(value: Any) -> Any:

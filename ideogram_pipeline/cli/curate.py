@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ideogram_pipeline.cli.common import main, settings_or_exit
-from ideogram_pipeline.cli.explore import FORMAT_OPTION, emit
+from ideogram_pipeline.cli.output import FORMAT_OPTION, emit
 
 REPRODUCE_COLUMNS = ("source_id", "new_id", "status", "identical", "distance", "stored_uri")
 

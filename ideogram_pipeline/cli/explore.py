@@ -2,76 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import click
 
 from ideogram_pipeline.cli.common import main, settings_or_exit
+from ideogram_pipeline.cli.output import FORMAT_OPTION, emit, terminal_text
 from ideogram_pipeline.models import STATUSES
-
-FORMAT_OPTION = click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
-#: Table columns are cut to this width; CSV and JSON carry full values.
-TABLE_WIDTHS = {"id": 12, "prompt": 48, "tags": 24, "created_at": 16}
-
-
-def _plain(value: Any) -> str:
-    """Terminal-safe text: no control characters (no escape sequences from prompts)."""
-    if value is None:
-        return ""
-    if isinstance(value, list | tuple):
-        value = "|".join(str(item) for item in value)
-    elif isinstance(value, datetime):
-        value = value.strftime("%Y-%m-%d %H:%M")
-    text = str(value)
-    return "".join(ch if ch.isprintable() else " " for ch in text)
-
-
-def emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str) -> None:
-    """Print ``rows`` as an aligned table, CSV (formula-safe) or JSON."""
-    from ideogram_pipeline.export import csv_cell
-
-    if fmt == "json":
-        data = [{c: row.get(c) for c in columns} for row in rows]
-        click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
-        return
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([csv_cell(row.get(c)) for c in columns])
-        click.echo(out.getvalue(), nl=False)
-        return
-    if not rows:
-        click.echo("(no matches)")
-        return
-    cells = []
-    for row in rows:
-        line = []
-        for column in columns:
-            text = _plain(row.get(column))
-            limit = TABLE_WIDTHS.get(column)
-            if limit and len(text) > limit:
-                text = text[:limit] if column == "id" else text[: limit - 1] + "…"
-            line.append(text)
-        cells.append(line)
-    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for line in cells:
-        click.echo("  ".join(t.ljust(w) for t, w in zip(line, widths, strict=True)).rstrip())
 
 
 @main.command()
@@ -212,11 +150,11 @@ def inspect(file: str, fmt: str) -> None:
     if meta["parameters"] is not None:
         click.echo("parameters:")
         for line in meta["parameters"].splitlines():
-            click.echo(f"  {_plain(line)}")
+            click.echo(f"  {terminal_text(line)}")
     if meta["record"] is not None:
         click.echo("record:")
         for key, value in meta["record"].items():
-            click.echo(f"  {key + ':':<18} {_plain(value)}")
+            click.echo(f"  {key + ':':<18} {terminal_text(value)}")
 
 
 DUPLICATE_COLUMNS = ("group", "distance", "id", "batch", "row", "records", "prompt", "stored_uri")

@@ -5,18 +5,12 @@ from __future__ import annotations
 import click
 
 from ideogram_pipeline.cli.common import main, settings_or_exit
+from ideogram_pipeline.cli.output import FORMAT_OPTION, emit
 
 
 @main.command()
 @click.argument("sql")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@FORMAT_OPTION
 def query(sql: str, fmt: str) -> None:
     """Run SQL in DuckDB with a `generations` view over the metadata.
 
@@ -25,11 +19,10 @@ def query(sql: str, fmt: str) -> None:
     """
     import duckdb
 
-    from ideogram_pipeline.query_sandbox import QueryRefused, run_query
-    from ideogram_pipeline.safe_output import neutralise_csv_cell
+    from ideogram_pipeline.query_sandbox import QueryRefused, query_rows
 
     try:
-        frame = run_query(settings_or_exit(), sql)
+        columns, rows = query_rows(settings_or_exit(), sql)
     except QueryRefused as exc:
         raise click.ClickException(f"query refused: {exc}") from None
     except duckdb.PermissionException as exc:
@@ -39,14 +32,23 @@ def query(sql: str, fmt: str) -> None:
         ) from None
     except duckdb.Error as exc:
         raise click.ClickException(f"query failed: {exc}") from None
-    if fmt == "csv":
-        # Cells a spreadsheet would run as formulas (=, +, -, @) are shown as text.
-        frame = frame.map(neutralise_csv_cell).rename(columns=neutralise_csv_cell)
-        click.echo(frame.to_csv(index=False), nl=False)
-    elif fmt == "json":
-        click.echo(frame.to_json(orient="records", date_format="iso", indent=2))
-    else:
-        click.echo(frame.to_string(index=False) if len(frame.columns) else "(no columns)")
+    if not columns:
+        click.echo("(no columns)")
+        return
+    # Duplicate names (SELECT 1 AS a, 2 AS a) get a suffix, so no value is lost.
+    names = _unique(columns)
+    records = [dict(zip(names, row, strict=True)) for row in rows]
+    emit(records, names, fmt, widths={}, empty="(no rows)")
+
+
+def _unique(columns: list[str]) -> list[str]:
+    names: list[str] = []
+    for column in columns:
+        name, number = column, 1
+        while name in names:
+            name, number = f"{column}_{number}", number + 1
+        names.append(name)
+    return names
 
 
 @main.command("duckdb-init")
