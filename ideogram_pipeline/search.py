@@ -212,16 +212,21 @@ def build_query(filters: SearchFilters) -> tuple[str, list[Any]]:
             params.append(_start(filters.until) + timedelta(days=1))
     view = view_searched(filters)
     columns = ", ".join(f'"{name}"' for name in RESULT_COLUMNS)
-    sql = f"SELECT {columns} FROM {view}"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += ' ORDER BY created_at DESC, batch, "row", image_index, id'
-    if filters.limit is not None:
-        if filters.limit < 1:
-            raise SearchError(f"limit must be at least 1, got {filters.limit}")
-        sql += " LIMIT ?"
-        params.append(filters.limit)
-    return sql, params
+    condition = " WHERE " + " AND ".join(where) if where else ""
+    order = ' ORDER BY created_at DESC, batch, "row", image_index, id'
+    if filters.limit is None:
+        return f"SELECT {columns} FROM {view}{condition}{order}", params
+    if filters.limit < 1:
+        raise SearchError(f"limit must be at least 1, got {filters.limit}")
+    # The newest matches first, by their keys alone, then their columns: DuckDB reads every
+    # projected column of every matching file otherwise (a fifth of a word search at a
+    # million records). Records are unique by batch, id and time in both views.
+    keys = 'batch, id, created_at, "row", image_index'
+    sql = (
+        f"WITH hits AS (SELECT {keys} FROM {view}{condition}{order} LIMIT ?) "
+        f"SELECT {columns} FROM {view} SEMI JOIN hits USING (batch, id, created_at){order}"
+    )
+    return sql, [*params, filters.limit]
 
 
 def search(con: duckdb.DuckDBPyConnection, filters: SearchFilters) -> list[dict[str, Any]]:
