@@ -17,8 +17,8 @@ out once and remembered:
   has nothing to hide: one run makes one attempt per row and writes each record once;
 - any other batch (several runs, compacted or rewritten files) gets its hidden rows
   computed with the very same window functions, over that batch's files only (all three
-  are partitioned within a batch: record ids embed the batch key), as
-  ``(filename, file_row_number)`` pairs;
+  are partitioned within a batch: record ids embed the batch key), as pairs of a file
+  (its position among the batch's files) and ``file_row_number``;
 - the result is cached per batch under a signature of its file listing (names, sizes,
   times), in a local cache folder (``IDEOGRAM_CACHE_DIR``, default
   ``~/.cache/ideogram-pipeline``), so only batches whose files changed are recomputed.
@@ -66,9 +66,11 @@ HIVE_TYPES = "{'date': DATE, 'batch': VARCHAR}"
 #: ``file_row_number``, ``generations_only`` (hidden from ``generations``, kept in
 #: ``generation_records``).
 HIDDEN_TABLE = "_history_hidden"
-#: The cache, one row per hidden row, plus a row of nulls per computed batch.
+#: The cache, one row per hidden row, plus a row of nulls per computed batch. A file is
+#: named by its position among its batch's files (sorted by key), which the signature
+#: pins: short integers instead of URIs keep the cache small and quick to map.
 _CACHE_COLUMNS = (
-    "batch VARCHAR, signature VARCHAR, filename VARCHAR, file_row_number BIGINT, "
+    "batch VARCHAR, signature VARCHAR, file_position INTEGER, file_row_number BIGINT, "
     "generations_only BOOLEAN"
 )
 #: A metadata file as the engine's MetadataWriter names it: ``<run id>-<8 hex>.parquet``.
@@ -205,7 +207,7 @@ def _compute_sql(uris: Sequence[str]) -> str:
     """Rows the views hide among ``uris``, by the window functions of ``history.view_sql``."""
     return f"""
         WITH raw AS (
-            SELECT filename, file_row_number, date, batch, id, "row", attempt_id, created_at
+            SELECT file_index, file_row_number, date, batch, id, "row", attempt_id, created_at
             FROM {read_sql(uris)}
         ),
         ranked AS (
@@ -222,12 +224,12 @@ def _compute_sql(uris: Sequence[str]) -> str:
                 PARTITION BY batch, id ORDER BY created_at DESC) AS newest
             FROM attempts WHERE latest
         )
-        SELECT batch, filename, file_row_number, false AS generations_only
+        SELECT batch, file_index, file_row_number, false AS generations_only
         FROM ranked WHERE copy > 1
         UNION ALL
-        SELECT batch, filename, file_row_number, true FROM attempts WHERE latest IS NOT TRUE
+        SELECT batch, file_index, file_row_number, true FROM attempts WHERE latest IS NOT TRUE
         UNION ALL
-        SELECT batch, filename, file_row_number, true FROM images WHERE newest > 1
+        SELECT batch, file_index, file_row_number, true FROM images WHERE newest > 1
     """
 
 
@@ -246,7 +248,7 @@ def _load_cache(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         return
     try:
         con.execute(
-            "INSERT INTO _hidden_cache SELECT c.batch, c.signature, c.filename, "
+            "INSERT INTO _hidden_cache SELECT c.batch, c.signature, c.file_position, "
             f"c.file_row_number, c.generations_only FROM read_parquet({_literal(str(path))}) "
             "AS c SEMI JOIN _hidden_wanted AS w USING (batch, signature)"
         )
@@ -275,10 +277,17 @@ def load_hidden_rows(
     }
     if not signatures:
         return 0
+    # Each batch's files as positions in ``files``, in key order (the cache's file_position).
+    positions: dict[str, list[int]] = defaultdict(list)
+    for index, info in enumerate(files):
+        positions[_batch_of(info.key)].append(index)
+    # As text ("3,17,40"): DuckDB binds one string per batch far faster than nested lists.
+    listed = [",".join(map(str, positions[batch])) for batch in signatures]
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _hidden_wanted AS SELECT "
         f"unnest({_sql_list(list(signatures))}::VARCHAR[]) AS batch, "
-        f"unnest({_sql_list(list(signatures.values()))}::VARCHAR[]) AS signature"
+        f"unnest({_sql_list(list(signatures.values()))}::VARCHAR[]) AS signature, "
+        f"unnest({_sql_list(listed)}::VARCHAR[]) AS files"
     )
     path = _cache_path(store)
     _load_cache(con, path)
@@ -286,11 +295,17 @@ def load_hidden_rows(
     stale = [batch for batch in signatures if batch not in known]
     if stale:
         started = time.monotonic()
-        stale_uris = [store.uri(info.key) for batch in stale for info in by_batch[batch]]
+        stale_uris = [uris[index] for batch in stale for index in positions[batch]]
+        # Where each batch's files start in stale_uris, to turn file_index into a position.
+        starts, offset = [], 0
+        for batch in stale:
+            starts.append(f"({_literal(batch)}, {offset})")
+            offset += len(positions[batch])
         con.execute(
-            "INSERT INTO _hidden_cache "
-            "SELECT h.batch, w.signature, h.filename, h.file_row_number, h.generations_only "
-            f"FROM ({_compute_sql(stale_uris)}) AS h JOIN _hidden_wanted AS w USING (batch)"
+            "INSERT INTO _hidden_cache SELECT h.batch, w.signature, "
+            "(h.file_index - s.start)::INTEGER, h.file_row_number, h.generations_only "
+            f"FROM ({_compute_sql(stale_uris)}) AS h JOIN _hidden_wanted AS w USING (batch) "
+            f"JOIN (VALUES {', '.join(starts)}) AS s(batch, start) USING (batch)"
         )
         # A row of nulls records that a batch was computed, even when it hides nothing.
         con.execute(
@@ -302,11 +317,10 @@ def load_hidden_rows(
             _replace_file(con, "SELECT * FROM _hidden_cache ORDER BY batch", path)
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE {HIDDEN_TABLE} AS "
-        f"WITH listed AS (SELECT {_sql_list(uris)}::VARCHAR[] AS uris), "
-        "files AS (SELECT unnest(uris) AS filename, "
-        "(generate_subscripts(uris, 1) - 1)::UBIGINT AS file_index FROM listed) "
-        "SELECT f.file_index, c.file_row_number, c.generations_only "
-        "FROM _hidden_cache AS c JOIN files AS f USING (filename)"
+        "SELECT string_split(w.files, ',')[c.file_position + 1]::UBIGINT AS file_index, "
+        "c.file_row_number, "
+        "c.generations_only FROM _hidden_cache AS c JOIN _hidden_wanted AS w USING (batch) "
+        "WHERE c.file_position IS NOT NULL"
     )
     con.execute("DROP TABLE _hidden_cache; DROP TABLE _hidden_wanted")
     return con.execute(f"SELECT count(*) FROM {HIDDEN_TABLE}").fetchone()[0]
