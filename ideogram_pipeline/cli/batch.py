@@ -212,10 +212,6 @@ def _demo(csv: Path) -> None:
     click.echo(f"images:   {root}/images/")
     click.echo(f"metadata: {root}/metadata/generations/ (Hive-partitioned Parquet)")
     click.echo(f'\n$ ideogram-pipeline query "{DEMO_QUERY}"')
-    from ideogram_pipeline import history
+    from ideogram_pipeline.cli.history import show_query
 
-    con = history.connect(settings)
-    try:
-        click.echo(con.execute(DEMO_QUERY).df().to_string(index=False))
-    finally:
-        con.close()
+    show_query(settings, DEMO_QUERY)

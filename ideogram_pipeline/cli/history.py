@@ -6,6 +6,7 @@ import click
 
 from ideogram_pipeline.cli.common import main, settings_or_exit
 from ideogram_pipeline.cli.output import FORMAT_OPTION, emit
+from ideogram_pipeline.settings import Settings
 
 
 @main.command()
@@ -17,12 +18,17 @@ def query(sql: str, fmt: str) -> None:
     `generations` holds the current record of every row; `generation_records` holds every
     record of every run. Queries only read, and only files under the storage root.
     """
+    show_query(settings_or_exit(), sql, fmt)
+
+
+def show_query(settings: Settings, sql: str, fmt: str = "table") -> None:
+    """Run ``sql`` as the ``query`` command does and print its rows in ``fmt``."""
     import duckdb
 
     from ideogram_pipeline.query_sandbox import QueryRefused, query_rows
 
     try:
-        columns, rows = query_rows(settings_or_exit(), sql)
+        columns, rows = query_rows(settings, sql)
     except QueryRefused as exc:
         raise click.ClickException(f"query refused: {exc}") from None
     except duckdb.PermissionException as exc:
