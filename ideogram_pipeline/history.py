@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from ideogram_pipeline.history_index import (
     HIDDEN_TABLE,
+    HIVE_TYPES,
     load_hidden_rows,
     metadata_files,
     read_sql,
@@ -38,15 +39,9 @@ __all__ = ["VIEWS", "batch_state", "connect", "view_sql"]
 #: The history views a connection can have (``connect(views=...)`` picks some).
 VIEWS = ("generation_records", "generations")
 
-_HIVE_TYPES = "{'date': DATE, 'batch': VARCHAR}"
-
 
 def _parquet_glob(store: ObjectStore) -> str:
     return store.uri(f"{GENERATIONS_PREFIX}/**/*.parquet")
-
-
-def _has_metadata(store: ObjectStore) -> bool:
-    return any(info.key.endswith(".parquet") for info in store.list(GENERATIONS_PREFIX + "/"))
 
 
 @functools.cache
@@ -73,7 +68,7 @@ def view_sql(store: ObjectStore) -> str:
     records = (
         "SELECT * FROM read_parquet("
         f"'{glob}', hive_partitioning = true, union_by_name = true, "
-        f"hive_types = {_HIVE_TYPES}) "
+        f"hive_types = {HIVE_TYPES}) "
         # Compaction and cleanup write a file's replacement before deleting it; for that
         # moment a row is in two files. One copy per id, partitioned by the Hive keys so
         # filters on date/batch still prune (ideogram_pipeline.compaction explains).
@@ -207,9 +202,8 @@ def batch_state(settings: Settings, store: ObjectStore, batch: str) -> dict[int,
 
     The engine uses this to skip rows already paid for (``stored`` or ``unsafe``).
     """
-    if not _has_metadata(store):
-        return {}
-    con = connect(settings, store)
+    # One listing (connect's): an empty root gets empty views and answers no rows.
+    con = connect(settings, store, views=("generations",), one_query=True)
     try:
         rows = con.execute(
             'SELECT "row", any_value(request_hash), list(DISTINCT status), any_value(error), '

@@ -267,9 +267,13 @@ def load_hidden_rows(
     ``file_index`` there is the file's position in ``files`` (whose URIs are ``uris``):
     DuckDB's ``file_index`` virtual column when they are read in that order.
     """
+    # Each batch's files, and their positions in ``files`` (the cache's file_position).
     by_batch: dict[str, list[ObjectInfo]] = defaultdict(list)
-    for info in files:
-        by_batch[_batch_of(info.key)].append(info)
+    positions: dict[str, list[int]] = defaultdict(list)
+    for index, info in enumerate(files):
+        batch = _batch_of(info.key)
+        by_batch[batch].append(info)
+        positions[batch].append(index)
     signatures = {
         batch: _signature(batch_files)
         for batch, batch_files in by_batch.items()
@@ -277,10 +281,6 @@ def load_hidden_rows(
     }
     if not signatures:
         return 0
-    # Each batch's files as positions in ``files``, in key order (the cache's file_position).
-    positions: dict[str, list[int]] = defaultdict(list)
-    for index, info in enumerate(files):
-        positions[_batch_of(info.key)].append(index)
     # As text ("3,17,40"): DuckDB binds one string per batch far faster than nested lists.
     listed = [",".join(map(str, positions[batch])) for batch in signatures]
     con.execute(
