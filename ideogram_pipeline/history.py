@@ -20,14 +20,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from ideogram_pipeline.history_index import (
-    HIDDEN_TABLE,
-    HIVE_TYPES,
-    load_hidden_rows,
-    metadata_files,
-    read_sql,
-    same_schema,
-)
+from ideogram_pipeline.history_index import HIVE_TYPES, metadata_files, read_sql, sql_literal
+from ideogram_pipeline.history_plan import hidden_table, plan_views
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore, open_store
 from ideogram_pipeline.storage.base import ObjectInfo
@@ -88,44 +82,66 @@ def view_sql(store: ObjectStore) -> str:
     )
 
 
-def _scan_sql(
-    con: duckdb.DuckDBPyConnection,
-    uris: list[str],
-    *,
-    name: str,
-    hidden_where: str | None,
-    uniform: bool,
-) -> str:
-    """The records of exactly ``uris`` (read in that order) without the hidden rows that
-    ``hidden_where`` picks from :data:`HIDDEN_TABLE` (``None``: hide nothing).
+class _FileLists:
+    """The file lists the views read, kept in DuckDB variables when that is safe.
 
-    Only files that hold a hidden row go through the anti-join (their rows copied to the
-    temp table ``name``, numbered by position among those files); the others are read
-    plainly, so the join costs in proportion to the files that need it.
+    DuckDB binds a view's query when the view is created and again in each query that uses
+    it; over a few thousand files a bind (every path parsed for its Hive keys and checked)
+    costs a tenth of a count by model and day. When every file has the same columns, a
+    view is created over a variable holding one file, and the variable then given the
+    whole list: each query's bind reads the variable and sees every file, and the columns
+    it binds cannot differ from the view's. Otherwise (or for a path holding a newline,
+    which separates the paths) the lists are written into the views.
     """
-    if hidden_where is None:
-        return f"SELECT * FROM {read_sql(uris, same_schema=uniform)}"
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT file_index AS listed, "
-        # UBIGINT, as DuckDB's file_index: mixed types would make the join cast every key.
-        "(dense_rank() OVER (ORDER BY file_index) - 1)::UBIGINT AS file_index, "
-        f"file_row_number FROM {HIDDEN_TABLE} WHERE {hidden_where}"
-    )
-    dirty = [
-        row[0] for row in con.execute(f"SELECT DISTINCT listed FROM {name} ORDER BY 1").fetchall()
-    ]
+
+    def __init__(self, uniform: bool, uris: list[str]) -> None:
+        self.in_variables = uniform and not any("\n" in uri for uri in uris)
+        self.uniform = uniform
+        self.lists: dict[str, list[str]] = {}
+
+    def read_sql(self, name: str, uris: list[str]) -> str:
+        """``read_parquet`` over ``uris``, through the variable ``name`` if in variables."""
+        if not self.in_variables:
+            return read_sql(uris, same_schema=self.uniform)
+        self.lists[name] = uris
+        return read_sql(f"getvariable('{name}')", same_schema=True)
+
+    def placeholders_sql(self) -> str:
+        """Before the views are created: each variable holds its list's first file."""
+        first = {name: sql_literal(uris[0]) for name, uris in self.lists.items()}
+        return "".join(f"SET VARIABLE {name} = [{uri}];\n" for name, uri in first.items())
+
+    def lists_sql(self) -> str:
+        """Once they are: each variable holds its whole list (one string, split by DuckDB,
+        which parses far faster than a list of thousands of literals)."""
+        return "".join(
+            f"SET VARIABLE {name} = string_split({sql_literal(chr(10).join(uris))}, chr(10));\n"
+            for name, uris in self.lists.items()
+        )
+
+
+def _scan_sql(
+    uris: list[str], dirty: list[int], *, view: str, hidden: str, files: _FileLists
+) -> str:
+    """The records of exactly ``uris`` (read in that order) without the rows listed in the
+    temp table ``hidden``, which fall in the files at positions ``dirty``.
+
+    Only those files go through the anti-join; the others are read plainly, so the join
+    costs in proportion to the files that need it.
+    """
     if not dirty:
-        return f"SELECT * FROM {read_sql(uris, same_schema=uniform)}"
+        return f"SELECT * FROM {files.read_sql(f'_history_{view}_files', uris)}"
     dirty_set = set(dirty)
     clean_uris = [uri for index, uri in enumerate(uris) if index not in dirty_set]
+    dirty_files = files.read_sql(f"_history_{view}_dirty", [uris[i] for i in dirty])
     body = (
-        f"SELECT r.* FROM {read_sql([uris[i] for i in dirty], same_schema=uniform)} AS r "
-        f"ANTI JOIN {name} USING (file_index, file_row_number)"
+        f"SELECT r.* FROM {dirty_files} AS r ANTI JOIN {hidden} USING (file_index, file_row_number)"
     )
     if not clean_uris:
         return body
-    union = "UNION ALL" if uniform else "UNION ALL BY NAME"
-    return f"SELECT * FROM {read_sql(clean_uris, same_schema=uniform)} {union} {body}"
+    union = "UNION ALL" if files.uniform else "UNION ALL BY NAME"
+    clean_files = files.read_sql(f"_history_{view}_clean", clean_uris)
+    return f"SELECT * FROM {clean_files} {union} {body}"
 
 
 def _snapshot_views(
@@ -135,23 +151,22 @@ def _snapshot_views(
     views: Collection[str],
 ) -> None:
     """Create ``views`` over exactly ``files``: the same rows as :func:`view_sql` without a
-    window function per query (``history_index.py`` explains)."""
+    window function per query (``history_index.py`` and ``history_plan.py`` explain)."""
     uris = [store.uri(info.key) for info in files]
-    hidden = load_hidden_rows(con, store, files, uris)
-    uniform, complete = same_schema(con, store, files, METADATA_SCHEMA.names)
+    plan = plan_views(con, store, files, uris)
+    lists = _FileLists(plan.uniform, uris)
     statements, has_log = tag_changes_view_sql(store)
     for name in views:
-        where = None
-        if hidden:  # generation_records keeps older attempts: it only hides copies
-            where = "NOT generations_only" if name == "generation_records" else "true"
-        records = _scan_sql(con, uris, name=f"_hidden_{name}", hidden_where=where, uniform=uniform)
+        records = _scan_sql(
+            uris, plan.dirty.get(name, []), view=name, hidden=hidden_table(name), files=lists
+        )
         # Adding missing columns costs a tenth of a scan: only when some file lacks some.
-        if not (uniform and complete):
+        if not (plan.uniform and plan.complete):
             records = _with_all_columns(records)
         if has_log:
             records = merged_tags_sql(records)
         statements += f"CREATE OR REPLACE VIEW {name} AS {records};\n"
-    con.execute(statements)
+    con.execute(lists.placeholders_sql() + statements + lists.lists_sql())
 
 
 def _empty_view_sql(con: duckdb.DuckDBPyConnection) -> None:

@@ -30,7 +30,8 @@ and hides the listed rows with an anti-join on DuckDB's ``file_index`` and
 
 All of it runs in DuckDB (the cache is Parquet read and written by DuckDB), with values
 written into the SQL as escaped literals: building Arrow tables from Python, or binding
-a parameter, imports pandas, a third of a short query's start-up.
+a parameter, imports pandas, a third of a short query's start-up. ``history_plan.py``
+keeps the outcome for a whole listing, so an unchanged history skips even this.
 """
 
 from __future__ import annotations
@@ -55,10 +56,13 @@ __all__ = [
     "HIDDEN_TABLE",
     "HIVE_TYPES",
     "cache_dir",
+    "cache_root",
     "load_hidden_rows",
     "metadata_files",
     "read_sql",
     "same_schema",
+    "sql_literal",
+    "write_parquet",
 ]
 
 HIVE_TYPES = "{'date': DATE, 'batch': VARCHAR}"
@@ -121,12 +125,14 @@ def _sql_list(uris: Sequence[str]) -> str:
     return "[" + ", ".join("'" + uri.replace("'", "''") + "'" for uri in uris) + "]"
 
 
-def _literal(text: str) -> str:
+def sql_literal(text: str) -> str:
+    """``text`` as a SQL string literal."""
     return "'" + text.replace("'", "''") + "'"
 
 
-def read_sql(uris: Sequence[str], *, same_schema: bool = False) -> str:
-    """``read_parquet`` over exactly ``uris``, in that order.
+def read_sql(uris: Sequence[str] | str, *, same_schema: bool = False) -> str:
+    """``read_parquet`` over exactly ``uris``, in that order (or over the list that the SQL
+    expression ``uris`` gives, such as a ``getvariable`` call).
 
     DuckDB's virtual columns ``file_index`` (position in ``uris``), ``file_row_number`` and
     ``filename`` name each record's place; they cost nothing unless a query uses them.
@@ -135,13 +141,14 @@ def read_sql(uris: Sequence[str], *, same_schema: bool = False) -> str:
     3,000 files; ``same_schema`` (see :func:`same_schema`) leaves it out.
     """
     union = "false" if same_schema else "true"
+    files = uris if isinstance(uris, str) else _sql_list(uris)
     return (
-        f"read_parquet({_sql_list(uris)}, hive_partitioning = true, union_by_name = {union}, "
+        f"read_parquet({files}, hive_partitioning = true, union_by_name = {union}, "
         f"hive_types = {HIVE_TYPES})"
     )
 
 
-def _replace_file(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
+def write_parquet(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> bool:
     """Write ``query``'s rows to ``path`` as Parquet, whole (temp file, then rename), so
     readers never see half of it; an unwritable cache only costs a recomputation."""
     import duckdb
@@ -149,10 +156,12 @@ def _replace_file(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> Non
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        con.execute(f"COPY ({query}) TO {_literal(str(temp))} (FORMAT parquet)")
+        con.execute(f"COPY ({query}) TO {sql_literal(str(temp))} (FORMAT parquet)")
         os.replace(temp, path)
     except (OSError, duckdb.Error):
         temp.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def same_schema(
@@ -171,11 +180,11 @@ def same_schema(
 
     wanted = sorted(columns)
     digest = hashlib.sha256("\n".join(wanted).encode("utf-8")).hexdigest()[:12]
-    path = _cache_path(store).with_suffix(f".schemas-{digest}.parquet")
+    path = cache_root(store).with_suffix(f".schemas-{digest}.parquet")
     known: dict[str, str] = {}
     if path.exists():
         try:
-            sql = f"SELECT key, schema FROM read_parquet({_literal(str(path))})"
+            sql = f"SELECT key, schema FROM read_parquet({sql_literal(str(path))})"
             known = dict(con.execute(sql).fetchall())
         except duckdb.Error:
             pass
@@ -198,7 +207,7 @@ def same_schema(
             query = (
                 f"SELECT unnest({_sql_list(kept)}) AS key, unnest({_sql_list(schemas)}) AS schema"
             )
-            _replace_file(con, query, path)
+            write_parquet(con, query, path)
     prints = {known.get(key) for key in current}
     return len(prints) == 1, all(p is not None and p.endswith("+") for p in prints)
 
@@ -233,7 +242,8 @@ def _compute_sql(uris: Sequence[str]) -> str:
     """
 
 
-def _cache_path(store: ObjectStore) -> Path:
+def cache_root(store: ObjectStore) -> Path:
+    """The cache file of ``store``'s hidden rows; other caches of the root sit beside it."""
     digest = hashlib.sha256(store.root.encode("utf-8")).hexdigest()[:24]
     return cache_dir() / "history" / f"{digest}.parquet"
 
@@ -249,7 +259,7 @@ def _load_cache(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     try:
         con.execute(
             "INSERT INTO _hidden_cache SELECT c.batch, c.signature, c.file_position, "
-            f"c.file_row_number, c.generations_only FROM read_parquet({_literal(str(path))}) "
+            f"c.file_row_number, c.generations_only FROM read_parquet({sql_literal(str(path))}) "
             "AS c SEMI JOIN _hidden_wanted AS w USING (batch, signature)"
         )
     except duckdb.Error:
@@ -289,7 +299,7 @@ def load_hidden_rows(
         f"unnest({_sql_list(list(signatures.values()))}::VARCHAR[]) AS signature, "
         f"unnest({_sql_list(listed)}::VARCHAR[]) AS files"
     )
-    path = _cache_path(store)
+    path = cache_root(store)
     _load_cache(con, path)
     known = {row[0] for row in con.execute("SELECT DISTINCT batch FROM _hidden_cache").fetchall()}
     stale = [batch for batch in signatures if batch not in known]
@@ -299,7 +309,7 @@ def load_hidden_rows(
         # Where each batch's files start in stale_uris, to turn file_index into a position.
         starts, offset = [], 0
         for batch in stale:
-            starts.append(f"({_literal(batch)}, {offset})")
+            starts.append(f"({sql_literal(batch)}, {offset})")
             offset += len(positions[batch])
         con.execute(
             "INSERT INTO _hidden_cache SELECT h.batch, w.signature, "
@@ -314,7 +324,7 @@ def load_hidden_rows(
             f"WHERE list_contains({_sql_list(stale)}::VARCHAR[], batch)"
         )
         if time.monotonic() - started >= CACHE_MIN_SECONDS or path.exists():
-            _replace_file(con, "SELECT * FROM _hidden_cache ORDER BY batch", path)
+            write_parquet(con, "SELECT * FROM _hidden_cache ORDER BY batch", path)
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE {HIDDEN_TABLE} AS "
         "SELECT string_split(w.files, ',')[c.file_position + 1]::UBIGINT AS file_index, "

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ideogram_pipeline import history, history_index
+from ideogram_pipeline import history, history_index, history_plan
 from ideogram_pipeline.batches import parse_batch
 from ideogram_pipeline.definitions import defs
 from ideogram_pipeline.defs.sensors import prompts_sensor
@@ -170,6 +170,8 @@ def test_cached_hidden_rows_give_the_window_functions_answer(
     store = open_store(settings)
     monkeypatch.setenv("IDEOGRAM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(history_index, "CACHE_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(history_plan, "PLAN_MIN_FILES", 0)
+    monkeypatch.setattr(history_plan, "PLANS_KEPT", 1)
     day = datetime(2025, 3, 1, 9, tzinfo=UTC)
     # One batch run once: nothing to hide, nothing computed.
     MetadataWriter(store, "run1").write(
@@ -221,9 +223,28 @@ def test_cached_hidden_rows_give_the_window_functions_answer(
     con.close()
     cached = sorted(p.name for p in (tmp_path / "cache" / "history").glob("*.parquet"))
     assert len(cached) == 2 and ".schemas-" in cached[1]  # rows, schemas
-    again = history.connect(settings, store)  # from the cache this time
+    plans = list((tmp_path / "cache" / "history").glob("*.plans/*.json"))
+    assert len(plans) == 1  # the listing's plan
+    plans[0].with_suffix(".parquet").unlink()  # a plan without its rows is not trusted
+    again = history.connect(settings, store)
     assert _rows(again, "generations") == _rows(expected, "generations")
     again.close()
+    again = history.connect(settings, store)  # from the plan this time
+    for view in ("generation_records", "generations"):
+        assert _rows(again, view) == _rows(expected, view)
+    again.close()
+    # A new file is a new listing: planned afresh, never answered from the old plan.
+    retry = _records("rerun", "run4", [(1, "a4", "failed")], later + timedelta(hours=2))
+    MetadataWriter(store, "run4").write("rerun", retry)
+    expected.close()
+    expected = _portable(store, settings)
+    again = history.connect(settings, store)
+    assert _rows(again, "generations") == _rows(expected, "generations")
+    assert ("rerun", 1, "failed") in {(r[5], r[1], r[2]) for r in _rows(again, "generations")}
+    again.close()
+    expected.close()
+    plans = list((tmp_path / "cache" / "history").glob("*.plans/*"))
+    assert len(plans) == 2  # PLANS_KEPT = 1: the older listing's plan is gone
 
 
 def test_queries_get_the_views_they_name_and_search_stays_unicode_aware(

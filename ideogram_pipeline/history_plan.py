@@ -1,0 +1,181 @@
+"""What a history connection needs to know about one file listing, remembered per listing.
+
+Opening the views over a listing means working out, from cached per-batch answers
+(``history_index.py``), which rows each view hides and whether every file has the same,
+complete schema. At a few thousand files that bookkeeping (grouping files by batch,
+signing each batch, joining the cached rows to the listing, numbering the files that hold
+hidden rows) cost a short query more than the query itself spent beyond a bare
+``read_parquet``. Yet the answer is a pure function of the listing, and metadata files are
+immutable: so the whole answer is kept under a signature of the listing, and a connection
+over an unchanged history reads one small Parquet file and one JSON file instead.
+
+A plan is only written for listings of :data:`PLAN_MIN_FILES` or more (below that the
+bookkeeping takes a few milliseconds), named by the listing's signature, written whole
+(temp file, then rename), and the oldest are deleted beyond :data:`PLANS_KEPT` per root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ideogram_pipeline.history_index import (
+    HIDDEN_TABLE,
+    cache_root,
+    load_hidden_rows,
+    same_schema,
+    sql_literal,
+    write_parquet,
+)
+from ideogram_pipeline.storage.base import ObjectInfo, ObjectStore
+from ideogram_pipeline.storage.metadata import METADATA_SCHEMA
+
+if TYPE_CHECKING:
+    import duckdb
+
+__all__ = ["PLANS_KEPT", "PLAN_MIN_FILES", "ViewPlan", "hidden_table", "plan_views"]
+
+#: Listings shorter than this are planned afresh each time (it takes milliseconds).
+PLAN_MIN_FILES = 256
+#: Plans kept per storage root: a history that grows writes one per new listing.
+PLANS_KEPT = 8
+#: Bumped whenever what a plan holds changes, so an older plan is never misread.
+_FORMAT = 1
+#: What each view hides (``generation_records`` keeps older attempts: only copies go).
+_HIDES = {"generation_records": "NOT generations_only", "generations": "true"}
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """How to read one listing: ``uniform`` (every file has the same columns, so no
+    ``union_by_name``), ``complete`` (and every column of the schema), and per view the
+    positions in the listing of the files that hold rows it hides (read through an
+    anti-join against :func:`hidden_table`; the others are read plainly)."""
+
+    uniform: bool
+    complete: bool
+    dirty: dict[str, list[int]] = field(default_factory=dict)
+
+
+def hidden_table(view: str) -> str:
+    """The temp table of ``view``'s hidden rows: ``file_index`` (a position among the
+    view's dirty files, as DuckDB numbers them when they are read in that order) and
+    ``file_row_number``."""
+    return f"_hidden_{view}"
+
+
+def _listing_signature(files: Sequence[ObjectInfo]) -> str:
+    text = "\n".join(f"{i.key}\t{i.size}\t{i.last_modified:.6f}" for i in files)
+    return hashlib.sha256(f"{_FORMAT}\n{text}".encode()).hexdigest()[:32]
+
+
+def _folder(store: ObjectStore) -> Path:
+    return cache_root(store).with_suffix(".plans")
+
+
+def plan_views(
+    con: duckdb.DuckDBPyConnection,
+    store: ObjectStore,
+    files: Sequence[ObjectInfo],
+    uris: Sequence[str],
+) -> ViewPlan:
+    """The plan for reading exactly ``files`` (whose URIs are ``uris``), with each view's
+    hidden rows in its :func:`hidden_table` on ``con``: from the cache when this listing
+    was planned before, else worked out (and cached when the listing is long enough)."""
+    if len(files) < PLAN_MIN_FILES:
+        return _work_out(con, store, files, uris)
+    signature = _listing_signature(files)
+    folder = _folder(store)
+    plan = _load(con, folder, signature)
+    if plan is None:
+        plan = _work_out(con, store, files, uris)
+        _save(con, folder, signature, plan)
+    return plan
+
+
+def _work_out(
+    con: duckdb.DuckDBPyConnection,
+    store: ObjectStore,
+    files: Sequence[ObjectInfo],
+    uris: Sequence[str],
+) -> ViewPlan:
+    hidden = load_hidden_rows(con, store, files, uris)
+    uniform, complete = same_schema(con, store, files, METADATA_SCHEMA.names)
+    plan = ViewPlan(uniform, complete)
+    for view, where in _HIDES.items():
+        if not hidden:
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {hidden_table(view)} "
+                "(listed UBIGINT, file_index UBIGINT, file_row_number BIGINT)"
+            )
+            continue
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {hidden_table(view)} AS SELECT file_index AS listed, "
+            # UBIGINT, as DuckDB's file_index: mixed types would make the join cast every key.
+            "(dense_rank() OVER (ORDER BY file_index) - 1)::UBIGINT AS file_index, "
+            f"file_row_number FROM {HIDDEN_TABLE} WHERE {where}"
+        )
+        listed = f"SELECT DISTINCT listed FROM {hidden_table(view)} ORDER BY 1"
+        plan.dirty[view] = [row[0] for row in con.execute(listed).fetchall()]
+    con.execute(f"DROP TABLE IF EXISTS {HIDDEN_TABLE}")
+    return plan
+
+
+def _paths(folder: Path, signature: str) -> tuple[Path, Path]:
+    return folder / f"{signature}.json", folder / f"{signature}.parquet"
+
+
+def _load(con: duckdb.DuckDBPyConnection, folder: Path, signature: str) -> ViewPlan | None:
+    """The cached plan, its hidden rows loaded; ``None`` when missing or unreadable."""
+    import duckdb
+
+    described, rows = _paths(folder, signature)
+    try:
+        saved = json.loads(described.read_text(encoding="utf-8"))
+        plan = ViewPlan(bool(saved["uniform"]), bool(saved["complete"]), dict(saved["dirty"]))
+        source = f"read_parquet({sql_literal(str(rows))})"
+        for view in _HIDES:
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {hidden_table(view)} AS SELECT file_index, "
+                f"file_row_number FROM {source} WHERE view = '{view}'"
+            )
+    except (OSError, ValueError, KeyError, TypeError, duckdb.Error):
+        return None
+    return plan
+
+
+def _save(con: duckdb.DuckDBPyConnection, folder: Path, signature: str, plan: ViewPlan) -> None:
+    """Rows first, then the description that makes them a plan; a failure costs only a
+    re-plan next time."""
+    described, rows = _paths(folder, signature)
+    union = " UNION ALL ".join(
+        f"SELECT '{view}' AS view, file_index, file_row_number FROM {hidden_table(view)}"
+        for view in _HIDES
+    )
+    if not write_parquet(con, union, rows):
+        return
+    text = json.dumps({"uniform": plan.uniform, "complete": plan.complete, "dirty": plan.dirty})
+    temp = described.with_name(f".{described.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        temp.write_text(text, encoding="utf-8")
+        os.replace(temp, described)
+    except OSError:
+        temp.unlink(missing_ok=True)
+        return
+    _prune(folder)
+
+
+def _prune(folder: Path) -> None:
+    """Keep the newest :data:`PLANS_KEPT` plans (a plan whose files vanish is re-planned)."""
+    with contextlib.suppress(OSError):
+        plans = sorted(folder.glob("*.json"), key=lambda path: path.stat().st_mtime)
+        for old in plans[:-PLANS_KEPT]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".parquet").unlink(missing_ok=True)
