@@ -56,7 +56,7 @@ def main() -> None:
         files = history_index.metadata_files(store)
         clock = lap("product: list the root", clock)
         uris = [store.uri(info.key) for info in files]
-        plan = history_plan.plan_views(con, store, files, uris)
+        plan = history_plan.plan_views(con, store, files, uris, (VIEW,))
         clock = lap("product: plan (hidden rows, schema flags)", clock)
         lists = history._FileLists(plan.uniform, uris)
         records = history._scan_sql(

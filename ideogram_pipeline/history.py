@@ -153,7 +153,7 @@ def _snapshot_views(
     """Create ``views`` over exactly ``files``: the same rows as :func:`view_sql` without a
     window function per query (``history_index.py`` and ``history_plan.py`` explain)."""
     uris = [store.uri(info.key) for info in files]
-    plan = plan_views(con, store, files, uris)
+    plan = plan_views(con, store, files, uris, views)
     lists = _FileLists(plan.uniform, uris)
     statements, has_log = tag_changes_view_sql(store)
     for name in views:

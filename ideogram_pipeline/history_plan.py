@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,15 +85,17 @@ def plan_views(
     store: ObjectStore,
     files: Sequence[ObjectInfo],
     uris: Sequence[str],
+    views: Collection[str] = tuple(_HIDES),
 ) -> ViewPlan:
-    """The plan for reading exactly ``files`` (whose URIs are ``uris``), with each view's
-    hidden rows in its :func:`hidden_table` on ``con``: from the cache when this listing
-    was planned before, else worked out (and cached when the listing is long enough)."""
+    """The plan for reading exactly ``files`` (whose URIs are ``uris``), with the hidden
+    rows of each of ``views`` in its :func:`hidden_table` on ``con``: from the cache when
+    this listing was planned before, else worked out for every view (and cached when the
+    listing is long enough)."""
     if len(files) < PLAN_MIN_FILES:
         return _work_out(con, store, files, uris)
     signature = _listing_signature(files)
     folder = _folder(store)
-    plan = _load(con, folder, signature)
+    plan = _load(con, folder, signature, views)
     if plan is None:
         plan = _work_out(con, store, files, uris)
         _save(con, folder, signature, plan)
@@ -132,8 +134,11 @@ def _paths(folder: Path, signature: str) -> tuple[Path, Path]:
     return folder / f"{signature}.json", folder / f"{signature}.parquet"
 
 
-def _load(con: duckdb.DuckDBPyConnection, folder: Path, signature: str) -> ViewPlan | None:
-    """The cached plan, its hidden rows loaded; ``None`` when missing or unreadable."""
+def _load(
+    con: duckdb.DuckDBPyConnection, folder: Path, signature: str, views: Collection[str]
+) -> ViewPlan | None:
+    """The cached plan, the hidden rows of ``views`` loaded; ``None`` when missing or
+    unreadable."""
     import duckdb
 
     described, rows = _paths(folder, signature)
@@ -141,7 +146,7 @@ def _load(con: duckdb.DuckDBPyConnection, folder: Path, signature: str) -> ViewP
         saved = json.loads(described.read_text(encoding="utf-8"))
         plan = ViewPlan(bool(saved["uniform"]), bool(saved["complete"]), dict(saved["dirty"]))
         source = f"read_parquet({sql_literal(str(rows))})"
-        for view in _HIDES:
+        for view in views:
             con.execute(
                 f"CREATE OR REPLACE TEMP TABLE {hidden_table(view)} AS SELECT file_index, "
                 f"file_row_number FROM {source} WHERE view = '{view}'"
