@@ -192,6 +192,9 @@ def connect(
     one over a few thousand files is a good part of a short query's time. ``one_query``
     says the connection answers a single query, so caching Parquet footers for later
     queries (which costs the first one about a tenth) is not worth it.
+
+    The views are tied to this connection: they read temp tables and variables of its
+    own, so query them through it (a ``cursor()`` of it sees the views but not those).
     """
     store = store or open_store(settings)
     con = duckdb.connect(":memory:")

@@ -57,9 +57,11 @@ __all__ = [
     "HIVE_TYPES",
     "cache_dir",
     "cache_root",
+    "listing_signature",
     "load_hidden_rows",
     "metadata_files",
     "read_sql",
+    "rules_digest",
     "same_schema",
     "sql_literal",
     "write_parquet",
@@ -116,9 +118,11 @@ def _needs_work(files: Sequence[ObjectInfo]) -> bool:
     return len(runs) > 1
 
 
-def _signature(files: Sequence[ObjectInfo]) -> str:
+def listing_signature(files: Sequence[ObjectInfo], salt: str = "") -> str:
+    """A digest of ``files``' keys, sizes and times (and ``salt``): files are immutable, so
+    an equal signature means the same contents."""
     text = "\n".join(f"{i.key}\t{i.size}\t{i.last_modified:.6f}" for i in files)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(f"{salt}\n{text}".encode()).hexdigest()[:32]
 
 
 def _sql_list(uris: Sequence[str]) -> str:
@@ -209,7 +213,9 @@ def same_schema(
             )
             write_parquet(con, query, path)
     prints = {known.get(key) for key in current}
-    return len(prints) == 1, all(p is not None and p.endswith("+") for p in prints)
+    # An unknown fingerprint (a footer DuckDB did not describe) must not pass for a match.
+    same = len(prints) == 1 and None not in prints
+    return same, all(p is not None and p.endswith("+") for p in prints)
 
 
 def _compute_sql(uris: Sequence[str]) -> str:
@@ -240,6 +246,12 @@ def _compute_sql(uris: Sequence[str]) -> str:
         UNION ALL
         SELECT batch, file_index, file_row_number, true FROM images WHERE newest > 1
     """
+
+
+def rules_digest() -> str:
+    """A digest of the rules that pick hidden rows, so caches built by other rules are
+    never read as if they were built by these."""
+    return hashlib.sha256(_compute_sql(["<files>"]).encode()).hexdigest()[:12]
 
 
 def cache_root(store: ObjectStore) -> Path:
@@ -285,7 +297,7 @@ def load_hidden_rows(
         by_batch[batch].append(info)
         positions[batch].append(index)
     signatures = {
-        batch: _signature(batch_files)
+        batch: listing_signature(batch_files)
         for batch, batch_files in by_batch.items()
         if _needs_work(batch_files)
     }

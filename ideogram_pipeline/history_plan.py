@@ -17,9 +17,10 @@ bookkeeping takes a few milliseconds), named by the listing's signature, written
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import functools
 import json
 import os
+import time
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,9 @@ from typing import TYPE_CHECKING
 from ideogram_pipeline.history_index import (
     HIDDEN_TABLE,
     cache_root,
+    listing_signature,
     load_hidden_rows,
+    rules_digest,
     same_schema,
     sql_literal,
     write_parquet,
@@ -44,12 +47,14 @@ __all__ = ["PLANS_KEPT", "PLAN_MIN_FILES", "ViewPlan", "hidden_table", "plan_vie
 
 #: Listings shorter than this are planned afresh each time (it takes milliseconds).
 PLAN_MIN_FILES = 256
-#: Plans kept per storage root: a history that grows writes one per new listing.
+#: Plans kept per storage root (at least one): a history that grows writes one per listing.
 PLANS_KEPT = 8
 #: Bumped whenever what a plan holds changes, so an older plan is never misread.
-_FORMAT = 1
+_FORMAT = 2
 #: What each view hides (``generation_records`` keeps older attempts: only copies go).
 _HIDES = {"generation_records": "NOT generations_only", "generations": "true"}
+#: Temporary files older than this in the plans folder were left by a killed writer.
+_STALE_TEMP_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -68,15 +73,21 @@ def hidden_table(view: str) -> str:
     """The temp table of ``view``'s hidden rows: ``file_index`` (a position among the
     view's dirty files, as DuckDB numbers them when they are read in that order) and
     ``file_row_number``."""
+    if view not in _HIDES:
+        raise ValueError(f"no history view named {view!r}")
     return f"_hidden_{view}"
 
 
-def _listing_signature(files: Sequence[ObjectInfo]) -> str:
-    text = "\n".join(f"{i.key}\t{i.size}\t{i.last_modified:.6f}" for i in files)
-    return hashlib.sha256(f"{_FORMAT}\n{text}".encode()).hexdigest()[:32]
+@functools.cache
+def _code_version() -> str:
+    """What besides the listing decides a plan: its format, the schema (``complete``) and
+    the hiding rules. A plan from another version of them is never found."""
+    parts = [str(_FORMAT), ",".join(sorted(METADATA_SCHEMA.names)), repr(_HIDES), rules_digest()]
+    return "|".join(parts)
 
 
 def _folder(store: ObjectStore) -> Path:
+    """Plans of ``store`` live beside its other caches (``history_index.cache_root``)."""
     return cache_root(store).with_suffix(".plans")
 
 
@@ -93,9 +104,9 @@ def plan_views(
     listing is long enough)."""
     if len(files) < PLAN_MIN_FILES:
         return _work_out(con, store, files, uris)
-    signature = _listing_signature(files)
+    signature = listing_signature(files, salt=_code_version())
     folder = _folder(store)
-    plan = _load(con, folder, signature, views)
+    plan = _load(con, folder, signature, views, len(files))
     if plan is None:
         plan = _work_out(con, store, files, uris)
         _save(con, folder, signature, plan)
@@ -108,49 +119,81 @@ def _work_out(
     files: Sequence[ObjectInfo],
     uris: Sequence[str],
 ) -> ViewPlan:
+    """The plan from the per-batch caches (``history_index``), every view's table filled."""
     hidden = load_hidden_rows(con, store, files, uris)
     uniform, complete = same_schema(con, store, files, METADATA_SCHEMA.names)
-    plan = ViewPlan(uniform, complete)
+    dirty: dict[str, list[int]] = {}
     for view, where in _HIDES.items():
+        table = hidden_table(view)
         if not hidden:
             con.execute(
-                f"CREATE OR REPLACE TEMP TABLE {hidden_table(view)} "
+                f"CREATE OR REPLACE TEMP TABLE {table} "
                 "(listed UBIGINT, file_index UBIGINT, file_row_number BIGINT)"
             )
             continue
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {hidden_table(view)} AS SELECT file_index AS listed, "
+            f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT file_index AS listed, "
             # UBIGINT, as DuckDB's file_index: mixed types would make the join cast every key.
             "(dense_rank() OVER (ORDER BY file_index) - 1)::UBIGINT AS file_index, "
             f"file_row_number FROM {HIDDEN_TABLE} WHERE {where}"
         )
-        listed = f"SELECT DISTINCT listed FROM {hidden_table(view)} ORDER BY 1"
-        plan.dirty[view] = [row[0] for row in con.execute(listed).fetchall()]
+        listed = f"SELECT DISTINCT listed FROM {table} ORDER BY 1"
+        dirty[view] = [row[0] for row in con.execute(listed).fetchall()]
     con.execute(f"DROP TABLE IF EXISTS {HIDDEN_TABLE}")
-    return plan
+    return ViewPlan(uniform, complete, dirty)
 
 
 def _paths(folder: Path, signature: str) -> tuple[Path, Path]:
+    """A plan's description (written last: its presence makes the plan) and its rows."""
     return folder / f"{signature}.json", folder / f"{signature}.parquet"
 
 
+def _checked_dirty(saved: object, files: int) -> dict[str, list[int]]:
+    """The saved dirty-file positions, refused (``ValueError``) unless each is a position
+    in a listing of ``files`` files, ascending, for a known view."""
+    if not isinstance(saved, dict) or not set(saved) <= set(_HIDES):
+        raise ValueError("unexpected views in a plan")
+    dirty: dict[str, list[int]] = {}
+    for view, positions in saved.items():
+        checked = [int(position) for position in positions]
+        if checked != sorted(set(checked)) or (
+            checked and not 0 <= checked[0] <= checked[-1] < files
+        ):
+            raise ValueError("positions outside the listing")
+        dirty[view] = checked
+    return dirty
+
+
 def _load(
-    con: duckdb.DuckDBPyConnection, folder: Path, signature: str, views: Collection[str]
+    con: duckdb.DuckDBPyConnection,
+    folder: Path,
+    signature: str,
+    views: Collection[str],
+    files: int,
 ) -> ViewPlan | None:
-    """The cached plan, the hidden rows of ``views`` loaded; ``None`` when missing or
-    unreadable."""
+    """The cached plan, the hidden rows of ``views`` loaded; ``None`` when missing,
+    unreadable, or its rows disagree with its description (a damaged plan is re-planned
+    rather than trusted: a wrong one would show hidden rows or hide real ones)."""
     import duckdb
 
     described, rows = _paths(folder, signature)
     try:
         saved = json.loads(described.read_text(encoding="utf-8"))
-        plan = ViewPlan(bool(saved["uniform"]), bool(saved["complete"]), dict(saved["dirty"]))
+        dirty = _checked_dirty(saved["dirty"], files)
+        plan = ViewPlan(bool(saved["uniform"]), bool(saved["complete"]), dirty)
         source = f"read_parquet({sql_literal(str(rows))})"
         for view in views:
+            table = hidden_table(view)
             con.execute(
-                f"CREATE OR REPLACE TEMP TABLE {hidden_table(view)} AS SELECT file_index, "
-                f"file_row_number FROM {source} WHERE view = '{view}'"
+                f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT file_index, file_row_number "
+                f"FROM {source} WHERE view_name = {sql_literal(view)}"
             )
+            count = (
+                f"SELECT count(DISTINCT file_index), coalesce(max(file_index) + 1, 0) FROM {table}"
+            )
+            expected = len(dirty.get(view, []))
+            if con.execute(count).fetchone() != (expected, expected):
+                raise ValueError(f"the hidden rows of {view} do not match the plan")
     except (OSError, ValueError, KeyError, TypeError, duckdb.Error):
         return None
     return plan
@@ -161,7 +204,8 @@ def _save(con: duckdb.DuckDBPyConnection, folder: Path, signature: str, plan: Vi
     re-plan next time."""
     described, rows = _paths(folder, signature)
     union = " UNION ALL ".join(
-        f"SELECT '{view}' AS view, file_index, file_row_number FROM {hidden_table(view)}"
+        f"SELECT {sql_literal(view)} AS view_name, file_index, file_row_number "
+        f"FROM {hidden_table(view)}"
         for view in _HIDES
     )
     if not write_parquet(con, union, rows):
@@ -178,9 +222,20 @@ def _save(con: duckdb.DuckDBPyConnection, folder: Path, signature: str, plan: Vi
 
 
 def _prune(folder: Path) -> None:
-    """Keep the newest :data:`PLANS_KEPT` plans (a plan whose files vanish is re-planned)."""
+    """Keep the newest :data:`PLANS_KEPT` plans, counting rows files whose description was
+    never written too, and drop temporary files a killed writer left (a plan whose files
+    vanish under a reader is simply re-planned)."""
     with contextlib.suppress(OSError):
-        plans = sorted(folder.glob("*.json"), key=lambda path: path.stat().st_mtime)
-        for old in plans[:-PLANS_KEPT]:
-            old.unlink(missing_ok=True)
-            old.with_suffix(".parquet").unlink(missing_ok=True)
+        newest: dict[str, float] = {}
+        for path in folder.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                modified = path.stat().st_mtime
+                if path.suffix == ".tmp":
+                    if modified < time.time() - _STALE_TEMP_S:
+                        path.unlink(missing_ok=True)
+                    continue
+                newest[path.stem] = max(newest.get(path.stem, 0.0), modified)
+        ordered = sorted(newest, key=newest.__getitem__)
+        for stem in ordered[: max(len(ordered) - max(PLANS_KEPT, 1), 0)]:
+            (folder / f"{stem}.json").unlink(missing_ok=True)
+            (folder / f"{stem}.parquet").unlink(missing_ok=True)

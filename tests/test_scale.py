@@ -229,9 +229,17 @@ def test_cached_hidden_rows_give_the_window_functions_answer(
     again = history.connect(settings, store)
     assert _rows(again, "generations") == _rows(expected, "generations")
     again.close()
-    again = history.connect(settings, store)  # from the plan this time
-    for view in ("generation_records", "generations"):
-        assert _rows(again, view) == _rows(expected, view)
+    with monkeypatch.context() as planned_only:
+        _refuse_planning(planned_only)
+        again = history.connect(settings, store)  # from the plan this time
+        for view in ("generation_records", "generations"):
+            assert _rows(again, view) == _rows(expected, view)
+        again.close()
+    # A description that disagrees with its rows is re-planned, not trusted.
+    described = json.loads(plans[0].read_text())
+    plans[0].write_text(json.dumps({**described, "dirty": {"generations": [0]}}))
+    again = history.connect(settings, store)
+    assert _rows(again, "generations") == _rows(expected, "generations")
     again.close()
     # A new file is a new listing: planned afresh, never answered from the old plan.
     retry = _records("rerun", "run4", [(1, "a4", "failed")], later + timedelta(hours=2))
@@ -245,6 +253,30 @@ def test_cached_hidden_rows_give_the_window_functions_answer(
     expected.close()
     plans = list((tmp_path / "cache" / "history").glob("*.plans/*"))
     assert len(plans) == 2  # PLANS_KEPT = 1: the older listing's plan is gone
+    # Without the legacy file every file has the same columns: the views read their file
+    # lists from DuckDB variables, from the plan too, and a statement gets only its view.
+    store.delete(["metadata/generations/date=2025-03-01/batch=legacy/run0-0badf00d.parquet"])
+    expected = _portable(store, settings)
+    again = history.connect(settings, store)
+    assert again.execute("SELECT getvariable('_history_generations_clean')").fetchone()[0]
+    assert _rows(again, "generations") == _rows(expected, "generations")
+    again.close()
+    with monkeypatch.context() as planned_only:
+        _refuse_planning(planned_only)
+        again = history.connect(settings, store, views=("generations",), one_query=True)
+        assert _rows(again, "generations") == _rows(expected, "generations")
+        again.close()
+    expected.close()
+
+
+def _refuse_planning(patch: pytest.MonkeyPatch) -> None:
+    """Make working a plan out fail, so a connection can only succeed from a cached one."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("planned afresh instead of from the cache")
+
+    patch.setattr(history_plan, "load_hidden_rows", refuse)
+    patch.setattr(history_plan, "same_schema", refuse)
 
 
 def test_queries_get_the_views_they_name_and_search_stays_unicode_aware(
