@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import io
 import json
@@ -42,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale_support import (
     batch_csv,
     load_average,
+    process_cpu_seconds,
     run_child,
     simulator_process,
 )
@@ -392,24 +394,6 @@ def cpu_phase(args: argparse.Namespace, env: dict[str, str], root: str) -> dict:
     }
 
 
-def _process_tree_cpu(pid: int) -> Callable[[], float]:
-    """CPU seconds so far of ``pid`` and its children (SeaweedFS runs its parts as one)."""
-    import psutil
-
-    def seconds() -> float:
-        total = 0.0
-        root = psutil.Process(pid)
-        for process in [root, *root.children(recursive=True)]:
-            try:
-                times = process.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            total += times.user + times.system
-        return total
-
-    return seconds
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -443,7 +427,7 @@ def main() -> None:
             server.create_bucket("bench")
             env.update(server.env())
             root = "s3://bench/engine-scale"
-            storage_cpu = _process_tree_cpu(server.process.pid)
+            storage_cpu = functools.partial(process_cpu_seconds, server.process.pid)
         else:
             server_cm = None
             root = str(Path(tmp) / "local")

@@ -3,7 +3,7 @@
 - the bundled simulator in a process of its own, so the API's CPU (rendering and serving
   1-2 MB PNGs) is not charged to the pipeline and does not share its GIL, as with the real
   API on another machine;
-- peak-RSS sampling of another process with psutil;
+- peak-RSS sampling and CPU time of another process (and its children) with psutil;
 - realistic prompts (``tests/data/krea-prompts-sample.csv``) and the load average, which
   every figure is reported with because other work shares this 2-core machine.
 """
@@ -64,8 +64,18 @@ class SimulatorProcess:
             return dict(json.load(response))
 
     def cpu_seconds(self) -> float:
-        times = psutil.Process(self.process.pid).cpu_times()
-        return float(times.user + times.system)
+        return process_cpu_seconds(self.process.pid)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds so far of ``pid`` and its children (SeaweedFS runs its parts as one)."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 @contextlib.contextmanager

@@ -20,8 +20,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from ideogram_pipeline.history_index import HIVE_TYPES, metadata_files, read_sql, sql_literal
+from ideogram_pipeline.history_index import HIVE_TYPES, metadata_files, read_sql
 from ideogram_pipeline.history_plan import hidden_table, plan_views
+from ideogram_pipeline.safe_output import sql_literal
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore, open_store
 from ideogram_pipeline.storage.base import ObjectInfo

@@ -46,6 +46,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ideogram_pipeline.safe_output import sql_list, sql_literal
 from ideogram_pipeline.storage.base import ObjectInfo, ObjectStore
 from ideogram_pipeline.storage.metadata import GENERATIONS_PREFIX
 
@@ -63,7 +64,6 @@ __all__ = [
     "read_sql",
     "rules_digest",
     "same_schema",
-    "sql_literal",
     "write_parquet",
 ]
 
@@ -125,15 +125,6 @@ def listing_signature(files: Sequence[ObjectInfo], salt: str = "") -> str:
     return hashlib.sha256(f"{salt}\n{text}".encode()).hexdigest()[:32]
 
 
-def _sql_list(uris: Sequence[str]) -> str:
-    return "[" + ", ".join("'" + uri.replace("'", "''") + "'" for uri in uris) + "]"
-
-
-def sql_literal(text: str) -> str:
-    """``text`` as a SQL string literal."""
-    return "'" + text.replace("'", "''") + "'"
-
-
 def read_sql(uris: Sequence[str] | str, *, same_schema: bool = False) -> str:
     """``read_parquet`` over exactly ``uris``, in that order (or over the list that the SQL
     expression ``uris`` gives, such as a ``getvariable`` call).
@@ -145,7 +136,7 @@ def read_sql(uris: Sequence[str] | str, *, same_schema: bool = False) -> str:
     3,000 files; ``same_schema`` (see :func:`same_schema`) leaves it out.
     """
     union = "false" if same_schema else "true"
-    files = uris if isinstance(uris, str) else _sql_list(uris)
+    files = uris if isinstance(uris, str) else sql_list(uris)
     return (
         f"read_parquet({files}, hive_partitioning = true, union_by_name = {union}, "
         f"hive_types = {HIVE_TYPES})"
@@ -201,16 +192,14 @@ def same_schema(
         rows = con.execute(
             "SELECT file_name, md5(string_agg(name || ':' || coalesce(type, '') || ':' || "
             "coalesce(num_children, 0), ',' ORDER BY name, type, num_children)) || "
-            f"CASE WHEN list_has_all(list(name), {_sql_list(wanted)}) THEN '+' ELSE '' END "
-            f"FROM parquet_schema({_sql_list(list(uris))}) GROUP BY file_name"
+            f"CASE WHEN list_has_all(list(name), {sql_list(wanted)}) THEN '+' ELSE '' END "
+            f"FROM parquet_schema({sql_list(list(uris))}) GROUP BY file_name"
         ).fetchall()
         known.update({uris[name]: print_ for name, print_ in rows if name in uris})
         if time.monotonic() - started >= CACHE_MIN_SECONDS or path.exists():
             kept = [key for key in current if key in known]
             schemas = [known[key] for key in kept]
-            query = (
-                f"SELECT unnest({_sql_list(kept)}) AS key, unnest({_sql_list(schemas)}) AS schema"
-            )
+            query = f"SELECT unnest({sql_list(kept)}) AS key, unnest({sql_list(schemas)}) AS schema"
             write_parquet(con, query, path)
     prints = {known.get(key) for key in current}
     # An unknown fingerprint (a footer DuckDB did not describe) must not pass for a match.
@@ -283,8 +272,9 @@ def load_hidden_rows(
     store: ObjectStore,
     files: Sequence[ObjectInfo],
     uris: Sequence[str],
-) -> int:
-    """Fill the temp table :data:`HIDDEN_TABLE` with every row the views hide; its count.
+) -> None:
+    """Fill the temp table :data:`HIDDEN_TABLE` with every row the views hide (it exists,
+    empty, when nothing is hidden).
 
     ``file_index`` there is the file's position in ``files`` (whose URIs are ``uris``):
     DuckDB's ``file_index`` virtual column when they are read in that order.
@@ -302,14 +292,18 @@ def load_hidden_rows(
         if _needs_work(batch_files)
     }
     if not signatures:
-        return 0
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {HIDDEN_TABLE} "
+            "(file_index UBIGINT, file_row_number BIGINT, generations_only BOOLEAN)"
+        )
+        return
     # As text ("3,17,40"): DuckDB binds one string per batch far faster than nested lists.
     listed = [",".join(map(str, positions[batch])) for batch in signatures]
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _hidden_wanted AS SELECT "
-        f"unnest({_sql_list(list(signatures))}::VARCHAR[]) AS batch, "
-        f"unnest({_sql_list(list(signatures.values()))}::VARCHAR[]) AS signature, "
-        f"unnest({_sql_list(listed)}::VARCHAR[]) AS files"
+        f"unnest({sql_list(list(signatures))}::VARCHAR[]) AS batch, "
+        f"unnest({sql_list(list(signatures.values()))}::VARCHAR[]) AS signature, "
+        f"unnest({sql_list(listed)}::VARCHAR[]) AS files"
     )
     path = cache_root(store)
     _load_cache(con, path)
@@ -333,7 +327,7 @@ def load_hidden_rows(
         con.execute(
             "INSERT INTO _hidden_cache (batch, signature) "
             "SELECT batch, signature FROM _hidden_wanted "
-            f"WHERE list_contains({_sql_list(stale)}::VARCHAR[], batch)"
+            f"WHERE list_contains({sql_list(stale)}::VARCHAR[], batch)"
         )
         if time.monotonic() - started >= CACHE_MIN_SECONDS or path.exists():
             write_parquet(con, "SELECT * FROM _hidden_cache ORDER BY batch", path)
@@ -345,4 +339,3 @@ def load_hidden_rows(
         "WHERE c.file_position IS NOT NULL"
     )
     con.execute("DROP TABLE _hidden_cache; DROP TABLE _hidden_wanted")
-    return con.execute(f"SELECT count(*) FROM {HIDDEN_TABLE}").fetchone()[0]

@@ -34,9 +34,9 @@ from ideogram_pipeline.history_index import (
     load_hidden_rows,
     rules_digest,
     same_schema,
-    sql_literal,
     write_parquet,
 )
+from ideogram_pipeline.safe_output import sql_literal
 from ideogram_pipeline.storage.base import ObjectInfo, ObjectStore
 from ideogram_pipeline.storage.metadata import METADATA_SCHEMA
 
@@ -120,17 +120,11 @@ def _work_out(
     uris: Sequence[str],
 ) -> ViewPlan:
     """The plan from the per-batch caches (``history_index``), every view's table filled."""
-    hidden = load_hidden_rows(con, store, files, uris)
+    load_hidden_rows(con, store, files, uris)
     uniform, complete = same_schema(con, store, files, METADATA_SCHEMA.names)
     dirty: dict[str, list[int]] = {}
     for view, where in _HIDES.items():
         table = hidden_table(view)
-        if not hidden:
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE {table} "
-                "(listed UBIGINT, file_index UBIGINT, file_row_number BIGINT)"
-            )
-            continue
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT file_index AS listed, "
             # UBIGINT, as DuckDB's file_index: mixed types would make the join cast every key.
@@ -139,7 +133,7 @@ def _work_out(
         )
         listed = f"SELECT DISTINCT listed FROM {table} ORDER BY 1"
         dirty[view] = [row[0] for row in con.execute(listed).fetchall()]
-    con.execute(f"DROP TABLE IF EXISTS {HIDDEN_TABLE}")
+    con.execute(f"DROP TABLE {HIDDEN_TABLE}")
     return ViewPlan(uniform, complete, dirty)
 
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
+from ideogram_pipeline.safe_output import sql_list
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore, open_store
 
@@ -72,19 +73,14 @@ def allowed_root(settings: Settings, store: ObjectStore) -> str:
     return store.root.rstrip("/") + "/"
 
 
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def lock_down(con: duckdb.DuckDBPyConnection, allowed: list[str]) -> None:
     """Restrict ``con`` to ``allowed`` prefixes and freeze its configuration.
 
     Call it after everything that needs external access (loading ``httpfs``, creating the S3
     secret, registering views): afterwards nothing can be loaded or changed.
     """
-    directories = ", ".join(_literal(path) for path in allowed)
     for statement in (
-        f"SET allowed_directories = [{directories}]",
+        f"SET allowed_directories = {sql_list(allowed)}",
         "SET enable_external_access = false",
         "SET autoinstall_known_extensions = false",
         "SET autoload_known_extensions = false",

@@ -1,20 +1,40 @@
-"""Making user text safe for the places it is written to: spreadsheets, Markdown, HTML.
+"""Making user text safe for the places it is written to: spreadsheets, Markdown, HTML, SQL.
 
 Prompts come from users and may contain anything. A CSV cell starting with ``=``, ``+``,
 ``-``, ``@``, a tab or a carriage return is executed as a formula by spreadsheet programs,
 and a prompt with ``|`` or ``<script>`` breaks or injects into a Markdown/HTML report.
-Every export and report goes through these functions rather than its own escaping.
+Every export and report goes through these functions rather than its own escaping, and
+every path or name written into DuckDB SQL goes through :func:`sql_literal` (values a user
+types are bound as parameters instead).
 """
 
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable
 from datetime import date, datetime
 from typing import Any
 
-__all__ = ["csv_cell", "escape_html", "escape_markdown_cell", "neutralise_csv_cell"]
+__all__ = [
+    "csv_cell",
+    "escape_html",
+    "escape_markdown_cell",
+    "neutralise_csv_cell",
+    "sql_list",
+    "sql_literal",
+]
 
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def sql_literal(text: str) -> str:
+    """``text`` as a SQL string literal (quotes doubled)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def sql_list(texts: Iterable[str]) -> str:
+    """``texts`` as a SQL list of string literals."""
+    return "[" + ", ".join(map(sql_literal, texts)) + "]"
 
 
 def csv_cell(value: Any) -> Any:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import duckdb
 
+from ideogram_pipeline.safe_output import sql_literal
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage.base import StorageError
 
@@ -33,10 +34,6 @@ __all__ = [
 SECRET_NAME = "ideogram_s3"
 KEY_ID_PLACEHOLDER = "<AWS_ACCESS_KEY_ID>"
 SECRET_PLACEHOLDER = "<AWS_SECRET_ACCESS_KEY>"
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def httpfs_extension_path() -> Path:
@@ -68,7 +65,7 @@ def load_httpfs(con: duckdb.DuckDBPyConnection) -> None:
         return
     path = httpfs_extension_path()
     try:
-        con.execute(f"LOAD {_literal(str(path))}")
+        con.execute(f"LOAD {sql_literal(str(path))}")
     except duckdb.Error as exc:
         raise StorageError(f"cannot load the DuckDB httpfs extension from {path}: {exc}") from exc
 
@@ -111,24 +108,24 @@ def s3_secret_sql(
     """
     parts = ["TYPE s3"]
     if key_id is not None and secret is not None:
-        parts += [f"KEY_ID {_literal(key_id)}", f"SECRET {_literal(secret)}"]
+        parts += [f"KEY_ID {sql_literal(key_id)}", f"SECRET {sql_literal(secret)}"]
         if session_token:
-            parts.append(f"SESSION_TOKEN {_literal(session_token)}")
+            parts.append(f"SESSION_TOKEN {sql_literal(session_token)}")
     else:
         parts.append("PROVIDER credential_chain")
-    parts.append(f"REGION {_literal(settings.aws_region or 'us-east-1')}")
+    parts.append(f"REGION {sql_literal(settings.aws_region or 'us-east-1')}")
     if settings.aws_endpoint_url:
         url = urllib.parse.urlsplit(settings.aws_endpoint_url)
         # DuckDB wants host[:port]; the scheme becomes USE_SSL, and custom endpoints are
         # addressed path-style, as boto3 does for them (see storage/s3.py).
         parts += [
-            f"ENDPOINT {_literal(url.netloc)}",
+            f"ENDPOINT {sql_literal(url.netloc)}",
             "URL_STYLE 'path'",
             f"USE_SSL {'true' if url.scheme == 'https' else 'false'}",
         ]
     scope = _scope(settings)
     if scope:
-        parts.append(f"SCOPE {_literal(scope)}")
+        parts.append(f"SCOPE {sql_literal(scope)}")
     return f"CREATE OR REPLACE SECRET {SECRET_NAME} (\n    " + ",\n    ".join(parts) + "\n)"
 
 
