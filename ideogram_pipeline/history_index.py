@@ -20,8 +20,9 @@ out once and remembered:
   are partitioned within a batch: record ids embed the batch key), as pairs of a file
   (its position among the batch's files) and ``file_row_number``;
 - the result is cached per batch under a signature of its file listing (names, sizes,
-  times), in a local cache folder (``IDEOGRAM_CACHE_DIR``, default
-  ``~/.cache/ideogram-pipeline``), so only batches whose files changed are recomputed.
+  times) and of these rules (:func:`rules_digest`), in a local cache folder
+  (``IDEOGRAM_CACHE_DIR``, default ``~/.cache/ideogram-pipeline``), so only batches whose
+  files changed are recomputed.
 
 The connection then reads exactly the files it listed (a consistent snapshot: files added
 later are not seen, files deleted later make the query fail rather than answer wrongly)
@@ -36,6 +37,7 @@ keeps the outcome for a whole listing, so an unchanged history skips even this.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -237,6 +239,7 @@ def _compute_sql(uris: Sequence[str]) -> str:
     """
 
 
+@functools.cache
 def rules_digest() -> str:
     """A digest of the rules that pick hidden rows, so caches built by other rules are
     never read as if they were built by these."""
@@ -287,7 +290,7 @@ def load_hidden_rows(
         by_batch[batch].append(info)
         positions[batch].append(index)
     signatures = {
-        batch: listing_signature(batch_files)
+        batch: listing_signature(batch_files, salt=rules_digest())
         for batch, batch_files in by_batch.items()
         if _needs_work(batch_files)
     }
