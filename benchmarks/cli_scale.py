@@ -4,7 +4,8 @@ Each figure is the median wall time of ``--repeat`` fresh processes (what a shel
 ``dagster dev`` pays), next to a baseline from the same run:
 
 - ``ideogram-pipeline --help`` and ``query`` / ``search`` on a small history (a few
-  hundred records written by ``history_gen.py``), against a bare ``python -c pass``;
+  hundred records in the Delta tables, written by ``history_gen.py``), against a bare
+  ``python -c pass``;
 - ``import ideogram_pipeline.definitions`` (what ``dagster definitions validate`` and the
   webserver load), against importing ``dagster`` and ``dagster_aws.s3`` alone.
 
@@ -52,11 +53,7 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        env = {
-            **os.environ,
-            "IDEOGRAM_STORAGE": str(root),
-            "IDEOGRAM_CACHE_DIR": str(Path(tmp) / "cache"),
-        }
+        env = {**os.environ, "IDEOGRAM_STORAGE": str(root)}
         print(f"load average {load_average()} (2 cores); median of {args.repeat} processes")
         python = _median_seconds([sys.executable, "-c", "pass"], env, args.repeat)
         cases = {

@@ -2,7 +2,7 @@
 
 Everything real: the bundled simulator in its own process (like the API on another
 machine), SeaweedFS (``weed mini``) as the S3 root, the engine as the product runs it
-(ledger, pngmeta with pHash, create-only uploads, Parquet metadata), each batch in a child
+(ledger, pngmeta with pHash, create-only uploads, the Delta history tables), each batch in a child
 process whose peak RSS is sampled with psutil.
 
 Phases, every figure a ratio against a baseline from the same run:
@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import functools
 import hashlib
-import io
 import json
 import os
 import sys
@@ -81,12 +80,12 @@ class CpuTimers:
 def _instrument(timers: CpuTimers) -> None:
     """Wrap the engine's thread-side steps (the real functions, only timed)."""
     from ideogram_pipeline import engine, fingerprint, ledger
-    from ideogram_pipeline.storage import metadata
+    from ideogram_pipeline.history import tables
 
     engine.prepare_for_storage = timers.wrap("pngmeta", engine.prepare_for_storage)
     fingerprint.perceptual_hash = timers.wrap("phash", fingerprint.perceptual_hash)
     engine._BatchRun._store_image = timers.wrap("upload", engine._BatchRun._store_image)
-    metadata.MetadataWriter.write = timers.wrap("metadata", metadata.MetadataWriter.write)
+    tables.HistoryTables.write = timers.wrap("metadata", tables.HistoryTables.write)
     ledger.Ledger._write = timers.wrap("ledger", ledger.Ledger._write)
     ledger.Ledger.prune = timers.wrap("ledger_prune", ledger.Ledger.prune)
 
@@ -121,20 +120,27 @@ async def _loop_costs(client: Any, samples: int) -> dict[str, float]:
     }
 
 
-def _layout(store: Any, keys: list[str]) -> dict[str, Any]:
-    import pyarrow.parquet as pq
+def _layout(history: Any, batch: str, commits: list[int]) -> dict[str, Any]:
+    """The batch's data files in ``generation_records`` (one per flush and day, as the old
+    layout's files were), and how many table versions its flushes committed."""
+    import pyarrow as pa
 
-    rows = [pq.read_metadata(io.BytesIO(store.get_bytes(key))).num_rows for key in keys]
+    from ideogram_pipeline.history.tables import RECORDS
+
+    actions = pa.table(history.table(RECORDS).get_add_actions(flatten=True)).to_pylist()
+    mine = [a for a in actions if a["partition.batch"] == batch]
+    rows = [a["num_records"] for a in mine]
     partitions: dict[str, int] = defaultdict(int)
-    for key in keys:
-        partitions[key.rpartition("/")[0]] += 1
+    for action in mine:
+        partitions[action["partition.date"]] += 1
     return {
-        "files": len(keys),
+        "files": len(mine),
         "partitions": len(partitions),
         "files_per_partition_max": max(partitions.values(), default=0),
         "rows_per_file_min": min(rows, default=0),
         "rows_per_file_max": max(rows, default=0),
         "rows_total": sum(rows),
+        "flush_commits": len(commits),
     }
 
 
@@ -143,6 +149,7 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
 
     from ideogram_pipeline.batches import parse_batch
     from ideogram_pipeline.engine import run_batch
+    from ideogram_pipeline.history.tables import HistoryTables
     from ideogram_pipeline.ideogram.client import IdeogramClient
     from ideogram_pipeline.settings import load_settings
     from ideogram_pipeline.storage import open_store
@@ -150,6 +157,7 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
     settings = load_settings({**os.environ, "IDEOGRAM_STORAGE": config["storage"]})
     store = open_store(settings)
     store.preflight()
+    history = HistoryTables(settings)
     timers = CpuTimers()
     if config.get("instrument"):
         _instrument(timers)
@@ -164,7 +172,9 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
             cpu0 = sum(process.cpu_times()[:2])
             loop0 = time.thread_time()
             started = time.perf_counter()
-            summary = await run_batch(batch, client, store, api_mode=config["mode"])
+            summary = await run_batch(
+                batch, client, store, api_mode=config["mode"], history=history
+            )
             elapsed = time.perf_counter() - started
             loop_cpu = time.thread_time() - loop0
             cpu = sum(process.cpu_times()[:2]) - cpu0
@@ -177,13 +187,13 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
             "loop_cpu_s": loop_cpu,
             "probe": probe,
             "polls": polls,
-            "metadata_files": list(summary.metadata_files),
+            "history_commits": list(summary.history_commits),
         }
 
     result = asyncio.run(go())
     result["components_cpu_s"] = dict(timers.cpu)
     result["component_calls"] = dict(timers.calls)
-    result["layout"] = _layout(store, result.pop("metadata_files"))
+    result["layout"] = _layout(history, config["batch"], result.pop("history_commits"))
     return result
 
 
@@ -295,9 +305,9 @@ def throughput_phase(
         )
         layout = result["layout"]
         print(
-            f"  parquet: {layout['files']} files in {layout['partitions']} partition(s), "
-            f"{layout['rows_per_file_min']}-{layout['rows_per_file_max']} rows per file, "
-            f"{layout['rows_total']} rows",
+            f"  generation_records: {layout['files']} files in {layout['partitions']} "
+            f"partition(s), {layout['rows_per_file_min']}-{layout['rows_per_file_max']} rows "
+            f"per file, {layout['rows_total']} rows; {layout['flush_commits']} flushes",
             flush=True,
         )
     return out
@@ -360,7 +370,7 @@ def cpu_phase(args: argparse.Namespace, env: dict[str, str], root: str) -> dict:
         "png metadata excl. pHash": comp.get("pngmeta", 0) - comp.get("phash", 0) - sha,
         "perceptual hash": comp.get("phash", 0),
         "upload (S3 put + verify)": comp.get("upload", 0) - sha,
-        "metadata write (Parquet)": comp.get("metadata", 0),
+        "metadata write (Delta flush)": comp.get("metadata", 0),
         "ledger writes": comp.get("ledger", 0) + comp.get("ledger_prune", 0),
     }
     total = result["process_cpu_s"] / n * 1000

@@ -1,24 +1,23 @@
-"""History queries at scale: the product's views against bare DuckDB and a naive JSON scan.
+"""History questions at scale, process against process: the product's commands vs bare DuckDB.
 
-On a history written by ``history_gen.py`` (local folder or ``s3://``), four questions
-people ask, each answered three ways in the same run:
+On a history written by ``history_gen.py`` (the Delta tables, local folder or ``s3://``),
+the questions people ask, each timed as a WHOLE PROCESS, which is what a person waits for:
 
-1. through the code paths of ``ideogram-pipeline query`` (``query_sandbox``: connection,
-   ``generations`` view, lock-down) and ``search`` (``history.connect`` + ``search.search``),
-   timed from opening the connection to the last row fetched, as each command does;
-2. the same SQL with ``generations`` replaced by a bare ``read_parquet(...)`` over the same
-   files in a fresh DuckDB connection (the baseline: target view <= 1.2x of it);
-3. the naive approach: one JSON file of every record, loaded with ``json.load`` and scanned
-   in Python (``--json-file``; written by ``history_gen.py --json-out``).
+- the product: ``ideogram-pipeline query "<SQL over generations>"`` (and, for the word
+  search and the seed lookup, ``ideogram-pipeline search ...`` too), printing its table;
+- the baseline: a bare Python process that imports only ``duckdb``, loads the ``delta``
+  extension from its PyPI wheel, runs the same SQL (values inlined) with ``generations``
+  replaced by the documented statement, ``delta_scan('<root>/history/generations')``
+  (``--bare-view``: the view created first, as ``duckdb-init`` prints it), and prints the
+  rows.
 
 Questions: a count by model and day; a prompt word search (newest 50); a lookup by id; a
-lookup by seed. Each figure is the median of ``--repeat`` runs.
+lookup by seed; plus ``SELECT 1`` (the fixed cost of each side). Runs alternate product
+and bare in the same loop, so a drifting load on a shared machine falls on both alike;
+each figure is the median of ``--repeat`` runs. Target: product <= 1.3x bare and < 0.5 s.
 
-    .venv/bin/python benchmarks/history_queries.py ROOT [--json-file FILE] [--repeat 5]
+    .venv/bin/python benchmarks/history_queries.py /tmp/bench-h1m [--repeat 7] [--json F]
     .venv/bin/python benchmarks/history_queries.py --seaweedfs [--generate 1000000]
-
-``--seaweedfs`` starts SeaweedFS on loopback and writes the history there first (with
-``history_gen.py``), so the same questions are timed against an ``s3://`` root.
 """
 
 from __future__ import annotations
@@ -27,92 +26,252 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
+import subprocess
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scale_support import load_average
+from scale_support import REPO, load_average
 
-from ideogram_pipeline import history
-from ideogram_pipeline.query_sandbox import sandboxed_connection
-from ideogram_pipeline.search import SearchFilters, build_query
+from ideogram_pipeline.history.views import plain_sql
+from ideogram_pipeline.safe_output import sql_literal
 from ideogram_pipeline.settings import Settings, load_settings
-from ideogram_pipeline.storage import open_store
 
-VIEW_TARGET = 1.2
-SECONDS_TARGET = 1.0
+CLI = str(Path(sys.executable).parent / "ideogram-pipeline")
+PROPOSED = str(Path(__file__).resolve().parent / "proposed_read_path.py")
+RATIO_TARGET = 1.3
+SECONDS_TARGET = 0.5
 WORD = "kangaroo"
 
+#: The bare process: duckdb alone, the statements given as JSON in argv[1], rows printed
+#: (argv[2] ``unsigned``: the extension loaded without DuckDB's signature check).
+BARE = """
+import json, sys
+import duckdb
+statements = json.loads(sys.argv[1])
+config = {"allow_unsigned_extensions": True} if sys.argv[2:] == ["unsigned"] else {}
+con = duckdb.connect(config=config)
+for statement in statements[:-1]:
+    con.execute(statement)
+for row in con.execute(statements[-1]).fetchall():
+    print(*row, sep="\\t")
+"""
 
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
+
+def bare_prelude(settings: Settings, *, views: bool = True) -> list[str]:
+    """What a plain DuckDB client runs first: load ``delta`` (and httpfs + the S3 secret
+    on S3), then (``views``) the one documented statement per view."""
+    from ideogram_pipeline.storage.duckdb_s3 import _credentials, extension_path, s3_secret_sql
+
+    statements = [f"LOAD {sql_literal(str(extension_path('delta')))}"]
+    if settings.is_s3:
+        key_id, secret, token = _credentials(settings) or ("", "", None)
+        statements += [
+            f"LOAD {sql_literal(str(extension_path('httpfs')))}",
+            s3_secret_sql(settings, key_id=key_id, secret=secret, session_token=token),
+        ]
+    if not views:
+        return statements
+    return statements + [
+        f"CREATE VIEW {name} AS {plain_sql(settings, name)}"
+        for name in ("generations", "generation_records")
+    ]
 
 
-def _bare_connection(settings: Settings) -> Any:
+def bare_sql(settings: Settings, sql: str, *, view: bool) -> list[str]:
+    """The statements of the bare process for ``sql`` (written over ``generations``).
+
+    By default the documented statement itself stands in for the view
+    (``FROM delta_scan('<root>/history/generations')``): the strictest baseline, since
+    creating a view binds ``delta_scan`` (reads the table's log) once more. ``view`` runs
+    what ``duckdb-init`` prints instead (the view, then the SQL unchanged).
+    """
+    if view:
+        return [*bare_prelude(settings), sql]
+    scan = plain_sql(settings, "generations").removeprefix("SELECT * FROM ")
+    plain = re.sub(r"\bFROM generations\b", lambda _m: f"FROM {scan}", sql)
+    plain = re.sub(r"\bJOIN generations\b", lambda _m: f"JOIN {scan}", plain)
+    return [*bare_prelude(settings, views=False), plain]
+
+
+def probe(settings: Settings) -> dict[str, Any]:
+    """Sizes of the tables, and an id and a seed to look up (from the data itself)."""
     import duckdb
 
-    con = duckdb.connect(":memory:")
-    if settings.is_s3:
-        from ideogram_pipeline.storage.duckdb_s3 import configure_duckdb_s3
-
-        configure_duckdb_s3(con, settings)
-    return con
-
-
-def _questions(con: Any) -> list[tuple[str, str, str, list[Any]]]:
-    """(name, kind, SQL over `generations`, parameters); probe values from the data."""
+    con = duckdb.connect()
+    for statement in bare_prelude(settings):
+        con.execute(statement)
+    current = con.execute("SELECT count(*) FROM generations").fetchone()[0]
+    records = con.execute("SELECT count(*) FROM generation_records").fetchone()[0]
     record_id, seed = con.execute(
         "SELECT id, seed FROM generations WHERE status = 'stored' AND seed IS NOT NULL "
         "ORDER BY id LIMIT 1 OFFSET 4321"
     ).fetchone()
-    search_sql, search_params = build_query(SearchFilters(text=WORD, limit=50))
-    seed_sql, seed_params = build_query(SearchFilters(seed=seed, limit=50))
+    con.close()
+    from ideogram_pipeline.history.tables import HistoryTables
+
+    tables = HistoryTables(settings)
+    files = len(tables.table("generations").file_uris())
+    return {"current": current, "records": records, "id": record_id, "seed": seed, "files": files}
+
+
+def cases(found: dict[str, Any]) -> list[dict[str, Any]]:
+    """(name, product command, bare SQL) for each question."""
+    word_sql = (
+        'SELECT id, created_at, batch, "row", image_index, status, model, seed, prompt '
+        f"FROM generations WHERE regexp_matches(prompt, '(?i)\\b{WORD}\\b') "
+        "ORDER BY created_at DESC LIMIT 50"
+    )
+    count_sql = "SELECT model, date, count(*) AS images FROM generations GROUP BY ALL ORDER BY ALL"
+    id_sql = f"SELECT * FROM generations WHERE id = {sql_literal(found['id'])}"
+    seed_sql = f"SELECT * FROM generations WHERE seed = {int(found['seed'])}"
+    from ideogram_pipeline.search import SearchFilters, build_query
+
+    def inlined(filters: SearchFilters) -> str:
+        # search binds every value; a bare client types them: the same SQL, values inlined.
+        sql, params = build_query(filters)
+        parts = sql.split("?")
+        out = parts[0]
+        for value, rest in zip(params, parts[1:], strict=True):
+            out += (str(value) if isinstance(value, int) else sql_literal(str(value))) + rest
+        return out
+
     return [
-        (
-            "count by model and day",
-            "query",
-            "SELECT model, date, count(*) AS images FROM generations GROUP BY ALL ORDER BY ALL",
-            [],
-        ),
-        (f"prompt word search ({WORD!r})", "search", search_sql, search_params),
-        ("lookup by id", "query", "SELECT * FROM generations WHERE id = ?", [record_id]),
-        (f"lookup by seed ({seed})", "search", seed_sql, seed_params),
+        {"name": "SELECT 1", "cmd": [CLI, "query", "SELECT 1"], "sql": "SELECT 1"},
+        {"name": "count by model and day", "cmd": [CLI, "query", count_sql], "sql": count_sql},
+        {"name": f"word search query ({WORD})", "cmd": [CLI, "query", word_sql], "sql": word_sql},
+        {
+            "name": f"word search `search {WORD}`",
+            "cmd": [CLI, "search", WORD, "--limit", "50"],
+            "sql": inlined(SearchFilters(text=WORD, limit=50)),
+        },
+        {"name": "lookup by id (query)", "cmd": [CLI, "query", id_sql], "sql": id_sql},
+        {"name": "lookup by seed (query)", "cmd": [CLI, "query", seed_sql], "sql": seed_sql},
+        {
+            "name": "lookup by seed `search --seed`",
+            "cmd": [CLI, "search", "--seed", str(found["seed"]), "--limit", "50"],
+            "sql": inlined(SearchFilters(seed=found["seed"], limit=50)),
+        },
     ]
 
 
-def _naive(path: Path, record_id: str, seed: int) -> dict[str, float]:
-    """Load every record from one JSON file and answer each question with a Python scan."""
+def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int]:
+    """Wall seconds and CPU seconds (user + system) of one whole process, and the lines
+    it printed. CPU time is what a loaded machine distorts least."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    with path.open(encoding="utf-8") as handle:
-        records = json.load(handle)
-    load = time.perf_counter() - start
-    # The same whole-word, any-case match as search.term_pattern (Python's \b is Unicode).
-    pattern = re.compile(rf"\b{re.escape(WORD)}\b", re.IGNORECASE)
-    scans: dict[str, Callable[[], Any]] = {
-        "count by model and day": lambda: Counter((r["model"], r["date"]) for r in records),
-        f"prompt word search ({WORD!r})": lambda: sorted(
-            (r for r in records if r["prompt"] and pattern.search(r["prompt"])),
-            key=lambda r: r["created_at"],
-            reverse=True,
-        )[:50],
-        "lookup by id": lambda: [r for r in records if r["id"] == record_id],
-        f"lookup by seed ({seed})": lambda: [r for r in records if r["seed"] == seed],
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"{cmd[:3]} failed: {done.stderr.strip()[-800:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, cpu, done.stdout.count("\n")
+
+
+def run(
+    settings: Settings,
+    repeat: int,
+    *,
+    bare_view: bool = False,
+    unsigned: bool = False,
+    proposed: bool = False,
+) -> dict[str, Any]:
+    found = probe(settings)
+    env = {**os.environ, "IDEOGRAM_STORAGE": settings.storage}
+    print(
+        f"history at {settings.storage}: {found['current']} current rows, {found['records']} "
+        f"records; generations in {found['files']} files; load average {load_average()} "
+        f"(2 cores); median of {repeat} whole processes",
+        flush=True,
+    )
+    floor = [sys.executable, "-c", "import duckdb"]
+    results: dict[str, Any] = {"root": settings.storage, **found, "load_start": load_average()}
+    questions = cases(found)
+
+    def sides(case: dict[str, Any]) -> list[tuple[str, list[str]]]:
+        statements = json.dumps(bare_sql(settings, case["sql"], view=bare_view))
+        out = [("product", case["cmd"]), ("bare", [sys.executable, "-c", BARE, statements])]
+        if unsigned:
+            out.append(("bare unsigned", [sys.executable, "-c", BARE, statements, "unsigned"]))
+        if proposed:
+            extra = ["--no-pandas"] if case["cmd"][1] == "search" else []
+            out.append(("proposed", [sys.executable, PROPOSED, *case["cmd"][1:], *extra]))
+        return out
+
+    for case in questions:  # warm the page cache and the extension file, both sides
+        for _side, cmd in sides(case):
+            _run(cmd, env)
+    times: dict[str, dict[str, list[tuple[float, float]]]] = {
+        c["name"]: {side: [] for side, _cmd in sides(c)} for c in questions
     }
-    out = {"load": load}
-    for name, scan in scans.items():
-        start = time.perf_counter()
-        scan()
-        out[name] = time.perf_counter() - start
-    out["records"] = len(records)
-    return out
+    lines: dict[str, dict[str, int]] = {c["name"]: {} for c in questions}
+    floors = []
+    for number in range(repeat):
+        floors.append(_run(floor, env)[:2])
+        for case in questions:
+            order = sides(case)
+            if number % 2:
+                order.reverse()  # neither side always runs first
+            for side, cmd in order:
+                seconds, cpu, printed = _run(cmd, env)
+                times[case["name"]][side].append((seconds, cpu))
+                lines[case["name"]][side] = printed
+
+    def median(values: list[tuple[float, float]], index: int) -> float:
+        return statistics.median(v[index] for v in values)
+
+    results["python_import_duckdb"] = {"wall_s": median(floors, 0), "cpu_s": median(floors, 1)}
+    print(
+        f"{'floor: python -c import duckdb':34s} wall {median(floors, 0) * 1000:5.0f} ms, "
+        f"CPU {median(floors, 1) * 1000:5.0f} ms"
+    )
+    for case in questions:
+        name = case["name"]
+        got = times[name]
+        product, bare = median(got["product"], 0), median(got["bare"], 0)
+        product_cpu, bare_cpu = median(got["product"], 1), median(got["bare"], 1)
+        ratio = product / bare
+        met = ratio <= RATIO_TARGET and product < SECONDS_TARGET
+        results[name] = {
+            "product_s": round(product, 4),
+            "bare_s": round(bare, 4),
+            "ratio": round(ratio, 3),
+            "product_cpu_s": round(product_cpu, 4),
+            "bare_cpu_s": round(bare_cpu, 4),
+            "cpu_ratio": round(product_cpu / bare_cpu, 3),
+            "runs": {side: [[round(w, 4), round(c, 4)] for w, c in v] for side, v in got.items()},
+            "lines": lines[name],
+            "met": met,
+        }
+        extra = ""
+        if unsigned:
+            loose = median(got["bare unsigned"], 0)
+            results[name]["bare_unsigned_s"] = round(loose, 4)
+            extra += f"  (bare, unsigned LOAD: {loose * 1000:5.0f} ms)"
+        if proposed:
+            wall, cpu = median(got["proposed"], 0), median(got["proposed"], 1)
+            results[name]["proposed_s"] = round(wall, 4)
+            results[name]["proposed_cpu_s"] = round(cpu, 4)
+            extra += (
+                f"\n{'':34s} proposed {wall * 1000:5.0f} ms = {wall / bare:4.2f}x bare, "
+                f"CPU {cpu * 1000:5.0f} ms = {cpu / bare_cpu:4.2f}x"
+            )
+        print(
+            f"{name:34s} product {product * 1000:5.0f} ms  bare {bare * 1000:5.0f} ms  "
+            f"ratio {ratio:4.2f} | CPU {product_cpu * 1000:5.0f} / {bare_cpu * 1000:5.0f} ms = "
+            f"{product_cpu / bare_cpu:4.2f}  {'met' if met else 'MISSED'}{extra}",
+            flush=True,
+        )
+    print(f"(targets: <= {RATIO_TARGET}x and < {SECONDS_TARGET} s wall)")
+    results["load_end"] = load_average()
+    print(f"load average at end {results['load_end']}")
+    return results
 
 
 def main() -> None:
@@ -120,112 +279,56 @@ def main() -> None:
     parser.add_argument("root", nargs="?", help="storage root written by history_gen.py")
     parser.add_argument("--seaweedfs", action="store_true", help="an S3 root on SeaweedFS")
     parser.add_argument("--generate", type=int, default=1_000_000, help="records (with S3)")
-    parser.add_argument("--json-file", help="the naive JSON file (history_gen.py --json-out)")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument(
+        "--bare-view", action="store_true", help="bare side creates the view as duckdb-init does"
+    )
+    parser.add_argument(
+        "--proposed",
+        action="store_true",
+        help="also the commands with the proposed read path (proposed_read_path.py)",
+    )
+    parser.add_argument(
+        "--unsigned",
+        action="store_true",
+        help="also a bare side that loads delta without its signature check",
+    )
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.seaweedfs:
         import tempfile
 
-        from history_gen import write_history
+        from history_gen import write_tables
 
         from ideogram_pipeline.storage.seaweed import running_seaweedfs
 
-        with tempfile.TemporaryDirectory() as tmp, running_seaweedfs(tmp) as server:
-            server.create_bucket("history")
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-weed-", dir="/tmp") as tmp,
+            running_seaweedfs(tmp) as server,
+        ):
+            server.create_bucket("history-bench")
             os.environ.update(server.env())
-            args.root = "s3://history/root"
-            store = open_store(load_settings({**os.environ, "IDEOGRAM_STORAGE": args.root}))
+            settings = load_settings({**os.environ, "IDEOGRAM_STORAGE": "s3://history-bench/root"})
             print(f"writing {args.generate} records to SeaweedFS: ", end="", flush=True)
-            print(write_history(store, args.generate), flush=True)
-            run(args)
-        return
-    if not args.root:
-        parser.error("give a ROOT or --seaweedfs")
-    run(args)
-
-
-def run(args: argparse.Namespace) -> None:
-    settings = load_settings({**os.environ, "IDEOGRAM_STORAGE": args.root})
-    store = open_store(settings)
-    glob = store.uri("metadata/generations/**/*.parquet").replace("'", "''")
-    bare_from = (
-        f"read_parquet('{glob}', hive_partitioning = true, "
-        "hive_types = {'date': DATE, 'batch': VARCHAR})"
-    )
-    files = sum(1 for info in store.list("metadata/generations/") if info.key.endswith(".parquet"))
-    probe = history.connect(settings, store)
-    total = probe.execute("SELECT count(*) FROM generation_records").fetchone()[0]
-    current = probe.execute("SELECT count(*) FROM generations").fetchone()[0]
-    questions = _questions(probe)
-    record_id = questions[2][3][0]
-    seed = questions[3][3][0]
-    probe.close()
-    print(
-        f"history at {args.root}: {total} records ({current} current) in {files} files; "
-        f"load average {load_average()} (2 cores); median of {args.repeat}"
-    )
-
-    results: dict[str, Any] = {"root": args.root, "records": total, "files": files}
-    for name, kind, sql, params in questions:
-
-        def through_product(sql: str = sql, params: list[Any] = params, kind: str = kind) -> int:
-            # As the commands do: open the connection (views, sandbox for `query`), run, fetch.
-            if kind == "query":
-                con = sandboxed_connection(settings, store, sql=sql)
-            else:
-                con = history.connect(settings, store, views=("generations",), one_query=True)
-            try:
-                return len(con.execute(sql, params).fetchall())
-            finally:
-                con.close()
-
-        def bare(sql: str = sql, params: list[Any] = params) -> int:
-            con = _bare_connection(settings)
-            try:
-                plain = re.sub(r"\bFROM generations\b", f"FROM {bare_from}", sql)
-                return len(con.execute(plain, params).fetchall())
-            finally:
-                con.close()
-
-        bare(), through_product()  # warm the OS cache and DuckDB's extension loading
-        # Alternated, so drifting load on a shared machine falls on both sides alike.
-        bare_times, view_times = [], []
-        for _ in range(args.repeat):
-            bare_times.append(_timed(bare))
-            view_times.append(_timed(through_product))
-        bare_s, bare_rows = statistics.median(t for t, _ in bare_times), bare_times[-1][1]
-        view_s, view_rows = statistics.median(t for t, _ in view_times), view_times[-1][1]
-        ratio = view_s / bare_s
-        results[name] = {
-            "view_s": round(view_s, 4),
-            "bare_s": round(bare_s, 4),
-            "ratio": round(ratio, 3),
-            "view_rows": view_rows,
-            "bare_rows": bare_rows,
-        }
-        print(
-            f"{name:34s} {kind:6s} view {view_s * 1000:7.0f} ms  bare read_parquet "
-            f"{bare_s * 1000:7.0f} ms  ratio {ratio:5.2f} (target <= {VIEW_TARGET}; "
-            f"< {SECONDS_TARGET:.0f} s locally)  rows {view_rows}/{bare_rows}",
-            flush=True,
-        )
-
-    if args.json_file:
-        naive = _naive(Path(args.json_file), record_id, seed)
-        results["naive"] = naive
-        print(
-            f"naive JSON ({naive['records']} records): json.load {naive['load']:.1f} s, then",
-            flush=True,
-        )
-        for name, *_rest in questions:
-            total_s = naive["load"] + naive[name]
-            print(
-                f"  {name:34s} scan {naive[name] * 1000:7.0f} ms; load + scan {total_s:6.1f} s "
-                f"= {total_s / results[name]['view_s']:6.0f}x the view",
-                flush=True,
+            print(write_tables(settings, args.generate, days=365, seed=7, batch_mu=5.7), flush=True)
+            results = run(
+                settings,
+                args.repeat,
+                bare_view=args.bare_view,
+                unsigned=args.unsigned,
+                proposed=args.proposed,
             )
-    results["load_end"] = load_average()
+    elif args.root:
+        settings = load_settings({**os.environ, "IDEOGRAM_STORAGE": args.root})
+        results = run(
+            settings,
+            args.repeat,
+            bare_view=args.bare_view,
+            unsigned=args.unsigned,
+            proposed=args.proposed,
+        )
+    else:
+        parser.error("give a ROOT or --seaweedfs")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
 

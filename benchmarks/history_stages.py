@@ -1,106 +1,177 @@
-"""Where a ``query`` at a million records spends its time, stage by stage, against bare DuckDB.
+"""Where a ``query`` on the Delta tables spends its time, stage by stage, against bare DuckDB.
 
-Opens the history views as ``query`` does, one stage at a time (DuckDB connect, listing the
-root, the listing's plan, creating the view, setting the file-list variables, the
-sandbox), runs "count by model and day", and closes; then the same SQL over a bare
-``read_parquet`` glob; and the query with and without the sandbox on otherwise identical
-connections. Medians of ``--repeat`` rounds, alternated. Run ``history_queries.py`` first
-(it warms the plan cache).
+In one process, alternating, median of ``--repeat`` rounds (wall and CPU of this process):
 
-    .venv/bin/python benchmarks/history_stages.py /tmp/h1m [--repeat 11]
+- the product's path, one step at a time: DuckDB connect, ``LOAD delta`` from the wheel
+  (DuckDB verifies the extension's signature: hashing an 82 MB file), the listing that
+  finds which tables exist, ``CREATE VIEW generations AS SELECT * FROM delta_scan(...)``,
+  the sandbox settings, the statement check, the query, and close;
+- bare DuckDB: connect, ``LOAD delta``, the query with ``delta_scan(...)`` written in it;
+- two alternatives for the product, measured the same way: loading the extension with
+  ``allow_unsigned_extensions`` (no signature check), and ``ATTACH '<table>' AS
+  generations (TYPE delta)`` instead of a view (a view keeps DuckDB from pushing filters
+  such as ``regexp_matches`` into the Delta scan).
+
+Plus the import cost of the CLI itself (fresh processes: ``import ideogram_pipeline.cli``
+and what ``query`` imports, against ``import duckdb``).
+
+    .venv/bin/python benchmarks/history_stages.py /tmp/bench-h1m [--repeat 7]
+        [--question count|word|id|seed]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections import defaultdict
+from contextlib import redirect_stdout
+from pathlib import Path
 
 import duckdb
 
-from ideogram_pipeline import history, history_index, history_plan
-from ideogram_pipeline.query_sandbox import allowed_root, lock_down
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scale_support import load_average
+
+from ideogram_pipeline.history.layout import GENERATIONS, table_uri
+from ideogram_pipeline.history.views import table_exists
+from ideogram_pipeline.query_sandbox import allowed_root, check_statements, lock_down
+from ideogram_pipeline.safe_output import sql_literal
 from ideogram_pipeline.settings import load_settings
 from ideogram_pipeline.storage import open_store
+from ideogram_pipeline.storage.duckdb_s3 import extension_path, load_extension
 
-SQL = "SELECT model, date, count(*) AS images FROM generations GROUP BY ALL ORDER BY ALL"
-VIEW = "generations"
+QUESTIONS = {
+    "count": "SELECT model, date, count(*) AS images FROM {t} GROUP BY ALL ORDER BY ALL",
+    "word": (
+        'SELECT id, created_at, batch, "row", image_index, status, model, seed, prompt '
+        "FROM {t} WHERE regexp_matches(prompt, '(?i)\\bkangaroo\\b') "
+        "ORDER BY created_at DESC LIMIT 50"
+    ),
+    "id": "SELECT * FROM {t} WHERE id = '00000000000000000000000000000000'",
+    "seed": "SELECT * FROM {t} WHERE seed = 1234567",
+}
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Laps:
+    """Wall and CPU per named stage, over rounds."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        self.wall = self.cpu = 0.0
+
+    def start(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), _cpu()
+
+    def lap(self, name: str) -> None:
+        wall, cpu = time.perf_counter(), _cpu()
+        self.times[name].append((wall - self.wall, cpu - self.cpu))
+        self.wall, self.cpu = wall, cpu
+
+    def print(self) -> None:
+        for name, values in self.times.items():
+            wall = statistics.median(v[0] for v in values) * 1000
+            cpu = statistics.median(v[1] for v in values) * 1000
+            print(f"  {name:56s} wall {wall:7.1f} ms   CPU {cpu:7.1f} ms")
+
+
+def _imports(repeat: int) -> None:
+    """Fresh processes: what the CLI's imports add to ``import duckdb``."""
+    cases = {
+        "python -c 'import duckdb'": "import duckdb",
+        "import ideogram_pipeline.cli (every command module)": "import ideogram_pipeline.cli",
+        "+ query's modules (sandbox, views, storage)": (
+            "import ideogram_pipeline.cli, ideogram_pipeline.query_sandbox, "
+            "ideogram_pipeline.history.views"
+        ),
+    }
+    print(f"imports, fresh processes (median of {repeat}):")
+    for name, code in cases.items():
+        walls, cpus = [], []
+        for _ in range(repeat):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True)
+            walls.append(time.perf_counter() - start)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+        print(
+            f"  {name:56s} wall {statistics.median(walls) * 1000:7.1f} ms   "
+            f"CPU {statistics.median(cpus) * 1000:7.1f} ms"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", help="storage root written by history_gen.py")
-    parser.add_argument("--repeat", type=int, default=11)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--question", choices=sorted(QUESTIONS), default="count")
     args = parser.parse_args()
     settings = load_settings({**os.environ, "IDEOGRAM_STORAGE": args.root})
     store = open_store(settings)
-    glob = store.uri("metadata/generations/**/*.parquet").replace("'", "''")
-    bare_sql = SQL.replace(
-        f"FROM {VIEW}",
-        f"FROM read_parquet('{glob}', hive_partitioning = true, "
-        f"hive_types = {history_index.HIVE_TYPES})",
-    )
-    times: dict[str, list[float]] = defaultdict(list)
-
-    def lap(name: str, started: float) -> float:
-        now = time.perf_counter()
-        times[name].append(now - started)
-        return now
-
+    scan = f"delta_scan({sql_literal(table_uri(settings, GENERATIONS))})"
+    delta = sql_literal(str(extension_path("delta")))
+    sql = QUESTIONS[args.question]
+    print(f"{args.question}: {sql.format(t='generations')}")
+    print(f"load average {load_average()} (2 cores); median of {args.repeat} rounds")
+    laps = Laps()
     for _ in range(args.repeat):
-        started = clock = time.perf_counter()
+        laps.start()
         con = duckdb.connect(":memory:")
-        clock = lap("product: DuckDB connect", clock)
-        files = history_index.metadata_files(store)
-        clock = lap("product: list the root", clock)
-        uris = [store.uri(info.key) for info in files]
-        plan = history_plan.plan_views(con, store, files, uris, (VIEW,))
-        clock = lap("product: plan (hidden rows, schema flags)", clock)
-        lists = history._FileLists(plan.uniform, uris)
-        records = history._scan_sql(
-            uris,
-            plan.dirty.get(VIEW, []),
-            view=VIEW,
-            hidden=history_plan.hidden_table(VIEW),
-            files=lists,
-        )
-        con.execute(lists.placeholders_sql() + f"CREATE VIEW {VIEW} AS {records}")
-        clock = lap("product: create the view", clock)
-        con.execute(lists.lists_sql())
-        clock = lap("product: set the file lists", clock)
+        laps.lap("product: DuckDB connect")
+        load_extension(con, "delta")
+        laps.lap("product: LOAD delta (signature checked)")
+        table_exists(store, GENERATIONS)
+        laps.lap("product: table_exists (list _delta_log/)")
+        con.execute(f"CREATE OR REPLACE VIEW generations AS SELECT * FROM {scan}")
+        laps.lap("product: CREATE VIEW (binds delta_scan: reads the log)")
         lock_down(con, [allowed_root(settings, store)])
-        clock = lap("product: sandbox settings", clock)
-        con.execute(SQL).fetchall()
-        clock = lap("product: query (sandboxed)", clock)
+        laps.lap("product: sandbox settings")
+        check_statements(con, sql.format(t="generations"))
+        laps.lap("product: statement check")
+        rows = con.execute(sql.format(t="generations")).fetchall()
+        laps.lap("product: query + fetch (view, sandboxed)")
+        with redirect_stdout(io.StringIO()):
+            for row in rows:
+                print(*row)
         con.close()
-        clock = lap("product: close", clock)
-        lap("product: total", started)
+        laps.lap("product: print + close")
 
-        started = clock = time.perf_counter()
-        bare = duckdb.connect(":memory:")
-        clock = lap("bare: DuckDB connect", clock)
-        bare.execute(bare_sql).fetchall()
-        clock = lap("bare: query (glob inside)", clock)
-        bare.close()
-        clock = lap("bare: close", clock)
-        lap("bare: total", started)
+        laps.start()
+        con = duckdb.connect(":memory:")
+        con.execute(f"LOAD {delta}")
+        laps.lap("bare: connect + LOAD delta")
+        con.execute(sql.format(t=scan)).fetchall()
+        laps.lap("bare: query + fetch (delta_scan in the SQL)")
+        con.close()
+        laps.lap("bare: close")
 
-        for sandboxed in (False, True):
-            con = history.connect(settings, store, views=(VIEW,), one_query=True)
-            if sandboxed:
-                lock_down(con, [allowed_root(settings, store)])
-            clock = time.perf_counter()
-            con.execute(SQL).fetchall()
-            lap(f"same views, query {'with' if sandboxed else 'without'} the sandbox", clock)
-            con.close()
-
-    print(f"{len(files)} files; median of {args.repeat}")
-    for name, values in times.items():
-        print(f"  {name:44s} {statistics.median(values) * 1000:7.1f} ms")
-    ratio = statistics.median(times["product: total"]) / statistics.median(times["bare: total"])
-    print(f"  product / bare: {ratio:.2f}")
+        laps.start()
+        con = duckdb.connect(":memory:", config={"allow_unsigned_extensions": True})
+        con.execute(f"LOAD {delta}")
+        laps.lap("alternative: connect + LOAD delta, unsigned allowed")
+        attached = sql_literal(table_uri(settings, GENERATIONS))
+        con.execute(f"ATTACH {attached} AS generations (TYPE delta)")
+        lock_down(con, [allowed_root(settings, store)])
+        laps.lap("alternative: ATTACH (TYPE delta) + sandbox")
+        con.execute(sql.format(t="generations")).fetchall()
+        laps.lap("alternative: query + fetch (attached, sandboxed)")
+        con.close()
+        laps.lap("alternative: close")
+    laps.print()
+    _imports(max(3, args.repeat // 2))
+    print(f"load average at end {load_average()}")
 
 
 if __name__ == "__main__":

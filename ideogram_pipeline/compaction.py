@@ -1,60 +1,31 @@
-"""Compaction: merge each partition's many small Parquet files into few larger ones.
+"""Compaction: Delta's own ``OPTIMIZE`` merges each partition's small files into few large ones.
 
-Every batch flush writes a new file, so a partition of a busy day can hold hundreds of
-small files, and reading them costs one request each (on S3, one GET per file and query).
-Compaction merges the small files of one partition folder into files of about
-``target_bytes`` and deletes the inputs.
-
-**Atomic with respect to readers, and why this way.** S3 has no rename and no multi-object
-transaction, so some order of "write the new file" and "delete the old ones" must be visible
-to a reader in between. Deleting first would show a gap (rows missing: wrong answers);
-writing first shows every row twice for a moment. We write first and make the duplicates
-invisible where people read: the ``generation_records`` view keeps one row per ``id``
-(``QUALIFY row_number() OVER (PARTITION BY date, batch, id) = 1`` in
-:func:`ideogram_pipeline.history.view_sql`). Ids are unique per record (uuid4), a merged
-row is byte-for-byte the row it came from, and a file never moves between partitions, so
-partitioning the dedupe by the Hive keys is exact and still lets DuckDB prune partitions
-on ``date``/``batch`` filters. The alternative, a manifest of live files that readers
-consult, would break the contract that plain DuckDB over ``metadata/generations/**`` works.
-A plain ``read_parquet`` of the glob can see the duplicates only during a compaction.
-
-**Crash-safe.** The merged file's name is a hash of its inputs, and merging keeps one row
-per id (the newest file's copy), so a compaction killed after writing and before deleting
-leaves a state the next run merges again without duplicating anything.
-
-The same routine merges the usage roll-up files and the pin event log.
+Every metadata flush MERGEs into ``generations`` and appends to ``generation_records``, so a
+busy partition collects many small Parquet files, and each costs a request per query (on
+S3, one GET per file). ``optimize.compact`` rewrites a partition's small files into files of
+about ``target_bytes`` in one commit; a reader sees the version before or the version after,
+never both or neither, and a compaction killed before its commit changed nothing. A
+conflicting concurrent writer makes the commit fail and it is retried on the newer version
+(``HistoryTables.compact``). A vacuum then deletes files replaced at least
+``VACUUM_RETENTION_HOURS`` ago (a reader may still be on the version before this one).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
+from ideogram_pipeline.history.tables import GENERATIONS, RECORDS, USAGE, HistoryTables
+from ideogram_pipeline.history.views import HistoryNeedsMigration, has_legacy_history
+from ideogram_pipeline.lifecycle import VACUUM_RETENTION_HOURS
+from ideogram_pipeline.settings import Settings
+from ideogram_pipeline.storage import open_store
 
-from ideogram_pipeline.lifecycle import (
-    LifecycleLock,
-    crash_point,
-    read_parquet_object,
-    write_parquet_object,
-)
-from ideogram_pipeline.pins import PINS_PREFIX, pin_events, write_merged
-from ideogram_pipeline.retention import USAGE_PREFIX
-from ideogram_pipeline.storage import ObjectInfo, ObjectStore
-from ideogram_pipeline.storage.metadata import GENERATIONS_PREFIX
-
-__all__ = ["CompactionResult", "compact", "count_files"]
+__all__ = ["TABLES", "CompactionResult", "compact", "table_files"]
 
 MiB = 1024 * 1024
-#: Pin event files are merged once there are at least this many.
-PIN_FILES_THRESHOLD = 16
-
-#: Called after a merged file is written and before its inputs are deleted (tests use it
-#: to query the history in exactly that moment).
-WrittenHook = Callable[[str, list[str]], None]
+#: The tables compaction looks after, in this order.
+TABLES = (GENERATIONS, RECORDS, USAGE)
 
 
 @dataclass
@@ -64,7 +35,7 @@ class CompactionResult:
     bytes_before: int = 0
     bytes_after: int = 0
     partitions_compacted: int = 0
-    merged: dict[str, list[str]] = field(default_factory=dict)  # new key -> its inputs
+    tables: dict[str, dict[str, int]] = field(default_factory=dict)  # per table, as below
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -76,102 +47,54 @@ class CompactionResult:
         }
 
 
-def count_files(store: ObjectStore, prefix: str = GENERATIONS_PREFIX) -> tuple[int, int]:
-    """Number and total bytes of the Parquet files under ``prefix``."""
-    infos = [i for i in store.list(prefix + "/") if i.key.endswith(".parquet")]
-    return len(infos), sum(i.size for i in infos)
-
-
-def _folders(store: ObjectStore, prefix: str) -> dict[str, list[ObjectInfo]]:
-    folders: dict[str, list[ObjectInfo]] = defaultdict(list)
-    for info in store.list(prefix + "/"):
-        if info.key.endswith(".parquet"):
-            folders[info.key.rpartition("/")[0]].append(info)
-    return folders
-
-
-def _groups(files: list[ObjectInfo], target_bytes: int) -> list[list[ObjectInfo]]:
-    """Consecutive small files packed into groups of about ``target_bytes``."""
-    small = sorted((f for f in files if f.size < target_bytes), key=lambda f: f.key)
-    groups: list[list[ObjectInfo]] = []
-    current: list[ObjectInfo] = []
-    size = 0
-    for info in small:
-        if current and size + info.size > target_bytes:
-            groups.append(current)
-            current, size = [], 0
-        current.append(info)
-        size += info.size
-    if current:
-        groups.append(current)
-    return [group for group in groups if len(group) > 1]
-
-
-def _merge(store: ObjectStore, group: list[ObjectInfo]) -> pa.Table:
-    """The group's rows, one per id; where an id repeats, the most recent file's copy."""
-    ordered = sorted(group, key=lambda f: (f.last_modified, f.key), reverse=True)
-    tables = [read_parquet_object(store, info.key) for info in ordered]
-    table = pa.concat_tables(tables, promote_options="permissive")
-    ids = table.column("id").to_pylist()
-    first: dict[str, int] = {}
-    for index, record_id in enumerate(ids):
-        first.setdefault(record_id, index)
-    if len(first) < len(ids):
-        table = table.take(sorted(first.values()))
-    order = pc.sort_indices(table, sort_keys=[("created_at", "ascending"), ("id", "ascending")])
-    return table.take(order)
-
-
-def _compact_prefix(
-    store: ObjectStore,
-    prefix: str,
-    target_bytes: int,
-    result: CompactionResult,
-    hook: WrittenHook | None,
-) -> None:
-    for folder, files in sorted(_folders(store, prefix).items()):
-        result.files_before += len(files)
-        result.bytes_before += sum(f.size for f in files)
-        groups = _groups(files, target_bytes)
-        if groups:
-            result.partitions_compacted += 1
-        for group in groups:
-            inputs = [f.key for f in group]
-            digest = hashlib.sha256("\n".join(inputs).encode()).hexdigest()[:16]
-            key = f"{folder}/compact-{digest}.parquet"
-            write_parquet_object(store, key, _merge(store, group))
-            result.merged[key] = inputs
-            if hook is not None:
-                hook(key, inputs)
-            crash_point("compaction-written")
-            store.delete([k for k in inputs if k != key])
-    after = count_files(store, prefix)
-    result.files_after += after[0]
-    result.bytes_after += after[1]
-
-
-def _compact_pins(store: ObjectStore) -> None:
-    files = [i.key for i in store.list(PINS_PREFIX + "/") if i.key.endswith(".jsonl")]
-    if len(files) < PIN_FILES_THRESHOLD:
-        return
-    events = pin_events(store)
-    digest = hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest()[:16]
-    key = f"{PINS_PREFIX}/compact-{digest}.jsonl"
-    write_merged(store, key, events)  # events carry ids: a reader in between counts each once
-    store.delete([k for k in files if k != key])
+def table_files(table: Any) -> tuple[int, int]:
+    """Number and total bytes of the data files the current version of ``table`` (a
+    ``deltalake.DeltaTable``) reads: files replaced but not yet vacuumed do not count."""
+    actions = table.get_add_actions(flatten=True)
+    sizes = actions.column("size_bytes").to_pylist() if actions.num_rows else []
+    return len(sizes), int(sum(sizes))
 
 
 def compact(
-    store: ObjectStore,
+    settings: Settings,
     *,
     target_bytes: int = 128 * MiB,
-    prefixes: tuple[str, ...] = (GENERATIONS_PREFIX, USAGE_PREFIX),
-    on_written: WrittenHook | None = None,
+    vacuum_hours: int = VACUUM_RETENTION_HOURS,
 ) -> CompactionResult:
-    """Merge small files in every partition folder under ``prefixes``; returns the counts."""
+    """OPTIMIZE and vacuum every history table that exists; returns the file counts.
+
+    ``vacuum_hours`` as for ``run_cleanup``: 0 removes the replaced files at once.
+
+    Raises :class:`HistoryNeedsMigration` when the root holds only an old-layout history
+    (there is nothing to compact, and saying so would hide that the tables are missing).
+    """
+    tables = HistoryTables(settings)
     result = CompactionResult()
-    with LifecycleLock(store, "compaction"):
-        for prefix in prefixes:
-            _compact_prefix(store, prefix, target_bytes, result, on_written)
-        _compact_pins(store)
+    if not any(tables.exists(name) for name in TABLES):
+        store = open_store(settings)
+        if has_legacy_history(store):
+            raise HistoryNeedsMigration(
+                f"the history under {store.root} is in the old layout: run "
+                "`ideogram-pipeline migrate` to move it into the tables, then compact"
+            )
+    for name in TABLES:
+        if not tables.exists(name):
+            continue
+        files_before, bytes_before = table_files(tables.table(name))
+        metrics = tables.compact(name, target_size=target_bytes)
+        tables.vacuum(name, retention_hours=vacuum_hours)
+        files_after, bytes_after = table_files(tables.table(name))
+        partitions = int(metrics.get("partitionsOptimized", 0) or 0)
+        result.tables[name] = {
+            "files_before": files_before,
+            "files_after": files_after,
+            "bytes_before": bytes_before,
+            "bytes_after": bytes_after,
+            "partitions_compacted": partitions,
+        }
+        result.files_before += files_before
+        result.files_after += files_after
+        result.bytes_before += bytes_before
+        result.bytes_after += bytes_after
+        result.partitions_compacted += partitions
     return result

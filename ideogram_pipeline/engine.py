@@ -29,6 +29,7 @@ from typing import Any
 
 from ideogram_pipeline.batches import Batch
 from ideogram_pipeline.duplicates import link_records
+from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import LAST_RETRY_ERROR, IdeogramClient
 from ideogram_pipeline.ideogram.errors import (
     IdeogramError,
@@ -50,7 +51,6 @@ from ideogram_pipeline.models import (
 from ideogram_pipeline.pngmeta import prepare_for_storage
 from ideogram_pipeline.pricing import price_per_image
 from ideogram_pipeline.storage import ObjectStore, StorageError
-from ideogram_pipeline.storage.metadata import MetadataWriter
 
 __all__ = ["BatchAborted", "BatchSummary", "Progress", "already_done", "run_batch"]
 
@@ -94,7 +94,8 @@ class BatchSummary:
     cost_usd: float = 0.0
     seconds: float = 0.0
     retries: Counter[str] = field(default_factory=Counter)
-    metadata_files: list[str] = field(default_factory=list)
+    #: Versions of ``generations`` this run's metadata flushes committed.
+    history_commits: list[int] = field(default_factory=list)
     storage_root: str = ""
     simulated: bool = False
     first_records: list[dict[str, Any]] = field(default_factory=list)
@@ -156,6 +157,7 @@ class _BatchRun:
         ledger: Ledger | None = None,
         api_mode: str = "async",
         resend_unknown: bool = False,
+        history: HistoryTables | None = None,
     ) -> None:
         self.batch = batch
         self.ledger = ledger or Ledger(store, batch.key)
@@ -174,7 +176,7 @@ class _BatchRun:
         self.flush_every = flush_every
         self.extra_fields = extra_fields or {}
         self.started = _now()
-        self.writer = MetadataWriter(store, run_id)
+        self.history = history or HistoryTables.for_store(store)
         self.summary = BatchSummary(
             batch=batch.key,
             run_id=run_id,
@@ -278,10 +280,16 @@ class _BatchRun:
             # a file already written, so once these are written their ledger entries can go.
             ready = self.concluded - self.unfinished - self.in_progress
             if records:
-                keys = await self._in_thread(
-                    self.io_pool, self.writer.write, self.batch.key, records
+                # Rows recorded by an earlier run: their older images this run does not
+                # replace are deleted in the same commit (a row re-run with fewer images).
+                stale = sorted({r["row"] for r in records if r["row"] in self.previous})
+                written = await self._in_thread(
+                    self.io_pool,
+                    functools.partial(self.history.write, stale_rows=stale),
+                    self.batch.key,
+                    records,
                 )
-                self.summary.metadata_files.extend(keys)
+                self.summary.history_commits.append(written.generations_version)
             if ready:
                 # Pruned as the run goes, so a 10,000-row batch ends without deleting 30,000
                 # entries at once; entries whose deletion fails are found by the next load.
@@ -596,6 +604,7 @@ async def run_batch(
     extra_fields: Mapping[tuple[int, int], Mapping[str, Any]] | None = None,
     api_mode: str = "async",
     resend_unknown: bool = False,
+    history: HistoryTables | None = None,
 ) -> BatchSummary:
     """Run every row of ``batch``; return the summary, or raise :class:`BatchAborted`.
 
@@ -608,7 +617,8 @@ async def run_batch(
     The batch's ledger (``ledger.py``) is read first: rows answered before a crash are
     finished without a new request, and rows sent without an answer end ``unknown`` unless
     ``resend_unknown``. ``api_mode`` ``async`` uses Ideogram's v2 asynchronous API where the
-    model has it; ``sync`` keeps the v1 endpoints.
+    model has it; ``sync`` keeps the v1 endpoints. ``history`` is where records go (by
+    default the tables under a local ``store``'s root).
     """
     run = _BatchRun(
         batch,
@@ -622,6 +632,7 @@ async def run_batch(
         extra_fields=extra_fields,
         api_mode=api_mode,
         resend_unknown=resend_unknown,
+        history=history,
     )
     # Image buffers and Parquet flushes give their memory back: a long batch stays flat.
     pin_mmap_threshold()

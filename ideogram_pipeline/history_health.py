@@ -1,11 +1,10 @@
 """What the history looks like and whether it is sound: plain functions behind the
 ``generation_history`` asset and its checks (``defs/lifecycle.py``).
 
-The id check reads the Parquet files directly, not the ``generation_records`` view: the view
-keeps one row per id within a partition (to hide the moment of a compaction), which would
-also hide two different records that wrongly share an id. Two copies of the same record
-(identical keys) are not a violation; two records with the same id and different
-(date, batch, run, row, image index) are.
+The tables promise one current row per id and per row key (``ROW_KEY``: MERGE keeps it so),
+and an id never names two different rows in the audit trail (it may appear many times
+there: a tag or pin change appends the changed row). The id check verifies all three, so
+a writer that broke the promise shows in the UI instead of in someone's numbers.
 """
 
 from __future__ import annotations
@@ -14,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ideogram_pipeline import history
-from ideogram_pipeline.compaction import count_files
-from ideogram_pipeline.pins import pinned_ids
+from ideogram_pipeline.compaction import table_files
+from ideogram_pipeline.history.schema import ROW_KEY
+from ideogram_pipeline.history.tables import GENERATIONS, RECORDS, HistoryTables
+from ideogram_pipeline.orphans import LATEST_SQL
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore
-from ideogram_pipeline.storage.metadata import GENERATIONS_PREFIX
 
 __all__ = ["CheckOutcome", "cost_non_negative", "ids_unique", "status_present", "summarise"]
 
@@ -31,26 +31,41 @@ class CheckOutcome:
     description: str
 
 
+def _data_files(settings: Settings) -> tuple[int, int]:
+    """Data files (and bytes) the current versions of both history tables read."""
+    tables = HistoryTables(settings)
+    files = size = 0
+    for name in (GENERATIONS, RECORDS):
+        if tables.exists(name):
+            count, total = table_files(tables.table(name))
+            files, size = files + count, size + total
+    return files, size
+
+
 def summarise(settings: Settings, store: ObjectStore) -> dict[str, Any]:
     """Row counts by status, files, bytes, date span and pins: the history at a glance."""
-    files, size = count_files(store, GENERATIONS_PREFIX)
+    files, size = _data_files(settings)
     con = history.connect(settings, store)
     try:
-        records, current, oldest, newest, partitions, batches = con.execute(
-            "SELECT (SELECT count(*) FROM generation_records), count(*), min(created_at), "
-            "max(created_at), count(DISTINCT (date, batch)), count(DISTINCT batch) "
-            "FROM generations"
-        ).fetchone() or (0, 0, None, None, 0, 0)
+        records, versions = con.execute(
+            "SELECT count(DISTINCT id), count(*) FROM generation_records"
+        ).fetchone() or (0, 0)
+        current, oldest, newest, partitions, batches, pinned = con.execute(
+            "SELECT count(*), min(created_at), max(created_at), count(DISTINCT (date, batch)), "
+            "count(DISTINCT batch), count(*) FILTER (pinned) FROM generations"
+        ).fetchone() or (0, None, None, 0, 0, 0)
         statuses = dict(
             con.execute("SELECT status, count(*) FROM generations GROUP BY ALL").fetchall()
         )
+        # Superseded records keep their images until retention: count every id's newest.
         stored_bytes = con.execute(
-            "SELECT coalesce(sum(size_bytes), 0) FROM generation_records WHERE status = 'stored'"
+            f"SELECT coalesce(sum(size_bytes), 0) FROM ({LATEST_SQL}) WHERE status = 'stored'"
         ).fetchone()
     finally:
         con.close()
     return {
         "records": int(records or 0),
+        "record_versions": int(versions or 0),
         "current_rows": int(current or 0),
         "by_status": {str(k): int(v) for k, v in statuses.items()},
         "partitions": int(partitions or 0),
@@ -60,7 +75,7 @@ def summarise(settings: Settings, store: ObjectStore) -> dict[str, Any]:
         "image_bytes": int(stored_bytes[0]) if stored_bytes else 0,
         "oldest": oldest.isoformat() if oldest else None,
         "newest": newest.isoformat() if newest else None,
-        "pinned": len(pinned_ids(store)),
+        "pinned": int(pinned or 0),
     }
 
 
@@ -78,19 +93,22 @@ def _outcome(
 
 
 def ids_unique(settings: Settings, store: ObjectStore) -> CheckOutcome:
-    if not count_files(store, GENERATIONS_PREFIX)[0]:
-        return CheckOutcome(True, 0, [], "no records yet")
-    glob = store.uri(f"{GENERATIONS_PREFIX}/**/*.parquet").replace("'", "''")
+    key = ", ".join(f'"{column}"' for column in ROW_KEY)
     clashes = (
-        f"SELECT id FROM read_parquet('{glob}', hive_partitioning = true, union_by_name = true) "
-        'GROUP BY id HAVING count(DISTINCT (date, batch, run_id, "row", image_index)) > 1'
+        # An id held by two current rows, or by records of two different rows ...
+        "SELECT id AS example FROM generations GROUP BY id HAVING count(*) > 1 "
+        "UNION ALL SELECT id FROM generation_records GROUP BY id "
+        f"HAVING count(DISTINCT ({key})) > 1 "
+        # ... or a row key held by two current rows.
+        f"UNION ALL SELECT concat_ws('/', {key}) FROM generations GROUP BY {key} "
+        "HAVING count(*) > 1"
     )
     return _outcome(
         settings,
         store,
         f"SELECT count(*) FROM ({clashes})",
-        f"{clashes} ORDER BY id LIMIT 10",
-        "ids shared by different records",
+        f"SELECT example FROM ({clashes}) ORDER BY 1 LIMIT 10",
+        "ids or row keys shared by different rows",
     )
 
 
@@ -99,8 +117,8 @@ def status_present(settings: Settings, store: ObjectStore) -> CheckOutcome:
     return _outcome(
         settings,
         store,
-        f"SELECT count(*) {where}",
-        f"SELECT id {where} ORDER BY id LIMIT 10",
+        f"SELECT count(DISTINCT id) {where}",
+        f"SELECT DISTINCT id {where} ORDER BY id LIMIT 10",
         "records without a status",
     )
 
@@ -110,7 +128,7 @@ def cost_non_negative(settings: Settings, store: ObjectStore) -> CheckOutcome:
     return _outcome(
         settings,
         store,
-        f"SELECT count(*) {where}",
-        f"SELECT id {where} ORDER BY id LIMIT 10",
+        f"SELECT count(DISTINCT id) {where}",
+        f"SELECT DISTINCT id {where} ORDER BY id LIMIT 10",
         "records with a negative cost",
     )

@@ -1,4 +1,4 @@
-"""What retention, the orphan sweep, compaction and reports share: policy, lock, file I/O.
+"""What retention, the orphan sweep, compaction and reports share: the policy, the config, audits.
 
 The policy lives in one place, ``retention.toml`` (the repository root, or the file named by
 ``IDEOGRAM_RETENTION``)::
@@ -17,57 +17,39 @@ The policy lives in one place, ``retention.toml`` (the repository root, or the f
     [schedules]
     cleanup_cron = "0 3 * * *" # IDEOGRAM_CLEANUP_CRON etc. override them
 
-Every lifecycle job that rewrites metadata holds :class:`LifecycleLock`, a lease object
-under ``metadata/lifecycle/``: a cleanup and a compaction interleaving on one partition
-could resurrect rows the cleanup removed. The lock is created with a create-only write
-(``If-None-Match`` on S3, a hard link locally), so only one holder wins; a holder killed
-mid-run leaves it behind, and it counts as stale once it expires or, on the same host, once
-its process is gone.
+No lock and no manifest: every change to the history is one Delta commit (atomic, and
+retried on a conflict with a concurrent writer), so a cleanup or compaction killed at any
+moment leaves the tables as they were before or after that commit, and the next run picks
+up what is left from the tables themselves.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
-import signal
-import socket
-import time
 import tomllib
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from ideogram_pipeline.storage import LocalStore, ObjectExists, ObjectStore, StorageError
+from ideogram_pipeline.storage import LocalStore, ObjectStore
 
 __all__ = [
-    "LIFECYCLE_PREFIX",
-    "LifecycleBusy",
+    "VACUUM_RETENTION_HOURS",
     "LifecycleConfig",
     "LifecycleError",
-    "LifecycleLock",
     "RetentionPolicy",
-    "crash_point",
     "get_json",
     "load_lifecycle_config",
     "parse_as_of",
     "prune_empty_dirs",
     "put_json",
-    "read_parquet_object",
-    "rewrite_rows",
-    "write_parquet_object",
+    "utc_stamp",
 ]
 
-LIFECYCLE_PREFIX = "metadata/lifecycle"
-LOCK_KEY = f"{LIFECYCLE_PREFIX}/lock.json"
 DEFAULT_RETENTION_DAYS = 30.0
 DEFAULT_KEEP_TAGS = ("keep",)
 DEFAULT_GRACE_HOURS = 24.0
@@ -75,18 +57,16 @@ DEFAULT_TARGET_FILE_MB = 128.0
 DEFAULT_CLEANUP_CRON = "0 3 * * *"
 DEFAULT_COMPACTION_CRON = "30 3 * * *"
 DEFAULT_REPORT_CRON = "0 6 * * *"
-#: A lock older than this is stale even if its holder cannot be checked (another host).
-LOCK_TTL_S = 6 * 3600
-#: Test-only: names a crash point at which the process kills itself with SIGKILL.
-CRASH_ENV = "IDEOGRAM_LIFECYCLE_CRASH_AT"
+#: How long a data file replaced by a DELETE or OPTIMIZE stays before vacuum removes it.
+#: A reader (a query, a batch run checking its rows) works on the version it started
+#: with; removing that version's files under it makes the read fail, which happened in
+#: the concurrency tests with 0. One hour (Delta counts whole hours) is far longer than
+#: any read here; the next day's cleanup or compaction removes the files.
+VACUUM_RETENTION_HOURS = 1
 
 
 class LifecycleError(Exception):
     """A lifecycle job cannot run as configured; the message says what to change."""
-
-
-class LifecycleBusy(LifecycleError):
-    """Another cleanup or compaction holds the lifecycle lock."""
 
 
 @dataclass(frozen=True)
@@ -238,72 +218,8 @@ def parse_as_of(value: str | date | datetime | None) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def crash_point(name: str) -> None:
-    """Test-only fault injection: die at once, like a killed worker, at the named point."""
-    if os.environ.get(CRASH_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-# -- Parquet objects --------------------------------------------------------------------
-
-
-def read_parquet_object(store: ObjectStore, key: str) -> pa.Table:
-    return pq.read_table(io.BytesIO(store.get_bytes(key)))
-
-
-def write_parquet_object(store: ObjectStore, key: str, table: pa.Table) -> int:
-    """Write ``table`` whole (readers see all of it or nothing); return its size in bytes."""
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    data = buffer.getvalue()
-    store.put_bytes(key, data, content_type="application/vnd.apache.parquet")
-    return len(data)
-
-
-def _replacement_key(key: str, tag: str) -> str:
-    folder, _, name = key.rpartition("/")
-    base = name.split(".", 1)[0]
-    return f"{folder}/{base}.{tag}.parquet"
-
-
-#: Given a file's table and the mask of its matching rows, the rows to keep in its place.
-RowChange = Callable[[pa.Table, pa.ChunkedArray], pa.Table]
-
-
-def rewrite_rows(
-    store: ObjectStore, prefix: str, ids: set[str], tag: str, change: RowChange
-) -> tuple[int, int]:
-    """Apply ``change`` to every Parquet file under ``prefix`` holding one of ``ids``.
-
-    Returns (files deleted, files written). The changed table replaces the file as
-    ``<base>.<tag>.parquet``, written before the old file is deleted, so a reader never
-    sees a gap (the history views hide the moment's duplicate ids), and a retry after a
-    crash rewrites the same key with the same rows. An empty result deletes the file.
-    """
-    deleted = written = 0
-    wanted = pa.array(sorted(ids), pa.string())
-    for info in list(store.list(prefix + "/")):
-        if not info.key.endswith(".parquet"):
-            continue
-        try:
-            table = read_parquet_object(store, info.key)
-        except StorageError:
-            continue  # deleted since the listing (a retry of this very phase)
-        hit = pc.is_in(table.column("id"), value_set=wanted)
-        if not pc.any(hit).as_py():
-            continue
-        changed = change(table, hit)
-        target = _replacement_key(info.key, tag)
-        if changed.num_rows:
-            write_parquet_object(store, target, changed)
-            written += 1
-        if target != info.key or not changed.num_rows:
-            store.delete([info.key])
-            deleted += 1
-    return deleted, written
-
-
 def put_json(store: ObjectStore, key: str, value: Any, *, create_only: bool = False) -> None:
+    """``value`` as an indented JSON object (audit records are read by people too)."""
     data = json.dumps(value, indent=2, sort_keys=True, default=str).encode("utf-8")
     store.put_bytes(key, data, content_type="application/json", create_only=create_only)
 
@@ -324,79 +240,6 @@ def prune_empty_dirs(store: ObjectStore, prefix: str) -> None:
         if path != base:
             with contextlib.suppress(OSError):
                 path.rmdir()  # only succeeds when empty
-
-
-# -- the lock ---------------------------------------------------------------------------
-
-
-def _holder_alive(holder: Mapping[str, Any]) -> bool:
-    if time.time() > float(holder.get("expires_at", 0)):
-        return False
-    if holder.get("host") != socket.gethostname():
-        return True  # cannot check another machine: trust the lease until it expires
-    try:
-        os.kill(int(holder.get("pid", 0)), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return True
-
-
-class LifecycleLock:
-    """``with LifecycleLock(store, "cleanup"):`` one metadata-rewriting job at a time."""
-
-    def __init__(self, store: ObjectStore, job: str, ttl_s: float = LOCK_TTL_S) -> None:
-        self.store = store
-        self.job = job
-        self.ttl_s = ttl_s
-        self.token = uuid.uuid4().hex
-
-    def _holder(self) -> dict[str, Any]:
-        now = time.time()
-        return {
-            "token": self.token,
-            "job": self.job,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "since": datetime.fromtimestamp(now, UTC).isoformat(),
-            "expires_at": now + self.ttl_s,
-        }
-
-    def acquire(self) -> None:
-        for _ in range(3):
-            try:
-                put_json(self.store, LOCK_KEY, self._holder(), create_only=True)
-                return
-            except ObjectExists:
-                pass
-            try:
-                holder = get_json(self.store, LOCK_KEY)
-            except (StorageError, ValueError):
-                continue  # released in between (or half-visible): try again
-            if _holder_alive(holder):
-                raise LifecycleBusy(
-                    f"another lifecycle job ({holder.get('job')}, pid {holder.get('pid')} on "
-                    f"{holder.get('host')}, since {holder.get('since')}) holds "
-                    f"{self.store.uri(LOCK_KEY)}; try again when it ends"
-                )
-            self.store.delete([LOCK_KEY])  # stale: its holder died or the lease expired
-        raise LifecycleBusy(f"could not take the lifecycle lock {self.store.uri(LOCK_KEY)}")
-
-    def release(self) -> None:
-        try:
-            holder = get_json(self.store, LOCK_KEY)
-        except (StorageError, ValueError):
-            return
-        if holder.get("token") == self.token:
-            self.store.delete([LOCK_KEY])
-
-    def __enter__(self) -> LifecycleLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
 
 
 def utc_stamp(moment: datetime | None = None) -> str:

@@ -1,54 +1,63 @@
-"""The orphan sweep: objects without a row, rows without an object, and the size check.
+"""The orphan sweep: objects without a record, records without an object, and the size check.
 
-Two kinds of disagreement between ``images/`` and the metadata:
+Two kinds of disagreement between ``images/`` and the history tables:
 
-- **Orphan objects**: an image object no record points at (``image_key``). A running batch
-  stores images before it flushes their rows, so an object younger than the grace period
-  (``[orphans] grace_hours``, default 24) is never called an orphan, only counted as young.
-  ``--fix`` deletes orphans older than the grace period.
-- **Dangling rows**: a ``stored`` record whose object is missing. ``--fix`` marks them:
-  the row's status becomes ``failed`` with an error saying the object was found missing
-  and when, so counts and checks stop claiming an image that is not there, and a re-run of
-  the batch regenerates it (failed rows are retried). The row is rewritten the way a
-  cleanup rewrites rows (replacement written before the old file is deleted).
+- **Orphan objects**: an image object no record points at (``image_key`` in
+  ``generation_records`` or ``generations``). A running batch stores images before it
+  flushes their rows, so an object younger than the grace period (``[orphans]
+  grace_hours``, default 24) is never called an orphan, only counted as young. ``--fix``
+  deletes orphans older than the grace period.
+- **Dangling records**: an id whose newest record says ``stored`` while its object is
+  missing. ``--fix`` marks them: ``status`` becomes ``failed`` with an error saying the
+  object was found missing and when, so counts and checks stop claiming an image that is
+  not there, and a re-run of the batch regenerates it (failed rows are retried). A current
+  row is UPDATEd in ``generations`` (which appends the changed row to the audit trail); a
+  superseded one gets the marked record appended to ``generation_records``. Either way
+  the id's newest record is the marked one, and the original ``generate`` record stays.
 
-A fix holds the lifecycle lock, finishes interrupted cleanups first (their half-deleted
-state would otherwise look like dangling rows), and writes an audit record under
-``metadata/audit/orphans/``. :func:`verify_stored_objects` is the Dagster asset check's
-half: every ``stored`` row's object exists with the recorded size (sampled when large).
+A fix writes an audit record under ``metadata/audit/orphans/``. A cleanup killed between
+deleting objects and deleting rows leaves dangling records of expired ids: marking them is
+harmless (they are still expired, and the next cleanup deletes them).
+:func:`verify_stored_objects` is the Dagster asset check's half: every id whose newest
+record is ``stored`` has its object, with the recorded size (sampled when large).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ideogram_pipeline import history
-from ideogram_pipeline.lifecycle import (
-    LifecycleLock,
-    prune_empty_dirs,
-    put_json,
-    rewrite_rows,
-    utc_stamp,
-)
-from ideogram_pipeline.retention import pending_cleanups, resume_pending
+from ideogram_pipeline.history.schema import TABLE_SCHEMA
+from ideogram_pipeline.history.tables import GENERATIONS, RECORDS, HistoryTables
+from ideogram_pipeline.lifecycle import prune_empty_dirs, put_json, utc_stamp
+from ideogram_pipeline.safe_output import sql_literal
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectInfo, ObjectStore
-from ideogram_pipeline.storage.metadata import partition_prefix
 
-__all__ = ["OrphanReport", "SizeCheck", "sweep_orphans", "verify_stored_objects"]
+__all__ = ["LATEST_SQL", "OrphanReport", "SizeCheck", "sweep_orphans", "verify_stored_objects"]
 
 IMAGES_PREFIX = "images/"
 AUDIT_PREFIX = "metadata/audit/orphans"
-#: Histories with at most this many stored rows are checked in full; larger ones sampled.
+#: Histories with at most this many stored ids are checked in full; larger ones sampled.
 FULL_CHECK_LIMIT = 2000
+#: Keys per ``ObjectStore.delete`` call (S3's DeleteObjects limit).
+DELETE_CHUNK = 1000
+#: Each id's newest record: what the history says about it now (current or superseded).
+LATEST_SQL = (
+    "SELECT * FROM generation_records "
+    "QUALIFY row_number() OVER (PARTITION BY id ORDER BY recorded_at DESC) = 1"
+)
+#: The audit event of a record marked by the sweep (``generation_records.event``).
+EVENT = "sweep"
 
 
 @dataclass
@@ -57,11 +66,10 @@ class OrphanReport:
 
     objects_seen: int = 0
     orphan_objects: list[ObjectInfo] = field(default_factory=list)  # past the grace period
-    young_objects: int = 0  # no row yet, but younger than the grace period
+    young_objects: int = 0  # no record yet, but younger than the grace period
     dangling_rows: list[dict[str, Any]] = field(default_factory=list)
     deleted_objects: int = 0
     marked_rows: int = 0
-    pending_cleanups: list[str] = field(default_factory=list)
     audit_key: str | None = None
 
     @property
@@ -69,74 +77,40 @@ class OrphanReport:
         return sum(info.size for info in self.orphan_objects)
 
 
-def _referenced(settings: Settings, store: ObjectStore) -> tuple[set[str], list[dict[str, Any]]]:
-    """Every image key any record points at, and the ``stored`` rows with their keys."""
-    con = history.connect(settings, store)
-    try:
-        keys = {
-            key
-            for (key,) in con.execute(
-                "SELECT DISTINCT image_key FROM generation_records WHERE image_key IS NOT NULL"
-            ).fetchall()
-        }
-        stored = con.execute(
-            "SELECT id, date::VARCHAR AS date, batch, image_key, size_bytes FROM "
-            "generation_records WHERE status = 'stored' AND image_key IS NOT NULL"
-        ).fetch_arrow_table()
-    finally:
-        con.close()
-    return keys, stored.to_pylist()
+def _referenced(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Every image key any record or current row points at."""
+    return {
+        key
+        for (key,) in con.execute(
+            "SELECT image_key FROM generation_records WHERE image_key IS NOT NULL "
+            "UNION SELECT image_key FROM generations WHERE image_key IS NOT NULL"
+        ).fetchall()
+    }
 
 
-def _mark_missing(table: pa.Table, hit: pa.ChunkedArray, note: str) -> pa.Table:
-    status = pc.if_else(hit, pa.scalar("failed"), table.column("status"))
-    error = pc.if_else(hit, pa.scalar(note), table.column("error"))
-    table = table.set_column(table.schema.get_field_index("status"), "status", status)
-    return table.set_column(table.schema.get_field_index("error"), "error", error)
-
-
-def _fix(
-    store: ObjectStore, report: OrphanReport, sweep_id: str, grace_hours: float, by: str
-) -> None:
-    report.deleted_objects = len(report.orphan_objects)
-    store.delete([info.key for info in report.orphan_objects])
-    prune_empty_dirs(store, "images")
-    found = datetime.now(UTC).isoformat(timespec="seconds")
-    by_partition: dict[tuple[str, str], set[str]] = {}
-    for row in report.dangling_rows:
-        by_partition.setdefault((row["date"], row["batch"]), set()).add(row["id"])
-    for (day, batch), ids in sorted(by_partition.items()):
-
-        def change(table: pa.Table, hit: pa.ChunkedArray, day: str = day) -> pa.Table:
-            note = f"image object missing (found by the orphan sweep at {found}, partition {day})"
-            return _mark_missing(table, hit, note)
-
-        rewrite_rows(store, partition_prefix(day, batch), ids, f"m{sweep_id[-8:]}", change)
-    report.marked_rows = len(report.dangling_rows)
-    key = f"{AUDIT_PREFIX}/date={found[:10]}/{sweep_id}.json"
-    put_json(
-        store,
-        key,
-        {
-            "action": "orphan fix",
-            "sweep_id": sweep_id,
-            "at": found,
-            "by": by,
-            "grace_hours": grace_hours,
-            "deleted_objects": [info.key for info in report.orphan_objects],
-            "deleted_bytes": report.orphan_bytes,
-            "marked_rows": [row["id"] for row in report.dangling_rows],
-            "resumed_cleanups": report.pending_cleanups,
-        },
+def _stored(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """Ids whose newest record claims an image, and whether each is a current row."""
+    return (
+        con.execute(
+            "SELECT l.id, l.date::VARCHAR AS date, l.batch, l.image_key, l.size_bytes, "
+            f"l.id IN (SELECT id FROM generations) AS current FROM ({LATEST_SQL}) l "
+            "WHERE l.status = 'stored' AND l.image_key IS NOT NULL ORDER BY l.id"
+        )
+        .fetch_arrow_table()
+        .to_pylist()
     )
-    report.audit_key = key
 
 
 def _find(settings: Settings, store: ObjectStore, grace_hours: float, report: OrphanReport) -> None:
     # List objects before reading the rows: an image stored (and its row flushed) between
     # the two reads then shows as referenced, never as an orphan.
     objects = {info.key: info for info in store.list(IMAGES_PREFIX)}
-    referenced, stored = _referenced(settings, store)
+    con = history.connect(settings, store)
+    try:
+        referenced = _referenced(con)
+        stored = _stored(con)
+    finally:
+        con.close()
     horizon = time.time() - grace_hours * 3600
     report.objects_seen = len(objects)
     for key, info in sorted(objects.items()):
@@ -151,6 +125,72 @@ def _find(settings: Settings, store: ObjectStore, grace_hours: float, report: Or
     report.dangling_rows = [row for row in stored if row["image_key"] not in present]
 
 
+def _mark(settings: Settings, rows: list[dict[str, Any]], note: str) -> None:
+    """Mark ``rows`` failed: current ones by an UPDATE of ``generations``, superseded ones
+    by appending their marked newest record."""
+    tables = HistoryTables(settings)
+    current: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        if row["current"]:
+            current[row["batch"]].append(row["id"])
+    if current:
+        tables.change(
+            current,
+            event=EVENT,
+            updates={"status": "'failed'", "error": sql_literal(note)},
+        )
+    superseded = [row["id"] for row in rows if not row["current"]]
+    if not superseded:
+        return
+    con = history.connect(settings, views=(RECORDS,))
+    try:
+        con.register("_ids", pa.table({"id": pa.array(superseded, pa.string())}))
+        marked = con.execute(
+            f"SELECT * REPLACE ('failed' AS status, ? AS error, ? AS event, "
+            f"now() AS recorded_at) FROM ({LATEST_SQL}) WHERE id IN (SELECT id FROM _ids)",
+            [note, EVENT],
+        ).fetch_arrow_table()
+    finally:
+        con.close()
+    tables.append(RECORDS, marked.select(TABLE_SCHEMA.names).cast(TABLE_SCHEMA))
+
+
+def _fix(
+    settings: Settings,
+    store: ObjectStore,
+    report: OrphanReport,
+    sweep_id: str,
+    grace_hours: float,
+    by: str,
+) -> None:
+    keys = [info.key for info in report.orphan_objects]
+    for start in range(0, len(keys), DELETE_CHUNK):
+        store.delete(keys[start : start + DELETE_CHUNK])
+    report.deleted_objects = len(keys)
+    prune_empty_dirs(store, "images")
+    found = datetime.now(UTC).isoformat(timespec="seconds")
+    if report.dangling_rows:
+        note = f"image object missing (found by the orphan sweep at {found})"
+        _mark(settings, report.dangling_rows, note)
+    report.marked_rows = len(report.dangling_rows)
+    key = f"{AUDIT_PREFIX}/date={found[:10]}/{sweep_id}.json"
+    put_json(
+        store,
+        key,
+        {
+            "action": "orphan fix",
+            "sweep_id": sweep_id,
+            "at": found,
+            "by": by,
+            "grace_hours": grace_hours,
+            "deleted_objects": keys,
+            "deleted_bytes": report.orphan_bytes,
+            "marked_rows": [row["id"] for row in report.dangling_rows],
+        },
+    )
+    report.audit_key = key
+
+
 def sweep_orphans(
     settings: Settings,
     store: ObjectStore,
@@ -159,17 +199,12 @@ def sweep_orphans(
     fix: bool = False,
     by: str = "",
 ) -> OrphanReport:
-    """Find (and with ``fix``, repair) disagreements between objects and rows."""
+    """Find (and with ``fix``, repair) disagreements between objects and records."""
     report = OrphanReport()
-    if not fix:
-        report.pending_cleanups = pending_cleanups(store)
-        _find(settings, store, grace_hours, report)
-        return report
-    with LifecycleLock(store, "orphan sweep"):
-        report.pending_cleanups = resume_pending(store)
-        _find(settings, store, grace_hours, report)
+    _find(settings, store, grace_hours, report)
+    if fix:
         sweep_id = f"{utc_stamp()}-{uuid.uuid4().hex[:8]}"
-        _fix(store, report, sweep_id, grace_hours, by)
+        _fix(settings, store, report, sweep_id, grace_hours, by)
     return report
 
 
@@ -188,23 +223,23 @@ class SizeCheck:
 def verify_stored_objects(
     settings: Settings, store: ObjectStore, *, limit: int = FULL_CHECK_LIMIT, seed: int = 42
 ) -> SizeCheck:
-    """Every ``stored`` record's object exists with its recorded size; a sample when large.
+    """Every id whose newest record is ``stored`` has its object, with the recorded size;
+    a sample when there are more than ``limit``.
 
-    All records count, not only the current ones: a record superseded by a re-run still
-    claims its image.
+    Superseded ids count too, not only current rows: a record replaced by a re-run still
+    claims its image until retention deletes it.
     """
-    con = history.connect(settings, store)
+    con = history.connect(settings, store, views=(RECORDS, GENERATIONS))
     try:
-        total = con.execute(
-            "SELECT count(*) FROM generation_records WHERE status = 'stored'"
-        ).fetchone()[0]  # type: ignore[index]
+        con.execute(
+            f"CREATE TEMP TABLE _stored AS SELECT id, image_key, size_bytes FROM ({LATEST_SQL}) "
+            "WHERE status = 'stored'"
+        )
+        total = con.execute("SELECT count(*) FROM _stored").fetchone()[0]  # type: ignore[index]
         sample = (
             "" if total <= limit else f" USING SAMPLE reservoir({limit} ROWS) REPEATABLE ({seed})"
         )
-        rows = con.execute(
-            "SELECT id, image_key, size_bytes FROM (SELECT * FROM generation_records "
-            f"WHERE status = 'stored'){sample}"
-        ).fetchall()
+        rows = con.execute(f"SELECT id, image_key, size_bytes FROM _stored{sample}").fetchall()
     finally:
         con.close()
     with ThreadPoolExecutor(max_workers=16) as pool:

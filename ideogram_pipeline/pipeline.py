@@ -19,6 +19,7 @@ from ideogram_pipeline.batches import Batch, load_batch
 from ideogram_pipeline.cost import CostEstimate, check_budget, estimate_cost, quote_unit_prices
 from ideogram_pipeline.duplicates import existing_images
 from ideogram_pipeline.engine import BatchSummary, ProgressCallback, run_batch
+from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import POLL_RATE_PER_S, IdeogramClient
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy
 from ideogram_pipeline.settings import Settings
@@ -142,6 +143,7 @@ def execute_batch(
                     api_mode=settings.api_mode,
                     flush_every=settings.flush_every,
                     resend_unknown=resend_unknown,
+                    history=HistoryTables(settings),
                 )
                 summary.estimated_cost_usd = estimate.usd
                 return summary

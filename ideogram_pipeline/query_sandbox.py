@@ -16,7 +16,9 @@ The boundary, from the outside in:
 3. Only ``SELECT``-like statements run (``SELECT``, ``WITH``, ``FROM``, ``DESCRIBE``,
    ``SUMMARIZE``, ``SHOW``, ``PRAGMA show_tables``, ``EXPLAIN``): ``COPY``, ``EXPORT``,
    ``ATTACH``, ``CREATE`` (secrets included), ``INSTALL``/``LOAD`` and ``SET`` are refused
-   before execution, because the storage root itself must stay read-only to a query.
+   before execution, because the storage root itself must stay read-only to a query. They
+   may not call ``delta_scan`` (it reads a table's log outside DuckDB's file system, where
+   ``allowed_directories`` does not reach) nor ``query``/``query_table`` (SQL from strings).
 
 What the boundary does not cover: reading anything under the storage root is allowed by
 design (all of it is the history and its images), DuckDB adds its own spill folder
@@ -91,8 +93,27 @@ def lock_down(con: duckdb.DuckDBPyConnection, allowed: list[str]) -> None:
         con.execute(statement)
 
 
+#: Table functions a query may not call itself. ``delta_scan`` reads a table's log outside
+#: DuckDB's file system (so ``allowed_directories`` would not stop it listing another
+#: table); ``query``/``query_table`` run SQL built from strings, past this check. The views
+#: already read the history's tables.
+REFUSED_FUNCTIONS = frozenset({"delta_scan", "query", "query_table"})
+_FUNCTION_NAME = re.compile(r'"function_name":"(\w+)"')
+_EXPLAIN = re.compile(r"^\s*explain(\s+analyze)?\s", re.IGNORECASE)
+
+
+def _functions(con: duckdb.DuckDBPyConnection, statement_sql: str) -> set[str]:
+    """Every function a SELECT calls, from DuckDB's own parse tree."""
+    from ideogram_pipeline.safe_output import sql_literal
+
+    body = _EXPLAIN.sub("", statement_sql)
+    (tree,) = con.execute(f"SELECT json_serialize_sql({sql_literal(body)})").fetchone() or ("",)
+    return {name.lower() for name in _FUNCTION_NAME.findall(tree or "")}
+
+
 def check_statements(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Raise :class:`QueryRefused` unless every statement in ``sql`` only reads.
+    """Raise :class:`QueryRefused` unless every statement in ``sql`` only reads, and only
+    through the history's views.
 
     Parsing errors are DuckDB's own (``duckdb.ParserException``), left to the caller.
     """
@@ -105,6 +126,12 @@ def check_statements(con: duckdb.DuckDBPyConnection, sql: str) -> None:
             raise QueryRefused(
                 f"{kind} statements are not allowed here: queries only read the history "
                 "(SELECT, WITH, DESCRIBE, SUMMARIZE, EXPLAIN)"
+            )
+        refused = sorted(_functions(con, statement.query) & REFUSED_FUNCTIONS)
+        if refused:
+            raise QueryRefused(
+                f"{refused[0]}() is not allowed here: read the history through its views "
+                "(generations, generation_records)"
             )
 
 

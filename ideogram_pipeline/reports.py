@@ -1,10 +1,12 @@
 """Usage and cost reports: what was generated, what it cost, where storage goes.
 
-Figures come from a ``usage`` view over two sources, so deleting old images never rewrites
-the past: every record in the history (``generation_records``: every outcome of every run,
-so cost is what was billed), plus the usage roll-up that retention writes before it
-deletes rows (``metadata/usage_rollup/``), counted only for ids no longer in the history
-(a cleanup interrupted between roll-up and deletion never counts a record twice).
+Figures come from a ``usage`` view over two tables, so deleting old images never rewrites
+the past: every billing record in the audit trail (``generation_records`` with ``event =
+'generate'``, one per id, the newest: every outcome of every run, so cost is what was
+billed, and a tag or pin change, which appends a record too, never counts again), plus the
+``usage_rollup`` table retention MERGEs into before it deletes records, counted only for
+ids no longer in the audit trail (a cleanup killed between roll-up and deletion never
+counts a record twice).
 
 A report covers whole UTC days ``since``..``until`` (by ``date``, the day a record was
 created) and is written as ``report.md`` with two PNG charts and ``figures.csv`` (the same
@@ -24,7 +26,8 @@ import duckdb
 import pandas as pd
 
 from ideogram_pipeline import history
-from ideogram_pipeline.retention import AUDIT_PREFIX, USAGE_PREFIX
+from ideogram_pipeline.history.tables import GENERATIONS, RECORDS, TABLES_PREFIX, USAGE
+from ideogram_pipeline.retention import AUDIT_PREFIX
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore
 
@@ -51,24 +54,16 @@ _WINDOW = "date BETWEEN $since AND $until"
 
 
 def connect_usage(settings: Settings, store: ObjectStore) -> duckdb.DuckDBPyConnection:
-    """The history connection plus ``usage_rollup`` and ``usage`` views."""
-    con = history.connect(settings, store)
-    live = f"SELECT {_USAGE_COLUMNS}, NULL::TIMESTAMPTZ AS deleted_at FROM generation_records"
-    if any(i.key.endswith(".parquet") for i in store.list(USAGE_PREFIX + "/")):
-        glob = store.uri(f"{USAGE_PREFIX}/**/*.parquet").replace("'", "''")
-        con.execute(
-            "CREATE OR REPLACE VIEW usage_rollup AS SELECT * FROM read_parquet("
-            f"'{glob}', hive_partitioning = true, union_by_name = true, "
-            "hive_types = {'date': DATE, 'batch': VARCHAR}) "
-            "QUALIFY row_number() OVER (PARTITION BY date, batch, id) = 1"
-        )
-        con.execute(
-            f"CREATE OR REPLACE VIEW usage AS {live} UNION ALL "
-            f"SELECT {_USAGE_COLUMNS}, deleted_at FROM usage_rollup "
-            "WHERE id NOT IN (SELECT id FROM generation_records)"
-        )
-    else:
-        con.execute(f"CREATE OR REPLACE VIEW usage AS {live}")
+    """The history connection plus the ``usage_rollup`` table and the ``usage`` view."""
+    con = history.connect(settings, store, views=(RECORDS, GENERATIONS, USAGE))
+    con.execute(
+        f"CREATE OR REPLACE VIEW usage AS SELECT {_USAGE_COLUMNS}, "
+        "NULL::TIMESTAMPTZ AS deleted_at FROM generation_records "
+        "WHERE coalesce(event, 'generate') = 'generate' "
+        "QUALIFY row_number() OVER (PARTITION BY id ORDER BY recorded_at DESC) = 1 "
+        f"UNION ALL SELECT {_USAGE_COLUMNS}, deleted_at FROM usage_rollup "
+        "WHERE id NOT IN (SELECT id FROM generation_records WHERE id IS NOT NULL)"
+    )
     return con
 
 
@@ -259,14 +254,15 @@ def build_report(
         )
         growth = _integers(growth)
         retained = con.execute(
-            "SELECT count(*), coalesce(sum(size_bytes), 0) FROM generation_records "
-            "WHERE status = 'stored'"
+            "SELECT count(*), coalesce(sum(size_bytes), 0) FROM usage "
+            "WHERE deleted_at IS NULL AND status = 'stored'"
         ).fetchone()
         budget = _budget(con, since, until, monthly_budget_usd)
         by_day = _by_day(con, params)
     finally:
         con.close()
-    metadata = [i for i in store.list("metadata/")]
+    # The tables (data files and logs) and the audits: what the history costs to keep.
+    metadata = [*store.list(TABLES_PREFIX + "/"), *store.list("metadata/")]
     storage = {
         "images_retained": int(retained[0]) if retained else 0,
         "image_bytes_retained": int(retained[1]) if retained else 0,

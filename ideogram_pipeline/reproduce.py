@@ -30,10 +30,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ideogram_pipeline.batches import Batch
+from ideogram_pipeline.history.tags import validate_tag
 from ideogram_pipeline.keys import batch_key_for
 from ideogram_pipeline.models import GenerationRequest
 from ideogram_pipeline.pricing import price_per_image
-from ideogram_pipeline.tag_log import validate_tag
 
 if TYPE_CHECKING:
     import duckdb

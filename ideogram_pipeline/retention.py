@@ -1,40 +1,40 @@
-"""Retention cleanup: delete images and metadata rows older than the policy allows.
+"""Retention cleanup: delete images and records older than the policy allows.
 
-A run goes through phases, each safe to repeat, so a crash anywhere is repaired by running
-again (every run first finishes any cleanup a crash left behind):
+Which records go: every id in ``generation_records`` whose ``created_at`` is older than its
+retention (``RetentionPolicy.days_for`` its tags), unless it is pinned or has a keep tag.
+Tags and the pin are the current row's (``generations``) while the id is current, else
+the id's newest record's: a tag added after the fact (``tag ID --add keep``) counts.
+An image shared with a record that stays (a linked duplicate, a reproduction: the same
+``image_key``) is not deleted with the expiring record.
 
-1. **Manifest.** The records to delete are chosen once, by policy, and written to
-   ``metadata/lifecycle/cleanup/<id>/records.parquet``, then ``manifest.json`` (its presence
-   commits the plan). Everything later works from the manifest, not from a new query.
-2. **Roll-up.** Each record's usage columns (no prompt, no URLs) go to
-   ``metadata/usage_rollup/date=D/batch=B/<id>.parquet`` before any row goes, so reports
-   keep counting what was generated and paid for. Reports count a rolled-up record only
-   when its row is gone from the history, so a crash between phases never counts it twice.
-3. **Objects.** Image objects are deleted through ``ObjectStore.delete`` (``DeleteObjects``,
-   up to 1,000 keys a call on S3). Missing objects are not errors.
-4. **Rows.** Each affected partition's files are read; a file whose rows all go is deleted
-   (with date partitioning a whole expired day is just a few file deletions), a file with
-   survivors is replaced by ``<base>.c<id>.parquet`` holding them, written before the old
-   file is deleted. The name is fixed by the cleanup id, so a retry rewrites the same key.
-   Readers never see a gap; the history views drop the moment's duplicate rows by ``id``.
-5. **Audit and done.** ``metadata/audit/cleanup/date=D/<id>.json`` (what, when, why, by which
-   policy) outlives the deleted rows; ``done.json`` marks the manifest finished.
+A run is a few steps, each one Delta commit or idempotent object deletions:
 
-Which records go: those in ``generation_records`` (every run's records) whose
-``created_at`` is older than their retention (``RetentionPolicy.days_for`` their tags),
-except pinned ids and records with a keep tag. Tags are read from the history views, which
-merge the tag-change log (``tag ID --add keep``, ``tag_log.py``) into every record's
-``tags`` at query time, so a tag added after the fact counts; there is no second tag
-mechanism here.
+1. **Roll-up.** Each record's usage (no prompt, no URLs) is MERGEd into ``usage_rollup`` by
+   id, so reports keep counting what was generated and paid for. Reports count a rolled-up
+   id only once its records are gone, so no moment counts it twice.
+2. **Objects.** Image objects are deleted through ``ObjectStore.delete`` in chunks of
+   :data:`DELETE_CHUNK` (S3's ``DeleteObjects`` limit). Missing objects are not errors.
+3. **Rows.** One DELETE from ``generations`` (guarded: a row pinned or keep-tagged since
+   the plan was made stays), then one from ``generation_records``. ``generations`` goes
+   first because the next run chooses from ``generation_records``.
+4. **Vacuum.** Delta's file cleanup removes data files that DELETEs replaced at least
+   ``VACUUM_RETENTION_HOURS`` ago (a reader may still be on the version before): the
+   deleted prompts are gone from every version at once, and from storage by the next run.
+5. **Audit.** ``metadata/audit/cleanup/date=D/<cleanup id>.json`` (what, when, why, by
+   which policy) outlives the rows.
+
+No manifest and no lock: killed anywhere, the tables are as one commit left them. Records
+not yet deleted are still expired, so the next run picks them again (their objects may be
+gone already: fine); a run killed after its last DELETE and before its audit leaves
+roll-up rows of ids no table holds any more, and the next run writes that audit from them.
 """
 
 from __future__ import annotations
 
 import getpass
-import os
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,86 +44,84 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ideogram_pipeline import history
+from ideogram_pipeline.history.tables import (
+    GENERATIONS,
+    RECORDS,
+    USAGE,
+    USAGE_COLUMNS,
+    USAGE_SCHEMA,
+    HistoryTables,
+    retry_commit,
+)
 from ideogram_pipeline.lifecycle import (
-    CRASH_ENV,
-    LIFECYCLE_PREFIX,
-    LifecycleLock,
+    VACUUM_RETENTION_HOURS,
     RetentionPolicy,
-    crash_point,
-    get_json,
     prune_empty_dirs,
     put_json,
-    read_parquet_object,
-    rewrite_rows,
     utc_stamp,
-    write_parquet_object,
 )
-from ideogram_pipeline.pins import pinned_ids
+from ideogram_pipeline.safe_output import sql_list, sql_literal
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore
-from ideogram_pipeline.storage.metadata import GENERATIONS_PREFIX, partition_prefix
 
 __all__ = [
     "AUDIT_PREFIX",
-    "CLEANUP_PREFIX",
-    "USAGE_COLUMNS",
-    "USAGE_PREFIX",
+    "PHASES",
     "CleanupPlan",
     "CleanupResult",
-    "pending_cleanups",
     "plan_cleanup",
     "run_cleanup",
 ]
 
-CLEANUP_PREFIX = f"{LIFECYCLE_PREFIX}/cleanup"
-USAGE_PREFIX = "metadata/usage_rollup"
 AUDIT_PREFIX = "metadata/audit/cleanup"
 #: Keys per ``ObjectStore.delete`` call: S3's DeleteObjects limit, and a progress step.
 DELETE_CHUNK = 1000
+#: What ``run_cleanup(on_phase=...)`` is told after each step has finished.
+PHASES = ("rolled-up", "objects-deleted", "generations-deleted", "records-deleted", "vacuumed")
 
-#: What a deleted record leaves behind for reports: usage, never prompt text or URLs.
-USAGE_COLUMNS = (
-    "id",
-    "date",
-    "batch",
-    "created_at",
-    "run_id",
-    "model",
-    "rendering_speed",
-    "style_type",
-    "status",
-    "error",
-    "cost_usd",
-    "size_bytes",
-    "latency_ms",
-    "simulated",
-)
+#: Called with each finished phase (progress, or a test that kills the process there).
+PhaseHook = Callable[[str], None]
 
+# Each id once: its usage from its newest billing record (``event = 'generate'``), its tags
+# and pin from the current row while it is one, else from its newest record (a tag or pin
+# change appends the changed row, so the newest record carries the latest tags).
 _SELECT_SQL = """
 WITH candidates AS (
-    SELECT *, coalesce(tags, []) AS effective_tags FROM generation_records
-    WHERE created_at < $horizon AND id NOT IN (SELECT id FROM _pinned)
+    SELECT r.*, coalesce(g.tags, r.newest_tags, []) AS effective_tags,
+        coalesce(g.pinned, r.newest_pinned, false) AS is_pinned, g.id IS NOT NULL AS is_current
+    FROM (
+        SELECT *,
+            first_value(tags) OVER newest AS newest_tags,
+            first_value(pinned) OVER newest AS newest_pinned
+        FROM generation_records WHERE created_at < $horizon
+        WINDOW newest AS (PARTITION BY id ORDER BY recorded_at DESC)
+        QUALIFY row_number() OVER (PARTITION BY id
+            ORDER BY coalesce(event, 'generate') = 'generate' DESC, recorded_at DESC) = 1
+    ) r
+    LEFT JOIN (SELECT id, any_value(tags) AS tags, bool_or(pinned) AS pinned
+               FROM generations GROUP BY id) g ON g.id = r.id
 ),
 aged AS (
     SELECT *,
-        CASE WHEN list_has_any(effective_tags, $keep) THEN NULL
+        CASE WHEN is_pinned OR list_has_any(effective_tags, $keep) THEN NULL
              ELSE coalesce(
                 (SELECT max(p.days) FROM _policy p WHERE list_contains(effective_tags, p.tag)),
                 $default_days)
         END AS retention_days
     FROM candidates
 )
-SELECT {columns}, image_key, retention_days
+SELECT {columns}, image_key, is_current
 FROM aged
 WHERE retention_days IS NOT NULL
   AND epoch_us(created_at) < epoch_us($as_of) - CAST(retention_days * 86400e6 AS BIGINT)
 ORDER BY date, batch, created_at, id
 """
+_PLAN_COLUMNS = ("date", "batch", *USAGE_COLUMNS)
 
 
 @dataclass
 class CleanupPlan:
-    """What a cleanup deletes: the records, and the partitions they empty or thin out."""
+    """What a cleanup deletes: the records (one row per id), and the partitions they touch."""
 
     cleanup_id: str
     as_of: datetime
@@ -137,6 +135,15 @@ class CleanupPlan:
     @property
     def count(self) -> int:
         return self.records.num_rows
+
+    @property
+    def ids(self) -> list[str]:
+        return self.records.column("id").to_pylist()
+
+    @property
+    def current(self) -> int:
+        """How many of the records are current rows (in ``generations``) as planned."""
+        return int(pc.sum(self.records.column("is_current")).as_py() or 0)
 
     @property
     def objects(self) -> list[str]:
@@ -156,7 +163,16 @@ class CleanupPlan:
 
     @property
     def whole_partitions(self) -> int:
+        """Partitions left empty: all their records go."""
         return sum(1 for p in self.partitions if p["expired"] == p["total"])
+
+    def ids_by_batch(self) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = defaultdict(list)
+        for record_id, batch in zip(
+            self.ids, self.records.column("batch").to_pylist(), strict=True
+        ):
+            groups[batch].append(record_id)
+        return dict(groups)
 
     def by_status(self) -> dict[str, int]:
         counts = pc.value_counts(self.records.column("status")).to_pylist()
@@ -176,19 +192,21 @@ class CleanupPlan:
             "oldest": self.oldest.isoformat() if self.oldest else None,
             "newest": self.newest.isoformat() if self.newest else None,
             "by_status": self.by_status(),
-            "partitions": self.partitions,
+            "partitions": len(self.partitions),
             "whole_partition_drops": self.whole_partitions,
         }
 
 
 @dataclass
 class CleanupResult:
-    """What a run did. ``resumed`` lists earlier interrupted cleanups it finished first."""
+    """What a run did. ``resumed``: earlier cleanups, killed before their audit, whose
+    audit this run wrote (a dry run: would write)."""
 
     plan: CleanupPlan
     dry_run: bool
-    files_deleted: int = 0
-    files_written: int = 0
+    generations_deleted: int = 0
+    records_deleted: int = 0
+    kept_meanwhile: list[str] = field(default_factory=list)  # pinned or kept since the plan
     resumed: list[str] = field(default_factory=list)
     audit_key: str | None = None
 
@@ -198,6 +216,10 @@ def _default_by() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+def _connect(settings: Settings, store: ObjectStore) -> duckdb.DuckDBPyConnection:
+    return history.connect(settings, store, views=(RECORDS, GENERATIONS, USAGE))
 
 
 def plan_cleanup(
@@ -210,24 +232,21 @@ def plan_cleanup(
     by: str = "",
 ) -> CleanupPlan:
     """Choose the records to delete now (nothing is written)."""
-    con = history.connect(settings, store)
+    con = _connect(settings, store)
     try:
-        return _plan(con, store, policy, as_of, reason=reason, by=by)
+        return _plan(con, policy, as_of, reason=reason, by=by)
     finally:
         con.close()
 
 
 def _plan(
     con: duckdb.DuckDBPyConnection,
-    store: ObjectStore,
     policy: RetentionPolicy,
     as_of: datetime,
     *,
     reason: str,
     by: str,
 ) -> CleanupPlan:
-    pinned = sorted(pinned_ids(store))
-    con.register("_pinned", pa.table({"id": pa.array(pinned, pa.string())}))
     con.register(
         "_policy",
         pa.table(
@@ -237,7 +256,7 @@ def _plan(
             }
         ),
     )
-    columns = ", ".join(f'"{name}"' for name in USAGE_COLUMNS)
+    columns = ", ".join(f'"{name}"' for name in _PLAN_COLUMNS)
     records = con.execute(
         _SELECT_SQL.format(columns=columns),
         {
@@ -256,7 +275,8 @@ def _plan(
         con.register("_expired", records)
         rows = con.execute(
             "SELECT e.date::VARCHAR, e.batch, count(*) AS expired, any_value(t.total) "
-            "FROM _expired e JOIN (SELECT date, batch, count(*) AS total FROM generation_records "
+            "FROM _expired e JOIN (SELECT date, batch, count(DISTINCT id) AS total "
+            "FROM generation_records WHERE (date, batch) IN (SELECT (date, batch) FROM _expired) "
             "GROUP BY ALL) t ON t.date = e.date AND t.batch = e.batch GROUP BY ALL ORDER BY 1, 2"
         ).fetchall()
         partitions = [
@@ -272,7 +292,8 @@ def _keep_shared_images(con: duckdb.DuckDBPyConnection, records: pa.Table) -> pa
     shared = {
         key
         for (key,) in con.execute(
-            "SELECT DISTINCT image_key FROM generation_records WHERE image_key IN "
+            "SELECT DISTINCT image_key FROM (SELECT id, image_key FROM generation_records "
+            "UNION ALL SELECT id, image_key FROM generations) WHERE image_key IN "
             "(SELECT image_key FROM _expired) AND id NOT IN (SELECT id FROM _expired)"
         ).fetchall()
     }
@@ -283,141 +304,172 @@ def _keep_shared_images(con: duckdb.DuckDBPyConnection, records: pa.Table) -> pa
     return records.set_column(position, "image_key", pa.array(keys, pa.string()))
 
 
-# -- manifests --------------------------------------------------------------------------
+# -- steps ------------------------------------------------------------------------------
 
 
-def _dir(cleanup_id: str) -> str:
-    return f"{CLEANUP_PREFIX}/{cleanup_id}"
+def _batches(ids_by_batch: dict[str, list[str]]) -> str:
+    """The batch literals of a MERGE predicate: they prune its scan to those partitions."""
+    return sql_list(sorted(ids_by_batch))[1:-1]
 
 
-def pending_cleanups(store: ObjectStore) -> list[str]:
-    """Cleanups whose manifest was written but never marked done (a crash), oldest first."""
-    manifests, done = set(), set()
-    for info in store.list(CLEANUP_PREFIX + "/"):
-        parts = info.key[len(CLEANUP_PREFIX) + 1 :].split("/")
-        if len(parts) == 2 and parts[1] == "manifest.json":
-            manifests.add(parts[0])
-        elif len(parts) == 2 and parts[1] == "done.json":
-            done.add(parts[0])
-    return sorted(manifests - done)
-
-
-def _write_manifest(store: ObjectStore, plan: CleanupPlan) -> None:
-    write_parquet_object(store, f"{_dir(plan.cleanup_id)}/records.parquet", plan.records)
-    put_json(store, f"{_dir(plan.cleanup_id)}/manifest.json", plan.summary())
-
-
-def _load_manifest(store: ObjectStore, cleanup_id: str) -> CleanupPlan:
-    summary = get_json(store, f"{_dir(cleanup_id)}/manifest.json")
-    records = read_parquet_object(store, f"{_dir(cleanup_id)}/records.parquet")
-    policy = RetentionPolicy(
-        float(summary["policy"]["default_days"]),
-        dict(summary["policy"]["tag_days"]),
-        tuple(summary["policy"]["keep_tags"]),
+def _roll_up(tables: HistoryTables, plan: CleanupPlan) -> None:
+    """MERGE each record's usage into ``usage_rollup`` by id: a re-run inserts nothing
+    twice, and a row that is there already says which cleanup finally deleted it."""
+    stamp = pa.array([plan.planned_at] * plan.count, pa.timestamp("us", tz="UTC"))
+    source = plan.records.append_column("deleted_at", stamp).append_column(
+        "cleanup_id", pa.array([plan.cleanup_id] * plan.count, pa.string())
     )
-    return CleanupPlan(
-        cleanup_id,
-        datetime.fromisoformat(summary["as_of"]),
-        policy,
-        records,
-        summary["partitions"],
-        summary.get("reason", ""),
-        summary.get("by", ""),
-        datetime.fromisoformat(summary["planned_at"]),
-    )
+    source = source.select(USAGE_SCHEMA.names).cast(USAGE_SCHEMA)
+    batches = _batches(plan.ids_by_batch())
 
+    def go() -> None:
+        (
+            tables.table(USAGE)
+            .merge(
+                source,
+                predicate=f"t.batch IN ({batches}) AND t.batch = s.batch AND t.id = s.id",
+                source_alias="s",
+                target_alias="t",
+            )
+            .when_matched_update(
+                updates={"deleted_at": "s.deleted_at", "cleanup_id": "s.cleanup_id"}
+            )
+            .when_not_matched_insert_all()
+            .execute()
+        )
 
-# -- phases -----------------------------------------------------------------------------
-
-
-def _by_partition(records: pa.Table) -> Iterator[tuple[str, str, pa.Table]]:
-    dates = [str(d) for d in records.column("date").to_pylist()]
-    batches = records.column("batch").to_pylist()
-    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for index, key in enumerate(zip(dates, batches, strict=True)):
-        groups[key].append(index)
-    for (day, batch), indices in sorted(groups.items()):
-        yield day, batch, records.take(indices)
-
-
-def _write_rollup(store: ObjectStore, plan: CleanupPlan) -> None:
-    stamp = pa.scalar(plan.planned_at, pa.timestamp("us", tz="UTC"))
-    for day, batch, part in _by_partition(plan.records):
-        table = part.select([c for c in USAGE_COLUMNS if c not in ("date", "batch")])
-        table = table.append_column("deleted_at", pa.array([stamp] * part.num_rows))
-        table = table.append_column("cleanup_id", pa.array([plan.cleanup_id] * part.num_rows))
-        key = f"{USAGE_PREFIX}/date={day}/batch={batch}/{plan.cleanup_id}.parquet"
-        write_parquet_object(store, key, table)
+    retry_commit(go, "roll-up")
 
 
 def _delete_objects(store: ObjectStore, keys: list[str]) -> None:
-    if keys and os.environ.get(CRASH_ENV) == "mid-objects":  # tests: die half-way through
-        store.delete(keys[: max(1, len(keys) // 2)])
-        crash_point("mid-objects")
     for start in range(0, len(keys), DELETE_CHUNK):
         store.delete(keys[start : start + DELETE_CHUNK])
-
-
-def remove_rows(store: ObjectStore, prefix: str, ids: set[str], tag: str) -> tuple[int, int]:
-    """Drop the rows with ``ids`` from the Parquet files under ``prefix``.
-
-    Returns (files deleted, files written). A file left without rows is deleted; a file
-    with survivors is replaced by ``<base>.<tag>.parquet``, written before the old file is
-    deleted (see the module docstring for why this order and this name).
-    """
-    return rewrite_rows(store, prefix, ids, tag, lambda table, hit: table.filter(pc.invert(hit)))
-
-
-def _execute(store: ObjectStore, plan: CleanupPlan, result: CleanupResult) -> None:
-    _write_rollup(store, plan)
-    crash_point("after-rollup")
-    _delete_objects(store, plan.objects)
-    crash_point("after-objects")
-    tag = f"c{plan.cleanup_id.rsplit('-', 1)[-1]}"
-    for number, (day, batch, part) in enumerate(_by_partition(plan.records)):
-        ids = set(part.column("id").to_pylist())
-        deleted, written = remove_rows(store, partition_prefix(day, batch), ids, tag)
-        result.files_deleted += deleted
-        result.files_written += written
-        if number == 0:
-            crash_point("mid-partitions")
-    prune_empty_dirs(store, GENERATIONS_PREFIX)
     prune_empty_dirs(store, "images")
-    _write_audit(store, plan, result)
-    crash_point("before-done")
-    put_json(
-        store,
-        f"{_dir(plan.cleanup_id)}/done.json",
-        {"audit": result.audit_key, "files_deleted": result.files_deleted},
-    )
+
+
+def _unprotected(policy: RetentionPolicy) -> str:
+    """A Delta predicate over ``t``: the row is neither pinned nor keep-tagged (now)."""
+    keep = " OR ".join(f"array_has(t.tags, {sql_literal(tag)})" for tag in policy.keep_tags)
+    guard = "t.pinned IS NOT TRUE"
+    return f"{guard} AND NOT coalesce({keep}, false)" if keep else guard
+
+
+def _delete_current(tables: HistoryTables, plan: CleanupPlan) -> int:
+    """DELETE the plan's rows from ``generations``, except rows pinned or keep-tagged since
+    the plan was read: the guard is evaluated on the version the commit is checked against,
+    so a concurrent ``pin`` is never undone."""
+    ids_by_batch = plan.ids_by_batch()
+    source = pa.table({"id": pa.array(plan.ids, pa.string())})
+    batches = _batches(ids_by_batch)
+
+    def go() -> int:
+        metrics = (
+            tables.table(GENERATIONS)
+            .merge(
+                source,
+                predicate=f"t.batch IN ({batches}) AND t.id = s.id",
+                source_alias="s",
+                target_alias="t",
+            )
+            .when_matched_delete(predicate=_unprotected(plan.policy))
+            .execute()
+        )
+        return int(metrics.get("num_target_rows_deleted", 0))
+
+    return retry_commit(go, "cleanup")
+
+
+def _still_current(settings: Settings, store: ObjectStore, ids: list[str]) -> list[str]:
+    """The ids that still have a current row (the guard kept them)."""
+    con = history.connect(settings, store, views=(GENERATIONS,))
+    try:
+        con.register("_ids", pa.table({"id": pa.array(ids, pa.string())}))
+        rows = con.execute(
+            "SELECT DISTINCT id FROM generations WHERE id IN (SELECT id FROM _ids)"
+        ).fetchall()
+    finally:
+        con.close()
+    return sorted(i for (i,) in rows)
+
+
+def _vacuum(tables: HistoryTables, hours: int) -> None:
+    for name in (GENERATIONS, RECORDS, USAGE):
+        if tables.exists(name):
+            tables.vacuum(name, retention_hours=hours)
+
+
+# -- audits -----------------------------------------------------------------------------
+
+
+def _audit_key(cleanup_id: str, moment: datetime) -> str:
+    return f"{AUDIT_PREFIX}/date={moment.date().isoformat()}/{cleanup_id}.json"
 
 
 def _write_audit(store: ObjectStore, plan: CleanupPlan, result: CleanupResult) -> None:
     """The record that outlives the rows: what went, when, why and by which policy."""
     now = datetime.now(UTC)
-    key = f"{AUDIT_PREFIX}/date={now.date().isoformat()}/{plan.cleanup_id}.json"
+    key = _audit_key(plan.cleanup_id, now)
     audit = {
         **plan.summary(),
         "action": "delete" if plan.count else "nothing expired",
         "finished_at": now.isoformat(),
-        "files_deleted": result.files_deleted,
-        "files_written": result.files_written,
+        "generations_rows_deleted": result.generations_deleted,
+        "records_rows_deleted": result.records_deleted,
+        "kept_meanwhile": result.kept_meanwhile,
         "resumed": result.resumed,
     }
-    audit.pop("partitions")  # the manifest keeps the full list; the audit stays small
-    audit["partitions"] = len(plan.partitions)
     put_json(store, key, audit)
     result.audit_key = key
 
 
-def resume_pending(store: ObjectStore) -> list[str]:
-    """Finish every interrupted cleanup (the caller holds the lock); return their ids."""
-    finished = []
-    for cleanup_id in pending_cleanups(store):
-        plan = _load_manifest(store, cleanup_id)
-        _execute(store, plan, CleanupResult(plan, dry_run=False))
-        finished.append(cleanup_id)
-    return finished
+def _unaudited(con: duckdb.DuckDBPyConnection, store: ObjectStore) -> list[dict[str, Any]]:
+    """Cleanups killed after their last DELETE and before their audit, from the roll-up:
+    its rows of ids gone from ``generation_records``, under a cleanup id with no audit."""
+    audited = [
+        info.key.rsplit("/", 1)[-1].removesuffix(".json")
+        for info in store.list(AUDIT_PREFIX + "/")
+        if info.key.endswith(".json")
+    ]
+    con.register("_audited", pa.table({"cleanup_id": pa.array(audited, pa.string())}))
+    rows = con.execute(
+        "SELECT cleanup_id, min(deleted_at), count(*), "
+        "coalesce(sum(size_bytes) FILTER (status = 'stored'), 0), min(created_at), "
+        "max(created_at), count(DISTINCT (date, batch)) FROM usage_rollup "
+        "WHERE cleanup_id NOT IN (SELECT cleanup_id FROM _audited) "
+        "AND id NOT IN (SELECT id FROM generation_records WHERE id IS NOT NULL) "
+        "GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    return [
+        {
+            "cleanup_id": cleanup_id,
+            "planned_at": planned.isoformat() if planned else None,
+            "records": int(records),
+            "bytes": int(size),
+            "oldest": oldest.isoformat() if oldest else None,
+            "newest": newest.isoformat() if newest else None,
+            "partitions": int(partitions),
+        }
+        for cleanup_id, planned, records, size, oldest, newest, partitions in rows
+    ]
+
+
+def _write_recovered_audits(store: ObjectStore, found: list[dict[str, Any]], by: str) -> None:
+    now = datetime.now(UTC)
+    for audit in found:
+        put_json(
+            store,
+            _audit_key(audit["cleanup_id"], now),
+            {
+                **audit,
+                "action": "delete",
+                "finished_at": now.isoformat(),
+                "reason": "audit of an interrupted cleanup, from the usage roll-up",
+                "by": by,
+            },
+        )
+
+
+# -- the run ----------------------------------------------------------------------------
 
 
 def run_cleanup(
@@ -429,24 +481,44 @@ def run_cleanup(
     dry_run: bool = False,
     reason: str = "",
     by: str = "",
+    on_phase: PhaseHook | None = None,
+    vacuum_hours: int = VACUUM_RETENTION_HOURS,
 ) -> CleanupResult:
-    """Plan and (unless ``dry_run``) carry out a cleanup, finishing interrupted ones first.
+    """Plan and (unless ``dry_run``) carry out a cleanup.
 
-    A dry run writes nothing at all: not the manifest, not the audit, not the roll-up.
+    A dry run writes nothing at all: no table is created or changed, no audit written.
+    ``on_phase`` is called with each of :data:`PHASES` as it finishes. ``vacuum_hours``:
+    replaced data files younger than this stay (0 removes this run's at once, which is
+    only safe when nothing else reads the tables meanwhile).
     """
+    con = _connect(settings, store)
+    try:
+        unaudited = _unaudited(con, store)
+        plan = _plan(con, policy, as_of, reason=reason, by=by)
+    finally:
+        con.close()
+    result = CleanupResult(plan, dry_run, resumed=[a["cleanup_id"] for a in unaudited])
     if dry_run:
-        plan = plan_cleanup(settings, store, policy, as_of, reason=reason, by=by)
-        result = CleanupResult(plan, dry_run=True)
-        result.resumed = pending_cleanups(store)  # would be finished first
         return result
-    with LifecycleLock(store, "cleanup"):
-        resumed = resume_pending(store)
-        plan = plan_cleanup(settings, store, policy, as_of, reason=reason, by=by)
-        result = CleanupResult(plan, dry_run=False, resumed=resumed)
-        if plan.count == 0:
-            _write_audit(store, plan, result)
-            return result
-        _write_manifest(store, plan)
-        crash_point("after-manifest")
-        _execute(store, plan, result)
-        return result
+    _write_recovered_audits(store, unaudited, plan.by)
+    tables = HistoryTables(settings)
+    step = on_phase or (lambda _phase: None)
+    if plan.count:
+        _roll_up(tables, plan)
+        step("rolled-up")
+        _delete_objects(store, plan.objects)
+        step("objects-deleted")
+        result.generations_deleted = _delete_current(tables, plan)
+        step("generations-deleted")
+        gone = plan.ids_by_batch()
+        if result.generations_deleted < plan.current:  # the guard kept some
+            result.kept_meanwhile = _still_current(settings, store, plan.ids)
+            kept = set(result.kept_meanwhile)
+            gone = {b: [i for i in ids if i not in kept] for b, ids in gone.items()}
+        result.records_deleted = tables.delete(RECORDS, gone)
+        step("records-deleted")
+    # Also after a run with nothing to delete: a killed run may have left files to remove.
+    _vacuum(tables, vacuum_hours)
+    step("vacuumed")
+    _write_audit(store, plan, result)
+    return result

@@ -1,7 +1,8 @@
 """Helpers for the lifecycle tests: real batches into a real root, and what the root holds.
 
 History is made by running real batches against the bundled simulator
-(``pipeline.execute_batch``), never by writing Parquet by hand; age comes from ``--as-of``.
+(``pipeline.execute_batch``, which writes the Delta tables), never by writing Parquet by
+hand; age comes from ``--as-of``.
 """
 
 from __future__ import annotations
@@ -26,10 +27,29 @@ from ideogram_pipeline.storage.seaweed import SeaweedServer
 
 __all__ = [
     "Root",
+    "cleanup_killed_at",
     "make_root",
     "run_cli",
     "simulator_running",
 ]
+
+# A real cleanup in a child process that SIGKILLs itself when ``run_cleanup`` reports the
+# phase named by argv[1]: as abrupt as a killed worker, at an exact step.
+_KILLED_CLEANUP = """
+import os, signal, sys
+from ideogram_pipeline.lifecycle import load_lifecycle_config, parse_as_of
+from ideogram_pipeline.retention import run_cleanup
+from ideogram_pipeline.settings import load_settings
+from ideogram_pipeline.storage import open_store
+
+def die_at(phase):
+    if phase == sys.argv[1]:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+settings = load_settings(os.environ)
+policy = load_lifecycle_config(os.environ).retention
+run_cleanup(settings, open_store(settings), policy, parse_as_of(sys.argv[2]), on_phase=die_at)
+"""
 
 
 @contextmanager
@@ -86,6 +106,32 @@ class Root:
     def ids(self, where: str = "true") -> set[str]:
         return {i for (i,) in self.query(f"SELECT id FROM generation_records WHERE {where}")}
 
+    def current_ids(self, where: str = "true") -> set[str]:
+        return {i for (i,) in self.query(f"SELECT id FROM generations WHERE {where}")}
+
+    def rollup(self) -> list[tuple[Any, ...]]:
+        """The ``usage_rollup`` table's (id, cleanup_id) rows, by id."""
+        con = history.connect(self.settings, self.store, views=("usage_rollup",))
+        try:
+            return con.execute("SELECT id, cleanup_id FROM usage_rollup ORDER BY id").fetchall()
+        finally:
+            con.close()
+
+    def data_files(self, name: str) -> tuple[set[str], set[str]]:
+        """Table ``name``'s Parquet files: those its current version reads, and those in
+        storage (vacuum makes the two equal)."""
+        from ideogram_pipeline.history.tables import HistoryTables
+
+        table = HistoryTables(self.settings).table(name)
+        referenced = set(table.get_add_actions(flatten=True).column("path").to_pylist())
+        prefix = f"history/{name}/"
+        stored = {
+            key[len(prefix) :]
+            for key in self.objects(prefix)
+            if key.endswith(".parquet") and "/_delta_log/" not in key
+        }
+        return referenced, stored
+
 
 def make_root(
     kind: str,
@@ -112,6 +158,23 @@ def make_root(
     else:
         env["IDEOGRAM_STORAGE"] = str(tmp_path / "root")
     return Root(env, tmp_path)
+
+
+def cleanup_killed_at(root: Root, phase: str, as_of: str) -> int:
+    """Run a real cleanup in a child process that is killed right after ``phase``; returns
+    its exit code (-9 when the kill happened)."""
+    from tests.conftest import make_env
+
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_CLEANUP, phase, as_of],
+        env=make_env(**root.env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root.tmp,
+    )
+    assert done.returncode == -9, (done.stdout, done.stderr)
+    return done.returncode
 
 
 class CliResult:

@@ -22,9 +22,10 @@ import pytest
 from ideogram_pipeline import history
 from ideogram_pipeline.batches import parse_batch
 from ideogram_pipeline.engine import BatchSummary, run_batch
+from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import IdeogramClient, RetryPolicy
 from ideogram_pipeline.ideogram.simulator import Simulator, SimulatorConfig, running_simulator
-from ideogram_pipeline.settings import load_settings
+from ideogram_pipeline.settings import Settings, load_settings
 from ideogram_pipeline.storage import LocalStore, ObjectStore
 from ideogram_pipeline.storage.s3 import S3Store
 from ideogram_pipeline.storage.seaweed import running_seaweedfs, start_seaweedfs
@@ -47,11 +48,12 @@ def _run(
     api_mode: str = "async",
     inflight: int = 6,
     resend_unknown: bool = False,
+    settings: Settings | None = None,
     **client_options: object,
 ) -> BatchSummary:
     base_url = sim_or_url if isinstance(sim_or_url, str) else sim_or_url.base_url
     batch = parse_batch(_csv(prompts), key=key)
-    settings = load_settings({"IDEOGRAM_STORAGE": store.root})
+    settings = settings or load_settings({"IDEOGRAM_STORAGE": store.root})
 
     async def go() -> BatchSummary:
         async with IdeogramClient(
@@ -65,6 +67,7 @@ def _run(
                 api_mode=api_mode,
                 flush_every=5,
                 resend_unknown=resend_unknown,
+                history=HistoryTables(settings),
             )
 
     return asyncio.run(go())
@@ -221,7 +224,10 @@ def test_s3_outage_mid_batch(tmp_path: Path) -> None:
     restarted: list[object] = []
 
     def outage() -> None:
-        time.sleep(0.5)
+        # Once the first image is up: the batch is under way, with uploads to come.
+        deadline = time.monotonic() + 60
+        while not any(True for _ in store.list("images/")) and time.monotonic() < deadline:
+            time.sleep(0.02)
         server.stop()
         time.sleep(2.0)
         restarted.append(
@@ -237,7 +243,7 @@ def test_s3_outage_mid_batch(tmp_path: Path) -> None:
         with running_simulator(config) as sim:
             thread = threading.Thread(target=outage)
             thread.start()
-            summary = _run(sim, sim.api_key, store, prompts, inflight=4)
+            summary = _run(sim, sim.api_key, store, prompts, inflight=4, settings=settings)
             thread.join()
             billed = dict(sim.stats.billed_by_prompt_seed)
         assert summary.stored == 16 and summary.failed == 0

@@ -1,9 +1,9 @@
 """Tags after the fact and near-duplicate grouping, on a local and an S3 root.
 
-Real components: a batch through the engine against the bundled simulator, the tag-change
-log written through the object store (a folder or a SeaweedFS bucket), DuckDB merging it
-into the views; near duplicates are planted as real images made with Pillow whose
-perceptual hashes go into real metadata Parquet.
+Real components: a batch through the engine against the bundled simulator, tags changed
+in the Delta tables under a folder or a SeaweedFS bucket, read back through DuckDB; near
+duplicates are planted as real images made with Pillow whose perceptual hashes go into
+the real history tables.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from ideogram_pipeline import history
 from ideogram_pipeline.cli import main
 from ideogram_pipeline.duplicates import near_duplicate_groups
 from ideogram_pipeline.fingerprint import perceptual_hash
+from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.simulator import Simulator, SimulatorConfig, running_simulator
-from ideogram_pipeline.storage.metadata import MetadataWriter
-from ideogram_pipeline.tag_log import TAG_CHANGES_PREFIX
 from tests.history_support import Root, make_root
 
 
@@ -59,17 +58,21 @@ def test_tags_after_the_fact(root: Root) -> None:
     assert runner.invoke(main, ["tag", crane, "--remove", "x", "--remove", "later"]).exit_code == 0
     assert _tags(root, crane) == ["base", "keep"]
     assert runner.invoke(main, ["tag", crane, "--add", "x"]).exit_code == 0
-    assert _tags(root, crane) == ["base", "x", "keep"]  # a base tag comes back in its place
+    assert _tags(root, crane) == ["base", "keep", "x"]  # a tag added again goes last
 
-    # The same tags everywhere: audit view, search, and the raw log.
-    assert root.query("SELECT tags FROM generation_records WHERE id = ?", [pot]) == [
-        (["keep", "later"],)
-    ]
+    # Search sees the same tags, and the audit trail has the row after each change.
     found = runner.invoke(main, ["search", "--tag", "keep", "--format", "json"])
     assert {row["id"] for row in json.loads(found.output)} == {crane, pot}
-    assert root.query("SELECT count(*) FROM tag_changes") == [(4 + 2 + 1,)]
-    logs = [i.key for i in root.store.list(TAG_CHANGES_PREFIX + "/")]
-    assert len(logs) == 3 and all(key.endswith(".parquet") for key in logs)
+    audit = root.query(
+        "SELECT event, tags FROM generation_records WHERE id = ? ORDER BY recorded_at", [crane]
+    )
+    assert audit == [
+        ("generate", ["base", "x"]),
+        ("tag", ["base", "x", "keep", "later"]),
+        ("tag", ["base", "keep"]),
+        ("tag", ["base", "keep", "x"]),
+    ]
+    changes = root.query("SELECT count(*) FROM generation_records WHERE event = 'tag'")
 
     if root.kind == "s3":
         return  # input validation is the same on every root: checked once, locally
@@ -82,7 +85,8 @@ def test_tags_after_the_fact(root: Root) -> None:
     ]:
         bad = runner.invoke(main, args)
         assert bad.exit_code != 0 and needle in bad.output, (args, bad.output)
-    assert len(list(root.store.list(TAG_CHANGES_PREFIX + "/"))) == 3  # nothing half-written
+    # Refused changes wrote nothing.
+    assert root.query("SELECT count(*) FROM generation_records WHERE event = 'tag'") == changes
 
 
 def _picture(seed: int) -> Image.Image:
@@ -144,7 +148,7 @@ def test_near_duplicate_groups_on_planted_images(root: Root) -> None:
         )
     # An exact-duplicate link shares a's image: it counts under a, not as another member.
     link = {**records[0], "id": "link" + "0" * 28, "row": 99, "duplicate_of": records[0]["id"]}
-    MetadataWriter(root.store, "planted").write("planted", [*records, link])
+    HistoryTables(root.settings).write("planted", [*records, link])
 
     con = history.connect(root.settings, root.store)
     try:

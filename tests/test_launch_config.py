@@ -144,7 +144,7 @@ def test_guard_and_dry_run_send_nothing(tmp_path: Path, simulator: Simulator) ->
         execute_batch(batch, settings, max_cost_usd=0.40)
     dry = execute_batch(batch, settings, dry_run=True)
     assert dry.dry_run and dry.estimated_cost_usd == pytest.approx(0.48)
-    assert (dry.stored, dry.cost_usd, dry.metadata_files) == (0, 0.0, [])
+    assert (dry.stored, dry.cost_usd, dry.history_commits) == (0, 0.0, [])
     # Only Ideogram's free dry-run quotes were asked (one per call): nothing generated.
     assert simulator.stats.billed_images == 0 and simulator.stats.requests_total == 2
     assert not (tmp_path / "data" / "metadata").exists()

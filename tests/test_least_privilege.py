@@ -127,7 +127,7 @@ def test_the_policies_say_what_the_readme_says() -> None:
         for resource in _listify(st["Resource"])
     }
     assert ("s3:PutObject", "arn:aws:s3:::BUCKET/PREFIX/images/*") in allowed
-    assert ("s3:GetObject", "arn:aws:s3:::BUCKET/PREFIX/metadata/*") in allowed
+    assert ("s3:GetObject", "arn:aws:s3:::BUCKET/PREFIX/history/*") in allowed
     assert not [r for verb, r in allowed if verb == "s3:DeleteObject" and "/images/" in r]
     retention = json.loads((IAM / "retention.json").read_text())
     assert any(
@@ -144,7 +144,7 @@ def test_generation_cannot_delete_and_retention_can(
         generation = load_settings(_env(server, "generation", IDEOGRAM_S3_SSE="AES256", **api))
         csv = tmp_path / "least.csv"
         csv.write_text("prompt\nA red kite over a dune\nA blue kite at dusk\n", encoding="utf-8")
-        summary = execute_batch(load_batch(csv), generation)  # preflight, ledger, images, Parquet
+        summary = execute_batch(load_batch(csv), generation)  # preflight, ledger, images, tables
     assert summary.stored == 2, summary
 
     con = history.connect(generation)
@@ -153,7 +153,9 @@ def test_generation_cannot_delete_and_retention_can(
     finally:
         con.close()
     admin = server.client()
-    for key in [*keys, next(i.key for i in open_store(generation).list("metadata/"))]:
+    commits = [i.key for i in open_store(generation).list("history/") if "/_delta_log/" in i.key]
+    data = [i.key for i in open_store(generation).list("history/") if i.key.endswith(".parquet")]
+    for key in [*keys, commits[0], data[0]]:
         head = admin.head_object(Bucket=BUCKET, Key=f"{PREFIX}/{key}")
         assert head["ServerSideEncryption"] == "AES256"  # SSE passed through on every upload
 

@@ -14,8 +14,11 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from ideogram_pipeline import history_health
 from ideogram_pipeline.definitions import defs
 from ideogram_pipeline.defs.lifecycle_schedules import build_lifecycle_schedules
+from ideogram_pipeline.history.tables import GENERATIONS, HistoryTables
+from ideogram_pipeline.history.views import read_rows
 from ideogram_pipeline.ideogram.simulator import Simulator
 from ideogram_pipeline.lifecycle import load_lifecycle_config
 from tests.lifecycle_support import Root, make_root, simulator_running
@@ -99,7 +102,9 @@ def test_scheduled_jobs_run_through_dagster(root: Root, instance: dg.DagsterInst
     assert report["records"] == 4 and "data:image/png;base64," in report["report_markdown"]
     history = _metadata(results["usage_report_schedule"], "generation_history")
     assert history["records"] == 4  # every record; row 1 was re-run twice, so 2 are current
+    assert history["record_versions"] == 4  # no tag or pin changes: one version each
     assert history["current_rows"] == 2 and history["by_status"] == {"stored": 2}
+    assert history["metadata_files"] >= 2
     checks = results["usage_report_schedule"].get_asset_check_evaluations()
     assert len(checks) == 4 and all(c.passed for c in checks)
 
@@ -128,3 +133,16 @@ def test_history_checks_fail_visibly(root: Root, instance: dg.DagsterInstance) -
     assert all(
         outcomes[name].passed for name in ("ids_unique", "status_present", "cost_non_negative")
     )
+
+
+def test_the_id_check_catches_a_writer_that_broke_the_row_key(root: Root) -> None:
+    """A second current row for one id and row key (a writer that appended to
+    ``generations`` instead of MERGE-ing) fails the check, with the culprits named."""
+    root.batch("clash", [("A pear on a plate", ""), ("A plum in a bowl", "")])
+    assert history_health.ids_unique(root.settings, root.store).passed
+    (pear,) = root.current_ids("prompt = 'A pear on a plate'")
+    rows = read_rows(root.settings, GENERATIONS, [pear])
+    HistoryTables(root.settings).append(GENERATIONS, rows)
+    outcome = history_health.ids_unique(root.settings, root.store)
+    assert not outcome.passed and outcome.failures == 2  # the id, and the row key
+    assert pear in outcome.examples and "clash/1/0" in outcome.examples

@@ -1,8 +1,9 @@
 """Usage and cost reports: every figure checked against SQL written here, independently.
 
 Real batches against the bundled simulator (several models, speeds, styles and statuses),
-a real retention cleanup so that part of the usage survives only in the roll-up, the real
-``report`` command, and DuckDB over the raw Parquet files for the expected figures.
+tag and pin changes (audit records that must never count as usage), a real retention
+cleanup so that part of the usage survives only in the roll-up table, the real ``report``
+command, and a plain DuckDB over the Delta tables (``delta_scan``) for the expected figures.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from ideogram_pipeline.history.pins import set_pinned
+from ideogram_pipeline.history.tables import RECORDS, USAGE, HistoryTables
 from ideogram_pipeline.ideogram.simulator import Simulator
 from ideogram_pipeline.lifecycle import RetentionPolicy
 from ideogram_pipeline.report_output import report_csv, report_markdown
 from ideogram_pipeline.reports import build_report
-from ideogram_pipeline.retention import USAGE_PREFIX, run_cleanup
-from ideogram_pipeline.storage.metadata import GENERATIONS_PREFIX
+from ideogram_pipeline.retention import run_cleanup
+from ideogram_pipeline.storage.duckdb_s3 import load_extension
 from tests.lifecycle_support import Root, make_root, run_cli, simulator_running
 
 HEADER = "prompt,tags,model,rendering_speed,style_type,seed"
@@ -46,17 +49,25 @@ def simulator() -> Iterator[Simulator]:
 
 
 def _expected(root: Root, sql: str) -> list[tuple]:
-    """SQL over the raw files: live rows plus rolled-up rows no longer live."""
-    live = root.store.uri(f"{GENERATIONS_PREFIX}/**/*.parquet")
-    rolled = root.store.uri(f"{USAGE_PREFIX}/**/*.parquet")
+    """SQL over the tables as any DuckDB client reads them: each id's newest ``generate``
+    record (the same id written again is one billed image), plus the roll-up rows of ids
+    whose records are gone."""
+    tables = HistoryTables(root.settings)
+    records, rolled = (f"delta_scan('{tables.uri(name)}')" for name in (RECORDS, USAGE))
+    columns = "id, model, rendering_speed, style_type, batch, status, cost_usd, latency_ms"
+    live = (
+        f"SELECT DISTINCT ON (id) {columns} FROM {records} "
+        "WHERE event = 'generate' ORDER BY id, recorded_at DESC"
+    )
     con = duckdb.connect()
     try:
-        con.execute(
-            f"CREATE VIEW u AS SELECT id, model, rendering_speed, style_type, batch, status, "
-            f"cost_usd, latency_ms FROM read_parquet('{live}', hive_partitioning = true, "
-            f"union_by_name = true) UNION SELECT id, model, rendering_speed, style_type, batch, "
-            f"status, cost_usd, latency_ms FROM read_parquet('{rolled}', hive_partitioning = true)"
-        )
+        load_extension(con, "delta")
+        if tables.exists(USAGE):
+            live = (
+                f"({live}) UNION ALL SELECT {columns} FROM {rolled} "
+                f"WHERE id NOT IN (SELECT id FROM {records})"
+            )
+        con.execute(f"CREATE VIEW u AS {live}")
         return con.execute(sql).fetchall()
     finally:
         con.close()
@@ -73,12 +84,21 @@ def test_report_figures_equal_independent_sql(
     root = make_root("local", tmp_path, simulator, request)
     root.batch("spring", SPRING, header=HEADER)
     root.batch("summer", SUMMER, header=HEADER)
-    # Drafts go; their usage must still be in the report.
+    # Tag and pin changes append records; they are no new usage, before or after cleanup.
+    (tulip,) = root.ids("prompt = 'A tulip field at dawn'")
+    (beach,) = root.ids("prompt = 'A beach at noon'")
+    assert run_cli(root, ["tag", tulip, "--add", "spring"]).returncode == 0
+    set_pinned(root.settings, [beach], True)
+    # Drafts go; their usage must still be in the report, counted once, as before.
+    summary = ("records", "images", "stored", "unsafe", "rejected", "failed", "cost_usd")
+    before = {k: build_report(root.settings, root.store).totals[k] for k in summary}
     policy = RetentionPolicy(default_days=30, tag_days={"draft": 7})
     gone = run_cleanup(
         root.settings, root.store, policy, datetime.now(UTC) + timedelta(days=10)
     ).plan.count
     assert gone == 3
+    after = {k: build_report(root.settings, root.store).totals[k] for k in summary}
+    assert after == pytest.approx(before)
 
     today = datetime.now(UTC).date().isoformat()
     out = tmp_path / "out"
@@ -128,12 +148,15 @@ def test_report_figures_equal_independent_sql(
     assert value("budget", month, "budget_usd") == 2
     assert value("budget", month, "remaining_usd") == pytest.approx(2 - cost)
     assert value("by_day", today, "cost_usd") == pytest.approx(cost)
+    tables = HistoryTables(root.settings)
     bytes_deleted = root.query(
-        f"SELECT sum(size_bytes) FROM read_parquet('{root.store.uri(USAGE_PREFIX)}/**/*.parquet') "
-        "WHERE status = 'stored'"
+        f"SELECT sum(size_bytes) FROM delta_scan('{tables.uri(USAGE)}') WHERE status = 'stored'"
     )[0][0]
+    assert bytes_deleted  # the tulip went, and its image
     assert value("storage", "all", "image_bytes_deleted_in_window") == bytes_deleted
-    retained = root.query("SELECT sum(size_bytes) FROM generation_records WHERE status='stored'")
+    retained = root.query(
+        "SELECT sum(size_bytes) FROM generations WHERE status = 'stored'"
+    )  # no record was superseded here: the current rows hold every image
     assert value("storage", "all", "image_bytes_retained") == retained[0][0]
     errors = {figures[("top_errors", str(n), "reason")] for n in (1, 2, 3)}
     assert any("safety check" in e for e in errors) and any("seed" in e for e in errors)

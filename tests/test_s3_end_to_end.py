@@ -17,7 +17,7 @@ from ideogram_pipeline import history
 from ideogram_pipeline.cli import main
 from ideogram_pipeline.ideogram.simulator import SimulatorConfig, running_simulator
 from ideogram_pipeline.settings import load_settings
-from ideogram_pipeline.storage.duckdb_s3 import load_httpfs
+from ideogram_pipeline.storage.duckdb_s3 import load_extension, load_httpfs
 from ideogram_pipeline.storage.seaweed import SeaweedServer
 from tests.conftest import new_bucket
 
@@ -80,12 +80,13 @@ def test_batch_onto_s3_and_query_over_s3(
         body = client.get_object(Bucket=bucket, Key=f"team-a/{image_key}")["Body"].read()
         assert hashlib.sha256(body).hexdigest() == digest
 
-    # Only complete Parquet files exist under the Hive layout.
-    keys = [
-        o["Key"]
-        for o in client.list_objects_v2(Bucket=bucket, Prefix="team-a/metadata/")["Contents"]
-    ]
-    assert keys and all(k.endswith(".parquet") and "/batch=lanterns/" in k for k in keys)
+    # The history is two Delta tables whose data files are Hive-partitioned Parquet.
+    listed = client.list_objects_v2(Bucket=bucket, Prefix="team-a/history/")["Contents"]
+    for table in ("generations", "generation_records"):
+        keys = [o["Key"] for o in listed if o["Key"].startswith(f"team-a/history/{table}/")]
+        data = [k for k in keys if k.endswith(".parquet") and "/_delta_log/" not in k]
+        assert data and all("/date=" in k and "/batch=lanterns/" in k for k in data)
+        assert any("/_delta_log/" in k for k in keys)
 
     # duckdb-init prints SQL that a fresh DuckDB client can run as is (after filling in keys).
     init = CliRunner().invoke(main, ["duckdb-init"])
@@ -95,8 +96,10 @@ def test_batch_onto_s3_and_query_over_s3(
         "<AWS_SECRET_ACCESS_KEY>", s3_env["AWS_SECRET_ACCESS_KEY"]
     )
     fresh = duckdb.connect()
-    load_httpfs(fresh)  # the offline stand-in for INSTALL httpfs
-    sql = sql.replace("INSTALL httpfs;", "").replace("LOAD httpfs;", "")
+    load_httpfs(fresh)  # the offline stand-in for INSTALL httpfs and delta
+    load_extension(fresh, "delta")
+    for name in ("httpfs", "delta"):
+        sql = sql.replace(f"INSTALL {name};", "").replace(f"LOAD {name};", "")
     fresh.execute(sql)
     assert fresh.execute("SELECT count(*) FROM generations").fetchone() == (3,)
     with_keys = CliRunner().invoke(main, ["duckdb-init", "--with-credentials"])

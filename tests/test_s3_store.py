@@ -39,7 +39,7 @@ from ideogram_pipeline.storage import (
 from ideogram_pipeline.storage.duckdb_s3 import (
     configure_duckdb_s3,
     duckdb_init_sql,
-    httpfs_extension_path,
+    extension_path,
 )
 from ideogram_pipeline.storage.s3 import S3Store
 from ideogram_pipeline.storage.seaweed import SeaweedServer
@@ -356,24 +356,39 @@ def test_pyarrow_dataset_reads_the_same_layout(
     assert got == sorted((d, b, i) for (d, b), ids in PARTITIONS.items() for i in ids)
 
 
-def test_duckdb_init_sql_hides_secrets_and_works(
-    s3_settings: Settings, dataset: str, tmp_path: Path
-) -> None:
-    view = (
-        "CREATE OR REPLACE VIEW generations AS "
-        f"SELECT * FROM read_parquet('{dataset}', hive_partitioning=true)"
+def test_duckdb_init_sql_hides_secrets_and_works(s3_settings: Settings, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from ideogram_pipeline.history.tables import HistoryTables
+
+    now = datetime.now(UTC)
+    HistoryTables(s3_settings).write(
+        "a",
+        [
+            {
+                "id": f"id-{n}",
+                "row": n,
+                "image_index": 0,
+                "status": "stored",
+                "created_at": now,
+                "date": now.date().isoformat(),
+                "attempt_id": "a1",
+            }
+            for n in range(1, 7)
+        ],
     )
-    hidden = duckdb_init_sql(s3_settings, view, with_credentials=False)
+    hidden = duckdb_init_sql(s3_settings, with_credentials=False)
     assert s3_settings.aws_secret_access_key not in hidden
     assert s3_settings.aws_access_key_id not in hidden
     assert "'<AWS_SECRET_ACCESS_KEY>'" in hidden and "URL_STYLE 'path'" in hidden
-    shown = duckdb_init_sql(s3_settings, view, with_credentials=True)
+    shown = duckdb_init_sql(s3_settings, with_credentials=True)
     assert s3_settings.aws_secret_access_key in shown
 
     def fresh() -> duckdb.DuckDBPyConnection:
-        # A user's client with httpfs installed the offline way (from the wheel's file).
+        # A user's client with the extensions installed the offline way (the wheels' files).
         con = duckdb.connect(config={"extension_directory": str(tmp_path / "extensions")})
-        con.execute(f"INSTALL '{httpfs_extension_path()}'")
+        for name in ("httpfs", "delta"):
+            con.execute(f"INSTALL '{extension_path(name)}'")
         return con
 
     con = fresh()

@@ -8,7 +8,6 @@ No assertion is about time; the benchmarks in ``benchmarks/`` measure that.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import time
@@ -16,16 +15,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
-import duckdb
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from ideogram_pipeline import history, history_index, history_plan
+from ideogram_pipeline import history
 from ideogram_pipeline.batches import parse_batch
 from ideogram_pipeline.definitions import defs
 from ideogram_pipeline.defs.sensors import prompts_sensor
 from ideogram_pipeline.engine import _worker_count, run_batch
+from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import IdeogramClient
 from ideogram_pipeline.ideogram.polling import LatencyTracker, next_interval
 from ideogram_pipeline.ideogram.simulator import SimulatorConfig, running_simulator
@@ -33,9 +30,8 @@ from ideogram_pipeline.ledger import LEDGER_PREFIX
 from ideogram_pipeline.models import GenerationRequest
 from ideogram_pipeline.query_sandbox import sandboxed_connection, views_for
 from ideogram_pipeline.search import SearchFilters, search
-from ideogram_pipeline.settings import Settings, load_settings
+from ideogram_pipeline.settings import load_settings
 from ideogram_pipeline.storage import LocalStore, open_store
-from ideogram_pipeline.storage.metadata import MetadataWriter
 
 
 def _csv(rows: int) -> bytes:
@@ -143,154 +139,17 @@ def _records(batch: str, run: str, rows: list[tuple[int, str, str]], day: dateti
     return out
 
 
-def _portable(store: object, settings: Settings) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    if settings.is_s3:
-        from ideogram_pipeline.storage.duckdb_s3 import configure_duckdb_s3
-
-        configure_duckdb_s3(con, settings)
-    con.execute(history.view_sql(store))
-    return con
-
-
-def _rows(con: duckdb.DuckDBPyConnection, view: str) -> list[tuple]:
-    sql = f'SELECT id, "row", status, attempt_id, date, batch FROM {view} ORDER BY ALL'
-    return con.execute(sql).fetchall()
-
-
-@pytest.mark.parametrize("root", ["local", "s3"])
-def test_cached_hidden_rows_give_the_window_functions_answer(
-    root: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = (
-        request.getfixturevalue("s3_settings")
-        if root == "s3"
-        else load_settings({"IDEOGRAM_STORAGE": str(tmp_path / "root")})
-    )
-    store = open_store(settings)
-    monkeypatch.setenv("IDEOGRAM_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(history_index, "CACHE_MIN_SECONDS", 0.0)
-    monkeypatch.setattr(history_plan, "PLAN_MIN_FILES", 0)
-    monkeypatch.setattr(history_plan, "PLANS_KEPT", 1)
-    day = datetime(2025, 3, 1, 9, tzinfo=UTC)
-    # One batch run once: nothing to hide, nothing computed.
-    MetadataWriter(store, "run1").write(
-        "simple", _records("simple", "run1", [(1, "a1", "stored")], day)
-    )
-    # A batch re-run the next day: row 2 failed, then stored by a later attempt.
-    first = [(1, "a1", "stored"), (2, "a1", "failed"), (3, "a1", "unknown")]
-    keys = MetadataWriter(store, "run1").write("rerun", _records("rerun", "run1", first, day))
-    later = day + timedelta(days=1)
-    MetadataWriter(store, "run2").write(
-        "rerun", _records("rerun", "run2", [(2, "a2", "stored")], later)
-    )
-    # A storage failure finished by a later run: same id, newer record.
-    finished = _records("rerun", "run3", [(3, "a1", "stored")], later + timedelta(hours=1))
-    MetadataWriter(store, "run3").write("rerun", finished)
-    # Compaction caught between writing its merged file and deleting the inputs.
-    folder = keys[0].rpartition("/")[0]
-    store.put_bytes(f"{folder}/compact-0123456789abcdef.parquet", store.get_bytes(keys[0]))
-    # A file from an older version, without the newer columns (read with union_by_name).
-    old = pa.Table.from_pylist(
-        [
-            {
-                k: v
-                for k, v in r.items()
-                if k in ("id", "row", "status", "attempt_id", "created_at", "prompt")
-            }
-            for r in _records("legacy", "run0", [(1, "a0", "stored")], day)
-        ]
-    )
-    buffer = io.BytesIO()
-    pq.write_table(old, buffer)
-    store.put_bytes(
-        "metadata/generations/date=2025-03-01/batch=legacy/run0-0badf00d.parquet", buffer.getvalue()
-    )
-
-    expected = _portable(store, settings)
-    con = history.connect(settings, store)
-    for view in ("generation_records", "generations"):
-        assert _rows(con, view) == _rows(expected, view)
-    current = {(r[5], r[1]): r[2] for r in _rows(con, "generations")}
-    assert current == {
-        ("legacy", 1): "stored",
-        ("simple", 1): "stored",
-        ("rerun", 1): "stored",
-        ("rerun", 2): "stored",
-        ("rerun", 3): "stored",
-    }
-    assert len(_rows(con, "generation_records")) == 7
-    con.close()
-    cached = sorted(p.name for p in (tmp_path / "cache" / "history").glob("*.parquet"))
-    assert len(cached) == 2 and ".schemas-" in cached[1]  # rows, schemas
-    plans = list((tmp_path / "cache" / "history").glob("*.plans/*.json"))
-    assert len(plans) == 1  # the listing's plan
-    plans[0].with_suffix(".parquet").unlink()  # a plan without its rows is not trusted
-    again = history.connect(settings, store)
-    assert _rows(again, "generations") == _rows(expected, "generations")
-    again.close()
-    with monkeypatch.context() as planned_only:
-        _refuse_planning(planned_only)
-        again = history.connect(settings, store)  # from the plan this time
-        for view in ("generation_records", "generations"):
-            assert _rows(again, view) == _rows(expected, view)
-        again.close()
-    # A description that disagrees with its rows is re-planned, not trusted.
-    described = json.loads(plans[0].read_text())
-    plans[0].write_text(json.dumps({**described, "dirty": {"generations": [0]}}))
-    again = history.connect(settings, store)
-    assert _rows(again, "generations") == _rows(expected, "generations")
-    again.close()
-    # A new file is a new listing: planned afresh, never answered from the old plan.
-    retry = _records("rerun", "run4", [(1, "a4", "failed")], later + timedelta(hours=2))
-    MetadataWriter(store, "run4").write("rerun", retry)
-    expected.close()
-    expected = _portable(store, settings)
-    again = history.connect(settings, store)
-    assert _rows(again, "generations") == _rows(expected, "generations")
-    assert ("rerun", 1, "failed") in {(r[5], r[1], r[2]) for r in _rows(again, "generations")}
-    again.close()
-    expected.close()
-    plans = list((tmp_path / "cache" / "history").glob("*.plans/*"))
-    assert len(plans) == 2  # PLANS_KEPT = 1: the older listing's plan is gone
-    # Without the legacy file every file has the same columns: the views read their file
-    # lists from DuckDB variables, from the plan too, and a statement gets only its view.
-    store.delete(["metadata/generations/date=2025-03-01/batch=legacy/run0-0badf00d.parquet"])
-    expected = _portable(store, settings)
-    again = history.connect(settings, store)
-    assert again.execute("SELECT getvariable('_history_generations_clean')").fetchone()[0]
-    assert _rows(again, "generations") == _rows(expected, "generations")
-    again.close()
-    with monkeypatch.context() as planned_only:
-        _refuse_planning(planned_only)
-        again = history.connect(settings, store, views=("generations",), one_query=True)
-        assert _rows(again, "generations") == _rows(expected, "generations")
-        again.close()
-    expected.close()
-
-
-def _refuse_planning(patch: pytest.MonkeyPatch) -> None:
-    """Make working a plan out fail, so a connection can only succeed from a cached one."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("planned afresh instead of from the cache")
-
-    patch.setattr(history_plan, "load_hidden_rows", refuse)
-    patch.setattr(history_plan, "same_schema", refuse)
-
-
 def test_queries_get_the_views_they_name_and_search_stays_unicode_aware(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = load_settings({"IDEOGRAM_STORAGE": str(tmp_path / "root")})
     store = open_store(settings)
-    monkeypatch.setenv("IDEOGRAM_CACHE_DIR", str(tmp_path / "cache"))
     day = datetime(2025, 3, 1, 9, tzinfo=UTC)
     records = _records("zoo", "run1", [(1, "a1", "stored"), (2, "a1", "stored")], day)
     # LATIN SMALL LETTER LONG S: already lower case, yet it case-folds to "s".
     records[0]["prompt"] = "A kangaroo at \u017funset"
     records[1]["prompt"] = "A KANGAROO, at SUNSET"
-    MetadataWriter(store, "run1").write("zoo", records)
+    HistoryTables(settings).write("zoo", records)
 
     assert views_for("SELECT count(*) FROM generations") == ("generations",)
     assert views_for("SELECT * FROM Generation_Records") == ("generation_records",)

@@ -7,11 +7,14 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ideogram_pipeline.cli.common import main, settings_or_exit
+
+if TYPE_CHECKING:
+    from ideogram_pipeline.settings import Settings
 
 SUMMARY_FIELDS = (
     "rows",
@@ -56,6 +59,21 @@ def _print_summary(metadata: dict[str, Any], run_id: str) -> None:
     click.echo(f"  {'dagster run':<22} {run_id}")
 
 
+def _refuse_unmigrated(settings: Settings) -> None:
+    """Stop before Dagster starts when the root's history is in the old layout."""
+    from ideogram_pipeline.history.views import needs_migration
+    from ideogram_pipeline.storage import StorageError, open_store
+
+    try:
+        if needs_migration(open_store(settings)):
+            raise click.ClickException(
+                f"the history under {settings.storage} is in the old layout: run "
+                "`ideogram-pipeline migrate` first"
+            )
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def run_csv(csv: Path, batch: str | None, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Validate, then materialize through Dagster; shared by ``run`` and ``demo``.
 
@@ -76,6 +94,7 @@ def run_csv(csv: Path, batch: str | None, config: dict[str, Any] | None = None) 
         else "Ideogram API"
     )
     click.echo(f"batch {key}: {len(loaded.rows)} rows from {csv} [{mode}]", err=True)
+    _refuse_unmigrated(settings)
     _ensure_dagster_home()
     from ideogram_pipeline.defs.launch import materialize_batch
 
@@ -209,8 +228,8 @@ def _demo(csv: Path) -> None:
     settings = settings_or_exit()
     root = metadata.get("storage_root", settings.storage)
     click.echo("")
-    click.echo(f"images:   {root}/images/")
-    click.echo(f"metadata: {root}/metadata/generations/ (Hive-partitioned Parquet)")
+    click.echo(f"images:  {root}/images/")
+    click.echo(f"history: {root}/history/ (Delta tables: generations, generation_records)")
     click.echo(f'\n$ ideogram-pipeline query "{DEMO_QUERY}"')
     from ideogram_pipeline.cli.history import show_query
 

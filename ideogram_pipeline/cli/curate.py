@@ -30,11 +30,11 @@ def reproduce(
     """
     from ideogram_pipeline import history
     from ideogram_pipeline.engine import BatchAborted
+    from ideogram_pipeline.history.tags import TagError
     from ideogram_pipeline.reproduce import ReproduceError, plan
     from ideogram_pipeline.reproduce import reproduce as run_reproduce
     from ideogram_pipeline.search import SearchError, resolve_ids
     from ideogram_pipeline.storage import StorageError, open_store
-    from ideogram_pipeline.tag_log import TagError
 
     settings = settings_or_exit()
     try:
@@ -108,14 +108,15 @@ def reproduce(
 def tag(ids: tuple[str, ...], add: tuple[str, ...], remove: tuple[str, ...]) -> None:
     """Add or remove tags on recorded images after the fact.
 
-    IDS are record ids (or unique prefixes of at least 6 characters). Changes go to an
-    append-only log under metadata/tag_changes/ and show at once in `query`, `search` and
-    `export` (the `tags` column). A `keep` tag protects a record from retention cleanup.
+    IDS are record ids (or unique prefixes of at least 6 characters) of current images
+    (the `generations` table). The tags are changed in the table itself, with an audit
+    record in `generation_records`, and show at once in `query`, `search` and `export`.
+    A `keep` tag protects a record from retention cleanup.
     """
     from ideogram_pipeline import history
+    from ideogram_pipeline.history.tags import TagError, change_tags
     from ideogram_pipeline.search import SearchError, resolve_ids
     from ideogram_pipeline.storage import StorageError, open_store
-    from ideogram_pipeline.tag_log import TagError, write_tag_changes
 
     settings = settings_or_exit()
     try:
@@ -123,11 +124,14 @@ def tag(ids: tuple[str, ...], add: tuple[str, ...], remove: tuple[str, ...]) -> 
         con = history.connect(settings, store)
         try:
             full_ids = resolve_ids(con, ids)
-            change = write_tag_changes(store, full_ids, add=add, remove=remove)
-            con.execute(history.view_sql(store))  # the views again, now with this change
+        finally:
+            con.close()
+        change = change_tags(settings, full_ids, add=add, remove=remove)
+        con = history.connect(settings, store, views=("generations",))
+        try:
             now = con.execute(
-                "SELECT id, any_value(tags) FROM generation_records "
-                "WHERE list_contains(?::VARCHAR[], id) GROUP BY id ORDER BY id",
+                "SELECT id, tags FROM generations WHERE list_contains(?::VARCHAR[], id) "
+                "ORDER BY id",
                 [full_ids],
             ).fetchall()
         finally:
@@ -135,7 +139,7 @@ def tag(ids: tuple[str, ...], add: tuple[str, ...], remove: tuple[str, ...]) -> 
     except (SearchError, TagError, StorageError) as exc:
         raise click.ClickException(str(exc)) from None
     changes = [f"+{t}" for t in change.added] + [f"-{t}" for t in change.removed]
-    click.echo(f"{change.records} record(s): {' '.join(changes)} (change {change.change_id})")
+    click.echo(f"{change.records} record(s): {' '.join(changes)}")
     for record_id, tags in now:
         click.echo(f"  {record_id[:12]}  {'|'.join(tags or []) or '(no tags)'}")
 

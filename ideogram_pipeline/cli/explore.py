@@ -66,6 +66,7 @@ def search(
         view_searched,
     )
     from ideogram_pipeline.search import search as run_search
+    from ideogram_pipeline.storage import StorageError
 
     try:
         filters = SearchFilters(
@@ -89,7 +90,7 @@ def search(
             rows = run_search(con, filters)
         finally:
             con.close()
-    except SearchError as exc:
+    except (SearchError, StorageError) as exc:
         raise click.ClickException(str(exc)) from None
     emit(rows, RESULT_COLUMNS, fmt)
 
@@ -178,8 +179,12 @@ def duplicates(distance: int, batch: str | None, fmt: str) -> None:
     """
     from ideogram_pipeline import history
     from ideogram_pipeline.duplicates import near_duplicate_groups
+    from ideogram_pipeline.storage import StorageError
 
-    con = history.connect(settings_or_exit())
+    try:
+        con = history.connect(settings_or_exit())
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         groups = near_duplicate_groups(con, distance, batch=batch)
     finally:

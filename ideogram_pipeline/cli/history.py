@@ -13,10 +13,11 @@ from ideogram_pipeline.settings import Settings
 @click.argument("sql")
 @FORMAT_OPTION
 def query(sql: str, fmt: str) -> None:
-    """Run SQL in DuckDB with a `generations` view over the metadata.
+    """Run SQL in DuckDB over the history tables.
 
-    `generations` holds the current record of every row; `generation_records` holds every
-    record of every run. Queries only read, and only files under the storage root.
+    `generations` holds the current record of every row (tags and pins as they are now);
+    `generation_records` holds every record ever written. Queries only read, and only
+    files under the storage root.
     """
     show_query(settings_or_exit(), sql, fmt)
 
@@ -26,9 +27,12 @@ def show_query(settings: Settings, sql: str, fmt: str = "table") -> None:
     import duckdb
 
     from ideogram_pipeline.query_sandbox import QueryRefused, query_rows
+    from ideogram_pipeline.storage import StorageError
 
     try:
         columns, rows = query_rows(settings, sql)
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from None
     except QueryRefused as exc:
         raise click.ClickException(f"query refused: {exc}") from None
     except duckdb.PermissionException as exc:
@@ -66,17 +70,11 @@ def _unique(columns: list[str]) -> list[str]:
 def duckdb_init(with_credentials: bool) -> None:
     """Print SQL that gives your own DuckDB client the same `generations` views.
 
-    For an S3 root it loads httpfs and creates an S3 secret from the AWS settings; the
-    credentials are placeholders unless --with-credentials is given.
+    Each view is one `delta_scan` of a table under the storage root (the `delta`
+    extension reads it). For an S3 root it also loads httpfs and creates an S3 secret from
+    the AWS settings; the credentials are placeholders unless --with-credentials is given.
     """
-    from ideogram_pipeline import history
-    from ideogram_pipeline.storage import open_store
     from ideogram_pipeline.storage.duckdb_s3 import duckdb_init_sql
 
     settings = settings_or_exit()
-    view_sql = history.view_sql(open_store(settings))
-    if settings.is_s3:
-        click.echo(duckdb_init_sql(settings, view_sql, with_credentials=with_credentials), nl=False)
-    else:
-        click.echo(f"-- DuckDB setup for ideogram-pipeline storage {settings.storage}")
-        click.echo(view_sql, nl=False)
+    click.echo(duckdb_init_sql(settings, with_credentials=with_credentials), nl=False)

@@ -73,14 +73,13 @@ def _echo_plan(plan: CleanupPlan, verb: str) -> None:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(plan.by_status().items()))
         click.echo(f"  by status: {statuses}")
         click.echo(
-            f"  partitions: {len(plan.partitions)} ({plan.whole_partitions} dropped whole, "
-            f"{len(plan.partitions) - plan.whole_partitions} rewritten)"
+            f"  partitions: {len(plan.partitions)} ({plan.whole_partitions} emptied, "
+            f"{len(plan.partitions) - plan.whole_partitions} thinned out)"
         )
         for part in plan.partitions:
-            whole = "drop" if part["expired"] == part["total"] else "rewrite"
             click.echo(
                 f"    date={part['date']} batch={part['batch']}: "
-                f"{part['expired']} of {part['total']} records ({whole})"
+                f"{part['expired']} of {part['total']} records"
             )
 
 
@@ -91,9 +90,6 @@ def _orphans(fix: bool, grace_hours: float | None) -> None:
     grace = _config().grace_hours if grace_hours is None else grace_hours
     with _errors():
         report = sweep_orphans(settings, store, grace_hours=grace, fix=fix, by=_who())
-    for cleanup_id in report.pending_cleanups:
-        state = "finished" if fix else "found (run cleanup to finish it)"
-        click.echo(f"interrupted cleanup {cleanup_id}: {state}")
     click.echo(
         f"objects under images/: {report.objects_seen}; orphan objects (no row, older than "
         f"{grace:g} h): {len(report.orphan_objects)} ({_human(report.orphan_bytes)}); "
@@ -132,7 +128,9 @@ def _orphans(fix: bool, grace_hours: float | None) -> None:
 @click.option(
     "--orphans", is_flag=True, help="Sweep for objects without rows and rows without objects."
 )
-@click.option("--fix", is_flag=True, help="With --orphans: delete orphans, mark dangling rows.")
+@click.option(
+    "--fix", is_flag=True, help="With --orphans: delete orphans, mark dangling records failed."
+)
 @click.option(
     "--grace-hours",
     type=click.FloatRange(min=0),
@@ -146,11 +144,12 @@ def cleanup(
     fix: bool,
     grace_hours: float | None,
 ) -> None:
-    """Delete images and metadata rows older than the retention period.
+    """Delete images and history records older than the retention period.
 
-    Records tagged keep or pinned (`pin ID`) are never deleted. Safe to interrupt: a run
-    first finishes any cleanup a crash left behind. Every real run writes an audit record
-    under metadata/audit/ and rolls usage up for reports before rows go.
+    Records tagged keep or pinned (`pin ID`) are never deleted. Usage is rolled up into the
+    usage_rollup table for reports before anything goes; then the images, the records (a
+    DELETE on both history tables) and the files they leave (vacuum). Safe to interrupt:
+    the next run finishes the work. Every real run writes an audit under metadata/audit/.
     """
     if (fix or grace_hours is not None) and not orphans:
         raise click.UsageError("--fix and --grace-hours go with --orphans")
@@ -170,13 +169,15 @@ def cleanup(
             settings, store, policy, moment, dry_run=dry_run, reason="cli cleanup", by=_who()
         )
     for cleanup_id in result.resumed:
-        verb = "would first finish" if dry_run else "finished"
-        click.echo(f"{verb} interrupted cleanup {cleanup_id}")
+        verb = "would write" if dry_run else "wrote"
+        click.echo(f"{verb} the missing audit of interrupted cleanup {cleanup_id}")
     if dry_run:
         click.echo("DRY RUN: nothing was deleted.")
         _echo_plan(result.plan, "would delete")
         return
     _echo_plan(result.plan, "deleted")
+    for record_id in result.kept_meanwhile:
+        click.echo(f"  kept {record_id}: pinned or tagged keep while the cleanup ran")
     if result.audit_key:
         click.echo(f"  audit: {store.uri(result.audit_key)}")
 
@@ -184,32 +185,39 @@ def cleanup(
 def _pin_command(action: str) -> Callable[[str], None]:
     def command(record_id: str) -> None:
         from ideogram_pipeline import history
-        from ideogram_pipeline.pins import pinned_ids, record_pin
+        from ideogram_pipeline.history.pins import set_pinned
+        from ideogram_pipeline.search import SearchError, resolve_ids
 
         settings, store = _store()
         with _errors():
-            con = history.connect(settings, store)
+            con = history.connect(settings, store, views=("generation_records", "generations"))
             try:
+                try:
+                    (full_id,) = resolve_ids(con, [record_id])
+                except SearchError as exc:
+                    raise click.ClickException(str(exc)) from None
                 row = con.execute(
-                    "SELECT count(*) FROM generation_records WHERE id = ?", [record_id]
+                    "SELECT pinned FROM generations WHERE id = ?", [full_id]
                 ).fetchone()
             finally:
                 con.close()
-            pinned = record_id in pinned_ids(store)
-            if not (row and row[0]) and not (action == "unpin" and pinned):
-                raise click.ClickException(f"no record with id {record_id!r} in {store.root}")
-            if pinned == (action == "pin"):
-                click.echo(f"{record_id} was already {'pinned' if pinned else 'not pinned'}")
+            if row is None:
+                raise click.ClickException(
+                    f"record {full_id} is no longer a current image (a later attempt "
+                    "replaced it): only current images can be pinned"
+                )
+            if bool(row[0]) == (action == "pin"):
+                click.echo(f"{full_id} was already {'pinned' if row[0] else 'not pinned'}")
                 return
-            record_pin(store, record_id, "pin" if action == "pin" else "unpin")
-        click.echo(f"{action}ned {record_id}")
+            set_pinned(settings, [full_id], action == "pin")
+        click.echo(f"{action}ned {full_id}")
 
     return command
 
 
 main.command(
     "pin",
-    help="Protect record ID from retention cleanup (recorded in metadata/pins/).",
+    help="Protect record ID (or a unique prefix of 6+ characters) from retention cleanup.",
 )(click.argument("record_id", metavar="ID")(_pin_command("pin")))
 main.command(
     "unpin",
@@ -224,21 +232,24 @@ main.command(
     help="Merged file size to aim for (default: retention.toml [compaction], 128).",
 )
 def compact(target_mb: float | None) -> None:
-    """Merge each metadata partition's small Parquet files into few larger ones.
+    """Compact the history tables: each partition's small files merged into few larger ones.
 
-    Query results do not change; readers of the history views never see a row twice.
+    Delta's own OPTIMIZE, one atomic commit per table, then a vacuum of the replaced files.
+    Query results do not change.
     """
     from ideogram_pipeline.compaction import compact as run
 
-    _settings, store = _store()
+    settings, _ = _store()
     target = _config().target_file_mb if target_mb is None else target_mb
     with _errors():
-        result = run(store, target_bytes=int(target * 1024 * 1024))
+        result = run(settings, target_bytes=int(target * 1024 * 1024))
     click.echo(
         f"files: {result.files_before} -> {result.files_after} "
         f"({_human(result.bytes_before)} -> {_human(result.bytes_after)}), "
         f"{result.partitions_compacted} partitions compacted"
     )
+    for name, figures in result.tables.items():
+        click.echo(f"  {name}: {figures['files_before']} -> {figures['files_after']} files")
 
 
 @main.command()

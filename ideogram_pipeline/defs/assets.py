@@ -116,7 +116,7 @@ def summary_metadata(summary: "BatchSummary") -> dict[str, Any]:
         "seconds": dg.MetadataValue.float(round(summary.seconds, 2)),
         "retries": dg.MetadataValue.json(dict(summary.retries)),
         "storage_root": dg.MetadataValue.path(summary.storage_root),
-        "metadata_files": len(summary.metadata_files),
+        "history_commits": len(summary.history_commits),
         "first_rows": dg.MetadataValue.md(_first_rows_markdown(summary)),
         **(
             {

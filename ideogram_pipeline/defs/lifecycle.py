@@ -54,9 +54,9 @@ def _config() -> Any:
 def generation_history(
     pipeline: PipelineSettingsResource, storage: StorageResource
 ) -> dg.MaterializeResult:
-    """The metadata history as it stands: records by status, files, bytes, date span, pins.
+    """The history tables as they stand: records by status, files, bytes, date span, pins.
 
-    Materializing it observes the Parquet history (nothing is written) and runs its checks.
+    Materializing it observes the Delta tables (nothing is written) and runs its checks.
     """
     from ideogram_pipeline import history_health
 
@@ -65,6 +65,7 @@ def generation_history(
     return dg.MaterializeResult(
         metadata={
             "records": summary["records"],
+            "record_versions": summary["record_versions"],
             "current_rows": summary["current_rows"],
             "by_status": dg.MetadataValue.json(summary["by_status"]),
             "partitions": summary["partitions"],
@@ -113,7 +114,9 @@ def stored_objects_match(
     )
 
 
-@dg.asset_check(asset=generation_history, description="No two different records share an id.")
+@dg.asset_check(
+    asset=generation_history, description="No two different rows share an id or a row key."
+)
 def ids_unique(pipeline: PipelineSettingsResource, storage: StorageResource) -> dg.AssetCheckResult:
     from ideogram_pipeline import history_health
 
@@ -207,8 +210,9 @@ def retention_cleanup(
 ) -> dg.MaterializeResult:
     """Images and rows past their retention, deleted (keep-tagged and pinned ones stay).
 
-    Crash-safe: an interrupted cleanup is finished by the next run. Usage is rolled up for
-    reports and an audit record written before anything goes.
+    Usage is rolled up for reports before anything goes; then the objects, a DELETE on both
+    history tables and a vacuum; an audit record last. Each step is one atomic commit or
+    idempotent, so a run killed anywhere is finished by the next.
     """
     from ideogram_pipeline.report_output import human_bytes
     from ideogram_pipeline.retention import run_cleanup
@@ -243,6 +247,7 @@ def retention_cleanup(
             "newest": plan.newest.isoformat() if plan.newest else "",
             "partitions_dropped": plan.whole_partitions,
             "partitions_rewritten": len(plan.partitions) - plan.whole_partitions,
+            "kept_meanwhile": dg.MetadataValue.json(result.kept_meanwhile),
             "policy": plan.policy.describe(),
             "as_of": plan.as_of.isoformat(),
             "resumed_cleanups": dg.MetadataValue.json(result.resumed),
@@ -261,21 +266,23 @@ class CompactionConfig(dg.Config):
 def metadata_compaction(
     config: CompactionConfig, pipeline: PipelineSettingsResource, storage: StorageResource
 ) -> dg.MaterializeResult:
-    """The metadata partitions with their small Parquet files merged into few large ones.
+    """The history tables with each partition's small files merged into few large ones
+    (Delta's OPTIMIZE, then a vacuum of the replaced files).
 
-    Query results never change, and readers of the history views never see a row twice.
+    Query results never change: the merged files are one atomic commit.
     """
     from ideogram_pipeline.compaction import compact
 
-    _settings, store = _open(pipeline, storage)
+    settings, store = _open(pipeline, storage)
     target = config.target_file_mb or _config().target_file_mb
     try:
-        result = compact(store, target_bytes=int(target * 1024 * 1024))
+        result = compact(settings, target_bytes=int(target * 1024 * 1024))
     except (LifecycleError, StorageError) as exc:
         raise dg.Failure(str(exc)) from None
     return dg.MaterializeResult(
         metadata={
             **result.as_dict(),
+            "tables": dg.MetadataValue.json(result.tables),
             "target_file_mb": target,
             "storage_root": dg.MetadataValue.path(store.root),
         }

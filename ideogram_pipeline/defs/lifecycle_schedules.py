@@ -38,7 +38,7 @@ retention_cleanup_job = dg.define_asset_job(
 metadata_compaction_job = dg.define_asset_job(
     "metadata_compaction_job",
     selection=dg.AssetSelection.assets(metadata_compaction),
-    description="Merge small metadata Parquet files, partition by partition.",
+    description="Compact the history tables (Delta OPTIMIZE), partition by partition.",
 )
 usage_report_job = dg.define_asset_job(
     "usage_report_job",
@@ -74,7 +74,7 @@ def build_lifecycle_schedules(config: LifecycleConfig | None = None) -> list[dg.
             cron_schedule=config.compaction_cron,
             execution_timezone="UTC",
             default_status=dg.DefaultScheduleStatus.RUNNING,
-            description="Daily compaction of the metadata Parquet files.",
+            description="Daily compaction of the history tables.",
         ),
         dg.ScheduleDefinition(
             name="usage_report_schedule",

@@ -26,9 +26,11 @@ __all__ = [
     "SECRET_NAME",
     "configure_duckdb_s3",
     "duckdb_init_sql",
-    "httpfs_extension_path",
+    "extension_path",
+    "load_extension",
     "load_httpfs",
     "s3_secret_sql",
+    "views_sql",
 ]
 
 SECRET_NAME = "ideogram_s3"
@@ -36,38 +38,43 @@ KEY_ID_PLACEHOLDER = "<AWS_ACCESS_KEY_ID>"
 SECRET_PLACEHOLDER = "<AWS_SECRET_ACCESS_KEY>"
 
 
-def httpfs_extension_path() -> Path:
-    """The ``httpfs.duckdb_extension`` file shipped by ``duckdb-extension-httpfs``."""
-    spec = importlib.util.find_spec("duckdb_extension_httpfs")
+def extension_path(name: str) -> Path:
+    """The ``<name>.duckdb_extension`` file shipped by the ``duckdb-extension-<name>`` wheel."""
+    package = f"duckdb_extension_{name}"
+    wheel = f"duckdb-extension-{name}=={duckdb.__version__}"
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise StorageError(
-            f"DuckDB over S3 needs the httpfs extension: pip install "
-            f"duckdb-extension-httpfs=={duckdb.__version__}"
-        )
+        raise StorageError(f"DuckDB needs its {name} extension here: pip install {wheel}")
     base = Path(next(iter(spec.submodule_search_locations))) / "extensions"
-    path = base / f"v{duckdb.__version__}" / "httpfs.duckdb_extension"
+    path = base / f"v{duckdb.__version__}" / f"{name}.duckdb_extension"
     if not path.is_file():
         shipped = sorted(p.name for p in base.glob("v*")) if base.is_dir() else []
         raise StorageError(
-            f"duckdb-extension-httpfs ships {', '.join(shipped) or 'no extension'}, but duckdb "
-            f"is {duckdb.__version__}: pip install duckdb-extension-httpfs=={duckdb.__version__}"
+            f"duckdb-extension-{name} ships {', '.join(shipped) or 'no extension'}, but duckdb "
+            f"is {duckdb.__version__}: pip install {wheel}"
         )
     return path
 
 
-def load_httpfs(con: duckdb.DuckDBPyConnection) -> None:
-    """Load ``httpfs`` into ``con`` from the wheel, never from the network."""
+def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Load extension ``name`` into ``con`` from its PyPI wheel, never from the network."""
     con.execute("SET autoinstall_known_extensions = false")
+    # A literal, not a bound parameter: binding one imports pandas (half a second).
     row = con.execute(
-        "SELECT loaded FROM duckdb_extensions() WHERE extension_name = 'httpfs'"
+        f"SELECT loaded FROM duckdb_extensions() WHERE extension_name = {sql_literal(name)}"
     ).fetchone()
     if row and row[0]:
         return
-    path = httpfs_extension_path()
+    path = extension_path(name)
     try:
         con.execute(f"LOAD {sql_literal(str(path))}")
     except duckdb.Error as exc:
-        raise StorageError(f"cannot load the DuckDB httpfs extension from {path}: {exc}") from exc
+        raise StorageError(f"cannot load the DuckDB {name} extension from {path}: {exc}") from exc
+
+
+def load_httpfs(con: duckdb.DuckDBPyConnection) -> None:
+    """Load ``httpfs`` (DuckDB over S3) from its wheel."""
+    load_extension(con, "httpfs")
 
 
 def _credentials(settings: Settings) -> tuple[str, str, str | None] | None:
@@ -143,17 +150,30 @@ def configure_duckdb_s3(con: duckdb.DuckDBPyConnection, settings: Settings) -> N
         raise StorageError(f"cannot create the DuckDB S3 secret: {exc}") from None
 
 
-def duckdb_init_sql(settings: Settings, view_sql: str, *, with_credentials: bool) -> str:
-    """SQL for a user's own DuckDB client: httpfs, the S3 secret, then ``view_sql``.
+def views_sql(settings: Settings) -> str:
+    """The history views as a plain client creates them: one ``delta_scan`` per table."""
+    from ideogram_pipeline.history.views import VIEWS, plain_sql
+
+    return "".join(
+        f"CREATE OR REPLACE VIEW {name} AS {plain_sql(settings, name)};\n" for name in VIEWS
+    )
+
+
+def duckdb_init_sql(settings: Settings, *, with_credentials: bool) -> str:
+    """SQL for a user's own DuckDB client: the delta extension, for an S3 root httpfs and
+    the S3 secret, then the views.
 
     Without ``with_credentials`` the key id and secret are placeholders to fill in, so the
     output can be shared or pasted into tickets safely.
     """
     lines = [
         f"-- DuckDB setup for ideogram-pipeline storage {settings.storage}",
-        "INSTALL httpfs;",
-        "LOAD httpfs;",
+        "INSTALL delta;",
+        "LOAD delta;",
     ]
+    if not settings.is_s3:
+        return "\n".join(lines) + "\n" + views_sql(settings)
+    lines += ["INSTALL httpfs;", "LOAD httpfs;"]
     have_keys = bool(settings.aws_access_key_id and settings.aws_secret_access_key)
     token: str | None = None
     if with_credentials:
@@ -167,6 +187,4 @@ def duckdb_init_sql(settings: Settings, view_sql: str, *, with_credentials: bool
     if key_id is None:
         lines += ["INSTALL aws;", "LOAD aws;"]  # for PROVIDER credential_chain
     lines.append(s3_secret_sql(settings, key_id=key_id, secret=secret, session_token=token) + ";")
-    view = view_sql.strip()
-    lines.append(view if view.endswith(";") else view + ";")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + views_sql(settings)

@@ -88,8 +88,8 @@ class LocalStore:
         if prefix.endswith("/") and not base.is_dir():
             return  # a missing folder: nothing under it (and no walk of its parent)
         start = base if base.is_dir() else base.parent
-        if not start.exists():
-            return
+        if not start.exists() or (start != self.path and self.path not in start.parents):
+            return  # a root not made yet: never list the folder it would be made in
         for key, entry in _walk(str(start), self.root):
             if key.startswith(prefix):
                 try:

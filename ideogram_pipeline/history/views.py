@@ -1,0 +1,205 @@
+"""The generation history as SQL: DuckDB views over the Delta tables.
+
+- ``generations``: the current state, one row per batch row and image index (a row that
+  failed yesterday and was stored today shows once, as stored; tags and pins as they are).
+- ``generation_records``: every record ever written, the audit trail.
+
+Each view is exactly the one statement a plain DuckDB client runs (``delta_scan`` over the
+table's folder, :func:`plain_sql`): the tables hold the current state themselves, so there
+is nothing to work out at read time and every client gets the same answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+from ideogram_pipeline.history.layout import GENERATIONS, RECORDS, TABLES_PREFIX, USAGE, table_uri
+from ideogram_pipeline.safe_output import sql_list, sql_literal
+from ideogram_pipeline.settings import Settings
+from ideogram_pipeline.storage import ObjectStore, open_store
+from ideogram_pipeline.storage.base import StorageError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = [
+    "LEGACY_PREFIX",
+    "VIEWS",
+    "HistoryNeedsMigration",
+    "batch_state",
+    "connect",
+    "duckdb_type",
+    "plain_sql",
+    "read_rows",
+    "table_exists",
+]
+
+#: The history views a connection can have (``connect(views=...)`` picks some).
+VIEWS = (RECORDS, GENERATIONS)
+#: Where releases before the Delta tables wrote the history (append-only Parquet).
+LEGACY_PREFIX = "metadata/generations"
+#: Written by ``migrate`` once every old-layout batch is in the tables and verified.
+MIGRATION_COMPLETE = f"{TABLES_PREFIX}/_migrated.json"
+
+
+class HistoryNeedsMigration(StorageError):
+    """The root holds a history in the old layout and no tables: ``migrate`` first."""
+
+
+def table_exists(store: ObjectStore, name: str) -> bool:
+    """Whether table ``name`` has a log (one listing call, stopped at the first entry)."""
+    return next(iter(store.list(f"{TABLES_PREFIX}/{name}/_delta_log/")), None) is not None
+
+
+def has_legacy_history(store: ObjectStore) -> bool:
+    return any(info.key.endswith(".parquet") for info in store.list(LEGACY_PREFIX + "/"))
+
+
+def needs_migration(store: ObjectStore) -> bool:
+    """Old-layout files that no complete ``migrate`` run has verified (one listing call on
+    a root without them; a head request more on a root that keeps them after migrating)."""
+    return has_legacy_history(store) and store.head(MIGRATION_COMPLETE) is None
+
+
+def plain_sql(settings: Settings, name: str) -> str:
+    """The statement any DuckDB client runs to read table ``name`` (``delta`` loaded)."""
+    return f"SELECT * FROM delta_scan({sql_literal(table_uri(settings, name))})"
+
+
+def duckdb_type(kind: pa.DataType) -> str:
+    """The DuckDB type of an Arrow type of the tables' schemas (for typed SQL without
+    registering Arrow tables: empty views here, old files cast to the schema in ``legacy``)."""
+    import pyarrow as pa
+
+    if pa.types.is_list(kind):
+        return duckdb_type(kind.value_type) + "[]"
+    if pa.types.is_timestamp(kind):
+        return "TIMESTAMPTZ" if kind.tz else "TIMESTAMP"
+    names = {
+        pa.string(): "VARCHAR",
+        pa.int32(): "INTEGER",
+        pa.int64(): "BIGINT",
+        pa.float64(): "DOUBLE",
+        pa.bool_(): "BOOLEAN",
+        pa.date32(): "DATE",
+    }
+    if kind not in names:
+        raise TypeError(f"no DuckDB type for {kind}")  # a new column type: map it here
+    return names[kind]
+
+
+def _empty_sql(name: str) -> str:
+    """A typed SELECT of no rows, for a root that has no history yet.
+
+    Plain SQL rather than a registered Arrow table: registering one imports pandas, which
+    would cost a short ``query`` half a second.
+    """
+    from ideogram_pipeline.history.schema import TABLE_SCHEMA
+    from ideogram_pipeline.history.tables import USAGE_SCHEMA
+
+    schema = USAGE_SCHEMA if name == USAGE else TABLE_SCHEMA
+    nulls = ", ".join(f'NULL::{duckdb_type(f.type)} AS "{f.name}"' for f in schema)
+    return f"SELECT {nulls} WHERE false"
+
+
+def connect(
+    settings: Settings,
+    store: ObjectStore | None = None,
+    *,
+    views: Collection[str] = VIEWS,
+    one_query: bool = False,
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the history views over the storage root.
+
+    ``views`` names the views to create (:data:`VIEWS`, and ``usage_rollup`` for reports).
+
+    Raises :class:`HistoryNeedsMigration` when the root holds only an old-layout history:
+    an empty answer there would be wrong, not merely empty. ``one_query`` is accepted for
+    callers that make a single query (nothing is cached either way).
+    """
+    from ideogram_pipeline.storage.duckdb_s3 import configure_duckdb_s3, load_extension
+
+    del one_query
+    store = store or open_store(settings)
+    con = duckdb.connect(":memory:")
+    try:
+        load_extension(con, "delta")
+        if settings.is_s3:
+            configure_duckdb_s3(con, settings)
+        if needs_migration(store):
+            raise HistoryNeedsMigration(
+                f"the history under {store.root} is in the old layout ({LEGACY_PREFIX}/), "
+                "not yet (or not completely) migrated: run `ideogram-pipeline migrate` to "
+                "move it into the tables"
+            )
+        present = {name: table_exists(store, name) for name in views}
+        for name in views:
+            body = plain_sql(settings, name) if present[name] else _empty_sql(name)
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def read_rows(settings: Settings, name: str, ids: Sequence[str]) -> pa.Table:
+    """The rows of table ``name`` with these ids, in the tables' schema (writers use it)."""
+    from ideogram_pipeline.history.schema import TABLE_SCHEMA
+
+    con = connect(settings, views=(name,))
+    try:
+        table = con.execute(
+            f"SELECT * FROM {name} WHERE id IN (SELECT unnest({sql_list(list(ids))}))"
+        ).fetch_arrow_table()
+    finally:
+        con.close()
+    return table.select(TABLE_SCHEMA.names).cast(TABLE_SCHEMA)
+
+
+def batch_state(settings: Settings, store: ObjectStore, batch: str) -> dict[int, dict[str, Any]]:
+    """For each row of ``batch``: its request hash, statuses and last error, as now recorded.
+
+    The engine uses this to skip rows already paid for (``stored`` or ``unsafe``).
+    """
+    con = connect(settings, store, views=(GENERATIONS,))
+    try:
+        rows = con.execute(
+            'SELECT "row", any_value(request_hash), list(DISTINCT status), any_value(error), '
+            "any_value(attempt_id), "
+            # An image whose storage failed is still to be finished from the ledger (and a
+            # row whose every image did so has no finished index at all, not a NULL list).
+            "coalesce(list(DISTINCT image_index) "
+            "FILTER (coalesce(failure_kind, '') <> 'storage'), []) "
+            'FROM generations WHERE batch = ? GROUP BY "row"',
+            [batch],
+        ).fetchall()
+    finally:
+        con.close()
+    return {
+        row: {
+            "request_hash": request_hash,
+            "statuses": set(statuses),
+            "error": error,
+            "attempt_id": attempt_id,
+            "indexes": set(indexes),
+        }
+        for row, request_hash, statuses, error, attempt_id, indexes in rows
+    }
+
+
+def ids_by_batch(settings: Settings, ids: Sequence[str]) -> dict[str, list[str]]:
+    """The current rows' ids grouped by batch (a write prunes its scan to those batches)."""
+    if not ids:
+        return {}
+    con = connect(settings, views=(GENERATIONS,))
+    try:
+        rows = con.execute(
+            "SELECT batch, list(DISTINCT id ORDER BY id) FROM generations "
+            f"WHERE id IN (SELECT unnest({sql_list(list(ids))})) GROUP BY batch"
+        ).fetchall()
+    finally:
+        con.close()
+    return {batch: list(found) for batch, found in rows}
