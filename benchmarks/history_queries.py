@@ -43,7 +43,6 @@ from ideogram_pipeline.safe_output import sql_literal
 from ideogram_pipeline.settings import Settings, load_settings
 
 CLI = str(Path(sys.executable).parent / "ideogram-pipeline")
-PROPOSED = str(Path(__file__).resolve().parent / "proposed_read_path.py")
 RATIO_TARGET = 1.3
 SECONDS_TARGET = 0.5
 WORD = "kangaroo"
@@ -180,7 +179,6 @@ def run(
     *,
     bare_view: bool = False,
     unsigned: bool = False,
-    proposed: bool = False,
 ) -> dict[str, Any]:
     found = probe(settings)
     env = {**os.environ, "IDEOGRAM_STORAGE": settings.storage}
@@ -199,9 +197,6 @@ def run(
         out = [("product", case["cmd"]), ("bare", [sys.executable, "-c", BARE, statements])]
         if unsigned:
             out.append(("bare unsigned", [sys.executable, "-c", BARE, statements, "unsigned"]))
-        if proposed:
-            extra = ["--no-pandas"] if case["cmd"][1] == "search" else []
-            out.append(("proposed", [sys.executable, PROPOSED, *case["cmd"][1:], *extra]))
         return out
 
     for case in questions:  # warm the page cache and the extension file, both sides
@@ -254,14 +249,6 @@ def run(
             loose = median(got["bare unsigned"], 0)
             results[name]["bare_unsigned_s"] = round(loose, 4)
             extra += f"  (bare, unsigned LOAD: {loose * 1000:5.0f} ms)"
-        if proposed:
-            wall, cpu = median(got["proposed"], 0), median(got["proposed"], 1)
-            results[name]["proposed_s"] = round(wall, 4)
-            results[name]["proposed_cpu_s"] = round(cpu, 4)
-            extra += (
-                f"\n{'':34s} proposed {wall * 1000:5.0f} ms = {wall / bare:4.2f}x bare, "
-                f"CPU {cpu * 1000:5.0f} ms = {cpu / bare_cpu:4.2f}x"
-            )
         print(
             f"{name:34s} product {product * 1000:5.0f} ms  bare {bare * 1000:5.0f} ms  "
             f"ratio {ratio:4.2f} | CPU {product_cpu * 1000:5.0f} / {bare_cpu * 1000:5.0f} ms = "
@@ -282,11 +269,6 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument(
         "--bare-view", action="store_true", help="bare side creates the view as duckdb-init does"
-    )
-    parser.add_argument(
-        "--proposed",
-        action="store_true",
-        help="also the commands with the proposed read path (proposed_read_path.py)",
     )
     parser.add_argument(
         "--unsigned",
@@ -316,7 +298,6 @@ def main() -> None:
                 args.repeat,
                 bare_view=args.bare_view,
                 unsigned=args.unsigned,
-                proposed=args.proposed,
             )
     elif args.root:
         settings = load_settings({**os.environ, "IDEOGRAM_STORAGE": args.root})
@@ -325,7 +306,6 @@ def main() -> None:
             args.repeat,
             bare_view=args.bare_view,
             unsigned=args.unsigned,
-            proposed=args.proposed,
         )
     else:
         parser.error("give a ROOT or --seaweedfs")

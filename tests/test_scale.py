@@ -156,7 +156,9 @@ def test_queries_get_the_views_they_name_and_search_stays_unicode_aware(
     assert views_for("SHOW TABLES") == history.VIEWS  # the catalogue lists every view
     assert views_for("SELECT 1") == history.VIEWS
     con = sandboxed_connection(settings, store, sql="SELECT count(*) FROM generations")
-    names = {row[0] for row in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    names = {
+        row[0] for row in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()
+    }
     assert "generations" in names and "generation_records" not in names
     assert con.execute("SELECT count(*) FROM generations").fetchone() == (2,)
     con.close()

@@ -329,7 +329,7 @@ class HistoryTables:
         changed = retry_commit(go, event)
         from ideogram_pipeline.history.views import read_rows
 
-        rows = read_rows(self.settings, GENERATIONS, ids)
+        rows = read_rows(self.settings, GENERATIONS, ids, sorted(ids_by_batch))
         if rows.num_rows:
             now = pa.array([datetime.now(UTC)] * rows.num_rows, pa.timestamp("us", tz="UTC"))
             rows = rows.set_column(

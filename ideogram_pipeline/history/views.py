@@ -4,9 +4,10 @@
   failed yesterday and was stored today shows once, as stored; tags and pins as they are).
 - ``generation_records``: every record ever written, the audit trail.
 
-Each view is exactly the one statement a plain DuckDB client runs (``delta_scan`` over the
-table's folder, :func:`plain_sql`): the tables hold the current state themselves, so there
-is nothing to work out at read time and every client gets the same answer.
+Each name is one Delta table attached read-only (``ATTACH '<folder>' AS generations (TYPE
+delta)``), the same rows a plain client gets from ``delta_scan`` over the folder
+(:func:`plain_sql`): the tables hold the current state themselves, so there is nothing to
+work out at read time and every client gets the same answer.
 """
 
 from __future__ import annotations
@@ -124,7 +125,10 @@ def connect(
 
     del one_query
     store = store or open_store(settings)
-    con = duckdb.connect(":memory:")
+    # The delta extension is the file pip installed with the venv, as trusted as this code:
+    # checking its signature would hash 82 MB in every process (half of a short query).
+    # User SQL still cannot LOAD anything (query_sandbox refuses it and locks the config).
+    con = duckdb.connect(":memory:", config={"allow_unsigned_extensions": True})
     try:
         load_extension(con, "delta")
         if settings.is_s3:
@@ -135,24 +139,36 @@ def connect(
                 "not yet (or not completely) migrated: run `ideogram-pipeline migrate` to "
                 "move it into the tables"
             )
-        present = {name: table_exists(store, name) for name in views}
         for name in views:
-            body = plain_sql(settings, name) if present[name] else _empty_sql(name)
-            con.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
+            if table_exists(store, name):
+                # Attached rather than a view over delta_scan: DuckDB pushes filters
+                # (a prompt regex, an id) into an attached table's scan, not through a view.
+                con.execute(
+                    f"ATTACH {sql_literal(table_uri(settings, name))} AS {name} (TYPE delta)"
+                )
+            else:
+                con.execute(f"CREATE OR REPLACE VIEW {name} AS {_empty_sql(name)}")
     except BaseException:
         con.close()
         raise
     return con
 
 
-def read_rows(settings: Settings, name: str, ids: Sequence[str]) -> pa.Table:
-    """The rows of table ``name`` with these ids, in the tables' schema (writers use it)."""
+def read_rows(
+    settings: Settings, name: str, ids: Sequence[str], batches: Sequence[str] = ()
+) -> pa.Table:
+    """The rows of table ``name`` with these ids, in the tables' schema (writers use it).
+
+    ``batches``, when the caller knows them, prunes the scan to those partitions (at a
+    million records: 50 ms instead of 2 s).
+    """
     from ideogram_pipeline.history.schema import TABLE_SCHEMA
 
     con = connect(settings, views=(name,))
     try:
+        pruned = f"batch IN (SELECT unnest({sql_list(list(batches))})) AND " if batches else ""
         table = con.execute(
-            f"SELECT * FROM {name} WHERE id IN (SELECT unnest({sql_list(list(ids))}))"
+            f"SELECT * FROM {name} WHERE {pruned}id IN (SELECT unnest({sql_list(list(ids))}))"
         ).fetch_arrow_table()
     finally:
         con.close()

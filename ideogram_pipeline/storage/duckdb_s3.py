@@ -151,11 +151,14 @@ def configure_duckdb_s3(con: duckdb.DuckDBPyConnection, settings: Settings) -> N
 
 
 def views_sql(settings: Settings) -> str:
-    """The history views as a plain client creates them: one ``delta_scan`` per table."""
-    from ideogram_pipeline.history.views import VIEWS, plain_sql
+    """The history tables as a plain client names them: one ``ATTACH`` per table (the same
+    rows as ``delta_scan`` over its folder, with filters pushed into the scan)."""
+    from ideogram_pipeline.history.layout import table_uri
+    from ideogram_pipeline.history.views import VIEWS
 
     return "".join(
-        f"CREATE OR REPLACE VIEW {name} AS {plain_sql(settings, name)};\n" for name in VIEWS
+        f"ATTACH {sql_literal(table_uri(settings, name))} AS {name} (TYPE delta);\n"
+        for name in VIEWS
     )
 
 
