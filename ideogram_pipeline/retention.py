@@ -51,7 +51,6 @@ from ideogram_pipeline.history.tables import (
     USAGE_COLUMNS,
     USAGE_SCHEMA,
     HistoryTables,
-    retry_commit,
 )
 from ideogram_pipeline.lifecycle import (
     VACUUM_RETENTION_HOURS,
@@ -60,7 +59,7 @@ from ideogram_pipeline.lifecycle import (
     put_json,
     utc_stamp,
 )
-from ideogram_pipeline.safe_output import sql_list, sql_literal
+from ideogram_pipeline.safe_output import sql_literal
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore
 
@@ -307,11 +306,6 @@ def _keep_shared_images(con: duckdb.DuckDBPyConnection, records: pa.Table) -> pa
 # -- steps ------------------------------------------------------------------------------
 
 
-def _batches(ids_by_batch: dict[str, list[str]]) -> str:
-    """The batch literals of a MERGE predicate: they prune its scan to those partitions."""
-    return sql_list(sorted(ids_by_batch))[1:-1]
-
-
 def _roll_up(tables: HistoryTables, plan: CleanupPlan) -> None:
     """MERGE each record's usage into ``usage_rollup`` by id: a re-run inserts nothing
     twice, and a row that is there already says which cleanup finally deleted it."""
@@ -320,25 +314,16 @@ def _roll_up(tables: HistoryTables, plan: CleanupPlan) -> None:
         "cleanup_id", pa.array([plan.cleanup_id] * plan.count, pa.string())
     )
     source = source.select(USAGE_SCHEMA.names).cast(USAGE_SCHEMA)
-    batches = _batches(plan.ids_by_batch())
-
-    def go() -> None:
-        (
-            tables.table(USAGE)
-            .merge(
-                source,
-                predicate=f"t.batch IN ({batches}) AND t.batch = s.batch AND t.id = s.id",
-                source_alias="s",
-                target_alias="t",
-            )
-            .when_matched_update(
-                updates={"deleted_at": "s.deleted_at", "cleanup_id": "s.cleanup_id"}
-            )
-            .when_not_matched_insert_all()
-            .execute()
-        )
-
-    retry_commit(go, "roll-up")
+    tables.merge_by_id(
+        USAGE,
+        plan.ids_by_batch(),
+        source,
+        lambda merger: merger.when_matched_update(
+            updates={"deleted_at": "s.deleted_at", "cleanup_id": "s.cleanup_id"}
+        ).when_not_matched_insert_all(),
+        "num_target_rows_inserted",
+        "roll-up",
+    )
 
 
 def _delete_objects(store: ObjectStore, keys: list[str]) -> None:
@@ -358,25 +343,7 @@ def _delete_current(tables: HistoryTables, plan: CleanupPlan) -> int:
     """DELETE the plan's rows from ``generations``, except rows pinned or keep-tagged since
     the plan was read: the guard is evaluated on the version the commit is checked against,
     so a concurrent ``pin`` is never undone."""
-    ids_by_batch = plan.ids_by_batch()
-    source = pa.table({"id": pa.array(plan.ids, pa.string())})
-    batches = _batches(ids_by_batch)
-
-    def go() -> int:
-        metrics = (
-            tables.table(GENERATIONS)
-            .merge(
-                source,
-                predicate=f"t.batch IN ({batches}) AND t.id = s.id",
-                source_alias="s",
-                target_alias="t",
-            )
-            .when_matched_delete(predicate=_unprotected(plan.policy))
-            .execute()
-        )
-        return int(metrics.get("num_target_rows_deleted", 0))
-
-    return retry_commit(go, "cleanup")
+    return tables.delete(GENERATIONS, plan.ids_by_batch(), guard=_unprotected(plan.policy))
 
 
 def _still_current(settings: Settings, store: ObjectStore, ids: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ideogram_pipeline.history.tables import HistoryTables
-from ideogram_pipeline.history.views import ids_by_batch
+from ideogram_pipeline.history.views import locate_current
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage.base import StorageError
 
@@ -24,13 +24,7 @@ class PinError(StorageError):
 
 def set_pinned(settings: Settings, record_ids: Sequence[str], pinned: bool) -> int:
     """Pin (or unpin) the current rows with these full ids; returns the rows changed."""
-    located = ids_by_batch(settings, record_ids)
-    missing = sorted(set(record_ids) - {i for ids in located.values() for i in ids})
-    if missing:
-        raise PinError(
-            f"record {missing[0]} is not in the current history (`generations`): only a "
-            "row's current images can be pinned"
-        )
+    located = locate_current(settings, record_ids, PinError, "pinned")
     value = "true" if pinned else "false"
     return HistoryTables(settings).change(
         located, event="pin" if pinned else "unpin", updates={"pinned": value}

@@ -309,24 +309,14 @@ class HistoryTables:
         ids = sorted({i for group in ids_by_batch.values() for i in group})
         if not ids:
             return 0
-        src = source if source is not None else pa.table({"id": pa.array(ids, pa.string())})
-        batches = sql_list(sorted(ids_by_batch))
-
-        def go() -> int:
-            target = self.table(GENERATIONS)
-            metrics = (
-                target.merge(
-                    src,
-                    predicate=f"t.batch IN ({batches[1:-1]}) AND t.id = s.id",
-                    source_alias="s",
-                    target_alias="t",
-                )
-                .when_matched_update(updates=dict(updates))
-                .execute()
-            )
-            return int(metrics.get("num_target_rows_updated", 0))
-
-        changed = retry_commit(go, event)
+        changed = self.merge_by_id(
+            GENERATIONS,
+            ids_by_batch,
+            source,
+            lambda merger: merger.when_matched_update(updates=dict(updates)),
+            "num_target_rows_updated",
+            event,
+        )
         from ideogram_pipeline.history.views import read_rows
 
         rows = read_rows(self.settings, GENERATIONS, ids, sorted(ids_by_batch))
@@ -341,29 +331,50 @@ class HistoryTables:
             self.append(RECORDS, rows.select(TABLE_SCHEMA.names).cast(TABLE_SCHEMA))
         return changed
 
-    def delete(self, name: str, ids_by_batch: Mapping[str, Sequence[str]]) -> int:
-        """DELETE the rows with these ids from table ``name``; returns the rows deleted."""
+    def delete(
+        self, name: str, ids_by_batch: Mapping[str, Sequence[str]], *, guard: str | None = None
+    ) -> int:
+        """DELETE the rows with these ids from table ``name``; returns the rows deleted.
+
+        ``guard`` (a predicate over ``t``) is evaluated on the version the commit is checked
+        against: a row that stopped matching it meanwhile (pinned by someone) stays.
+        """
+        return self.merge_by_id(
+            name,
+            ids_by_batch,
+            None,
+            lambda merger: merger.when_matched_delete(predicate=guard),
+            "num_target_rows_deleted",
+            "delete",
+        )
+
+    def merge_by_id(
+        self,
+        name: str,
+        ids_by_batch: Mapping[str, Sequence[str]],
+        source: pa.Table | None,
+        clause: Callable[[Any], Any],
+        metric: str,
+        what: str,
+    ) -> int:
+        """One MERGE of table ``name`` on ``id`` (``source``: the ids, by default), pruned
+        to the ids' batches, with ``clause`` as its action; returns the ``metric`` count."""
         ids = sorted({i for group in ids_by_batch.values() for i in group})
         if not ids:
             return 0
-        src = pa.table({"id": pa.array(ids, pa.string())})
-        batches = sql_list(sorted(ids_by_batch))
+        src = source if source is not None else pa.table({"id": pa.array(ids, pa.string())})
+        batches = sql_list(sorted(ids_by_batch))[1:-1]
 
         def go() -> int:
-            target = self.table(name)
-            metrics = (
-                target.merge(
-                    src,
-                    predicate=f"t.batch IN ({batches[1:-1]}) AND t.id = s.id",
-                    source_alias="s",
-                    target_alias="t",
-                )
-                .when_matched_delete()
-                .execute()
+            merger = self.table(name).merge(
+                src,
+                predicate=f"t.batch IN ({batches}) AND t.id = s.id",
+                source_alias="s",
+                target_alias="t",
             )
-            return int(metrics.get("num_target_rows_deleted", 0))
+            return int(clause(merger).execute().get(metric, 0))
 
-        return retry_commit(go, "delete")
+        return retry_commit(go, what)
 
     # -- maintenance ----------------------------------------------------------------------
 

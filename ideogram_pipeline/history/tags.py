@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from ideogram_pipeline.history.tables import HistoryTables
-from ideogram_pipeline.history.views import ids_by_batch
+from ideogram_pipeline.history.views import locate_current
 from ideogram_pipeline.settings import Settings
 
 __all__ = ["MAX_TAG_LENGTH", "TagChange", "TagError", "change_tags", "validate_tag"]
@@ -73,13 +73,7 @@ def change_tags(
         raise TagError(f"tag {both[0]!r} is both added and removed")
     if not record_ids:
         raise TagError("no record ids given")
-    located = ids_by_batch(settings, record_ids)
-    missing = sorted(set(record_ids) - {i for ids in located.values() for i in ids})
-    if missing:
-        raise TagError(
-            f"record {missing[0]} is not in the current history (`generations`): only a "
-            "row's current images can be tagged"
-        )
+    located = locate_current(settings, record_ids, TagError, "tagged")
     ids = sorted(set(record_ids))
     tags = pa.list_(pa.string())
     source = pa.table(

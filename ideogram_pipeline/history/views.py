@@ -219,3 +219,18 @@ def ids_by_batch(settings: Settings, ids: Sequence[str]) -> dict[str, list[str]]
     finally:
         con.close()
     return {batch: list(found) for batch, found in rows}
+
+
+def locate_current(
+    settings: Settings, ids: Sequence[str], error: type[Exception], verb: str
+) -> dict[str, list[str]]:
+    """:func:`ids_by_batch`, raising ``error`` for an id that is not a current row (only
+    ``generations`` rows are changed in place: a superseded attempt is history)."""
+    located = ids_by_batch(settings, ids)
+    missing = sorted(set(ids) - {i for found in located.values() for i in found})
+    if missing:
+        raise error(
+            f"record {missing[0]} is not in the current history (`generations`): only a "
+            f"row's current images can be {verb}"
+        )
+    return located
