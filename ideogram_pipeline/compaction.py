@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ideogram_pipeline.history.tables import GENERATIONS, RECORDS, USAGE, HistoryTables
-from ideogram_pipeline.history.views import HistoryNeedsMigration, has_legacy_history
+from ideogram_pipeline.history.views import HistoryNeedsMigration, needs_migration
 from ideogram_pipeline.lifecycle import VACUUM_RETENTION_HOURS
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import open_store
@@ -70,13 +70,12 @@ def compact(
     """
     tables = HistoryTables(settings)
     result = CompactionResult()
-    if not any(tables.exists(name) for name in TABLES):
-        store = open_store(settings)
-        if has_legacy_history(store):
-            raise HistoryNeedsMigration(
-                f"the history under {store.root} is in the old layout: run "
-                "`ideogram-pipeline migrate` to move it into the tables, then compact"
-            )
+    store = open_store(settings)
+    if needs_migration(store):
+        raise HistoryNeedsMigration(
+            f"the history under {store.root} is in the old layout: run "
+            "`ideogram-pipeline migrate` to move it into the tables, then compact"
+        )
     for name in TABLES:
         if not tables.exists(name):
             continue

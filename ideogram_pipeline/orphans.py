@@ -50,7 +50,6 @@ AUDIT_PREFIX = "metadata/audit/orphans"
 #: Histories with at most this many stored ids are checked in full; larger ones sampled.
 FULL_CHECK_LIMIT = 2000
 #: Keys per ``ObjectStore.delete`` call (S3's DeleteObjects limit).
-DELETE_CHUNK = 1000
 #: Each id's newest record: what the history says about it now (current or superseded).
 LATEST_SQL = (
     "SELECT * FROM generation_records "
@@ -164,8 +163,7 @@ def _fix(
     by: str,
 ) -> None:
     keys = [info.key for info in report.orphan_objects]
-    for start in range(0, len(keys), DELETE_CHUNK):
-        store.delete(keys[start : start + DELETE_CHUNK])
+    store.delete(keys)  # the store batches (S3: 1,000 keys per DeleteObjects)
     report.deleted_objects = len(keys)
     prune_empty_dirs(store, "images")
     found = datetime.now(UTC).isoformat(timespec="seconds")

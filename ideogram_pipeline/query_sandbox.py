@@ -167,7 +167,7 @@ def sandboxed_connection(
     from ideogram_pipeline import history
 
     store = store or open_store(settings)
-    con = history.connect(settings, store, views=views_for(sql), one_query=sql is not None)
+    con = history.connect(settings, store, views=views_for(sql))
     try:
         lock_down(con, [allowed_root(settings, store)])
     except BaseException:

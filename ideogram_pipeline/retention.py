@@ -13,7 +13,8 @@ A run is a few steps, each one Delta commit or idempotent object deletions:
    id, so reports keep counting what was generated and paid for. Reports count a rolled-up
    id only once its records are gone, so no moment counts it twice.
 2. **Objects.** Image objects are deleted through ``ObjectStore.delete`` in chunks of
-   :data:`DELETE_CHUNK` (S3's ``DeleteObjects`` limit). Missing objects are not errors.
+   1,000 keys (S3's ``DeleteObjects`` limit, batched by the store). Missing objects are not
+   errors.
 3. **Rows.** One DELETE from ``generations`` (guarded: a row pinned or keep-tagged since
    the plan was made stays), then one from ``generation_records``. ``generations`` goes
    first because the next run chooses from ``generation_records``.
@@ -73,8 +74,6 @@ __all__ = [
 ]
 
 AUDIT_PREFIX = "metadata/audit/cleanup"
-#: Keys per ``ObjectStore.delete`` call: S3's DeleteObjects limit, and a progress step.
-DELETE_CHUNK = 1000
 #: What ``run_cleanup(on_phase=...)`` is told after each step has finished.
 PHASES = ("rolled-up", "objects-deleted", "generations-deleted", "records-deleted", "vacuumed")
 
@@ -327,8 +326,7 @@ def _roll_up(tables: HistoryTables, plan: CleanupPlan) -> None:
 
 
 def _delete_objects(store: ObjectStore, keys: list[str]) -> None:
-    for start in range(0, len(keys), DELETE_CHUNK):
-        store.delete(keys[start : start + DELETE_CHUNK])
+    store.delete(keys)  # the store batches (S3: 1,000 keys per DeleteObjects)
     prune_empty_dirs(store, "images")
 
 

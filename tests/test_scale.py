@@ -163,7 +163,7 @@ def test_queries_get_the_views_they_name_and_search_stays_unicode_aware(
     assert con.execute("SELECT count(*) FROM generations").fetchone() == (2,)
     con.close()
 
-    con = history.connect(settings, store, views=("generations",), one_query=True)
+    con = history.connect(settings, store, views=("generations",))
     found = [row["row"] for row in search(con, SearchFilters(text="sunset"))]
     assert sorted(found) == [1, 2]  # the non-ASCII prompt is not lost to the fast test
     newest_first = [row["row"] for row in search(con, SearchFilters(text="kanga*"))]

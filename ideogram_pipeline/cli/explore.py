@@ -85,7 +85,7 @@ def search(
             limit=limit or None,
         )
         view = view_searched(filters)
-        con = history.connect(settings_or_exit(), views=(view,), one_query=True)
+        con = history.connect(settings_or_exit(), views=(view,))
         try:
             rows = run_search(con, filters)
         finally:

@@ -165,8 +165,7 @@ def remove_legacy(store: ObjectStore, legacy: LegacyFiles) -> int:
     Objects that appeared after the listing stay: they were not imported.
     """
     keys = legacy.all_keys()
-    for start in range(0, len(keys), 1000):
-        store.delete(keys[start : start + 1000])
+    store.delete(keys)  # the store batches (S3: 1,000 keys per DeleteObjects)
     from ideogram_pipeline.storage.local import LocalStore
 
     if isinstance(store, LocalStore):

@@ -111,19 +111,16 @@ def connect(
     store: ObjectStore | None = None,
     *,
     views: Collection[str] = VIEWS,
-    one_query: bool = False,
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the history views over the storage root.
 
     ``views`` names the views to create (:data:`VIEWS`, and ``usage_rollup`` for reports).
 
     Raises :class:`HistoryNeedsMigration` when the root holds only an old-layout history:
-    an empty answer there would be wrong, not merely empty. ``one_query`` is accepted for
-    callers that make a single query (nothing is cached either way).
+    an empty answer there would be wrong, not merely empty.
     """
     from ideogram_pipeline.storage.duckdb_s3 import configure_duckdb_s3, load_extension
 
-    del one_query
     store = store or open_store(settings)
     # The delta extension is the file pip installed with the venv, as trusted as this code:
     # checking its signature would hash 82 MB in every process (half of a short query).
