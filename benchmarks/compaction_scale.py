@@ -3,7 +3,7 @@
 Writes ``--records`` records for one day as the engine writes them (one
 ``HistoryTables.write`` per ``--flush-every`` records of a batch run, batches of
 ``--batch-rows`` rows; ``lifecycle.py``'s generator, no image objects), then runs the
-lifecycle compaction (Delta's OPTIMIZE, ``ideogram_pipeline.compaction.compact``) and
+lifecycle compaction (Delta's OPTIMIZE, ``ideogram_pipeline.lifecycle.compaction.compact``) and
 reports data files, rows per file and files per partition of both tables before and
 after, with the history's answer to a count query checked to be unchanged. ``--s3`` does
 the same on SeaweedFS.
@@ -31,8 +31,8 @@ from lifecycle import flushes, write_flushes
 from scale_support import load_average
 
 from ideogram_pipeline import history
-from ideogram_pipeline.compaction import compact
 from ideogram_pipeline.history.tables import GENERATIONS, RECORDS, HistoryTables
+from ideogram_pipeline.lifecycle.compaction import compact
 from ideogram_pipeline.settings import load_settings
 from ideogram_pipeline.storage import open_store
 

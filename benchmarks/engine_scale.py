@@ -79,8 +79,9 @@ class CpuTimers:
 
 def _instrument(timers: CpuTimers) -> None:
     """Wrap the engine's thread-side steps (the real functions, only timed)."""
-    from ideogram_pipeline import engine, fingerprint, ledger
     from ideogram_pipeline.history import tables
+    from ideogram_pipeline.images import fingerprints as fingerprint
+    from ideogram_pipeline.runs import engine, ledger
 
     engine.prepare_for_storage = timers.wrap("pngmeta", engine.prepare_for_storage)
     fingerprint.perceptual_hash = timers.wrap("phash", fingerprint.perceptual_hash)
@@ -92,7 +93,7 @@ def _instrument(timers: CpuTimers) -> None:
 
 async def _loop_costs(client: Any, samples: int) -> dict[str, float]:
     """CPU of one API call and one download on the event loop, measured one at a time."""
-    from ideogram_pipeline.batches import parse_batch
+    from ideogram_pipeline.batches.files import parse_batch
 
     batch = parse_batch(batch_csv(samples, label=" (probe)"), key="probe")
     api = download = 0.0
@@ -147,10 +148,10 @@ def _layout(history: Any, batch: str, commits: list[int]) -> dict[str, Any]:
 def child(config: dict[str, Any]) -> dict[str, Any]:
     import psutil
 
-    from ideogram_pipeline.batches import parse_batch
-    from ideogram_pipeline.engine import run_batch
+    from ideogram_pipeline.batches.files import parse_batch
     from ideogram_pipeline.history.tables import HistoryTables
     from ideogram_pipeline.ideogram.client import IdeogramClient
+    from ideogram_pipeline.runs.engine import run_batch
     from ideogram_pipeline.settings import load_settings
     from ideogram_pipeline.storage import open_store
 

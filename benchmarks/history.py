@@ -1,6 +1,6 @@
 """What the history features cost: per-image stamping, and queries on a large history.
 
-- ``stamp``: :func:`ideogram_pipeline.pngmeta.prepare_for_storage` (text chunks + pHash)
+- ``stamp``: :func:`ideogram_pipeline.images.png_metadata.prepare_for_storage` (text chunks + pHash)
   on full-size 1024x1024 simulator PNGs (~1.4 MB), the work added to every stored image;
 - ``view``: ``count(*)`` on one batch and a prompt-word search over ``--records`` synthetic
   records, before and after ``--tag-changes`` records are tagged (tags are UPDATEs of
@@ -23,14 +23,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from ideogram_pipeline import history
-from ideogram_pipeline.duplicates import existing_images, near_duplicate_groups
+from ideogram_pipeline.history.duplicates import existing_images, near_duplicate_groups
+from ideogram_pipeline.history.search import SearchFilters, search
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.history.tags import change_tags
-from ideogram_pipeline.ideogram.sim_images import ImageKey, pixel_size, render_png
-from ideogram_pipeline.models import GenerationRequest
-from ideogram_pipeline.pngmeta import prepare_for_storage
-from ideogram_pipeline.search import SearchFilters, search
+from ideogram_pipeline.ideogram.records import GenerationRequest
+from ideogram_pipeline.images.png_metadata import prepare_for_storage
 from ideogram_pipeline.settings import load_settings
+from ideogram_pipeline.simulator.images import ImageKey, pixel_size, render_png
 from ideogram_pipeline.storage import LocalStore
 
 WORDS = ("fox", "owl", "kettle", "harbour", "lantern", "orchard", "storm", "meadow", "tin")

@@ -60,8 +60,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale_support import load_average, sample_prompts
 
 from ideogram_pipeline.history.schema import METADATA_SCHEMA, PARTITION_COLUMNS, TABLE_SCHEMA
-from ideogram_pipeline.keys import image_key
-from ideogram_pipeline.pricing import price_per_image
+from ideogram_pipeline.ideogram.prices import price_per_image
+from ideogram_pipeline.storage.keys import image_key
 
 MODELS = (("V_3", 0.72), ("V_2A_TURBO", 0.1), ("V_2", 0.08), ("ideogram-4", 0.06), ("V_1", 0.04))
 SPEEDS = ("TURBO", "DEFAULT", "QUALITY")

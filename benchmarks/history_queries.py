@@ -65,7 +65,7 @@ for row in con.execute(statements[-1]).fetchall():
 def bare_prelude(settings: Settings, *, views: bool = True) -> list[str]:
     """What a plain DuckDB client runs first: load ``delta`` (and httpfs + the S3 secret
     on S3), then (``views``) the one documented statement per view."""
-    from ideogram_pipeline.storage.duckdb_s3 import _credentials, extension_path, s3_secret_sql
+    from ideogram_pipeline.history.duckdb_s3 import _credentials, extension_path, s3_secret_sql
 
     statements = [f"LOAD {sql_literal(str(extension_path('delta')))}"]
     if settings.is_s3:
@@ -129,7 +129,7 @@ def cases(found: dict[str, Any]) -> list[dict[str, Any]]:
     count_sql = "SELECT model, date, count(*) AS images FROM generations GROUP BY ALL ORDER BY ALL"
     id_sql = f"SELECT * FROM generations WHERE id = {sql_literal(found['id'])}"
     seed_sql = f"SELECT * FROM generations WHERE seed = {int(found['seed'])}"
-    from ideogram_pipeline.search import SearchFilters, build_query
+    from ideogram_pipeline.history.search import SearchFilters, build_query
 
     def inlined(filters: SearchFilters) -> str:
         # search binds every value; a bare client types them: the same SQL, values inlined.

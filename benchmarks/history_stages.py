@@ -39,13 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scale_support import load_average
 
+from ideogram_pipeline.history.duckdb_s3 import extension_path, load_extension
 from ideogram_pipeline.history.layout import GENERATIONS, table_uri
+from ideogram_pipeline.history.sandbox import allowed_root, check_statements, lock_down
 from ideogram_pipeline.history.views import table_exists
-from ideogram_pipeline.query_sandbox import allowed_root, check_statements, lock_down
 from ideogram_pipeline.safe_output import sql_literal
 from ideogram_pipeline.settings import load_settings
 from ideogram_pipeline.storage import open_store
-from ideogram_pipeline.storage.duckdb_s3 import extension_path, load_extension
 
 QUESTIONS = {
     "count": "SELECT model, date, count(*) AS images FROM {t} GROUP BY ALL ORDER BY ALL",
@@ -92,7 +92,7 @@ def _imports(repeat: int) -> None:
         "python -c 'import duckdb'": "import duckdb",
         "import ideogram_pipeline.cli (every command module)": "import ideogram_pipeline.cli",
         "+ query's modules (sandbox, views, storage)": (
-            "import ideogram_pipeline.cli, ideogram_pipeline.query_sandbox, "
+            "import ideogram_pipeline.cli, ideogram_pipeline.history.sandbox, "
             "ideogram_pipeline.history.views"
         ),
     }

@@ -117,9 +117,9 @@ def measure_flushes(settings: Any, repeat: int, root: Path) -> dict[str, Any]:
 def measure_tags(settings: Any, repeat: int) -> dict[str, list[float]]:
     import duckdb
 
+    from ideogram_pipeline.history.duckdb_s3 import load_extension
     from ideogram_pipeline.history.tags import change_tags
     from ideogram_pipeline.history.views import plain_sql
-    from ideogram_pipeline.storage.duckdb_s3 import load_extension
 
     con = duckdb.connect()
     load_extension(con, "delta")

@@ -22,14 +22,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ideogram_pipeline.compaction import TABLES, compact, table_files
 from ideogram_pipeline.history.tables import HistoryTables
-from ideogram_pipeline.keys import image_key
-from ideogram_pipeline.lifecycle import RetentionPolicy
-from ideogram_pipeline.reports import build_report
-from ideogram_pipeline.retention import plan_cleanup, run_cleanup
+from ideogram_pipeline.lifecycle.compaction import TABLES, compact, table_files
+from ideogram_pipeline.lifecycle.policy import RetentionPolicy
+from ideogram_pipeline.lifecycle.retention import plan_cleanup, run_cleanup
+from ideogram_pipeline.reports.usage import build_report
 from ideogram_pipeline.settings import Settings, load_settings
 from ideogram_pipeline.storage import ObjectStore, open_store
+from ideogram_pipeline.storage.keys import image_key
 
 __all__ = ["PNG", "flushes", "synthetic_records", "write_flushes"]
 

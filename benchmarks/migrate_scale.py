@@ -49,7 +49,7 @@ def _timed_process(cmd: list[str], env: dict[str, str]) -> tuple[float, float, s
 def _counts(root: Path) -> dict[str, int]:
     import duckdb
 
-    from ideogram_pipeline.storage.duckdb_s3 import load_extension
+    from ideogram_pipeline.history.duckdb_s3 import load_extension
 
     con = duckdb.connect()
     load_extension(con, "delta")

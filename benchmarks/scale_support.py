@@ -84,7 +84,7 @@ def simulator_process(
 ) -> Iterator[SimulatorProcess]:
     """``serve_forever`` in a child process; yields its URL and key, stops it on exit."""
     code = (
-        "from ideogram_pipeline.ideogram.simulator import SimulatorConfig, serve_forever\n"
+        "from ideogram_pipeline.simulator.server import SimulatorConfig, serve_forever\n"
         f"serve_forever('127.0.0.1', 0, SimulatorConfig(latency_s={latency_s!r}, "
         f"max_inflight={max_inflight!r}, image_scale={image_scale!r}))\n"
     )

@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from ideogram_pipeline.batches import parse_batch
-from ideogram_pipeline.engine import run_batch
+from ideogram_pipeline.batches.files import parse_batch
 from ideogram_pipeline.ideogram.client import IdeogramClient
-from ideogram_pipeline.ideogram.simulator import SimulatorConfig, running_simulator
+from ideogram_pipeline.runs.engine import run_batch
+from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import LocalStore
 
 TARGET_RATIO = 0.9

@@ -1,6 +1,6 @@
 """Helpers for the history-feature tests: real batches through the engine into a root.
 
-Nothing is faked: batches run through :func:`ideogram_pipeline.pipeline.execute_batch`
+Nothing is faked: batches run through :func:`ideogram_pipeline.runs.runner.execute_batch`
 against the bundled simulator on loopback, into a local folder or a SeaweedFS bucket.
 """
 
@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from ideogram_pipeline import history
-from ideogram_pipeline.batches import parse_batch
-from ideogram_pipeline.engine import BatchSummary
-from ideogram_pipeline.ideogram.simulator import Simulator
-from ideogram_pipeline.pipeline import execute_batch
+from ideogram_pipeline.batches.files import parse_batch
+from ideogram_pipeline.runs.engine import BatchSummary
+from ideogram_pipeline.runs.runner import execute_batch
 from ideogram_pipeline.settings import Settings, load_settings
+from ideogram_pipeline.simulator.server import Simulator
 from ideogram_pipeline.storage import ObjectStore, open_store
 from tests.conftest import new_bucket
 

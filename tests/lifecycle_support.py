@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from ideogram_pipeline import history
-from ideogram_pipeline.batches import load_batch
-from ideogram_pipeline.ideogram.simulator import Simulator, SimulatorConfig, running_simulator
-from ideogram_pipeline.pipeline import execute_batch
+from ideogram_pipeline.batches.files import load_batch
+from ideogram_pipeline.runs.runner import execute_batch
 from ideogram_pipeline.settings import Settings, load_settings
+from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import ObjectStore, open_store
 from ideogram_pipeline.storage.seaweed import SeaweedServer
 
@@ -37,8 +37,8 @@ __all__ = [
 # phase named by argv[1]: as abrupt as a killed worker, at an exact step.
 _KILLED_CLEANUP = """
 import os, signal, sys
-from ideogram_pipeline.lifecycle import load_lifecycle_config, parse_as_of
-from ideogram_pipeline.retention import run_cleanup
+from ideogram_pipeline.lifecycle.policy import load_lifecycle_config, parse_as_of
+from ideogram_pipeline.lifecycle.retention import run_cleanup
 from ideogram_pipeline.settings import load_settings
 from ideogram_pipeline.storage import open_store
 

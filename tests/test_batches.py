@@ -21,8 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ideogram_pipeline import enums
-from ideogram_pipeline.batches import (
+from ideogram_pipeline.batches.files import (
     COLUMNS,
     IDEOGRAM_UI_COLUMNS,
     MAX_SEED,
@@ -32,7 +31,8 @@ from ideogram_pipeline.batches import (
     load_batch,
     parse_batch,
 )
-from ideogram_pipeline.models import MODELS, GenerationRequest, RejectedRow
+from ideogram_pipeline.ideogram import enums
+from ideogram_pipeline.ideogram.records import MODELS, GenerationRequest, RejectedRow
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"

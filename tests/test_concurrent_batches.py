@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from ideogram_pipeline import history
-from ideogram_pipeline.ideogram.simulator import SimulatorConfig, running_simulator
 from ideogram_pipeline.settings import load_settings
+from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
 from tests.conftest import make_env
 
 LIMIT = 4

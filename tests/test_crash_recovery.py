@@ -21,8 +21,8 @@ import pytest
 
 from ideogram_pipeline import history
 from ideogram_pipeline.history.tables import GENERATIONS, RECORDS, HistoryTables
-from ideogram_pipeline.ideogram.simulator import Simulator, SimulatorConfig, running_simulator
 from ideogram_pipeline.settings import load_settings
+from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import LocalStore
 from tests.conftest import make_env
 

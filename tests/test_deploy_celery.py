@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from ideogram_pipeline import history
-from ideogram_pipeline.ideogram.simulator import SimulatorConfig, running_simulator
 from ideogram_pipeline.settings import load_settings
+from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import open_store
 from ideogram_pipeline.storage.seaweed import SeaweedServer
 from tests.conftest import new_bucket

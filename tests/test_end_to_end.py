@@ -19,8 +19,8 @@ from click.testing import CliRunner
 
 from ideogram_pipeline import history
 from ideogram_pipeline.cli import main
-from ideogram_pipeline.ideogram.simulator import Simulator, SimulatorConfig, running_simulator
 from ideogram_pipeline.settings import load_settings
+from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 
 SIMULATOR_LIMIT = 3
 CLIENT_LIMIT = 6  # the client believes the account allows more than it does: 429s follow

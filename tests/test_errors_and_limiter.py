@@ -29,8 +29,8 @@ from ideogram_pipeline.ideogram.errors import (
     error_for_status,
 )
 from ideogram_pipeline.ideogram.limiter import InflightLimiter
+from ideogram_pipeline.ideogram.records import GenerationRequest
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy
-from ideogram_pipeline.models import GenerationRequest
 
 EXPECTED = {
     400: (InvalidRequest, False, False),

@@ -20,12 +20,12 @@ import httpx
 import pytest
 
 from ideogram_pipeline import history
-from ideogram_pipeline.batches import parse_batch
-from ideogram_pipeline.engine import BatchSummary, run_batch
+from ideogram_pipeline.batches.files import parse_batch
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import IdeogramClient, RetryPolicy
-from ideogram_pipeline.ideogram.simulator import Simulator, SimulatorConfig, running_simulator
+from ideogram_pipeline.runs.engine import BatchSummary, run_batch
 from ideogram_pipeline.settings import Settings, load_settings
+from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import LocalStore, ObjectStore
 from ideogram_pipeline.storage.s3 import S3Store
 from ideogram_pipeline.storage.seaweed import running_seaweedfs, start_seaweedfs

@@ -18,9 +18,9 @@ from click.testing import CliRunner
 
 from ideogram_pipeline import history
 from ideogram_pipeline.cli import main
-from ideogram_pipeline.ideogram.simulator import Simulator, SimulatorConfig, running_simulator
-from ideogram_pipeline.pngmeta import read_metadata
-from ideogram_pipeline.reproduce import ReproduceError, plan, reproduce
+from ideogram_pipeline.history.reproduce import ReproduceError, plan, reproduce
+from ideogram_pipeline.images.png_metadata import read_metadata
+from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from tests.history_support import Root, make_root
 
 ORIGINAL = (

@@ -21,10 +21,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from ideogram_pipeline.cli import main
-from ideogram_pipeline.contact_sheet import save_contact_sheet
-from ideogram_pipeline.ideogram.simulator import Simulator, SimulatorConfig, running_simulator
-from ideogram_pipeline.pngmeta import read_metadata
-from ideogram_pipeline.search import SearchError, SearchFilters, search
+from ideogram_pipeline.history.search import SearchError, SearchFilters, search
+from ideogram_pipeline.images.contact_sheets import save_contact_sheet
+from ideogram_pipeline.images.png_metadata import read_metadata
+from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from tests.history_support import Root, make_root
 
 SPRING = (

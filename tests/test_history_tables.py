@@ -17,10 +17,10 @@ import duckdb
 import pytest
 
 from ideogram_pipeline import history
+from ideogram_pipeline.history.duckdb_s3 import duckdb_init_sql, extension_path
 from ideogram_pipeline.history.schema import ROW_KEY
 from ideogram_pipeline.history.tables import GENERATIONS, RECORDS, HistoryTables
 from ideogram_pipeline.settings import Settings, load_settings
-from ideogram_pipeline.storage.duckdb_s3 import duckdb_init_sql, extension_path
 from tests.conftest import make_env
 
 DAY = datetime(2025, 3, 1, 9, tzinfo=UTC)

@@ -20,10 +20,10 @@ from PIL import Image, ImageDraw
 
 from ideogram_pipeline import history
 from ideogram_pipeline.cli import main
-from ideogram_pipeline.duplicates import near_duplicate_groups
-from ideogram_pipeline.fingerprint import perceptual_hash
+from ideogram_pipeline.history.duplicates import near_duplicate_groups
 from ideogram_pipeline.history.tables import HistoryTables
-from ideogram_pipeline.ideogram.simulator import Simulator, SimulatorConfig, running_simulator
+from ideogram_pipeline.images.fingerprints import perceptual_hash
+from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from tests.history_support import Root, make_root
 
 
@@ -177,7 +177,7 @@ def test_candidate_pairs_match_brute_force(distance: int) -> None:
     """The pigeonhole search finds exactly the pairs a full comparison finds."""
     import numpy as np
 
-    from ideogram_pipeline.duplicates import _close_pairs
+    from ideogram_pipeline.history.duplicates import _close_pairs
 
     rng = random.Random(distance)
     values = [rng.getrandbits(64) for _ in range(300)]

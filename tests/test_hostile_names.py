@@ -17,10 +17,10 @@ from click.testing import CliRunner
 
 from ideogram_pipeline import history
 from ideogram_pipeline.cli import main
-from ideogram_pipeline.ideogram.simulator import Simulator, SimulatorConfig, running_simulator
-from ideogram_pipeline.keys import batch_key_for, is_safe_key
 from ideogram_pipeline.settings import Settings, load_settings
+from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import open_store
+from ideogram_pipeline.storage.keys import batch_key_for, is_safe_key
 from ideogram_pipeline.storage.seaweed import SeaweedServer
 from tests.conftest import new_bucket
 

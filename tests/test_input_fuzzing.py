@@ -13,13 +13,13 @@ import httpx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ideogram_pipeline.batches import COLUMNS, BatchFileError, parse_batch
+from ideogram_pipeline.batches.files import COLUMNS, BatchFileError, parse_batch
 from ideogram_pipeline.ideogram.errors import UntrustedUrl
+from ideogram_pipeline.ideogram.records import GenerationRequest, RejectedRow
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy
-from ideogram_pipeline.image_safety import PNG_SIGNATURE, ImageRejected, check_png
-from ideogram_pipeline.keys import batch_key_for, batch_key_from, is_safe_key
-from ideogram_pipeline.models import GenerationRequest, RejectedRow
+from ideogram_pipeline.images.safety import PNG_SIGNATURE, ImageRejected, check_png
 from ideogram_pipeline.safe_output import escape_html, escape_markdown_cell, neutralise_csv_cell
+from ideogram_pipeline.storage.keys import batch_key_for, batch_key_from, is_safe_key
 
 FAST = settings(max_examples=150, deadline=None)
 _names = st.text(max_size=120) | st.sampled_from(["..", ".", "a..b", "CON", "x-0123abcd", "A"])

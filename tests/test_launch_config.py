@@ -15,16 +15,16 @@ import dagster as dg
 import pytest
 from click.testing import CliRunner
 
-from ideogram_pipeline.batches import parse_batch
+from ideogram_pipeline.batches.files import parse_batch
+from ideogram_pipeline.batches.overrides import OverrideError, RunOverrides, apply_overrides
 from ideogram_pipeline.cli import main
-from ideogram_pipeline.cost import CostLimitExceeded, estimate_cost
 from ideogram_pipeline.definitions import defs
-from ideogram_pipeline.ideogram.simulator import Simulator, SimulatorConfig, running_simulator
-from ideogram_pipeline.models import GenerationRequest, RejectedRow
-from ideogram_pipeline.overrides import OverrideError, RunOverrides, apply_overrides
-from ideogram_pipeline.pipeline import estimate_batch, execute_batch
-from ideogram_pipeline.pricing import price_per_image
+from ideogram_pipeline.ideogram.prices import price_per_image
+from ideogram_pipeline.ideogram.records import GenerationRequest, RejectedRow
+from ideogram_pipeline.runs.cost_guard import CostLimitExceeded, estimate_cost
+from ideogram_pipeline.runs.runner import estimate_batch, execute_batch
 from ideogram_pipeline.settings import Settings, load_settings
+from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 
 MIXED = (
     b"prompt,model,rendering_speed,aspect_ratio,style_type,num_images\n"

@@ -22,12 +22,12 @@ import pytest
 from click.testing import CliRunner
 
 from ideogram_pipeline import history
-from ideogram_pipeline.batches import load_batch
+from ideogram_pipeline.batches.files import load_batch
 from ideogram_pipeline.cli import main
-from ideogram_pipeline.ideogram.simulator import SimulatorConfig, running_simulator
-from ideogram_pipeline.pipeline import execute_batch
+from ideogram_pipeline.history.sharing import ShareError, share_image
+from ideogram_pipeline.runs.runner import execute_batch
 from ideogram_pipeline.settings import SettingsError, load_settings
-from ideogram_pipeline.sharing import ShareError, share_image
+from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import StorageError, open_store
 from ideogram_pipeline.storage.seaweed import SeaweedServer, running_seaweedfs
 

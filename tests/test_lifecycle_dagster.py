@@ -14,13 +14,13 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from ideogram_pipeline import history_health
 from ideogram_pipeline.definitions import defs
 from ideogram_pipeline.defs.lifecycle_schedules import build_lifecycle_schedules
+from ideogram_pipeline.history import health as history_health
 from ideogram_pipeline.history.tables import GENERATIONS, HistoryTables
 from ideogram_pipeline.history.views import read_rows
-from ideogram_pipeline.ideogram.simulator import Simulator
-from ideogram_pipeline.lifecycle import load_lifecycle_config
+from ideogram_pipeline.lifecycle.policy import load_lifecycle_config
+from ideogram_pipeline.simulator.server import Simulator
 from tests.lifecycle_support import Root, make_root, simulator_running
 
 SCHEDULES = {

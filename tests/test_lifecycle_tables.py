@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from ideogram_pipeline.lifecycle import RetentionPolicy
-from ideogram_pipeline.reports import build_report
-from ideogram_pipeline.retention import AUDIT_PREFIX, run_cleanup
+from ideogram_pipeline.lifecycle.policy import RetentionPolicy
+from ideogram_pipeline.lifecycle.retention import AUDIT_PREFIX, run_cleanup
+from ideogram_pipeline.reports.usage import build_report
 from ideogram_pipeline.settings import load_settings
 from ideogram_pipeline.storage import open_store
 from tests.lifecycle_support import Root, run_cli

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from ideogram_pipeline.compaction import compact
 from ideogram_pipeline.history.tables import GENERATIONS, RECORDS
-from ideogram_pipeline.ideogram.simulator import Simulator
-from ideogram_pipeline.lifecycle import RetentionPolicy
-from ideogram_pipeline.orphans import verify_stored_objects
-from ideogram_pipeline.retention import run_cleanup
+from ideogram_pipeline.lifecycle.compaction import compact
+from ideogram_pipeline.lifecycle.orphans import verify_stored_objects
+from ideogram_pipeline.lifecycle.policy import RetentionPolicy
+from ideogram_pipeline.lifecycle.retention import run_cleanup
+from ideogram_pipeline.simulator.server import Simulator
 from tests.lifecycle_support import Root, make_root, run_cli, simulator_running
 
 KINDS = ["local", pytest.param("s3", marks=pytest.mark.s3)]

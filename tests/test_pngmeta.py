@@ -14,14 +14,13 @@ import zlib
 import pytest
 from PIL import Image
 
-from ideogram_pipeline.fingerprint import (
+from ideogram_pipeline.images.fingerprints import (
     ImageTooLarge,
     hamming,
     open_image,
     perceptual_hash,
 )
-from ideogram_pipeline.ideogram.sim_images import ImageKey, pixel_size, render_png
-from ideogram_pipeline.pngmeta import (
+from ideogram_pipeline.images.png_metadata import (
     JSON_KEYWORD,
     PngError,
     embed_metadata,
@@ -29,6 +28,7 @@ from ideogram_pipeline.pngmeta import (
     prepare_for_storage,
     read_metadata,
 )
+from ideogram_pipeline.simulator.images import ImageKey, pixel_size, render_png
 
 RECORD = {
     "id": "0123456789abcdef0123456789abcdef",

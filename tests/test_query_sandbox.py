@@ -17,13 +17,13 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
-from ideogram_pipeline.batches import load_batch
+from ideogram_pipeline.batches.files import load_batch
 from ideogram_pipeline.cli import main
-from ideogram_pipeline.ideogram.simulator import Simulator, SimulatorConfig, running_simulator
-from ideogram_pipeline.pipeline import execute_batch
-from ideogram_pipeline.query_sandbox import QueryRefused, check_statements, run_query
+from ideogram_pipeline.history.sandbox import QueryRefused, check_statements, run_query
+from ideogram_pipeline.runs.runner import execute_batch
 from ideogram_pipeline.safe_output import escape_html, escape_markdown_cell, neutralise_csv_cell
 from ideogram_pipeline.settings import Settings, load_settings
+from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from ideogram_pipeline.storage.seaweed import SeaweedServer
 from tests.conftest import new_bucket
 

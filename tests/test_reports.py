@@ -17,14 +17,14 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from ideogram_pipeline.history.duckdb_s3 import load_extension
 from ideogram_pipeline.history.pins import set_pinned
 from ideogram_pipeline.history.tables import RECORDS, USAGE, HistoryTables
-from ideogram_pipeline.ideogram.simulator import Simulator
-from ideogram_pipeline.lifecycle import RetentionPolicy
-from ideogram_pipeline.report_output import report_csv, report_markdown
-from ideogram_pipeline.reports import build_report
-from ideogram_pipeline.retention import run_cleanup
-from ideogram_pipeline.storage.duckdb_s3 import load_extension
+from ideogram_pipeline.lifecycle.policy import RetentionPolicy
+from ideogram_pipeline.lifecycle.retention import run_cleanup
+from ideogram_pipeline.reports.rendering import report_csv, report_markdown
+from ideogram_pipeline.reports.usage import build_report
+from ideogram_pipeline.simulator.server import Simulator
 from tests.lifecycle_support import Root, make_root, run_cli, simulator_running
 
 HEADER = "prompt,tags,model,rendering_speed,style_type,seed"

@@ -10,15 +10,15 @@ import itertools
 
 import pytest
 
-from ideogram_pipeline.enums import (
+from ideogram_pipeline.ideogram import spec
+from ideogram_pipeline.ideogram.enums import (
     ASPECT_RATIOS_LEGACY,
     ASPECT_RATIOS_V3,
     RENDERING_SPEEDS,
     STYLE_TYPES_V3,
 )
-from ideogram_pipeline.ideogram import spec
+from ideogram_pipeline.ideogram.records import LEGACY_MODELS, GenerationRequest
 from ideogram_pipeline.ideogram.requests import legacy_body, v3_fields, v3_multipart
-from ideogram_pipeline.models import LEGACY_MODELS, GenerationRequest
 
 # Canonical "16x9" forms of the legacy endpoint's ASPECT_16_9 enum.
 LEGACY_ASPECT_RATIOS = [

@@ -17,9 +17,9 @@ import pytest
 
 from ideogram_pipeline.history.pins import set_pinned
 from ideogram_pipeline.history.tables import GENERATIONS, RECORDS, USAGE
-from ideogram_pipeline.ideogram.simulator import Simulator
-from ideogram_pipeline.lifecycle import RetentionPolicy
-from ideogram_pipeline.retention import AUDIT_PREFIX, run_cleanup
+from ideogram_pipeline.lifecycle.policy import RetentionPolicy
+from ideogram_pipeline.lifecycle.retention import AUDIT_PREFIX, run_cleanup
+from ideogram_pipeline.simulator.server import Simulator
 from tests.lifecycle_support import Root, cleanup_killed_at, make_root, run_cli, simulator_running
 
 KINDS = ["local", pytest.param("s3", marks=pytest.mark.s3)]

@@ -27,6 +27,11 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 import pytest
 
+from ideogram_pipeline.history.duckdb_s3 import (
+    configure_duckdb_s3,
+    duckdb_init_sql,
+    extension_path,
+)
 from ideogram_pipeline.settings import Settings, load_settings
 from ideogram_pipeline.storage import (
     LocalStore,
@@ -35,11 +40,6 @@ from ideogram_pipeline.storage import (
     StorageError,
     StoragePreflightError,
     open_store,
-)
-from ideogram_pipeline.storage.duckdb_s3 import (
-    configure_duckdb_s3,
-    duckdb_init_sql,
-    extension_path,
 )
 from ideogram_pipeline.storage.s3 import S3Store
 from ideogram_pipeline.storage.seaweed import SeaweedServer

@@ -18,19 +18,19 @@ import dagster as dg
 import pytest
 
 from ideogram_pipeline import history
-from ideogram_pipeline.batches import parse_batch
+from ideogram_pipeline.batches.files import parse_batch
 from ideogram_pipeline.definitions import defs
 from ideogram_pipeline.defs.sensors import prompts_sensor
-from ideogram_pipeline.engine import _worker_count, run_batch
+from ideogram_pipeline.history.sandbox import sandboxed_connection, views_for
+from ideogram_pipeline.history.search import SearchFilters, search
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import IdeogramClient
 from ideogram_pipeline.ideogram.polling import LatencyTracker, next_interval
-from ideogram_pipeline.ideogram.simulator import SimulatorConfig, running_simulator
-from ideogram_pipeline.ledger import LEDGER_PREFIX
-from ideogram_pipeline.models import GenerationRequest
-from ideogram_pipeline.query_sandbox import sandboxed_connection, views_for
-from ideogram_pipeline.search import SearchFilters, search
+from ideogram_pipeline.ideogram.records import GenerationRequest
+from ideogram_pipeline.runs.engine import _worker_count, run_batch
+from ideogram_pipeline.runs.ledger import LEDGER_PREFIX
 from ideogram_pipeline.settings import load_settings
+from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import LocalStore, open_store
 
 

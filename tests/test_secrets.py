@@ -29,7 +29,7 @@ from click.testing import CliRunner
 
 from ideogram_pipeline.cli import main
 from ideogram_pipeline.defs.resources import build_resources
-from ideogram_pipeline.ideogram.simulator import SimulatorConfig, running_simulator
+from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
 from ideogram_pipeline.storage.seaweed import SeaweedServer
 from tests.conftest import new_bucket
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ideogram_pipeline.keys import batch_key_for, image_key
 from ideogram_pipeline.settings import SettingsError, load_settings
+from ideogram_pipeline.storage.keys import batch_key_for, image_key
 
 
 def test_defaults_mean_simulator_and_local_storage() -> None:

@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from ideogram_pipeline.ideogram import spec
-from ideogram_pipeline.ideogram.sim_images import ImageKey, pixel_size, render_png
-from ideogram_pipeline.ideogram.simulator import (
+from ideogram_pipeline.simulator.images import ImageKey, pixel_size, render_png
+from ideogram_pipeline.simulator.server import (
     Simulator,
     SimulatorConfig,
     Triggers,

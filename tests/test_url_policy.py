@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from ideogram_pipeline import history
-from ideogram_pipeline.batches import load_batch
+from ideogram_pipeline.batches.files import load_batch
 from ideogram_pipeline.ideogram.client import IdeogramClient, RetryPolicy
 from ideogram_pipeline.ideogram.errors import (
     CorruptImage,
@@ -24,12 +24,12 @@ from ideogram_pipeline.ideogram.errors import (
     UnexpectedContent,
     UntrustedUrl,
 )
-from ideogram_pipeline.ideogram.simulator import Simulator, SimulatorConfig, running_simulator
+from ideogram_pipeline.ideogram.records import GenerationRequest
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy, address_refusal, host_matches
-from ideogram_pipeline.image_safety import ImageRejected, check_png
-from ideogram_pipeline.models import GenerationRequest
-from ideogram_pipeline.pipeline import execute_batch
+from ideogram_pipeline.images.safety import ImageRejected, check_png
+from ideogram_pipeline.runs.runner import execute_batch
 from ideogram_pipeline.settings import SettingsError, load_settings
+from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 
 PUBLIC = "93.184.215.14"
 #: Download-side simulator triggers and what the failed row's error must say.

@@ -14,10 +14,10 @@ import pytest
 
 from ideogram_pipeline.ideogram.client import IdeogramClient, RetryPolicy
 from ideogram_pipeline.ideogram.errors import InvalidRequest
+from ideogram_pipeline.ideogram.prices import price_per_image
+from ideogram_pipeline.ideogram.records import GenerationRequest
 from ideogram_pipeline.ideogram.requests import v2_body
-from ideogram_pipeline.ideogram.simulator import Simulator, SimulatorConfig, running_simulator
-from ideogram_pipeline.models import GenerationRequest
-from ideogram_pipeline.pricing import price_per_image
+from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 
 
 @pytest.fixture(scope="module")

@@ -79,8 +79,8 @@ def run_csv(csv: Path, batch: str | None, config: dict[str, Any] | None = None) 
 
     ``config`` holds further ``BatchConfig`` fields for this run (``max_cost_usd``, ...).
     """
-    from ideogram_pipeline.batches import BatchFileError, load_batch
-    from ideogram_pipeline.keys import batch_key_from
+    from ideogram_pipeline.batches.files import BatchFileError, load_batch
+    from ideogram_pipeline.storage.keys import batch_key_from
 
     settings = settings_or_exit()
     key = batch_key_from(batch, csv.stem)
@@ -163,7 +163,7 @@ def run(
 @click.option("--max-inflight", default=10, show_default=True, help="In-flight image limit.")
 def simulator(port: int, latency: float, max_inflight: int) -> None:
     """Serve the bundled Ideogram simulator (same endpoints and shapes as the real API)."""
-    from ideogram_pipeline.ideogram.simulator import SimulatorConfig, serve_forever
+    from ideogram_pipeline.simulator.server import SimulatorConfig, serve_forever
 
     serve_forever("127.0.0.1", port, SimulatorConfig(latency_s=latency, max_inflight=max_inflight))
 

@@ -29,11 +29,11 @@ def reproduce(
     or, if not, its perceptual-hash distance (0 = looks the same). This is paid work.
     """
     from ideogram_pipeline import history
-    from ideogram_pipeline.engine import BatchAborted
+    from ideogram_pipeline.history.reproduce import ReproduceError, plan
+    from ideogram_pipeline.history.reproduce import reproduce as run_reproduce
+    from ideogram_pipeline.history.search import SearchError, resolve_ids
     from ideogram_pipeline.history.tags import TagError
-    from ideogram_pipeline.reproduce import ReproduceError, plan
-    from ideogram_pipeline.reproduce import reproduce as run_reproduce
-    from ideogram_pipeline.search import SearchError, resolve_ids
+    from ideogram_pipeline.runs.engine import BatchAborted
     from ideogram_pipeline.storage import StorageError, open_store
 
     settings = settings_or_exit()
@@ -114,9 +114,9 @@ def tag(ids: tuple[str, ...], add: tuple[str, ...], remove: tuple[str, ...]) -> 
     A `keep` tag protects a record from retention cleanup.
     """
     from ideogram_pipeline import history
+    from ideogram_pipeline.history.search import SearchError, resolve_ids
     from ideogram_pipeline.history.tags import TagError, change_tags
     from ideogram_pipeline.safe_output import sql_list
-    from ideogram_pipeline.search import SearchError, resolve_ids
     from ideogram_pipeline.storage import StorageError, open_store
 
     settings = settings_or_exit()
@@ -165,8 +165,8 @@ def export(where: str, target: Path) -> None:
     The export holds images/ (the stored PNGs, checksums verified), metadata.parquet,
     metadata.csv (spreadsheet-safe) and export.json (the condition and the counts).
     """
-    from ideogram_pipeline.export import ExportError
-    from ideogram_pipeline.export import export as run_export
+    from ideogram_pipeline.history.export import ExportError
+    from ideogram_pipeline.history.export import export as run_export
     from ideogram_pipeline.storage import StorageError, open_store
 
     settings = settings_or_exit()

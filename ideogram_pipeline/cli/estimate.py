@@ -18,11 +18,11 @@ __all__ = ["print_estimate"]
 
 def print_estimate(csv: Path, batch: str | None, max_cost: float | None) -> None:
     """Print what running ``csv`` would cost; fail when it is above ``max_cost``."""
-    from ideogram_pipeline.batches import BatchFileError, load_batch
-    from ideogram_pipeline.cost import CostLimitExceeded, check_budget
-    from ideogram_pipeline.keys import batch_key_from
-    from ideogram_pipeline.pipeline import estimate_batch
+    from ideogram_pipeline.batches.files import BatchFileError, load_batch
+    from ideogram_pipeline.runs.cost_guard import CostLimitExceeded, check_budget
+    from ideogram_pipeline.runs.runner import estimate_batch
     from ideogram_pipeline.storage import StorageError
+    from ideogram_pipeline.storage.keys import batch_key_from
 
     settings = settings_or_exit()
     key = batch_key_from(batch, csv.stem)

@@ -9,7 +9,7 @@ import click
 
 from ideogram_pipeline.cli.common import main, settings_or_exit
 from ideogram_pipeline.cli.output import FORMAT_OPTION, emit, terminal_text
-from ideogram_pipeline.models import STATUSES
+from ideogram_pipeline.ideogram.records import STATUSES
 
 
 @main.command()
@@ -58,14 +58,14 @@ def search(
     Example: ideogram-pipeline search 'fox "fresh snow"' --since 2024-01-01 --tag keep
     """
     from ideogram_pipeline import history
-    from ideogram_pipeline.search import (
+    from ideogram_pipeline.history.search import (
         RESULT_COLUMNS,
         SearchError,
         SearchFilters,
         parse_when,
         view_searched,
     )
-    from ideogram_pipeline.search import search as run_search
+    from ideogram_pipeline.history.search import search as run_search
     from ideogram_pipeline.storage import StorageError
 
     try:
@@ -96,7 +96,7 @@ def search(
 
 
 def _read_image(location: str) -> bytes:
-    from ideogram_pipeline.fingerprint import MAX_IMAGE_BYTES
+    from ideogram_pipeline.images.fingerprints import MAX_IMAGE_BYTES
 
     if location.startswith("s3://"):
         from ideogram_pipeline.storage import StorageError
@@ -137,7 +137,7 @@ def inspect(file: str, fmt: str) -> None:
     Every image the pipeline stores carries a human-readable `parameters` text chunk and
     an `ideogram-pipeline` JSON chunk with the full record.
     """
-    from ideogram_pipeline.pngmeta import PngError, read_metadata
+    from ideogram_pipeline.images.png_metadata import PngError, read_metadata
 
     try:
         meta = read_metadata(_read_image(file))
@@ -178,7 +178,7 @@ def duplicates(distance: int, batch: str | None, fmt: str) -> None:
     earliest image; records linked as exact duplicates count under their original.
     """
     from ideogram_pipeline import history
-    from ideogram_pipeline.duplicates import near_duplicate_groups
+    from ideogram_pipeline.history.duplicates import near_duplicate_groups
     from ideogram_pipeline.storage import StorageError
 
     try:

@@ -26,7 +26,7 @@ def show_query(settings: Settings, sql: str, fmt: str = "table") -> None:
     """Run ``sql`` as the ``query`` command does and print its rows in ``fmt``."""
     import duckdb
 
-    from ideogram_pipeline.query_sandbox import QueryRefused, query_rows
+    from ideogram_pipeline.history.sandbox import QueryRefused, query_rows
     from ideogram_pipeline.storage import StorageError
 
     try:
@@ -74,7 +74,7 @@ def duckdb_init(with_credentials: bool) -> None:
     extension reads it). For an S3 root it also loads httpfs and creates an S3 secret from
     the AWS settings; the credentials are placeholders unless --with-credentials is given.
     """
-    from ideogram_pipeline.storage.duckdb_s3 import duckdb_init_sql
+    from ideogram_pipeline.history.duckdb_s3 import duckdb_init_sql
 
     settings = settings_or_exit()
     click.echo(duckdb_init_sql(settings, with_credentials=with_credentials), nl=False)

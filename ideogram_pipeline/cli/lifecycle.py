@@ -14,15 +14,15 @@ import click
 from ideogram_pipeline.cli.common import main, settings_or_exit
 
 if TYPE_CHECKING:
-    from ideogram_pipeline.lifecycle import LifecycleConfig
-    from ideogram_pipeline.retention import CleanupPlan
+    from ideogram_pipeline.lifecycle.policy import LifecycleConfig
+    from ideogram_pipeline.lifecycle.retention import CleanupPlan
     from ideogram_pipeline.storage import ObjectStore
 
 
 @contextmanager
 def _errors() -> Iterator[None]:
     """Library errors become one line and a non-zero exit."""
-    from ideogram_pipeline.lifecycle import LifecycleError
+    from ideogram_pipeline.lifecycle.policy import LifecycleError
     from ideogram_pipeline.storage import StorageError
 
     try:
@@ -32,7 +32,7 @@ def _errors() -> Iterator[None]:
 
 
 def _config() -> LifecycleConfig:
-    from ideogram_pipeline.lifecycle import load_lifecycle_config
+    from ideogram_pipeline.lifecycle.policy import load_lifecycle_config
 
     with _errors():
         return load_lifecycle_config()
@@ -54,7 +54,7 @@ def _who() -> str:
 
 
 def _human(size: float) -> str:
-    from ideogram_pipeline.report_output import human_bytes
+    from ideogram_pipeline.reports.rendering import human_bytes
 
     return human_bytes(size)
 
@@ -84,7 +84,7 @@ def _echo_plan(plan: CleanupPlan, verb: str) -> None:
 
 
 def _orphans(fix: bool, grace_hours: float | None) -> None:
-    from ideogram_pipeline.orphans import sweep_orphans
+    from ideogram_pipeline.lifecycle.orphans import sweep_orphans
 
     settings, store = _store()
     grace = _config().grace_hours if grace_hours is None else grace_hours
@@ -158,8 +158,8 @@ def cleanup(
             raise click.UsageError("--orphans runs on its own (without it, nothing is changed)")
         _orphans(fix, grace_hours)
         return
-    from ideogram_pipeline.lifecycle import parse_as_of
-    from ideogram_pipeline.retention import run_cleanup
+    from ideogram_pipeline.lifecycle.policy import parse_as_of
+    from ideogram_pipeline.lifecycle.retention import run_cleanup
 
     settings, store = _store()
     policy = _config().retention.with_default(older_than)
@@ -186,7 +186,7 @@ def _pin_command(action: str) -> Callable[[str], None]:
     def command(record_id: str) -> None:
         from ideogram_pipeline import history
         from ideogram_pipeline.history.pins import set_pinned
-        from ideogram_pipeline.search import SearchError, resolve_ids
+        from ideogram_pipeline.history.search import SearchError, resolve_ids
 
         settings, store = _store()
         with _errors():
@@ -237,7 +237,7 @@ def compact(target_mb: float | None) -> None:
     Delta's own OPTIMIZE, one atomic commit per table, then a vacuum of the replaced files.
     Query results do not change.
     """
-    from ideogram_pipeline.compaction import compact as run
+    from ideogram_pipeline.lifecycle.compaction import compact as run
 
     settings, _ = _store()
     target = _config().target_file_mb if target_mb is None else target_mb
@@ -269,8 +269,8 @@ def report(since: datetime | None, until: datetime | None, out: Path | None) -> 
     Written under reports/ in the storage root (and to --out). The monthly budget comes
     from IDEOGRAM_MONTHLY_BUDGET_USD or retention.toml's [reports] monthly_budget_usd.
     """
-    from ideogram_pipeline.report_output import write_report
-    from ideogram_pipeline.reports import build_report
+    from ideogram_pipeline.reports.rendering import write_report
+    from ideogram_pipeline.reports.usage import build_report
 
     if since and until and since > until:
         raise click.UsageError("--since is after --until")

@@ -25,7 +25,7 @@ def share(record_id: str, expires_s: int) -> None:
     The link reads that one image until it expires; the bucket is never made public.
     Anyone with the link can open the image, so share it like a password.
     """
-    from ideogram_pipeline.sharing import ShareError, share_image
+    from ideogram_pipeline.history.sharing import ShareError, share_image
     from ideogram_pipeline.storage import StorageError
 
     try:

@@ -8,16 +8,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import dagster as dg
 from pydantic import Field
 
-from ideogram_pipeline.batches import BatchFileError, load_batch
-from ideogram_pipeline.defs.contact_sheets import contact_sheet_metadata
-from ideogram_pipeline.defs.partitions import batch_partitions, csv_for_partition
-from ideogram_pipeline.defs.resources import (
-    PipelineSettingsResource,
-    StorageResource,
-    prompts_dir,
-)
-from ideogram_pipeline.keys import batch_key_for, is_safe_key
-from ideogram_pipeline.overrides import (
+from ideogram_pipeline.batches.files import BatchFileError, load_batch
+from ideogram_pipeline.batches.overrides import (
     ModelChoice,
     OverrideError,
     RenderingSpeedChoice,
@@ -25,12 +17,20 @@ from ideogram_pipeline.overrides import (
     StyleTypeChoice,
     apply_overrides,
 )
+from ideogram_pipeline.defs.contact_sheets import contact_sheet_metadata
+from ideogram_pipeline.defs.partitions import batch_partitions, csv_for_partition
+from ideogram_pipeline.defs.resources import (
+    PipelineSettingsResource,
+    StorageResource,
+    prompts_dir,
+)
 from ideogram_pipeline.safe_output import escape_markdown_cell
 from ideogram_pipeline.settings import SettingsError
 from ideogram_pipeline.storage import StorageError
+from ideogram_pipeline.storage.keys import batch_key_for, is_safe_key
 
 if TYPE_CHECKING:
-    from ideogram_pipeline.engine import BatchSummary
+    from ideogram_pipeline.runs.engine import BatchSummary
 
 __all__ = ["BatchConfig", "batch_images"]
 
@@ -152,9 +152,9 @@ def batch_images(
     """
     # The engine (httpx, pyarrow, DuckDB, Pillow) is imported when a batch runs, not when
     # the code location loads: the UI, sensors and schedules never need it.
-    from ideogram_pipeline.cost import CostLimitExceeded
-    from ideogram_pipeline.engine import BatchAborted, Progress
-    from ideogram_pipeline.pipeline import execute_batch
+    from ideogram_pipeline.runs.cost_guard import CostLimitExceeded
+    from ideogram_pipeline.runs.engine import BatchAborted, Progress
+    from ideogram_pipeline.runs.runner import execute_batch
 
     key = context.partition_key
     if not is_safe_key(key):  # partitions can be added by hand in the UI: keys are paths

@@ -10,7 +10,7 @@ from typing import Any
 
 import dagster as dg
 
-from ideogram_pipeline.contact_sheet import save_contact_sheet
+from ideogram_pipeline.images.contact_sheets import save_contact_sheet
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore
 

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from ideogram_pipeline.defs.resources import PipelineSettingsResource, StorageResource
-from ideogram_pipeline.lifecycle import LifecycleError, load_lifecycle_config, parse_as_of
+from ideogram_pipeline.lifecycle.policy import LifecycleError, load_lifecycle_config, parse_as_of
 from ideogram_pipeline.settings import Settings, SettingsError
 
 # The work modules (DuckDB, pyarrow, pandas, matplotlib) are imported inside the assets
 # that run them, so loading the code location stays fast.
 if TYPE_CHECKING:
-    from ideogram_pipeline import history_health
+    from ideogram_pipeline.history import health as history_health
 from ideogram_pipeline.storage import StorageError
 
 __all__ = [
@@ -58,7 +58,7 @@ def generation_history(
 
     Materializing it observes the Delta tables (nothing is written) and runs its checks.
     """
-    from ideogram_pipeline import history_health
+    from ideogram_pipeline.history import health as history_health
 
     settings, store = _open(pipeline, storage)
     summary = history_health.summarise(settings, store)
@@ -98,7 +98,7 @@ def _check_result(outcome: "history_health.CheckOutcome") -> dg.AssetCheckResult
 def stored_objects_match(
     pipeline: PipelineSettingsResource, storage: StorageResource
 ) -> dg.AssetCheckResult:
-    from ideogram_pipeline.orphans import verify_stored_objects
+    from ideogram_pipeline.lifecycle.orphans import verify_stored_objects
 
     settings, store = _open(pipeline, storage)
     result = verify_stored_objects(settings, store)
@@ -118,7 +118,7 @@ def stored_objects_match(
     asset=generation_history, description="No two different rows share an id or a row key."
 )
 def ids_unique(pipeline: PipelineSettingsResource, storage: StorageResource) -> dg.AssetCheckResult:
-    from ideogram_pipeline import history_health
+    from ideogram_pipeline.history import health as history_health
 
     return _check_result(history_health.ids_unique(*_open(pipeline, storage)))
 
@@ -127,7 +127,7 @@ def ids_unique(pipeline: PipelineSettingsResource, storage: StorageResource) -> 
 def status_present(
     pipeline: PipelineSettingsResource, storage: StorageResource
 ) -> dg.AssetCheckResult:
-    from ideogram_pipeline import history_health
+    from ideogram_pipeline.history import health as history_health
 
     return _check_result(history_health.status_present(*_open(pipeline, storage)))
 
@@ -136,7 +136,7 @@ def status_present(
 def cost_non_negative(
     pipeline: PipelineSettingsResource, storage: StorageResource
 ) -> dg.AssetCheckResult:
-    from ideogram_pipeline import history_health
+    from ideogram_pipeline.history import health as history_health
 
     return _check_result(history_health.cost_non_negative(*_open(pipeline, storage)))
 
@@ -167,8 +167,8 @@ def usage_report(
 
     Written as Markdown, PNG charts and CSV under ``reports/`` in the storage root.
     """
-    from ideogram_pipeline.report_output import write_report
-    from ideogram_pipeline.reports import build_report
+    from ideogram_pipeline.reports.rendering import write_report
+    from ideogram_pipeline.reports.usage import build_report
 
     settings, store = _open(pipeline, storage)
     report = build_report(
@@ -214,8 +214,8 @@ def retention_cleanup(
     history tables and a vacuum; an audit record last. Each step is one atomic commit or
     idempotent, so a run killed anywhere is finished by the next.
     """
-    from ideogram_pipeline.report_output import human_bytes
-    from ideogram_pipeline.retention import run_cleanup
+    from ideogram_pipeline.lifecycle.retention import run_cleanup
+    from ideogram_pipeline.reports.rendering import human_bytes
 
     settings, store = _open(pipeline, storage)
     policy = _config().retention.with_default(config.older_than_days)
@@ -271,7 +271,7 @@ def metadata_compaction(
 
     Query results never change: the merged files are one atomic commit.
     """
-    from ideogram_pipeline.compaction import compact
+    from ideogram_pipeline.lifecycle.compaction import compact
 
     settings, store = _open(pipeline, storage)
     target = config.target_file_mb or _config().target_file_mb

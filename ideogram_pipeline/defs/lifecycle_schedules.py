@@ -18,7 +18,11 @@ from ideogram_pipeline.defs.lifecycle import (
     retention_cleanup,
     usage_report,
 )
-from ideogram_pipeline.lifecycle import LifecycleConfig, LifecycleError, load_lifecycle_config
+from ideogram_pipeline.lifecycle.policy import (
+    LifecycleConfig,
+    LifecycleError,
+    load_lifecycle_config,
+)
 
 __all__ = [
     "lifecycle_jobs",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ideogram_pipeline.keys import batch_key_for
+from ideogram_pipeline.storage.keys import batch_key_for
 
 __all__ = ["batch_partitions", "csv_for_partition"]
 

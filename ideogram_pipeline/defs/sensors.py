@@ -12,7 +12,7 @@ import dagster as dg
 
 from ideogram_pipeline.defs.partitions import batch_partitions
 from ideogram_pipeline.defs.resources import prompts_dir
-from ideogram_pipeline.keys import batch_key_for
+from ideogram_pipeline.storage.keys import batch_key_for
 
 __all__ = ["batch_job", "prompts_sensor"]
 

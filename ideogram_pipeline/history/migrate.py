@@ -176,7 +176,7 @@ class _Migration:
     DuckDB connection so that comparing them is a join."""
 
     def __init__(self, settings: Settings, store: ObjectStore, legacy: LegacyFiles) -> None:
-        from ideogram_pipeline.storage.duckdb_s3 import configure_duckdb_s3, load_extension
+        from ideogram_pipeline.history.duckdb_s3 import configure_duckdb_s3, load_extension
 
         self.tables = HistoryTables(settings)
         self.con = duckdb.connect(":memory:")

@@ -36,10 +36,10 @@ from ideogram_pipeline.history.schema import (
     ROW_KEY,
     TABLE_SCHEMA,
 )
-from ideogram_pipeline.keys import is_safe_key
 from ideogram_pipeline.safe_output import sql_list, sql_literal
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage.base import ObjectStore, StorageError
+from ideogram_pipeline.storage.keys import is_safe_key
 
 __all__ = [
     "COMMIT_RETRIES",

@@ -119,7 +119,7 @@ def connect(
     Raises :class:`HistoryNeedsMigration` when the root holds only an old-layout history:
     an empty answer there would be wrong, not merely empty.
     """
-    from ideogram_pipeline.storage.duckdb_s3 import configure_duckdb_s3, load_extension
+    from ideogram_pipeline.history.duckdb_s3 import configure_duckdb_s3, load_extension
 
     store = store or open_store(settings)
     # The delta extension is the file pip installed with the venv, as trusted as this code:

@@ -34,6 +34,7 @@ from ideogram_pipeline.ideogram.polling import (
     PollBudget,
     next_interval,
 )
+from ideogram_pipeline.ideogram.records import GenerationRequest, GenerationResponse
 from ideogram_pipeline.ideogram.requests import (
     LEGACY_PATH,
     V2_GENERATIONS_PATH,
@@ -44,7 +45,6 @@ from ideogram_pipeline.ideogram.requests import (
     v3_multipart,
 )
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy
-from ideogram_pipeline.models import GenerationRequest, GenerationResponse
 
 __all__ = ["LAST_RETRY_ERROR", "IdeogramClient", "RetryPolicy", "translate_transport_errors"]
 

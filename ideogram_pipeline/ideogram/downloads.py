@@ -4,7 +4,7 @@ Redirects are followed here, by hand, rather than by httpx: every hop is vetted 
 policy before it is requested, and there are at most ``policy.max_redirects`` of them. The
 body is streamed and abandoned as soon as it passes ``policy.max_bytes``, so an endless or
 oversized response costs at most the cap in memory. What arrives must be a whole PNG
-(:func:`ideogram_pipeline.image_safety.check_png`) before anyone stores it.
+(:func:`ideogram_pipeline.images.safety.check_png`) before anyone stores it.
 
 httpx exceptions are left to the caller's
 :func:`~ideogram_pipeline.ideogram.client.translate_transport_errors`.
@@ -23,7 +23,7 @@ from ideogram_pipeline.ideogram.errors import (
     UntrustedUrl,
 )
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy
-from ideogram_pipeline.image_safety import ImageRejected, check_png
+from ideogram_pipeline.images.safety import ImageRejected, check_png
 
 __all__ = ["fetch_image"]
 

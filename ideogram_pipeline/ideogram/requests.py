@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ideogram_pipeline.models import GenerationRequest
+from ideogram_pipeline.ideogram.records import GenerationRequest
 
 __all__ = [
     "LEGACY_PATH",

@@ -104,7 +104,7 @@ BATCHES = {
 
 SIMULATOR = """
 import json, sys
-from ideogram_pipeline.ideogram.simulator import SimulatorConfig, running_simulator
+from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
 config = SimulatorConfig(latency_s=0.01, image_scale=0.03)
 with running_simulator(config) as sim:
     print(json.dumps({"base_url": sim.base_url, "api_key": sim.api_key}), flush=True)

@@ -1,4 +1,4 @@
-"""Rendering a :class:`~ideogram_pipeline.reports.UsageReport`: Markdown, CSV, files.
+"""Rendering a :class:`~ideogram_pipeline.reports.usage.UsageReport`: Markdown, CSV, files.
 
 Markdown cells pass through ``escape_markdown_cell`` and CSV cells through
 ``neutralise_csv_cell``: batch names and error texts come from users and from the API.
@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from ideogram_pipeline.report_charts import cost_per_day_by_model, images_per_day_by_status
-from ideogram_pipeline.reports import STATUSES, UsageReport
+from ideogram_pipeline.reports.charts import cost_per_day_by_model, images_per_day_by_status
+from ideogram_pipeline.reports.usage import STATUSES, UsageReport
 from ideogram_pipeline.safe_output import escape_markdown_cell, neutralise_csv_cell
 from ideogram_pipeline.storage import ObjectStore
 

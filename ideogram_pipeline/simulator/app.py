@@ -1,7 +1,7 @@
 """The simulator's HTTP side: request parsing, the generate and download handlers, the app.
 
 Public behaviour (endpoints, triggers, billing) is described in
-:mod:`ideogram_pipeline.ideogram.simulator`; this module is its implementation.
+:mod:`ideogram_pipeline.simulator.server`; this module is its implementation.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ideogram_pipeline.ideogram import spec
-from ideogram_pipeline.ideogram.sim_hostile import hostile_response, hostile_url
-from ideogram_pipeline.ideogram.sim_images import ImageKey, pixel_size, render_png
-from ideogram_pipeline.ideogram.sim_state import (
+from ideogram_pipeline.ideogram.prices import price_per_image
+from ideogram_pipeline.simulator.hostile import hostile_response, hostile_url
+from ideogram_pipeline.simulator.images import ImageKey, pixel_size, render_png
+from ideogram_pipeline.simulator.state import (
     SimulatorConfig,
     SimulatorStats,
     Triggers,
 )
-from ideogram_pipeline.ideogram.sim_v2 import SimulatedV2
-from ideogram_pipeline.pricing import price_per_image
+from ideogram_pipeline.simulator.v2 import SimulatedV2
 
 __all__ = ["ASPECT_RESOLUTIONS", "DEFAULT_RESOLUTION", "build_app", "magic_prompt"]
 

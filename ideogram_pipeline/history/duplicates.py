@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import duckdb
 
-    from ideogram_pipeline.models import GenerationRequest
+    from ideogram_pipeline.ideogram.records import GenerationRequest
     from ideogram_pipeline.settings import Settings
     from ideogram_pipeline.storage import ObjectStore
 
@@ -177,7 +177,7 @@ def near_duplicate_groups(
     """
     import numpy as np
 
-    from ideogram_pipeline.fingerprint import hamming
+    from ideogram_pipeline.images.fingerprints import hamming
 
     if not 0 <= distance <= MAX_DISTANCE:
         raise ValueError(f"distance must be within 0..{MAX_DISTANCE}, got {distance}")

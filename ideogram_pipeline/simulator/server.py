@@ -9,7 +9,7 @@ schema), so a client that sends something the spec rejects fails here, not in pr
 
 It also serves Ideogram's current v2 API (``POST /v2/image/generate/{model}`` with
 ``async``, ``GET /v2/generations/{id}``, ``?dry_run=true`` quotes); see
-:mod:`ideogram_pipeline.ideogram.sim_v2` and its ``[sim:failed]`` trigger.
+:mod:`ideogram_pipeline.simulator.v2` and its ``[sim:failed]`` trigger.
 
 Behaviour worth knowing:
 
@@ -85,8 +85,8 @@ from contextlib import contextmanager
 import uvicorn
 from starlette.applications import Starlette
 
-from ideogram_pipeline.ideogram.sim_app import build_app
-from ideogram_pipeline.ideogram.sim_state import (
+from ideogram_pipeline.simulator.app import build_app
+from ideogram_pipeline.simulator.state import (
     DEFAULT_SIMULATOR_API_KEY,
     SimulatorConfig,
     SimulatorStats,

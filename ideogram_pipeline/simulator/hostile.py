@@ -3,7 +3,7 @@
 The pipeline must survive an API response that points somewhere it should not go, and an
 image host that answers with something other than the image. These triggers make the
 simulator do exactly that, so the URL policy and the download limits are tested against
-real HTTP rather than mocks (see the table in :mod:`ideogram_pipeline.ideogram.simulator`).
+real HTTP rather than mocks (see the table in :mod:`ideogram_pipeline.simulator.server`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from ideogram_pipeline.ideogram.sim_images import PNG_SIGNATURE
+from ideogram_pipeline.simulator.images import PNG_SIGNATURE
 
 __all__ = ["FOREIGN_HOST", "PRIVATE_HOST", "hostile_response", "hostile_url"]
 

@@ -1,6 +1,6 @@
 """The report's two PNG charts, drawn with matplotlib's Agg backend (no display needed).
 
-Charts take plain pandas frames from :mod:`ideogram_pipeline.reports` and return PNG bytes,
+Charts take plain pandas frames from :mod:`ideogram_pipeline.reports.usage` and return PNG bytes,
 so the report can write them through any object store and embed them in Dagster metadata.
 """
 

@@ -11,7 +11,7 @@ counts a record twice).
 A report covers whole UTC days ``since``..``until`` (by ``date``, the day a record was
 created) and is written as ``report.md`` with two PNG charts and ``figures.csv`` (the same
 figures in long form: section, key, metric, value) under ``reports/<since>--<until>/`` in
-the storage root, and optionally to a local folder (:mod:`ideogram_pipeline.report_output`).
+the storage root, and optionally to a local folder (:mod:`ideogram_pipeline.reports.rendering`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pandas as pd
 
 from ideogram_pipeline import history
 from ideogram_pipeline.history.tables import GENERATIONS, RECORDS, TABLES_PREFIX, USAGE
-from ideogram_pipeline.retention import AUDIT_PREFIX
+from ideogram_pipeline.lifecycle.retention import AUDIT_PREFIX
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore
 

@@ -62,7 +62,7 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def _thumbnail(store: ObjectStore, image_key: str | None) -> PILImage.Image | None:
-    from ideogram_pipeline.fingerprint import open_image
+    from ideogram_pipeline.images.fingerprints import open_image
 
     if not image_key:
         return None

@@ -17,7 +17,7 @@ from typing import Any
 
 from ideogram_pipeline.history.tables import GENERATIONS, RECORDS, USAGE, HistoryTables
 from ideogram_pipeline.history.views import HistoryNeedsMigration, needs_migration
-from ideogram_pipeline.lifecycle import VACUUM_RETENTION_HOURS
+from ideogram_pipeline.lifecycle.policy import VACUUM_RETENTION_HOURS
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import open_store
 

@@ -2,10 +2,11 @@
 
 A person launching a batch from the Dagster launchpad (or the CLI) may want the whole file
 rendered with another model or speed without editing the CSV. The override replaces those
-fields of each parsed :class:`~ideogram_pipeline.models.GenerationRequest`, and the result is
-checked again by :func:`ideogram_pipeline.batches.validate_cells`, the same rules a CSV row
-meets, so a combination the API would refuse (a V_3 aspect ratio on V_2, a style type V_1
-does not take) becomes a ``rejected`` row naming the field, never a paid 400.
+fields of each parsed :class:`~ideogram_pipeline.ideogram.records.GenerationRequest`, and
+the result is checked again by
+:func:`ideogram_pipeline.batches.files.validate_cells`, the same rules a CSV row meets, so
+a combination the API would refuse (a V_3 aspect ratio on V_2, a style type V_1 does not
+take) becomes a ``rejected`` row naming the field, never a paid 400.
 
 Two choices, both documented on the launchpad fields:
 
@@ -25,9 +26,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
-from ideogram_pipeline import enums
-from ideogram_pipeline.batches import Batch, validate_cells
-from ideogram_pipeline.models import MODELS, V3_MODEL, GenerationRequest, RejectedRow
+from ideogram_pipeline.batches.files import Batch, validate_cells
+from ideogram_pipeline.ideogram import enums
+from ideogram_pipeline.ideogram.records import MODELS, V3_MODEL, GenerationRequest, RejectedRow
 
 __all__ = [
     "ModelChoice",

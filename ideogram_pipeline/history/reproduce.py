@@ -11,7 +11,7 @@ can be sent again. Two details make that exact rather than approximate:
   a two-image request is reproduced by asking for two images again; both are stored, each
   linked to the original at its index through ``reproduced_from``.
 
-Reproductions go through the ordinary engine (:func:`ideogram_pipeline.pipeline.execute_batch`)
+Reproductions go through the ordinary engine (:func:`ideogram_pipeline.runs.runner.execute_batch`)
 as a synthetic batch named ``reproduce-...``, so they are stored, checksummed, described in
 their PNG text chunks and recorded like any image, and are never "linked" as duplicates
 (that is the point). The comparison uses ``download_sha256``, the bytes as Ideogram sent
@@ -29,16 +29,16 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ideogram_pipeline.batches import Batch
+from ideogram_pipeline.batches.files import Batch
 from ideogram_pipeline.history.tags import validate_tag
-from ideogram_pipeline.keys import batch_key_for
-from ideogram_pipeline.models import GenerationRequest
-from ideogram_pipeline.pricing import price_per_image
+from ideogram_pipeline.ideogram.prices import price_per_image
+from ideogram_pipeline.ideogram.records import GenerationRequest
+from ideogram_pipeline.storage.keys import batch_key_for
 
 if TYPE_CHECKING:
     import duckdb
 
-    from ideogram_pipeline.engine import BatchSummary
+    from ideogram_pipeline.runs.engine import BatchSummary
     from ideogram_pipeline.settings import Settings
     from ideogram_pipeline.storage import ObjectStore
 
@@ -204,7 +204,7 @@ def _source_phash(store: ObjectStore, source: dict[str, Any]) -> str | None:
         return str(source["phash"])
     if not source.get("image_key"):
         return None
-    from ideogram_pipeline.fingerprint import perceptual_hash
+    from ideogram_pipeline.images.fingerprints import perceptual_hash
 
     try:
         return perceptual_hash(store.get_bytes(source["image_key"]))
@@ -221,8 +221,8 @@ def reproduce(
 ) -> ReproduceResult:
     """Send ``planned`` through the engine, then compare each new image with its source."""
     from ideogram_pipeline import history
-    from ideogram_pipeline.fingerprint import hamming
-    from ideogram_pipeline.pipeline import execute_batch
+    from ideogram_pipeline.images.fingerprints import hamming
+    from ideogram_pipeline.runs.runner import execute_batch
 
     if not planned:
         raise ReproduceError("nothing to reproduce")

@@ -267,7 +267,7 @@ def prepare_for_storage(png: bytes, record: dict[str, Any], batch: str) -> bytes
     PNG whose chunks cannot be parsed is stored exactly as downloaded: a paid image is
     never dropped for want of metadata.
     """
-    from ideogram_pipeline.fingerprint import perceptual_hash
+    from ideogram_pipeline.images.fingerprints import perceptual_hash
 
     record["download_sha256"] = hashlib.sha256(png).hexdigest()
     record["phash"] = perceptual_hash(png)

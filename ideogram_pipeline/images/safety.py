@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 
 # One pixel limit for checking and for decoding (Ideogram's largest output is far below it).
-from ideogram_pipeline.fingerprint import MAX_IMAGE_PIXELS
+from ideogram_pipeline.images.fingerprints import MAX_IMAGE_PIXELS
 
 __all__ = [
     "MAX_IMAGE_PIXELS",

@@ -38,7 +38,7 @@ import pyarrow as pa
 from ideogram_pipeline import history
 from ideogram_pipeline.history.schema import TABLE_SCHEMA
 from ideogram_pipeline.history.tables import GENERATIONS, RECORDS, HistoryTables
-from ideogram_pipeline.lifecycle import prune_empty_dirs, put_json, utc_stamp
+from ideogram_pipeline.lifecycle.policy import prune_empty_dirs, put_json, utc_stamp
 from ideogram_pipeline.safe_output import sql_literal
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectInfo, ObjectStore

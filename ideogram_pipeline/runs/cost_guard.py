@@ -1,10 +1,11 @@
 """What a batch will cost before anything is sent, and the guard that refuses a costly one.
 
 The estimate is plain arithmetic over the parsed batch: for every row that will be sent, the
-published price of one image of its model and rendering speed (:mod:`ideogram_pipeline.pricing`)
-times ``num_images``. Rows that will not be sent cost nothing and are left out: rejected rows,
+published price of one image of its model and rendering speed
+(:mod:`ideogram_pipeline.ideogram.prices`) times ``num_images``. Rows that will not be sent
+cost nothing and are left out: rejected rows,
 rows already ``stored`` or ``unsafe`` for the same request (the engine skips them, see
-:func:`ideogram_pipeline.engine.already_done`), and rows asking for more images than the
+:func:`ideogram_pipeline.runs.engine.already_done`), and rows asking for more images than the
 account may have in flight (the engine rejects them).
 
 Where the API can quote (Ideogram's v2 ``?dry_run=true``, free and authoritative for the
@@ -22,13 +23,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ideogram_pipeline.batches import Batch
-from ideogram_pipeline.engine import already_done
+from ideogram_pipeline.batches.files import Batch
 from ideogram_pipeline.ideogram.client import IdeogramClient
 from ideogram_pipeline.ideogram.errors import IdeogramError
+from ideogram_pipeline.ideogram.prices import price_per_image
+from ideogram_pipeline.ideogram.records import GenerationRequest
 from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
-from ideogram_pipeline.models import GenerationRequest
-from ideogram_pipeline.pricing import price_per_image
+from ideogram_pipeline.runs.engine import already_done
 
 __all__ = [
     "CostEstimate",

@@ -34,11 +34,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ideogram_pipeline.ideogram import spec
-from ideogram_pipeline.ideogram.sim_state import Triggers
-from ideogram_pipeline.pricing import price_per_image
+from ideogram_pipeline.ideogram.prices import price_per_image
+from ideogram_pipeline.simulator.state import Triggers
 
 if TYPE_CHECKING:
-    from ideogram_pipeline.ideogram.sim_app import _SimulatedApi
+    from ideogram_pipeline.simulator.app import _SimulatedApi
 
 __all__ = ["V2_MODELS", "SimulatedV2"]
 

@@ -53,7 +53,7 @@ from ideogram_pipeline.history.tables import (
     USAGE_SCHEMA,
     HistoryTables,
 )
-from ideogram_pipeline.lifecycle import (
+from ideogram_pipeline.lifecycle.policy import (
     VACUUM_RETENTION_HOURS,
     RetentionPolicy,
     prune_empty_dirs,

@@ -14,8 +14,9 @@ A batch file is a CSV with a header. Two column sets are understood, in one pars
 Two kinds of failure are kept apart on purpose. A file that cannot be a batch at all (not
 UTF-8, no header, no ``prompt`` column, no data rows) raises :class:`BatchFileError`, one
 clear message naming the file. A bad *row* is data, not an exception: it becomes a
-:class:`~ideogram_pipeline.models.RejectedRow` naming the column and the allowed values, so
-it is recorded with status ``rejected`` and never paid for, while its neighbours still run.
+:class:`~ideogram_pipeline.ideogram.records.RejectedRow` naming the column and the allowed
+values, so it is recorded with status ``rejected`` and never paid for, while its
+neighbours still run.
 
 Row numbers: ``row`` is the 1-based index of the data record after the header (the header
 is row 0), which is the spreadsheet line number minus one. Completely blank records are
@@ -35,15 +36,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ideogram_pipeline import enums
-from ideogram_pipeline.keys import batch_key_for
-from ideogram_pipeline.models import (
+from ideogram_pipeline.ideogram import enums
+from ideogram_pipeline.ideogram.records import (
     MODELS,
     V2_ONLY_MODELS,
     V3_MODEL,
     GenerationRequest,
     RejectedRow,
 )
+from ideogram_pipeline.storage.keys import batch_key_for
 
 __all__ = [
     "COLUMNS",
@@ -168,7 +169,7 @@ class Batch:
 
 def load_batch(path: str | os.PathLike[str], key: str | None = None) -> Batch:
     """Read and validate the CSV at ``path``; the batch key defaults to the file's stem,
-    escaped by :func:`~ideogram_pipeline.keys.batch_key_for`.
+    escaped by :func:`~ideogram_pipeline.storage.keys.batch_key_for`.
 
     Raises :class:`BatchFileError` when the file cannot be a batch; ``OSError`` (missing
     file, permissions) is left alone because it is an I/O problem, not a content one.
@@ -350,7 +351,7 @@ def validate_cells(
     """Validate one row given as native column name -> cell text.
 
     For code that changes a request after parsing (run-level overrides in
-    :mod:`ideogram_pipeline.overrides`): the row is checked by the same rules as a CSV row,
+    :mod:`ideogram_pipeline.batches.overrides`): the row is checked by the same rules as a CSV row,
     so every rule lives here once.
     """
     prompt = cells.get("prompt", "").strip()

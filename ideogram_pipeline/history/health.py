@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ideogram_pipeline import history
-from ideogram_pipeline.compaction import table_files
 from ideogram_pipeline.history.schema import ROW_KEY
 from ideogram_pipeline.history.tables import GENERATIONS, RECORDS, HistoryTables
-from ideogram_pipeline.orphans import LATEST_SQL
+from ideogram_pipeline.lifecycle.compaction import table_files
+from ideogram_pipeline.lifecycle.orphans import LATEST_SQL
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore
 

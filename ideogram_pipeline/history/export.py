@@ -67,7 +67,7 @@ class ExportResult:
 def _select(settings: Settings, store: ObjectStore, where: str) -> pa.Table:
     import duckdb
 
-    from ideogram_pipeline.query_sandbox import (
+    from ideogram_pipeline.history.sandbox import (
         QueryRefused,
         check_statements,
         sandboxed_connection,

@@ -38,7 +38,7 @@ class SharedImage:
 def _stored_uri(settings: Settings, store: ObjectStore, record_id: str) -> tuple[str, str]:
     """The full record id and ``stored_uri`` of a stored record (id or unique prefix)."""
     from ideogram_pipeline import history
-    from ideogram_pipeline.search import SearchError, resolve_ids
+    from ideogram_pipeline.history.search import SearchError, resolve_ids
 
     con = history.connect(settings, store)
     try:

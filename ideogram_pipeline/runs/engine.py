@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ideogram_pipeline.batches import Batch
-from ideogram_pipeline.duplicates import link_records
+from ideogram_pipeline.batches.files import Batch
+from ideogram_pipeline.history.duplicates import link_records
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import LAST_RETRY_ERROR, IdeogramClient
 from ideogram_pipeline.ideogram.errors import (
@@ -37,20 +37,20 @@ from ideogram_pipeline.ideogram.errors import (
     ResponseLost,
     SafetyRejected,
 )
-from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
-from ideogram_pipeline.keys import image_key
-from ideogram_pipeline.ledger import Ledger, LedgerEntry, attempt_day, new_attempt_id
-from ideogram_pipeline.malloc_tuning import pin_mmap_threshold, use_system_allocator_for_arrow
-from ideogram_pipeline.models import (
+from ideogram_pipeline.ideogram.prices import price_per_image
+from ideogram_pipeline.ideogram.records import (
     V2_ONLY_MODELS,
     GeneratedImage,
     GenerationRequest,
     GenerationResponse,
     RejectedRow,
 )
-from ideogram_pipeline.pngmeta import prepare_for_storage
-from ideogram_pipeline.pricing import price_per_image
+from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
+from ideogram_pipeline.images.png_metadata import prepare_for_storage
+from ideogram_pipeline.runs.ledger import Ledger, LedgerEntry, attempt_day, new_attempt_id
+from ideogram_pipeline.runs.malloc_tuning import pin_mmap_threshold, use_system_allocator_for_arrow
 from ideogram_pipeline.storage import ObjectStore, StorageError
+from ideogram_pipeline.storage.keys import image_key
 
 __all__ = ["BatchAborted", "BatchSummary", "Progress", "already_done", "run_batch"]
 
@@ -610,8 +610,9 @@ async def run_batch(
 
     ``previous`` is the batch's recorded state (:func:`ideogram_pipeline.history.batch_state`)
     so that rows already paid for are skipped. ``existing`` maps request hashes to images
-    already stored anywhere in the history (:func:`ideogram_pipeline.duplicates.existing_images`):
-    such rows are linked, not sent. ``extra_fields`` adds columns to the records of
+    already stored anywhere in the history
+    (:func:`ideogram_pipeline.history.duplicates.existing_images`): such rows are linked,
+    not sent. ``extra_fields`` adds columns to the records of
     ``(row, image_index)``, e.g. ``reproduced_from``.
 
     The batch's ledger (``ledger.py``) is read first: rows answered before a crash are

@@ -15,18 +15,23 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ideogram_pipeline import history
-from ideogram_pipeline.batches import Batch, load_batch
-from ideogram_pipeline.cost import CostEstimate, check_budget, estimate_cost, quote_unit_prices
-from ideogram_pipeline.duplicates import existing_images
-from ideogram_pipeline.engine import BatchSummary, ProgressCallback, run_batch
+from ideogram_pipeline.batches.files import Batch, load_batch
+from ideogram_pipeline.history.duplicates import existing_images
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import POLL_RATE_PER_S, IdeogramClient
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy
+from ideogram_pipeline.runs.cost_guard import (
+    CostEstimate,
+    check_budget,
+    estimate_cost,
+    quote_unit_prices,
+)
+from ideogram_pipeline.runs.engine import BatchSummary, ProgressCallback, run_batch
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore, open_store
 
 if TYPE_CHECKING:
-    from ideogram_pipeline.ideogram.simulator import SimulatorConfig
+    from ideogram_pipeline.simulator.server import SimulatorConfig
 
 __all__ = [
     "ApiEndpoint",
@@ -52,7 +57,7 @@ class ApiEndpoint:
 
 def simulator_config_from_env(settings: Settings) -> SimulatorConfig:
     """The embedded simulator's switches; ``IDEOGRAM_SIMULATOR_*`` variables tune them."""
-    from ideogram_pipeline.ideogram.simulator import SimulatorConfig
+    from ideogram_pipeline.simulator.server import SimulatorConfig
 
     latency = float(os.environ.get("IDEOGRAM_SIMULATOR_LATENCY", DEFAULT_SIMULATOR_LATENCY_S))
     scale = float(os.environ.get("IDEOGRAM_SIMULATOR_IMAGE_SCALE", "1.0"))
@@ -65,7 +70,7 @@ def api_endpoint(settings: Settings) -> Iterator[ApiEndpoint]:
     if not settings.simulated:
         yield ApiEndpoint(settings.base_url, settings.api_key or "", simulated=False)
         return
-    from ideogram_pipeline.ideogram.simulator import running_simulator
+    from ideogram_pipeline.simulator.server import running_simulator
 
     with running_simulator(simulator_config_from_env(settings)) as simulator:
         yield ApiEndpoint(simulator.base_url, simulator.api_key, simulated=True)
@@ -92,8 +97,8 @@ def execute_batch(
 
     The cost of the rows to send is estimated first (``summary.estimated_cost_usd``). With
     ``dry_run`` nothing is sent and the summary only carries the estimate; with
-    ``max_cost_usd`` an estimate above it raises :class:`~ideogram_pipeline.cost.CostLimitExceeded`
-    before any request.
+    ``max_cost_usd`` an estimate above it raises
+    :class:`~ideogram_pipeline.runs.cost_guard.CostLimitExceeded`     before any request.
     """
     store = store or open_store(settings)
     store.preflight()

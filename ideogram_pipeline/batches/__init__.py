@@ -1,0 +1,1 @@
+"""Batch files (CSV) -> validated requests and rejected rows."""

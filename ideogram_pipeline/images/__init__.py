@@ -1,0 +1,1 @@
+"""Image bytes: safety checks, PNG metadata chunks, fingerprints, contact sheets."""

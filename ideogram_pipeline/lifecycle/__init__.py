@@ -1,0 +1,1 @@
+"""Keeping the storage root tidy: retention, the orphan sweep, compaction."""

@@ -1,0 +1,1 @@
+"""The bundled Ideogram simulator (shipped: the demo and the tests use it)."""
