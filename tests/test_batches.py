@@ -1,9 +1,10 @@
 """CSV batches: whole-file errors, per-row validation, both column sets, real prompt files.
 
 Nothing is faked: every test writes a real file under ``tmp_path`` (or parses bytes) and
-reads it with the production code. Tests that need ``../shared/reference/`` skip when it is
-absent, as it is in a user's clone; ``tests/data/`` carries a sample derived from it by
-``scripts/sample_prompts.py``.
+reads it with the production code. The drift test reads Ideogram's enums from the schema
+bundled in the package, so it always runs; only the checks against the full 998-prompt file
+need ``../shared/reference/`` and skip without it (``tests/data/`` carries a sample derived
+from it by ``scripts/sample_prompts.py``).
 """
 
 from __future__ import annotations
@@ -21,23 +22,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ideogram_pipeline.batches.files import (
-    COLUMNS,
-    IDEOGRAM_UI_COLUMNS,
-    MAX_SEED,
-    NATIVE_COLUMNS,
-    Batch,
-    BatchFileError,
-    load_batch,
-    parse_batch,
-)
-from ideogram_pipeline.ideogram import enums
+from ideogram_pipeline.batches.columns import COLUMNS, IDEOGRAM_UI_COLUMNS, NATIVE_COLUMNS
+from ideogram_pipeline.batches.files import Batch, BatchFileError, load_batch, parse_batch
+from ideogram_pipeline.batches.rows import validate_cells
+from ideogram_pipeline.ideogram import spec
 from ideogram_pipeline.ideogram.records import MODELS, GenerationRequest, RejectedRow
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 REFERENCE = ROOT.parent / "shared" / "reference"
-SPEC = REFERENCE / "ideogram-openapi.json"
 KREA = REFERENCE / "krea-open-prompts-1k.csv"
 
 
@@ -78,15 +71,89 @@ def file_error(tmp_path: Path, data: bytes, name: str = "bad.csv") -> str:
     return message
 
 
-# -- the enums are Ideogram's ---------------------------------------------------------------
+# -- CSV validation accepts exactly Ideogram's values ----------------------------------------
+#
+# Restated from the bundled schema (request_schemas.json), independently of the capability
+# table: which schema enum each field of each endpoint uses, and which legacy models take a
+# field (the spec's prose limits, kept as data under x-model-limits).
+
+SCHEMA = spec.schema_document()
+LEGACY = ("V_1", "V_1_TURBO", "V_2", "V_2_TURBO", "V_2A", "V_2A_TURBO")
+#: CSV column -> (its GenerateImageRequestV3 property, its ImageRequest property).
+ENUM_COLUMNS = {
+    "aspect_ratio": ("aspect_ratio", "aspect_ratio"),
+    "resolution": ("resolution", "resolution"),
+    "style_type": ("style_type", "style_type"),
+    "rendering_speed": ("rendering_speed", None),
+    "magic_prompt": ("magic_prompt", "magic_prompt_option"),
+}
 
 
-@pytest.mark.parametrize("schema", sorted(enums.SPEC_SCHEMAS))
-def test_enum_matches_openapi_spec(schema: str) -> None:
-    if not SPEC.exists():
-        pytest.skip(f"{SPEC} not present (a user's clone has no ../shared)")
-    spec = json.loads(SPEC.read_text(encoding="utf-8"))
-    assert enums.SPEC_SCHEMAS[schema] == tuple(spec["components"]["schemas"][schema]["enum"])
+def _schema_enum(schema: str, prop: str) -> tuple[str, ...]:
+    ref = SCHEMA["$defs"][schema]["properties"][prop]["$ref"]
+    return tuple(SCHEMA["$defs"][ref.rsplit("/", 1)[-1]]["enum"])
+
+
+def _spec_values(model: str, column: str) -> tuple[str, ...] | None:
+    """The schema's values for ``column`` on ``model``; None when the model lacks it."""
+    v3_prop, legacy_prop = ENUM_COLUMNS[column]
+    if model == "V_3":
+        return _schema_enum("GenerateImageRequestV3", v3_prop)
+    limits = SCHEMA["x-model-limits"].get(legacy_prop or "", {"models": LEGACY})["models"]
+    if legacy_prop is None or model not in limits:
+        return None
+    return _schema_enum("ImageRequest", legacy_prop)
+
+
+def _canonical(value: str) -> str:
+    for prefix in ("ASPECT_", "RESOLUTION_"):
+        if value.startswith(prefix):
+            return value.removeprefix(prefix).replace("_", "x")
+    return value
+
+
+ALL_SPEC_VALUES = sorted(
+    {value for model in ("V_3", *LEGACY) for column in ENUM_COLUMNS
+     for value in (_spec_values(model, column) or ())}
+)  # fmt: skip
+
+
+def test_the_bundled_schema_is_the_one_validated_against() -> None:
+    assert SCHEMA["$defs"]["ModelEnum"]["enum"][:6] == list(LEGACY)
+    assert set(SCHEMA["x-model-limits"]) == {"negative_prompt", "style_type", "resolution"}
+
+
+@pytest.mark.parametrize("column", sorted(ENUM_COLUMNS))
+@pytest.mark.parametrize("model", ["V_3", *LEGACY])
+def test_csv_accepts_exactly_the_spec_values(model: str, column: str) -> None:
+    allowed = _spec_values(model, column)
+    if allowed is None:
+        # The model lacks the field: any value of it is refused, naming the field.
+        value = _schema_enum("GenerateImageRequestV3", ENUM_COLUMNS[column][0])[0]
+        row = validate_cells(1, {"prompt": "p", "model": model, column: value})
+        assert isinstance(row, RejectedRow) and row.field == column, row
+        return
+    canonical = {_canonical(value) for value in allowed}
+    for value in allowed:  # the endpoint's own spelling is accepted, as the canonical form
+        row = validate_cells(1, {"prompt": "p", "model": model, column: value})
+        assert isinstance(row, GenerationRequest), (value, row)
+        assert getattr(row, column) == _canonical(value)
+    for value in ALL_SPEC_VALUES:  # another field's or endpoint's value is refused
+        if _canonical(value) in canonical or value in canonical:
+            continue
+        row = validate_cells(1, {"prompt": "p", "model": model, column: value})
+        assert isinstance(row, RejectedRow) and row.field == column, (value, row)
+        assert f"is not one of {_canonical(allowed[0])}, " in row.reason, row.reason
+
+
+@pytest.mark.parametrize("model", ["V_3", *LEGACY])
+def test_negative_prompt_goes_to_the_models_the_spec_names(model: str) -> None:
+    takes = model == "V_3" or model in SCHEMA["x-model-limits"]["negative_prompt"]["models"]
+    row = validate_cells(1, {"prompt": "p", "model": model, "negative_prompt": "blur"})
+    if takes:
+        assert isinstance(row, GenerationRequest) and row.negative_prompt == "blur"
+    else:
+        assert isinstance(row, RejectedRow) and row.field == "negative_prompt"
 
 
 # -- native format -----------------------------------------------------------------------------
@@ -195,7 +262,9 @@ def test_magic_prompt_spellings(tmp_path: Path, spelling: str, value: str) -> No
     assert row.magic_prompt == value
 
 
-@pytest.mark.parametrize(("spelling", "value"), [("0", 0), ("2147483647", MAX_SEED), ("42.0", 42)])
+@pytest.mark.parametrize(
+    ("spelling", "value"), [("0", 0), ("2147483647", spec.SEED_MAX), ("42.0", 42)]
+)
 def test_seed_values(tmp_path: Path, spelling: str, value: int) -> None:
     row = second_row(tmp_path, prompt="p", seed=spelling)
     assert isinstance(row, GenerationRequest)
@@ -548,36 +617,23 @@ def test_any_cells_give_a_valid_request_or_a_named_rejection(cells: dict[str, st
 
 
 def _assert_sendable(request: GenerationRequest) -> None:
-    """What Ideogram's schemas demand of a request, restated independently of batches.py."""
+    """What Ideogram's schemas demand of a request, restated from the bundled schema."""
     v3 = request.model == "V_3"
     assert request.model in MODELS
     assert request.prompt and request.prompt == request.prompt.strip()
     assert len(request.prompt) <= 10_000 and "\x00" not in request.prompt
     assert 1 <= request.num_images <= 8
-    assert request.seed is None or 0 <= request.seed <= MAX_SEED
-    assert request.magic_prompt in (None, *enums.MAGIC_PROMPT_OPTIONS)
+    assert request.seed is None or 0 <= request.seed <= spec.SEED_MAX
     assert not (request.aspect_ratio and request.resolution)
-    if request.aspect_ratio:
-        width, height = request.aspect_ratio.split("x")
-        if v3:
-            assert request.aspect_ratio in enums.ASPECT_RATIOS_V3
-        else:
-            assert f"ASPECT_{width}_{height}" in enums.ASPECT_RATIOS_LEGACY
-    if request.resolution:
-        width, height = request.resolution.split("x")
-        if v3:
-            assert request.resolution in enums.RESOLUTIONS_V3
-        else:
-            assert request.model in ("V_2", "V_2_TURBO")
-            assert f"RESOLUTION_{width}_{height}" in enums.RESOLUTIONS_LEGACY
+    for column in ENUM_COLUMNS:
+        value = getattr(request, column)
+        if value is None:
+            continue
+        allowed = _spec_values(request.model, column)
+        assert allowed is not None, (request.model, column)
+        assert value in {_canonical(v) for v in allowed}, (request.model, column, value)
     if request.rendering_speed:
-        assert v3 and request.rendering_speed in enums.RENDERING_SPEEDS
-    if request.style_type:
-        assert request.model not in ("V_1", "V_1_TURBO")
-        allowed = enums.STYLE_TYPES_V3 if v3 else enums.STYLE_TYPES_LEGACY
-        assert request.style_type in allowed
-    if request.negative_prompt:
-        assert request.model not in ("V_2A", "V_2A_TURBO")
+        assert v3
 
 
 @pytest.mark.parametrize(

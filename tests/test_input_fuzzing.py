@@ -13,7 +13,8 @@ import httpx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ideogram_pipeline.batches.files import COLUMNS, BatchFileError, parse_batch
+from ideogram_pipeline.batches.columns import COLUMNS
+from ideogram_pipeline.batches.files import BatchFileError, parse_batch
 from ideogram_pipeline.ideogram.errors import UntrustedUrl
 from ideogram_pipeline.ideogram.records import GenerationRequest, RejectedRow
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy

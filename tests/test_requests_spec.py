@@ -11,18 +11,15 @@ import itertools
 import pytest
 
 from ideogram_pipeline.ideogram import spec
-from ideogram_pipeline.ideogram.enums import (
-    ASPECT_RATIOS_LEGACY,
-    ASPECT_RATIOS_V3,
-    RENDERING_SPEEDS,
-    STYLE_TYPES_V3,
-)
 from ideogram_pipeline.ideogram.records import LEGACY_MODELS, GenerationRequest
 from ideogram_pipeline.ideogram.requests import legacy_body, v3_fields, v3_multipart
 
+ASPECT_RATIOS_V3 = spec.enum_values("AspectRatioV3")
+RENDERING_SPEEDS = spec.enum_values("RenderingSpeed")
+STYLE_TYPES_V3 = spec.enum_values("StyleTypeV3")
 # Canonical "16x9" forms of the legacy endpoint's ASPECT_16_9 enum.
 LEGACY_ASPECT_RATIOS = [
-    "x".join(value.removeprefix("ASPECT_").split("_")) for value in ASPECT_RATIOS_LEGACY
+    "x".join(value.removeprefix("ASPECT_").split("_")) for value in spec.enum_values("AspectRatio")
 ]
 
 V3_REQUESTS = [

@@ -2,14 +2,17 @@
 
 Nothing is faked. When ``../shared/reference/ideogram-openapi.json`` is present the shipped
 ``request_schemas.json`` must be exactly what ``scripts/derive_request_schemas.py`` makes of
-it, and the enums must equal the spec's; a user's clone without ``../shared`` skips those
-two checks and still tests the validators against the shipped file.
+it, and the enums must equal the spec's: an extra check that a user's clone without
+``../shared`` skips. Everything else, including the drift tests of CSV validation
+(``tests/test_batches.py``) and of the capability table (``tests/test_capabilities.py``),
+reads the shipped file and always runs.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -43,6 +46,8 @@ def _load_script() -> ModuleType:
     module_spec = importlib.util.spec_from_file_location("derive_request_schemas", SCRIPT)
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
+    # Registered first, as an import would: the script's dataclasses look their module up.
+    sys.modules[module_spec.name] = module
     module_spec.loader.exec_module(module)
     return module
 
@@ -104,13 +109,50 @@ def test_derive_rewrites_openapi_idioms() -> None:
         },
     }
     openapi["components"]["schemas"]["Kind"] = {"type": "string", "enum": ["A"], "nullable": True}
-    defs = derive(openapi)["$defs"]
+    derived = derive(openapi, limits=())
+    assert derived["x-model-limits"] == {}
+    defs = derived["$defs"]
     request = defs["GenerateImageRequestV3"]
     assert "description" not in request
     assert request["properties"]["note"] == {"type": ["string", "null"]}
     assert request["properties"]["kind"] == {"$ref": "#/$defs/Kind"}
     assert request["properties"]["files"]["items"] == {"type": "string"}
     assert defs["Kind"] == {"type": ["string", "null"], "enum": ["A", None]}
+
+
+def test_prose_limits_are_kept_as_data_and_checked_against_the_words() -> None:
+    script = _load_script()
+    limit = script.MODEL_LIMITS[0]
+    openapi = {
+        "info": {},
+        "components": {
+            "schemas": {
+                **{name: {"type": "object"} for name in script.ROOTS},
+                "ImageRequest": {
+                    "type": "object",
+                    "properties": {"negative_prompt": {"description": limit.spec_says}},
+                },
+            }
+        },
+    }
+    assert script.derive(openapi, limits=(limit,))["x-model-limits"] == {
+        limit.field: {
+            "models": list(limit.models),
+            "described_at": limit.described_at,
+            "spec_says": limit.spec_says,
+        }
+    }
+    openapi["components"]["schemas"]["ImageRequest"]["properties"]["negative_prompt"] = {
+        "description": "Available for every model."
+    }
+    with pytest.raises(ValueError, match="no longer says"):
+        script.derive(openapi, limits=(limit,))
+    # The shipped file carries them, and the reader hands them out as tuples.
+    assert spec.model_limits() == {
+        "negative_prompt": ("V_1", "V_1_TURBO", "V_2", "V_2_TURBO"),
+        "style_type": ("V_2", "V_2_TURBO", "V_2A", "V_2A_TURBO"),
+        "resolution": ("V_2", "V_2_TURBO"),
+    }
 
 
 # -- enums and bounds ----------------------------------------------------------------------

@@ -4,21 +4,22 @@ A person launching a batch from the Dagster launchpad (or the CLI) may want the 
 rendered with another model or speed without editing the CSV. The override replaces those
 fields of each parsed :class:`~ideogram_pipeline.ideogram.records.GenerationRequest`, and
 the result is checked again by
-:func:`ideogram_pipeline.batches.files.validate_cells`, the same rules a CSV row meets, so
+:func:`ideogram_pipeline.batches.rows.validate_cells`, the same rules a CSV row meets, so
 a combination the API would refuse (a V_3 aspect ratio on V_2, a style type V_1 does not
 take) becomes a ``rejected`` row naming the field, never a paid 400.
 
 Two choices, both documented on the launchpad fields:
 
-- Overriding the model to a legacy one drops a row's ``rendering_speed`` (a V_3-only setting;
-  a legacy model's speed is the model itself, e.g. ``V_2_TURBO``). Asking for a legacy model
-  *and* a rendering speed is a contradiction in the config itself and is refused before any
-  row is looked at (:class:`OverrideError`).
+- Overriding the model to one without a rendering speed (a legacy model, whose speed is the
+  model itself, e.g. ``V_2_TURBO``) drops a row's ``rendering_speed``. Asking for such a
+  model *and* a rendering speed is a contradiction in the config itself and is refused
+  before any row is looked at (:class:`OverrideError`).
 - An overridden request hashes differently, so rows stored earlier with other settings are
   generated (and paid) again; the cost estimate counts them.
 
 The enums here are plain Python ``Enum`` types so Dagster turns them into launchpad
-drop-downs and rejects any other value, naming the field, before a run starts.
+drop-downs and rejects any other value, naming the field, before a run starts; their members
+come from the capability table.
 """
 
 from __future__ import annotations
@@ -26,9 +27,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
-from ideogram_pipeline.batches.files import Batch, validate_cells
-from ideogram_pipeline.ideogram import enums
-from ideogram_pipeline.ideogram.records import MODELS, V3_MODEL, GenerationRequest, RejectedRow
+from ideogram_pipeline.batches.files import Batch
+from ideogram_pipeline.batches.rows import validate_cells
+from ideogram_pipeline.ideogram.capabilities import (
+    CAPABILITIES,
+    MODELS,
+    capability,
+    models_taking,
+)
+from ideogram_pipeline.ideogram.records import GenerationRequest, RejectedRow
 
 __all__ = [
     "ModelChoice",
@@ -39,17 +46,27 @@ __all__ = [
     "apply_overrides",
 ]
 
+
+def _values_of_any_model(field: str) -> tuple[str, ...]:
+    """Every canonical value some model takes for ``field``, first-seen order."""
+    values: dict[str, None] = {}
+    for cap in CAPABILITIES.values():
+        rule = cap.rule(field)
+        values.update(dict.fromkeys(rule.values if rule is not None else ()))
+    return tuple(values)
+
+
 #: Model names a run may force (the same names the CSV ``model`` column accepts).
 ModelChoice = enum.Enum("ModelChoice", {name: name for name in MODELS}, type=str)
-#: Ideogram 3.0 rendering speeds.
+#: Ideogram 3.0 rendering speeds (a superset of the v2 models' speeds).
 RenderingSpeedChoice = enum.Enum(
-    "RenderingSpeedChoice", {name: name for name in enums.RENDERING_SPEEDS}, type=str
+    "RenderingSpeedChoice",
+    {name: name for name in _values_of_any_model("rendering_speed")},
+    type=str,
 )
 #: Style types of every model; which ones a row's model takes is checked per row.
 StyleTypeChoice = enum.Enum(
-    "StyleTypeChoice",
-    {name: name for name in dict.fromkeys(enums.STYLE_TYPES_V3 + enums.STYLE_TYPES_LEGACY)},
-    type=str,
+    "StyleTypeChoice", {name: name for name in _values_of_any_model("style_type")}, type=str
 )
 
 _OVERRIDE_NOTE = " (value set by the run's override)"
@@ -70,10 +87,11 @@ class RunOverrides:
     def __post_init__(self) -> None:
         if self.model is not None and self.model not in MODELS:
             raise OverrideError(f"model {self.model!r} is not one of {', '.join(MODELS)}")
-        if self.rendering_speed is not None and self.model not in (None, V3_MODEL):
+        speed_models = models_taking("rendering_speed")
+        if self.rendering_speed is not None and self.model not in (None, *speed_models):
             raise OverrideError(
-                f"rendering_speed {self.rendering_speed} is only for V_3, but model is "
-                f"{self.model}; unset one of them"
+                f"rendering_speed {self.rendering_speed} is only for "
+                f"{', '.join(speed_models)}, but model is {self.model}; unset one of them"
             )
 
     @property
@@ -117,7 +135,7 @@ def _override_row(
     cells = _cells(request)
     if overrides.model is not None:
         cells["model"] = overrides.model
-        if overrides.model != V3_MODEL:
+        if not capability(overrides.model).takes("rendering_speed"):
             cells["rendering_speed"] = ""
     if overrides.rendering_speed is not None:
         cells["rendering_speed"] = overrides.rendering_speed

@@ -12,11 +12,21 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+# The model lists come from the capability table (derived from Ideogram's schemas); they are
+# re-exported here because records are where the rest of the pipeline looks for them.
+from ideogram_pipeline.ideogram.capabilities import (
+    LEGACY_MODELS,
+    MODELS,
+    V2_ONLY_MODELS,
+    V3_MODEL,
+)
+
 __all__ = [
     "LEGACY_MODELS",
     "MODELS",
     "STATUSES",
     "V2_ONLY_MODELS",
+    "V3_MODEL",
     "GeneratedImage",
     "GenerationRequest",
     "GenerationResponse",
@@ -24,13 +34,6 @@ __all__ = [
     "Status",
 ]
 
-#: The model served by ``POST /v1/ideogram-v3/generate``.
-V3_MODEL = "V_3"
-#: Models served by the legacy ``POST /generate`` endpoint.
-LEGACY_MODELS = ("V_1", "V_1_TURBO", "V_2", "V_2_TURBO", "V_2A", "V_2A_TURBO")
-#: Models only on Ideogram's v2 API (``POST /v2/image/generate/{model}``).
-V2_ONLY_MODELS = ("ideogram-4", "ideogram-4-5")
-MODELS = (V3_MODEL, *V2_ONLY_MODELS, *LEGACY_MODELS)
 
 Status = Literal["stored", "unsafe", "rejected", "failed", "unknown"]
 #: ``unknown``: a request was sent but no answer was recorded before a crash, so it may have

@@ -2,8 +2,10 @@
 
 Why a schema file and not hand-written checks: ``request_schemas.json`` is derived by
 ``scripts/derive_request_schemas.py`` from Ideogram's published OpenAPI document, so field
-names, enums and bounds have one traceable source. CSV validation, the client and the bundled
-simulator all ask this module, and none of them can drift from the spec on its own.
+names, enums and bounds have one traceable source. This module reads it and validates whole
+bodies with it (the simulator does, and tests do for every body the client builds); the
+per-model view that CSV validation, request building and the simulator share is derived
+from it in :mod:`ideogram_pipeline.ideogram.capabilities`.
 
 Beyond the schema, two documented cross-field rules are enforced (see
 :data:`CROSS_FIELD_RULES`), and unknown fields are reported by default: the real API may
@@ -29,6 +31,8 @@ __all__ = [
     "SEED_MIN",
     "coerce_multipart_fields",
     "enum_values",
+    "model_limits",
+    "property_schema",
     "schema_document",
     "v3_fields",
     "validate_legacy_request",
@@ -166,6 +170,23 @@ def enum_values(name: str) -> tuple[str, ...]:
         known = sorted(n for n, d in _defs().items() if "enum" in d)
         raise ValueError(f"{name!r} is not an enum in the spec; known enums: {', '.join(known)}")
     return tuple(definition["enum"])
+
+
+def property_schema(schema: str, field: str) -> Mapping[str, Any]:
+    """One property of a ``$defs`` schema with its ``$ref`` followed, e.g. the
+    ``AspectRatioV3`` enum for ``property_schema("GenerateImageRequestV3", "aspect_ratio")``."""
+    properties: Mapping[str, Any] = _defs()[schema]["properties"]
+    return _resolve(properties[field])
+
+
+def model_limits() -> dict[str, tuple[str, ...]]:
+    """Legacy ``ImageRequest`` fields only some models take -> those models.
+
+    The spec says these in prose only; the derive script keeps them as data with the spec's
+    words (``x-model-limits``) and fails when the words change.
+    """
+    limits: dict[str, Any] = schema_document().get("x-model-limits", {})
+    return {field: tuple(limit["models"]) for field, limit in limits.items()}
 
 
 def v3_fields() -> tuple[str, ...]:

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ideogram_pipeline.ideogram import spec
+from ideogram_pipeline.ideogram.capabilities import LEGACY_MODELS, V3_MODEL, capability
 from ideogram_pipeline.ideogram.prices import price_per_image
 from ideogram_pipeline.simulator.hostile import hostile_response, hostile_url
 from ideogram_pipeline.simulator.images import ImageKey, pixel_size, render_png
@@ -164,7 +165,11 @@ class _SimulatedApi:
             body = await _read_v3_body(request)
         except (ValueError, UnicodeDecodeError) as exc:
             return self._invalid(f"body: could not parse the request: {exc}")
-        errors = spec.validate_v3_request(body)
+        # The schema checks types and structure; the capability table adds what the spec
+        # says only in prose (the prompt limit), so the client's rules are the ones enforced.
+        errors = spec.validate_v3_request(body) or capability(V3_MODEL).route.wire_errors(
+            body, V3_MODEL
+        )
         if errors:
             return self._invalid("; ".join(errors))
         return await self._generate(request, body, "V_3", body, legacy=False)
@@ -181,11 +186,15 @@ class _SimulatedApi:
             return self._invalid("; ".join(errors))
         inner = body["image_request"]
         model = inner.get("model", "V_2")
-        if model in ("V_3", "AUTO"):
+        if model not in LEGACY_MODELS:
             return self._invalid(
                 f"image_request.model: {model} is not served by POST /generate; "
                 "use POST /v1/ideogram-v3/generate"
             )
+        # Per-model limits the spec states in prose (V_1 takes no style_type, ...).
+        errors = capability(model).route.wire_errors(inner, model)
+        if errors:
+            return self._invalid("; ".join(f"image_request.{error}" for error in errors))
         return await self._generate(request, inner, model, body, legacy=True)
 
     def _check_key(self, request: Request) -> Response | None:

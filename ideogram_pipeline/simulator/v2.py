@@ -1,9 +1,10 @@
 """The simulator's v2 side: ``POST /v2/image/generate/{model}`` and ``GET /v2/generations/{id}``.
 
 Ideogram's current API (see ``reference/ideogram-api-v2-notes.md`` in the design notes) has
-no published OpenAPI document here, so requests are checked against a small table of the
-documented fields per model path: lowercase enums, ``async`` in the body, ``dry_run`` as a
-query parameter. Behaviour follows the notes:
+no published OpenAPI document here, so requests are checked against the v2 routes of the
+capability table (:mod:`ideogram_pipeline.ideogram.capabilities`), the same table the client
+builds its bodies from: lowercase enums, ``async`` in the body, ``dry_run`` as a query
+parameter. Behaviour follows the notes:
 
 * ``async: true`` answers at once with ``{"generation_id"}``; the generation stays
   ``pending`` for the simulator's latency (holding its images' in-flight slots), then turns
@@ -33,73 +34,24 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ideogram_pipeline.ideogram import spec
+from ideogram_pipeline.ideogram.capabilities import V2_ROUTES
 from ideogram_pipeline.ideogram.prices import price_per_image
 from ideogram_pipeline.simulator.state import Triggers
 
 if TYPE_CHECKING:
     from ideogram_pipeline.simulator.app import _SimulatedApi
 
-__all__ = ["V2_MODELS", "SimulatedV2"]
+__all__ = ["SimulatedV2"]
 
-_LOWER = {
-    name: tuple(v.lower() for v in spec.enum_values(name))
-    for name in ("AspectRatioV3", "RenderingSpeed", "MagicPromptOption", "StyleTypeV3")
-}
-_SPEEDS = ("turbo", "default", "quality")
-_COMMON = {"prompt", "num_images", "seed", "async", "magic_prompt"}
-
-#: Fields each model path accepts, with their allowed values (None: any value of its type).
-V2_MODELS: dict[str, dict[str, tuple[str, ...] | None]] = {
-    "ideogram-3": {
-        "aspect_ratio": _LOWER["AspectRatioV3"],
-        "resolution": spec.enum_values("ResolutionV3"),
-        "rendering_speed": _LOWER["RenderingSpeed"],
-        "style_type": _LOWER["StyleTypeV3"],
-        "negative_prompt": None,
-    },
-    "ideogram-4": {
-        "resolution": (*spec.enum_values("ResolutionV3"), "2048x2048", "2048x1152", "1152x2048"),
-        "rendering_speed": _SPEEDS,
-    },
-    "ideogram-4-5": {
-        "size": None,
-        "quality": ("low", "medium", "high"),
-        "enable_copyright_detection": None,
-    },
-}
 _QUALITY_PRICE_SPEED = {"low": "TURBO", "medium": "DEFAULT", "high": "QUALITY"}
 _FAILED = re.compile(r"\[sim:failed(?:x(\d+))?\]")
 
 
 def _validate(model: str, body: Any) -> list[str]:
+    """Errors for a v2 body, by the capability table's route for that model path."""
     if not isinstance(body, dict):
         return ["body: must be a JSON object"]
-    allowed = V2_MODELS[model]
-    errors = [
-        f"{name}: not accepted by {model}" for name in body if name not in _COMMON | set(allowed)
-    ]
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        errors.append("prompt: required, a non-empty string")
-    elif len(prompt) > 10_000:
-        errors.append("prompt: longer than 10,000 characters")
-    num = body.get("num_images", 1)
-    if not isinstance(num, int) or isinstance(num, bool) or not 1 <= num <= 8:
-        errors.append("num_images: must be an integer in 1..8")
-    seed = body.get("seed")
-    if seed is not None and (not isinstance(seed, int) or not 0 <= seed <= spec.SEED_MAX):
-        errors.append(f"seed: must be an integer in 0..{spec.SEED_MAX}")
-    if "async" in body and not isinstance(body["async"], bool):
-        errors.append("async: must be a boolean")
-    if body.get("magic_prompt") is not None and body["magic_prompt"] not in ("auto", "on", "off"):
-        errors.append("magic_prompt: must be one of auto, on, off")
-    for name, values in allowed.items():
-        if name in body and values is not None and body[name] not in values:
-            errors.append(f"{name}: {body[name]!r} is not one of {', '.join(values[:12])}...")
-    if "aspect_ratio" in body and "resolution" in body:
-        errors.append("aspect_ratio+resolution: cannot be used together")
-    return errors
+    return V2_ROUTES[model].wire_errors(body, model)
 
 
 @dataclass
@@ -129,7 +81,7 @@ class SimulatedV2:
         if (denied := api._check_key(request)) is not None:
             return denied
         model = request.path_params["model"]
-        if model not in V2_MODELS:
+        if model not in V2_ROUTES:
             api.stats.record_response(404)
             return JSONResponse({"error": f"model {model!r} not found"}, status_code=404)
         try:
