@@ -200,6 +200,35 @@ def test_invalid_bodies_are_400(
     assert sim.stats.billed_images == 0
 
 
+@pytest.mark.parametrize(
+    ("inner", "field"),
+    [
+        # The spec's prose limits, enforced from the capability table: a schema-valid body
+        # that the model cannot take is refused, naming the field, and never billed.
+        ({"model": "V_1", "style_type": "AUTO"}, "image_request.style_type"),
+        ({"model": "V_2A", "negative_prompt": "blur"}, "image_request.negative_prompt"),
+        ({"model": "V_2A_TURBO", "resolution": "RESOLUTION_1024_1024"}, "image_request.resolution"),
+    ],
+)
+def test_legacy_models_refuse_fields_they_lack(
+    client: httpx.Client, sim: Simulator, inner: dict[str, str], field: str
+) -> None:
+    response = client.post(LEGACY, json={"image_request": {"prompt": unique("x"), **inner}})
+    assert response.status_code == 400
+    assert response.json()["error"].startswith(f"{field}: not accepted by {inner['model']}")
+    assert sim.stats.billed_images == 0
+    takes = {**inner, "model": "V_2"}
+    ok = client.post(LEGACY, json={"image_request": {"prompt": unique("x"), **takes}})
+    assert ok.status_code == 200, ok.text
+
+
+def test_prompt_limit_is_the_documented_one(client: httpx.Client) -> None:
+    response = client.post(V3, json={"prompt": "x" * 10_001})
+    assert response.status_code == 400
+    assert response.json()["error"] == "prompt: longer than 10,000 characters"
+    assert client.post(V3, json={"prompt": "x" * 10_000, "magic_prompt": "OFF"}).is_success
+
+
 def test_unparseable_bodies_are_400(client: httpx.Client, sim: Simulator) -> None:
     assert client.post(V3, content=b"{", headers={"Content-Type": "application/json"}).is_error
     assert client.post(V3, content=b"x", headers={"Content-Type": "text/plain"}).status_code == 400
