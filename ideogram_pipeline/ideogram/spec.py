@@ -93,7 +93,8 @@ def _enum_name(error: ValidationError) -> str | None:
 def _format_error(error: ValidationError) -> str:
     where = ".".join(str(part) for part in error.absolute_path) or "body"
     if error.validator == "enum":
-        allowed = [str(value) for value in error.validator_value]
+        enum_values: list[Any] = list(error.validator_value)  # type: ignore[arg-type]
+        allowed = [str(value) for value in enum_values]
         shown = ", ".join(allowed[:_ENUM_LIST_LIMIT])
         if len(allowed) > _ENUM_LIST_LIMIT:
             shown += f", ... ({len(allowed)} values)"
