@@ -72,6 +72,22 @@ def test_contradictory_overrides_are_refused() -> None:
     assert apply_overrides(batch, RunOverrides()) is batch
 
 
+def test_overrides_follow_the_capability_table() -> None:
+    # ideogram-4 takes a rendering speed (turbo/default/quality), so the pair is no
+    # contradiction; a V_3-only speed is refused per row, naming the field.
+    overrides = RunOverrides(model="ideogram-4", rendering_speed="TURBO")
+    rows = _rows(apply_overrides(parse_batch(MIXED), overrides))
+    assert isinstance(rows[1], GenerationRequest)
+    assert (rows[1].model, rows[1].rendering_speed) == ("ideogram-4", "TURBO")
+    flash = _rows(
+        apply_overrides(
+            parse_batch(MIXED), RunOverrides(model="ideogram-4", rendering_speed="FLASH")
+        )
+    )
+    assert isinstance(flash[1], RejectedRow) and flash[1].field == "rendering_speed"
+    assert "the rendering speeds of ideogram-4" in flash[1].error
+
+
 def test_estimate_prices_the_rows_that_will_be_sent() -> None:
     estimate = estimate_cost(parse_batch(MIXED, key="mixed"), max_inflight=10)
     expected = (
