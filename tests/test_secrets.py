@@ -30,8 +30,8 @@ from click.testing import CliRunner
 from ideogram_pipeline.cli import main
 from ideogram_pipeline.defs.resources import build_resources
 from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
-from ideogram_pipeline.storage.seaweed import SeaweedServer
 from tests.conftest import new_bucket
+from tests.support.seaweed import SeaweedServer
 
 API_KEY = f"ideo-live-{uuid.uuid4().hex}"
 WRONG_API_KEY = f"ideo-wrong-{uuid.uuid4().hex}"
