@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageFont
 
 __all__ = [
@@ -192,7 +193,7 @@ def accent(background: tuple[int, int, int]) -> tuple[int, int, int]:
     return min(255, 150 + red), min(255, 150 + green), min(255, 150 + blue)
 
 
-def render_caption(caption: Caption, width: int, max_rows: int) -> np.ndarray | None:
+def render_caption(caption: Caption, width: int, max_rows: int) -> npt.NDArray[np.uint8] | None:
     """The panel as ``(rows, width, 3)`` uint8 pixels, at most ``max_rows`` tall.
 
     Sizes follow the width (a quarter-scale test image gets a small, still legible

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import numpy as np
+import numpy.typing as npt
 
 from ideogram_pipeline.simulator.caption import Caption, render_caption
 
@@ -98,7 +99,7 @@ def _adler32_combine(adler1: int, adler2: int, length2: int) -> int:
     return (s2 << 16) | s1
 
 
-def _sub_filtered(pixels: np.ndarray) -> bytes:
+def _sub_filtered(pixels: npt.NDArray[np.uint8]) -> bytes:
     """PNG scanlines with filter type 1 (Sub) for ``(rows, width, 3)`` uint8 pixels.
 
     Each byte minus the byte one pixel to the left, modulo 256: flat colour becomes zeros.
