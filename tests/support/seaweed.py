@@ -347,11 +347,14 @@ def running_seaweedfs(data_dir: str | os.PathLike[str], **options: Any) -> Itera
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Serve until Ctrl-C and print ``IDEOGRAM_STORAGE`` and the ``AWS_*`` variables.
+    """Serve until Ctrl-C (or SIGTERM) and print ``IDEOGRAM_STORAGE`` and ``AWS_*``.
 
     The data persists in ``DIR``, so a second start serves the same objects (with new
     credentials: they are printed again).
     """
+    # weed runs in a session of its own: SIGTERM must unwind to stop() rather than kill
+    # Python on the spot and leave weed running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     parser = argparse.ArgumentParser(
         prog="python -m tests.support.seaweed", description=main.__doc__
     )
