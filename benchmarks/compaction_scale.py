@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support
 
 from lifecycle import flushes, write_flushes
 from scale_support import load_average
@@ -64,7 +65,7 @@ def main() -> None:
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
         env = {"IDEOGRAM_STORAGE": str(Path(tmp) / "root")}
         if args.s3:
-            from ideogram_pipeline.storage.seaweed import running_seaweedfs
+            from tests.support.seaweed import running_seaweedfs
 
             server = stack.enter_context(running_seaweedfs(Path(tmp) / "s3"))
             server.create_bucket("layout")

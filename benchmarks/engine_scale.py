@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support
 
 from scale_support import (
     batch_csv,
@@ -426,7 +427,7 @@ def main() -> None:
     args.modes = [m for m in args.modes.split(",") if m]
     phases = set(args.phases.split(","))
 
-    from ideogram_pipeline.storage.seaweed import running_seaweedfs
+    from tests.support.seaweed import running_seaweedfs
 
     results: dict[str, Any] = {"load_start": load_average(), "args": vars(args)}
     print(f"load average at start: {results['load_start']} (2 cores)", flush=True)

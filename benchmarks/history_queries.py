@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support
 
 from scale_support import REPO, load_average
 
@@ -282,7 +283,7 @@ def main() -> None:
 
         from history_gen import write_tables
 
-        from ideogram_pipeline.storage.seaweed import running_seaweedfs
+        from tests.support.seaweed import running_seaweedfs
 
         with (
             tempfile.TemporaryDirectory(prefix="bench-weed-", dir="/tmp") as tmp,

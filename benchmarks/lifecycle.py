@@ -12,6 +12,7 @@ span, a dry-run plan and a real cleanup of the older half (objects deleted per s
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 import uuid
@@ -21,6 +22,8 @@ from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support
 
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.lifecycle.compaction import TABLES, compact, table_files
@@ -116,7 +119,7 @@ def main() -> None:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         env = {"IDEOGRAM_STORAGE": str(tmp / "root")}
         if args.s3:
-            from ideogram_pipeline.storage.seaweed import running_seaweedfs
+            from tests.support.seaweed import running_seaweedfs
 
             server = stack.enter_context(running_seaweedfs(tmp / "weed"))
             server.create_bucket("bench")

@@ -36,10 +36,12 @@ from typing import Any
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support
+
 from ideogram_pipeline.settings import load_settings
 from ideogram_pipeline.storage import LocalStore
 from ideogram_pipeline.storage.s3 import S3Store
-from ideogram_pipeline.storage.seaweed import running_seaweedfs
+from tests.support.seaweed import running_seaweedfs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CACHE_CONTROL = "public, max-age=31536000, immutable"

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 import pytest
 
 from ideogram_pipeline.settings import Settings, load_settings
-from ideogram_pipeline.storage.seaweed import SeaweedServer, running_seaweedfs
+from tests.support.seaweed import SeaweedServer, running_seaweedfs
 
 #: Variables a developer's shell may set that would leak into subprocesses under test.
 _PROJECT_PREFIXES = ("IDEOGRAM_", "AWS_", "DAGSTER_")

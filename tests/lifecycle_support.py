@@ -23,7 +23,7 @@ from ideogram_pipeline.runs.runner import execute_batch
 from ideogram_pipeline.settings import Settings, load_settings
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import ObjectStore, open_store
-from ideogram_pipeline.storage.seaweed import SeaweedServer
+from tests.support.seaweed import SeaweedServer
 
 __all__ = [
     "Root",

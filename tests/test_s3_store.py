@@ -42,7 +42,7 @@ from ideogram_pipeline.storage import (
     open_store,
 )
 from ideogram_pipeline.storage.s3 import S3Store
-from ideogram_pipeline.storage.seaweed import SeaweedServer
+from tests.support.seaweed import SeaweedServer
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 PNG = b"\x89PNG\r\n\x1a\n"

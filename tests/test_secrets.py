@@ -30,8 +30,9 @@ from click.testing import CliRunner
 from ideogram_pipeline.cli import main
 from ideogram_pipeline.defs.resources import build_resources
 from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
-from ideogram_pipeline.storage.seaweed import SeaweedServer
 from tests.conftest import new_bucket
+from tests.support.hostile_host import HostileImageHost
+from tests.support.seaweed import SeaweedServer
 
 API_KEY = f"ideo-live-{uuid.uuid4().hex}"
 WRONG_API_KEY = f"ideo-wrong-{uuid.uuid4().hex}"
@@ -152,7 +153,8 @@ def test_secrets_never_leak(
     outputs: list[str] = []
     commands = set(main.commands)  # type: ignore[attr-defined]
 
-    with running_simulator(SimulatorConfig(api_key=API_KEY, image_scale=0.25)) as sim:
+    config = SimulatorConfig(api_key=API_KEY, image_scale=0.25)
+    with running_simulator(config, image_host=HostileImageHost()) as sim:
         for name in ("IDEOGRAM_PROMPTS_DIR", "IDEOGRAM_API_MODE"):
             monkeypatch.delenv(name, raising=False)
         env = {

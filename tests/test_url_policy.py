@@ -1,7 +1,8 @@
 """Only trusted downloads: the URL policy, redirects, size cap and content checks.
 
-Real components: the bundled simulator on loopback plays a hostile image host (foreign and
-metadata-address URLs, redirects, an endless body, an HTML page). DNS is replaced only where
+Real components: the bundled simulator on loopback, given the tests' hostile image host
+(``tests/support/hostile_host.py``: foreign and metadata-address URLs, redirects, an endless
+body, an HTML page) through its ``image_host`` extension point. DNS is replaced only where
 a test needs a name to resolve to a chosen address (``resolver=``), and one
 ``httpx.MockTransport`` test checks the pinned request's exact shape.
 """
@@ -30,9 +31,10 @@ from ideogram_pipeline.images.safety import ImageRejected, check_png
 from ideogram_pipeline.runs.runner import execute_batch
 from ideogram_pipeline.settings import SettingsError, load_settings
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
+from tests.support.hostile_host import HostileImageHost
 
 PUBLIC = "93.184.215.14"
-#: Download-side simulator triggers and what the failed row's error must say.
+#: Hostile-host triggers and what the failed row's error must say.
 HOSTILE = {
     "[sim:foreign-url]": "images.attacker.example is not an allowed Ideogram image host",
     "[sim:private-url]": "169.254.169.254 is not an allowed Ideogram image host",
@@ -191,7 +193,8 @@ def test_pinned_request_keeps_the_name_for_host_header_and_tls() -> None:
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[Simulator]:
-    with running_simulator(SimulatorConfig(image_scale=0.25, huge_bytes=8 * 1024 * 1024)) as s:
+    host = HostileImageHost(huge_bytes=8 * 1024 * 1024)
+    with running_simulator(SimulatorConfig(image_scale=0.25), image_host=host) as s:
         yield s
 
 
@@ -209,6 +212,14 @@ def _download(sim: Simulator, trigger: str, **policy_args: object) -> bytes:
             return data
 
     return asyncio.run(go())
+
+
+def test_the_shipped_simulator_has_no_hostile_host() -> None:
+    """Without the tests' image host the triggers are plain prompt text: a good image."""
+    with running_simulator(SimulatorConfig(image_scale=0.25)) as plain:
+        for trigger in [*HOSTILE, "[sim:redirect]"]:
+            assert check_png(_download(plain, trigger))
+        assert plain.stats.snapshot()["downloads_by_status"] == {"200": len(HOSTILE) + 1}
 
 
 def test_a_redirect_within_the_allow_list_is_followed(sim: Simulator) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -174,29 +172,6 @@ DEMO_QUERY = (
 )
 
 
-DEMO_BUCKET = "ideogram-demo"
-
-
-@contextlib.contextmanager
-def _demo_s3_root(data_dir: Path) -> Iterator[None]:
-    """A local SeaweedFS S3 server for ``demo --s3``; its data persists in ``data_dir``."""
-    from ideogram_pipeline.storage.seaweed import running_seaweedfs
-
-    click.echo(f"starting SeaweedFS (S3) on 127.0.0.1, data in {data_dir} ...", err=True)
-    with running_seaweedfs(data_dir) as server:
-        server.create_bucket(DEMO_BUCKET)
-        saved = {k: os.environ.get(k) for k in [*server.env(), "IDEOGRAM_STORAGE"]}
-        os.environ.update(server.env(), IDEOGRAM_STORAGE=f"s3://{DEMO_BUCKET}/demo")
-        try:
-            yield
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-
-
 @main.command()
 @click.option(
     "--csv",
@@ -205,25 +180,15 @@ def _demo_s3_root(data_dir: Path) -> Iterator[None]:
     default=None,
     help="Batch to run (default: prompts/demo-landscapes.csv).",
 )
-@click.option(
-    "--s3",
-    "use_s3",
-    is_flag=True,
-    help="Store in a local SeaweedFS S3 server (started for the demo) instead of ./data.",
-)
-def demo(csv: Path | None, use_s3: bool) -> None:
-    """Run a sample batch end to end on the embedded defaults and show where it went."""
+def demo(csv: Path | None) -> None:
+    """Run a sample batch end to end on the embedded defaults and show where it went.
+
+    The storage is whatever ``IDEOGRAM_STORAGE`` names (``./data`` by default), so pointing
+    it and the ``AWS_*`` variables at a bucket runs the demo on S3.
+    """
     csv = csv or Path("prompts/demo-landscapes.csv")
     if not csv.is_file():
         raise click.ClickException(f"{csv} not found: run the demo from the repository root")
-    root = contextlib.nullcontext()
-    if use_s3:
-        root = _demo_s3_root(Path(settings_or_exit().storage).resolve() / "seaweedfs")
-    with root:
-        _demo(csv)
-
-
-def _demo(csv: Path) -> None:
     metadata = run_csv(csv, None)
     settings = settings_or_exit()
     root = metadata.get("storage_root", settings.storage)

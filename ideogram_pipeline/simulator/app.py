@@ -28,7 +28,7 @@ from starlette.routing import Route
 from ideogram_pipeline.ideogram import spec
 from ideogram_pipeline.ideogram.capabilities import LEGACY_MODELS, V3_MODEL, capability
 from ideogram_pipeline.ideogram.prices import price_per_image
-from ideogram_pipeline.simulator.hostile import hostile_response, hostile_url
+from ideogram_pipeline.simulator.hooks import HostedImage, ImageHost
 from ideogram_pipeline.simulator.images import ImageKey, pixel_size, render_png
 from ideogram_pipeline.simulator.state import (
     SimulatorConfig,
@@ -145,14 +145,16 @@ class _SimulatedApi:
     """Request handling state: one instance per running app, used from its event loop only
     (apart from ``stats``, which is locked)."""
 
-    def __init__(self, config: SimulatorConfig, stats: SimulatorStats) -> None:
+    def __init__(
+        self, config: SimulatorConfig, stats: SimulatorStats, image_host: ImageHost | None
+    ) -> None:
         self.config = config
         self.stats = stats
+        self.image_host = image_host
         self.rng = random.Random(config.random_seed)
         secret = config.url_secret or f"ideogram-simulator-{config.random_seed}"
         self.secret = secret.encode("utf-8")
         self.images: dict[str, tuple[ImageKey, int, bool]] = {}  # id -> key, expiry, corrupt
-        self.download_modes: dict[str, str] = {}  # id -> [sim:...] download misbehaviour
         self.attempts: dict[str, int] = {}
         self.unsafe_counter = 0
 
@@ -307,9 +309,9 @@ class _SimulatedApi:
                 )
                 self.images[image_id] = (key, expires, triggers.corrupt)
                 item["url"] = self._signed_url(base_url, image_id, expires)
-                if triggers.download_mode:
-                    self.download_modes[image_id] = triggers.download_mode
-                    item["url"] = hostile_url(item["url"], image_id, triggers.download_mode)
+                if self.image_host is not None:
+                    hosted = HostedImage(image_id, shown_prompt)
+                    item["url"] = self.image_host.image_url(item["url"], hosted)
             data.append(item)
         return {"created": datetime.now(UTC).isoformat(timespec="seconds"), "data": data}
 
@@ -317,7 +319,6 @@ class _SimulatedApi:
         """Bound memory in a long-running simulator: expired links can never be served."""
         for image_id in [i for i, (_, exp, _) in self.images.items() if exp < now]:
             del self.images[image_id]
-            self.download_modes.pop(image_id, None)
 
     def _bill(self, fields: dict[str, Any], model: str, payload: dict[str, Any], body: Any) -> None:
         images = payload["data"]
@@ -368,11 +369,11 @@ class _SimulatedApi:
             self.stats.record_download(404)
             return _error(404, "Image not found.")
         key, expires, corrupt = entry
-        mode = self.download_modes.get(image_id)
-        hostile = hostile_response(request, mode, self.config.huge_bytes) if mode else None
-        if hostile is not None:
-            self.stats.record_download(hostile.status_code)
-            return hostile
+        if self.image_host is not None:
+            answer = self.image_host.download(request, HostedImage(image_id, key.prompt))
+            if answer is not None:
+                self.stats.record_download(answer.status_code)
+                return answer
         width, height = pixel_size(key.resolution, self.config.image_scale)
         data = render_png(key, width, height)
         if corrupt:
@@ -403,10 +404,16 @@ def _resolution(fields: dict[str, Any], legacy: bool) -> str:
 
 
 def build_app(
-    config: SimulatorConfig | None = None, stats: SimulatorStats | None = None
+    config: SimulatorConfig | None = None,
+    stats: SimulatorStats | None = None,
+    image_host: ImageHost | None = None,
 ) -> Starlette:
-    """The simulator as an ASGI app (``app.state.stats`` holds its counters)."""
-    api = _SimulatedApi(config or SimulatorConfig(), stats or SimulatorStats())
+    """The simulator as an ASGI app (``app.state.stats`` holds its counters).
+
+    ``image_host`` may rewrite image URLs and answer downloads (see
+    :mod:`ideogram_pipeline.simulator.hooks`); without one the host behaves.
+    """
+    api = _SimulatedApi(config or SimulatorConfig(), stats or SimulatorStats(), image_host)
     v2 = SimulatedV2(api, poll_limit=api.config.poll_limit_per_10s)
     app = Starlette(
         routes=[

@@ -2,23 +2,31 @@
 
 Why this shape: a pipeline test must move image-sized payloads (about 1 MB at 1024x1024,
 like Ideogram's PNGs) through download, checksum and storage, yet a test run renders
-thousands of them. Compressing 3 MB of pixels per image costs ~60 ms, so images are built
-from *bands* of 16 rows instead:
+thousands of them; and a person looking at a contact sheet or the Dagster UI must tell the
+images apart. Compressing 3 MB of pixels per image costs ~60 ms, so images are built from
+*bands* of rows instead:
 
-* a small pool of bands per image width is generated (gradient plus noise, PNG ``Sub``
-  filter) and deflate-compressed once, each as a byte-aligned, non-final segment;
-* an image is one unique band derived from the SHA-256 of its inputs, followed by pool
-  bands chosen by a generator seeded with that digest;
+* a small pool of texture bands per image width is generated (gradient plus noise, PNG
+  ``Sub`` filter) and deflate-compressed once, each as a byte-aligned, non-final segment:
+  the incompressible noise is what gives the file its realistic size;
+* an image is one unique band derived from the SHA-256 of its inputs, pool bands chosen by
+  a generator seeded with that digest, and across the middle a caption panel
+  (:mod:`ideogram_pipeline.simulator.caption`): "SIMULATED", the prompt's text (wrapped,
+  cut with "..." when long) and a line naming model, seed, resolution and image index, on
+  a dark colour taken from the digest. The panel is flat colour and text, so it
+  compresses fast;
 * the compressed segments are concatenated into one zlib stream (deflate allows this after
-  a sync flush), and the Adler-32 is combined from the bands' checksums.
+  a sync flush), and the Adler-32 is combined from the segments' checksums.
 
-So equal inputs give byte-identical PNGs, different inputs give different PNGs (the unique
-band and the band order both follow the digest), and rendering costs little more than a
-CRC over the output. The result is a valid PNG: signature, IHDR, tEXt, IDAT, IEND, CRCs.
+So equal inputs give byte-identical PNGs (with the same Pillow and its bundled font),
+different inputs give different PNGs (the unique band, the band order and the panel all
+follow the inputs), and rendering costs a few milliseconds. The result is a valid PNG:
+signature, IHDR, tEXt, IDAT, IEND, CRCs.
 """
 
 from __future__ import annotations
 
+import colorsys
 import hashlib
 import json
 import struct
@@ -28,8 +36,11 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import numpy as np
+import numpy.typing as npt
 
-__all__ = ["ImageKey", "pixel_size", "render_png"]
+from ideogram_pipeline.simulator.caption import Caption, render_caption
+
+__all__ = ["PNG_SIGNATURE", "ImageKey", "pixel_size", "render_png"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BAND_ROWS = 16
@@ -88,6 +99,20 @@ def _adler32_combine(adler1: int, adler2: int, length2: int) -> int:
     return (s2 << 16) | s1
 
 
+def _sub_filtered(pixels: npt.NDArray[np.uint8]) -> bytes:
+    """PNG scanlines with filter type 1 (Sub) for ``(rows, width, 3)`` uint8 pixels.
+
+    Each byte minus the byte one pixel to the left, modulo 256: flat colour becomes zeros.
+    """
+    rows, width, _ = pixels.shape
+    line = pixels.reshape(rows, width * 3)
+    out = np.empty((rows, width * 3 + 1), dtype=np.uint8)
+    out[:, 0] = 1
+    out[:, 1:4] = line[:, :3]
+    out[:, 4:] = line[:, 3:] - line[:, :-3]
+    return out.tobytes()
+
+
 def _band_rows(rng: np.random.Generator, width: int, rows: int, noise_mask: int) -> bytes:
     """``rows`` filtered scanlines: a random diagonal gradient plus low-bit noise."""
     start = rng.integers(0, 256, 3).astype(np.int32)
@@ -97,13 +122,7 @@ def _band_rows(rng: np.random.Generator, width: int, rows: int, noise_mask: int)
     y = np.arange(rows, dtype=np.int32)[:, None, None]
     pixels = start + (x * slope_x) // 4 + y * slope_y
     noise = np.frombuffer(rng.bytes(rows * width * 3), dtype=np.uint8).reshape(rows, width, 3)
-    line = ((pixels & 0xFF).astype(np.uint8) + (noise & noise_mask)).reshape(rows, width * 3)
-    # PNG filter type 1 (Sub): each byte minus the byte one pixel to the left, modulo 256.
-    out = np.empty((rows, width * 3 + 1), dtype=np.uint8)
-    out[:, 0] = 1
-    out[:, 1:4] = line[:, :3]
-    out[:, 4:] = line[:, 3:] - line[:, :-3]
-    return out.tobytes()
+    return _sub_filtered((pixels & 0xFF).astype(np.uint8) + (noise & noise_mask))
 
 
 def _compress_segment(raw: bytes, level: int) -> _Segment:
@@ -130,6 +149,18 @@ def _pool(width: int) -> tuple[_Segment, ...]:
         )
 
 
+def _caption(key: ImageKey, digest: bytes) -> Caption:
+    """The panel's words, and a dark background colour taken from the digest."""
+    hue, value = digest[0] / 255, 0.22 + digest[1] / 255 * 0.12
+    red, green, blue = colorsys.hsv_to_rgb(hue, 0.55, value)
+    return Caption(
+        label="SIMULATED",
+        text=key.prompt,
+        footer=f"{key.model} · seed {key.seed} · {key.resolution} · image {key.index + 1}",
+        background=(round(red * 255), round(green * 255), round(blue * 255)),
+    )
+
+
 def _chunk(kind: bytes, data: bytes) -> bytes:
     body = kind + data
     return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
@@ -137,15 +168,25 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 @lru_cache(maxsize=24)
 def render_png(key: ImageKey, width: int, height: int) -> bytes:
-    """The PNG for ``key`` at ``width`` x ``height`` pixels (RGB, 8 bit)."""
+    """The PNG for ``key`` at ``width`` x ``height`` pixels (RGB, 8 bit).
+
+    From the top: the unique band, texture bands, the caption panel (about the middle),
+    texture bands to the bottom.
+    """
     digest = key.digest()
     rng = np.random.default_rng(np.frombuffer(digest, dtype=np.uint32))
     segments: list[_Segment] = []
     # The unique band carries the digest into the pixels; stronger noise makes it visible.
     first_rows = min(BAND_ROWS, height)
     segments.append(_compress_segment(_band_rows(rng, width, first_rows, 0x0F), level=1))
-    remaining = height - first_rows
+    panel = render_caption(_caption(key, digest), width, height - first_rows)
+    panel_rows = 0 if panel is None else panel.shape[0]
     pool = _pool(width)
+    above = max(0, (height - panel_rows) // 2 - first_rows) // BAND_ROWS
+    segments.extend(pool[int(i)] for i in rng.integers(0, POOL_SIZE, above))
+    if panel is not None:
+        segments.append(_compress_segment(_sub_filtered(panel), level=1))
+    remaining = height - first_rows - above * BAND_ROWS - panel_rows
     full_bands, tail_rows = divmod(remaining, BAND_ROWS)
     segments.extend(pool[int(i)] for i in rng.integers(0, POOL_SIZE, full_bands))
     if tail_rows:

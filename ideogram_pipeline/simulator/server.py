@@ -22,7 +22,8 @@ Behaviour worth knowing:
 * Image bytes are a deterministic PNG of (model, reported prompt, seed, resolution,
   style_type, negative_prompt, position in the response): a repeated request gets the same
   pictures, and the images of one request (which share its seed) differ from each other.
-  About 1.3 MB at 1024x1024, rendered in a few milliseconds (see ``sim_images``).
+  Each shows its prompt's text and is marked SIMULATED; about 1 MB at 1024x1024,
+  rendered in a few milliseconds (see :mod:`ideogram_pipeline.simulator.images`).
 * ``resolution`` in the response is the nominal one (from ``resolution`` or the aspect ratio,
   default 1024x1024); the PNG's pixels are that times ``image_scale``.
 * A request for more images than ``max_inflight`` can never fit and always gets 429.
@@ -50,20 +51,10 @@ Deterministic triggers (put them anywhere in the prompt; they survive Magic Prom
                      second download is complete
 ===================  =====================================================================
 
-Hostile image host (``sim_hostile``; one per prompt), for the download URL policy:
-
-==========================  ==============================================================
-``[sim:foreign-url]``       the URL names ``https://images.attacker.example/...`` (RFC 2606:
-                            never resolves), a host outside the allow-list
-``[sim:private-url]``       the URL names ``https://169.254.169.254/latest/meta-data/...``,
-                            the cloud metadata address
-``[sim:redirect]``          the download answers 302 to the same image (``&hop=1``), once
-``[sim:redirect-foreign]``  the download answers 302 to ``images.attacker.example``
-``[sim:redirect-loop]``     the download redirects to itself forever (``hop`` counts up)
-``[sim:huge]``              200 ``image/png``: a PNG signature then zeros, ``huge_bytes``
-                            (default 64 MiB) streamed without a Content-Length
-``[sim:not-png]``           200 ``text/html``: a sign-in page instead of the image
-==========================  ==============================================================
+The image host itself can be made to misbehave for tests: ``Simulator(image_host=...)``
+takes an :class:`~ideogram_pipeline.simulator.hooks.ImageHost` that may rewrite each image's
+URL and answer its download instead (``tests/support/hostile_host.py`` uses it for the
+download URL policy: foreign and metadata addresses, redirects, endless bodies, HTML).
 
 Attempts are counted per exact prompt for the simulator's lifetime (``stats.reset()`` keeps
 them), so give each scripted scenario a prompt of its own.
@@ -86,6 +77,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from ideogram_pipeline.simulator.app import build_app
+from ideogram_pipeline.simulator.hooks import HostedImage, ImageHost
 from ideogram_pipeline.simulator.state import (
     DEFAULT_SIMULATOR_API_KEY,
     SimulatorConfig,
@@ -95,6 +87,8 @@ from ideogram_pipeline.simulator.state import (
 
 __all__ = [
     "DEFAULT_SIMULATOR_API_KEY",
+    "HostedImage",
+    "ImageHost",
     "Simulator",
     "SimulatorConfig",
     "SimulatorStats",
@@ -142,14 +136,20 @@ class Simulator:
             assert sim.stats.billed_images == 1
 
     ``port=0`` picks a free port; ``base_url`` is known as soon as :meth:`start` returns.
+    ``image_host`` makes the image host misbehave (tests only; see the module docstring).
     """
 
     def __init__(
-        self, config: SimulatorConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+        self,
+        config: SimulatorConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        image_host: ImageHost | None = None,
     ) -> None:
         self.config = config or SimulatorConfig()
         self.stats = SimulatorStats()
-        self.app = build_app(self.config, self.stats)
+        self.app = build_app(self.config, self.stats, image_host)
         self.host = host
         self.port = port
         self._server: uvicorn.Server | None = None
@@ -204,9 +204,11 @@ class Simulator:
 
 
 @contextmanager
-def running_simulator(config: SimulatorConfig | None = None) -> Iterator[Simulator]:
+def running_simulator(
+    config: SimulatorConfig | None = None, *, image_host: ImageHost | None = None
+) -> Iterator[Simulator]:
     """A started :class:`Simulator` on a free loopback port, stopped on exit."""
-    with Simulator(config) as sim:
+    with Simulator(config, image_host=image_host) as sim:
         yield sim
 
 

