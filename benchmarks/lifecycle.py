@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from ideogram_pipeline.history.schema import GenerationRecord
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.lifecycle.compaction import TABLES, compact, table_files
 from ideogram_pipeline.lifecycle.policy import RetentionPolicy
@@ -100,7 +101,7 @@ def write_flushes(
             if images:
                 keys = [r["image_key"] for r in rows if r["image_key"]]
                 list(pool.map(lambda k: store.put_bytes(k, PNG, content_type="image/png"), keys))
-            tables.write(batch, rows)
+            tables.write(batch, [GenerationRecord.from_row({**r, "batch": batch}) for r in rows])
             total += len(rows)
     return total
 

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ideogram_pipeline.batches.files import parse_batch
 from ideogram_pipeline.definitions import defs
 from ideogram_pipeline.defs.sensors import prompts_sensor
 from ideogram_pipeline.history.sandbox import sandboxed_connection, views_for
+from ideogram_pipeline.history.schema import GenerationRecord
 from ideogram_pipeline.history.search import SearchFilters, search
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import IdeogramClient
@@ -118,23 +120,25 @@ def test_a_long_batch_keeps_tasks_and_ledger_bounded(tmp_path: Path) -> None:
 # -- the history views -------------------------------------------------------------------
 
 
-def _records(batch: str, run: str, rows: list[tuple[int, str, str]], day: datetime) -> list:
+def _records(
+    batch: str, run: str, rows: list[tuple[int, str, str]], day: datetime
+) -> list[GenerationRecord]:
     out = []
     for number, (row, attempt, status) in enumerate(rows):
         created = day + timedelta(minutes=number)
         out.append(
-            {
-                "id": f"{batch}-{row}-{attempt}".ljust(32, "0")[:32],
-                "row": row,
-                "image_index": 0,
-                "prompt": f"A heron, study {row}",
-                "status": status,
-                "attempt_id": attempt,
-                "created_at": created,
-                "date": created.date().isoformat(),
-                "run_id": run,
-                "tags": [],
-            }
+            GenerationRecord(
+                id=f"{batch}-{row}-{attempt}".ljust(32, "0")[:32],
+                batch=batch,
+                row=row,
+                image_index=0,
+                prompt=f"A heron, study {row}",
+                status=status,  # type: ignore[arg-type]
+                attempt_id=attempt,
+                created_at=created,
+                date=created.date(),
+                run_id=run,
+            )
         )
     return out
 
@@ -147,8 +151,8 @@ def test_queries_get_the_views_they_name_and_search_stays_unicode_aware(
     day = datetime(2025, 3, 1, 9, tzinfo=UTC)
     records = _records("zoo", "run1", [(1, "a1", "stored"), (2, "a1", "stored")], day)
     # LATIN SMALL LETTER LONG S: already lower case, yet it case-folds to "s".
-    records[0]["prompt"] = "A kangaroo at \u017funset"
-    records[1]["prompt"] = "A KANGAROO, at SUNSET"
+    records[0] = replace(records[0], prompt="A kangaroo at \u017funset")
+    records[1] = replace(records[1], prompt="A KANGAROO, at SUNSET")
     HistoryTables(settings).write("zoo", records)
 
     assert views_for("SELECT count(*) FROM generations") == ("generations",)
