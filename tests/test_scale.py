@@ -117,6 +117,44 @@ def test_a_long_batch_keeps_tasks_and_ledger_bounded(tmp_path: Path) -> None:
     assert list(store.list(f"{LEDGER_PREFIX}/")) == []
 
 
+_ALLOCATOR_PROBE = """
+import asyncio, sys
+import pyarrow as pa
+from ideogram_pipeline.batches.files import parse_batch
+from ideogram_pipeline.ideogram.client import IdeogramClient
+from ideogram_pipeline.runs.engine import run_batch
+from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
+from ideogram_pipeline.storage import LocalStore
+
+before = pa.default_memory_pool().backend_name
+with running_simulator(SimulatorConfig(latency_s=0.0, image_scale=0.25)) as sim:
+    async def go():
+        async with IdeogramClient(sim.base_url, sim.api_key, max_inflight=2) as client:
+            batch = parse_batch(b"prompt\\nA quiet harbour at dawn\\n", key="probe")
+            return await run_batch(batch, client, LocalStore(sys.argv[1]))
+    summary = asyncio.run(go())
+print(summary.stored, before, pa.default_memory_pool().backend_name)
+"""
+
+
+def test_the_engine_leaves_the_process_allocator_alone(tmp_path: Path) -> None:
+    """Allocator tuning is process setup for entry points (runner.tune_process_memory):
+    running a batch as a library call changes no process-wide setting."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _ALLOCATOR_PROBE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.split()
+    stored, before, after = out
+    assert stored == "1"
+    assert before != "system" and after == before
+
+
 # -- the history views -------------------------------------------------------------------
 
 

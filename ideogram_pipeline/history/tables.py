@@ -266,7 +266,7 @@ class HistoryTables:
                 source.column("attempt_id").to_pylist(),
                 strict=True,
             ):
-                if row in stale_rows and attempt:
+                if row is not None and row in stale_rows and attempt:
                     attempts[row] = min(attempts.get(row, attempt), attempt)
             if attempts:
                 older = " OR ".join(

@@ -18,7 +18,7 @@ billed. Retried 5xx are not billed either, so retries never raise the real cost 
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,7 +114,7 @@ def estimate_cost(
     previous = previous or {}
     unit_prices = unit_prices or {}
     quoted: dict[str, None] = {}
-    by_model: Counter[str] = Counter()
+    by_model: dict[str, float] = defaultdict(float)
     unpriced: dict[str, None] = {}
     rows_to_send = images = done = rejected = 0
     for row in batch.rows:

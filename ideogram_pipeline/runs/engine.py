@@ -349,8 +349,8 @@ class _BatchRun:
 
         async def produce() -> None:
             for row in self.batch.rows:
-                if not await self._settled_without_sending(row):
-                    await queue.put(row)
+                if (request := await self._to_send(row)) is not None:
+                    await queue.put(request)
             for _ in range(workers):
                 await queue.put(None)
 
@@ -381,9 +381,10 @@ class _BatchRun:
         self.summary.seconds = time.monotonic() - clock
         return self.summary
 
-    async def _settled_without_sending(self, row: GenerationRequest | RejectedRow) -> bool:
-        """Rows that need no request: done by an earlier run, rejected, too large for the
-        account (rejected), or identical to a stored request (linked). False: send it."""
+    async def _to_send(self, row: GenerationRequest | RejectedRow) -> GenerationRequest | None:
+        """``row`` if it must be sent; None once settled without a request: done by an
+        earlier run, rejected, too large for the account (rejected), or identical to a
+        stored request (linked)."""
         if already_done(row, self.previous):
             if isinstance(row, RejectedRow):
                 self.summary.rejected += 1
@@ -403,8 +404,8 @@ class _BatchRun:
         elif originals := self.existing.get(row.request_hash()):
             await self.link(row, originals)
         else:
-            return False
-        return True
+            return row
+        return None
 
 
 async def run_batch(
