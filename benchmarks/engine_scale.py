@@ -82,11 +82,11 @@ def _instrument(timers: CpuTimers) -> None:
     """Wrap the engine's thread-side steps (the real functions, only timed)."""
     from ideogram_pipeline.history import tables
     from ideogram_pipeline.images import fingerprints as fingerprint
-    from ideogram_pipeline.runs import engine, ledger
+    from ideogram_pipeline.runs import ledger, storing
 
-    engine.prepare_for_storage = timers.wrap("pngmeta", engine.prepare_for_storage)
+    storing.prepare_for_storage = timers.wrap("pngmeta", storing.prepare_for_storage)
     fingerprint.perceptual_hash = timers.wrap("phash", fingerprint.perceptual_hash)
-    engine._BatchRun._store_image = timers.wrap("upload", engine._BatchRun._store_image)
+    storing.ImageKeeper._store_image = timers.wrap("upload", storing.ImageKeeper._store_image)
     tables.HistoryTables.write = timers.wrap("metadata", tables.HistoryTables.write)
     ledger.Ledger._write = timers.wrap("ledger", ledger.Ledger._write)
     ledger.Ledger.prune = timers.wrap("ledger_prune", ledger.Ledger.prune)
@@ -153,9 +153,11 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
     from ideogram_pipeline.history.tables import HistoryTables
     from ideogram_pipeline.ideogram.client import IdeogramClient
     from ideogram_pipeline.runs.engine import run_batch
+    from ideogram_pipeline.runs.runner import tune_process_memory
     from ideogram_pipeline.settings import load_settings
     from ideogram_pipeline.storage import open_store
 
+    tune_process_memory()  # this child process is the entry point that runs the batch
     settings = load_settings({**os.environ, "IDEOGRAM_STORAGE": config["storage"]})
     store = open_store(settings)
     store.preflight()

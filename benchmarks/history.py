@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 from ideogram_pipeline import history
 from ideogram_pipeline.history.duplicates import existing_images, near_duplicate_groups
+from ideogram_pipeline.history.schema import GenerationRecord
 from ideogram_pipeline.history.search import SearchFilters, search
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.history.tags import change_tags
@@ -95,7 +96,7 @@ def build_history(store: LocalStore, records: int, batches: int) -> list[dict]:
     for row in rows:
         by_batch.setdefault(row.pop("_batch"), []).append(row)
     for batch, batch_rows in by_batch.items():
-        tables.write(batch, batch_rows)
+        tables.write(batch, [GenerationRecord.from_row({**r, "batch": batch}) for r in batch_rows])
     return rows
 
 

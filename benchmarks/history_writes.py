@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from history_gen import LEGACY_SCHEMA, HistoryMaker
 from scale_support import REPO, load_average
 
+from ideogram_pipeline.history.schema import GenerationRecord
 from ideogram_pipeline.history.tables import GENERATIONS, RECORDS, HistoryTables
 from ideogram_pipeline.settings import load_settings
 
@@ -91,9 +92,13 @@ def measure_flushes(settings: Any, repeat: int, root: Path) -> dict[str, Any]:
         while len(flushes) < 3:
             flushes = _records(maker, 500, key)
         first, second, last = flushes[0], flushes[1], flushes[2][:1]
-        out["new batch, 500"].append(timed(tables.write, key, first))
-        out["same batch, 500 more"].append(timed(tables.write, key, second))
-        out["1 record"].append(timed(tables.write, key, last))
+
+        def typed(rows: list[dict[str, Any]], key: str = key) -> list[GenerationRecord]:
+            return [GenerationRecord.from_row({**r, "batch": key}) for r in rows]
+
+        out["new batch, 500"].append(timed(tables.write, key, typed(first)))
+        out["same batch, 500 more"].append(timed(tables.write, key, typed(second)))
+        out["1 record"].append(timed(tables.write, key, typed(last)))
 
         def old_flush(rows: list[dict[str, Any]], n: int) -> None:
             # What MetadataWriter.write did: a table from the dicts, zstd, one file put.

@@ -25,6 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support
 
+from ideogram_pipeline.history.schema import GenerationRecord
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.lifecycle.compaction import TABLES, compact, table_files
 from ideogram_pipeline.lifecycle.policy import RetentionPolicy
@@ -103,7 +104,7 @@ def write_flushes(
             if images:
                 keys = [r["image_key"] for r in rows if r["image_key"]]
                 list(pool.map(lambda k: store.put_bytes(k, PNG, content_type="image/png"), keys))
-            tables.write(batch, rows)
+            tables.write(batch, [GenerationRecord.from_row({**r, "batch": batch}) for r in rows])
             total += len(rows)
     return total
 

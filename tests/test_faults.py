@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,9 +25,10 @@ from ideogram_pipeline.batches.files import parse_batch
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import IdeogramClient, RetryPolicy
 from ideogram_pipeline.runs.engine import BatchSummary, run_batch
+from ideogram_pipeline.runs.retrying import STORAGE_RETRY, StorageRetry, is_storage_outage
 from ideogram_pipeline.settings import Settings, load_settings
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
-from ideogram_pipeline.storage import LocalStore, ObjectStore
+from ideogram_pipeline.storage import LocalStore, ObjectExists, ObjectStore, StorageError
 from ideogram_pipeline.storage.s3 import S3Store
 from tests.support.seaweed import running_seaweedfs, start_seaweedfs
 
@@ -49,6 +51,7 @@ def _run(
     inflight: int = 6,
     resend_unknown: bool = False,
     settings: Settings | None = None,
+    storage_retry: StorageRetry = STORAGE_RETRY,
     **client_options: object,
 ) -> BatchSummary:
     base_url = sim_or_url if isinstance(sim_or_url, str) else sim_or_url.base_url
@@ -68,6 +71,7 @@ def _run(
                 flush_every=5,
                 resend_unknown=resend_unknown,
                 history=HistoryTables(settings),
+                storage_retry=storage_retry,
             )
 
     return asyncio.run(go())
@@ -258,3 +262,84 @@ def test_s3_outage_mid_batch(tmp_path: Path) -> None:
         for srv in restarted:
             srv.stop()  # type: ignore[attr-defined]
         server.stop()
+
+
+# -- storage retries: outages waited out, bugs raised at once -------------------------------
+
+QUICK_STORAGE_RETRY = StorageRetry(attempts=4, first_delay_s=0.01, max_delay_s=0.05)
+
+
+class _FailingStore(LocalStore):
+    """A real local store whose first ``failures`` writes under ``prefix`` raise ``error``."""
+
+    def __init__(self, root: Path, prefix: str, error: Exception, failures: int) -> None:
+        super().__init__(root)
+        self.prefix, self.error, self.failures = prefix, error, failures
+        self.tries: list[str] = []
+
+    def put_bytes(self, key: str, data: bytes, **options: Any) -> None:
+        if key.startswith(self.prefix):
+            self.tries.append(key)
+            if len(self.tries) <= self.failures:
+                raise self.error
+        super().put_bytes(key, data, **options)
+
+
+def test_a_programming_error_in_storage_fails_at_once(tmp_path: Path) -> None:
+    """A bug (here a TypeError from the store) is not retried: the run stops on the first
+    try with the error's own traceback, not after a minute of backoff."""
+    store = _FailingStore(tmp_path, "images/", TypeError("put_bytes() got a bad argument"), 99)
+    with running_simulator(SimulatorConfig(latency_s=0.0, image_scale=0.25)) as sim:
+        started = time.monotonic()
+        with pytest.raises(TypeError, match="bad argument") as raised:
+            _run(sim, sim.api_key, store, ["A paper boat on a puddle"])
+    assert len(store.tries) == 1  # one try, no retry
+    assert time.monotonic() - started < STORAGE_RETRY.first_delay_s * 8
+    assert raised.traceback[-1].name == "put_bytes"  # raised where the bug is
+
+
+@pytest.mark.parametrize("prefix", ["images/", "ledger/"])
+def test_a_storage_outage_is_waited_out(tmp_path: Path, prefix: str) -> None:
+    """Image uploads and ledger entries both wait out refused writes, counted as retries."""
+    store = _FailingStore(tmp_path, prefix, ConnectionRefusedError("store restarting"), 2)
+    with running_simulator(SimulatorConfig(latency_s=0.0, image_scale=0.25)) as sim:
+        summary = _run(
+            sim,
+            sim.api_key,
+            store,
+            ["A paper boat on a puddle"],
+            storage_retry=QUICK_STORAGE_RETRY,
+        )
+        billed = dict(sim.stats.billed_by_prompt_seed)
+    assert summary.stored == 1 and summary.failed == 0
+    assert summary.retries["StorageError"] == 2
+    assert len(store.tries) > 2 and set(billed.values()) == {1}
+    assert [info.key for info in store.list("images/")]  # the image really landed
+
+
+def test_an_outage_longer_than_the_retries_fails_the_image_not_the_run(tmp_path: Path) -> None:
+    store = _FailingStore(tmp_path, "images/", StorageError("bucket unreachable"), 99)
+    with running_simulator(SimulatorConfig(latency_s=0.0, image_scale=0.25)) as sim:
+        summary = _run(
+            sim, sim.api_key, store, ["A paper boat on a puddle"], storage_retry=QUICK_STORAGE_RETRY
+        )
+    assert summary.failed == 1 and len(store.tries) == QUICK_STORAGE_RETRY.attempts
+    con = history.connect(load_settings({"IDEOGRAM_STORAGE": str(tmp_path)}))
+    row = con.execute("SELECT failure_kind, last_error FROM generations").fetchone()
+    con.close()
+    assert row == ("storage", "StorageError: bucket unreachable")
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (StorageError("503 Slow Down"), True),
+        (ConnectionResetError("reset by peer"), True),
+        (TimeoutError("read timed out"), True),
+        (ObjectExists("other bytes at the key"), False),
+        (TypeError("bad argument"), False),
+        (KeyError("seed"), False),
+    ],
+)
+def test_only_storage_and_transport_errors_are_outages(error: Exception, retried: bool) -> None:
+    assert is_storage_outage(error) is retried

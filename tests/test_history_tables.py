@@ -14,11 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from ideogram_pipeline import history
 from ideogram_pipeline.history.duckdb_s3 import duckdb_init_sql, extension_path
-from ideogram_pipeline.history.schema import ROW_KEY
+from ideogram_pipeline.history.schema import (
+    ROW_KEY,
+    TABLE_SCHEMA,
+    GenerationRecord,
+    records_table,
+)
 from ideogram_pipeline.history.tables import GENERATIONS, RECORDS, HistoryTables
 from ideogram_pipeline.settings import Settings, load_settings
 from tests.conftest import make_env
@@ -27,22 +33,25 @@ DAY = datetime(2025, 3, 1, 9, tzinfo=UTC)
 CLI = [sys.executable, "-c", "from ideogram_pipeline.cli import main; main()"]
 
 
-def _record(batch: str, row: int, attempt: str, status: str, **extra: Any) -> dict[str, Any]:
+def _record(batch: str, row: int, attempt: str, status: str, **extra: Any) -> GenerationRecord:
     index = extra.pop("image_index", 0)
     created = extra.pop("created_at", DAY + timedelta(minutes=row))
-    return {
-        "id": f"{batch}-{row}-{attempt}-{index}".ljust(32, "0")[:32],
-        "row": row,
-        "image_index": index,
-        "prompt": f"A heron, study {row}",
-        "status": status,
-        "attempt_id": attempt,
-        "created_at": created,
-        "date": created.date().isoformat(),
-        "cost_usd": 0.05 if status == "stored" else 0.0,
-        "tags": [],
-        **extra,
-    }
+    return GenerationRecord.from_row(
+        {
+            "batch": batch,
+            "id": f"{batch}-{row}-{attempt}-{index}".ljust(32, "0")[:32],
+            "row": row,
+            "image_index": index,
+            "prompt": f"A heron, study {row}",
+            "status": status,
+            "attempt_id": attempt,
+            "created_at": created,
+            "date": created.date().isoformat(),
+            "cost_usd": 0.05 if status == "stored" else 0.0,
+            "tags": [],
+            **extra,
+        }
+    )
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -113,10 +122,29 @@ def test_generations_holds_one_current_row_per_key(settings: Settings, tmp_path:
     plain.close()
 
 
-def test_a_record_with_an_unknown_column_is_refused(tmp_path: Path) -> None:
+def test_a_record_with_an_unknown_column_is_refused_where_it_is_built() -> None:
+    with pytest.raises(TypeError, match="colour"):
+        _record("typo", 1, "a1", "stored", colour="x")
+    with pytest.raises(ValueError, match="unknown status 'sotred'"):
+        _record("typo", 1, "a1", "sotred")
+
+
+def test_the_schema_is_the_record() -> None:
+    """Every field of the record is a column of the table, in order, and back."""
+    record = _record("one", 1, "a1", "stored", tags=("x",), seed=2**40)
+    table = records_table([record], DAY)
+    assert table.schema.equals(TABLE_SCHEMA)
+    assert TABLE_SCHEMA.names[-2:] == ["date", "batch"]
+    [row] = table.to_pylist()
+    assert row == {**record.as_row(), "tags": ["x"], "recorded_at": DAY}
+    assert TABLE_SCHEMA.field("row").type == pa.int32()
+    assert TABLE_SCHEMA.field("seed").type == pa.int64()
+
+
+def test_records_of_another_batch_are_refused(tmp_path: Path) -> None:
     settings = load_settings({"IDEOGRAM_STORAGE": str(tmp_path / "root")})
-    with pytest.raises(ValueError, match="not history columns: colour"):
-        HistoryTables(settings).write("typo", [_record("typo", 1, "a1", "stored", colour="x")])
+    with pytest.raises(ValueError, match="records of batch other written as batch 'mine'"):
+        HistoryTables(settings).write("mine", [_record("other", 1, "a1", "stored")])
     assert not HistoryTables(settings).exists(RECORDS)
 
 
@@ -132,6 +160,7 @@ def test_an_empty_root_has_empty_typed_views(tmp_path: Path) -> None:
 _WRITER = """
 import sys
 from datetime import UTC, datetime
+from ideogram_pipeline.history.schema import GenerationRecord
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.settings import load_settings
 
@@ -139,9 +168,11 @@ batch, rows = sys.argv[1], int(sys.argv[2])
 tables = HistoryTables(load_settings())
 now = datetime.now(UTC)
 for row in range(1, rows + 1):
-    record = {"id": f"{batch}-{row}".ljust(32, "0")[:32], "row": row, "image_index": 0,
-              "status": "stored", "attempt_id": "a1", "created_at": now,
-              "date": now.date().isoformat(), "cost_usd": 0.05, "tags": ["run"]}
+    record = GenerationRecord(
+        id=f"{batch}-{row}".ljust(32, "0")[:32], batch=batch, row=row, image_index=0,
+        status="stored", attempt_id="a1", created_at=now, date=now.date(), cost_usd=0.05,
+        tags=("run",),
+    )
     tables.write(batch, [record])
 """
 
@@ -174,7 +205,7 @@ def test_concurrent_writers_lose_nothing(
     ]
     tables.write("shared", seed)
     tables.write("expired", [_record("expired", row, "a1", "stored") for row in range(1, 6)])
-    target = seed[0]["id"]
+    target = seed[0].id
     server = request.getfixturevalue("s3_server") if settings.is_s3 else None
     env = make_env(server=server, storage=settings.storage)
     processes = [
@@ -182,7 +213,7 @@ def test_concurrent_writers_lose_nothing(
         [sys.executable, "-c", _WRITER, "beta", "8"],
         [sys.executable, "-c", _CHANGER, "tag", target, "t1", "t2", "t3", "t4"],
         [sys.executable, "-c", _CHANGER, "tag", target, "u1", "u2", "u3", "u4"],
-        [sys.executable, "-c", _CHANGER, "pin", "-", *(r["id"] for r in seed[1:])],
+        [sys.executable, "-c", _CHANGER, "pin", "-", *(r.id for r in seed[1:])],
         [*CLI, "cleanup", "--older-than", "30"],
     ]
     running = [
@@ -223,6 +254,7 @@ def test_concurrent_writers_lose_nothing(
 _FLUSHER = """
 import sys
 from datetime import UTC, datetime
+from ideogram_pipeline.history.schema import GenerationRecord
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.settings import load_settings
 
@@ -232,9 +264,11 @@ for start in range(0, 60, 3):
     # Each flush re-states the rows written so far with a newer attempt, so every MERGE
     # rewrites files as well as adding them.
     records = [
-        {"id": f"row-{row}-{start}".ljust(32, "0")[:32], "row": row, "image_index": 0,
-         "status": "stored", "attempt_id": f"{start:04d}", "created_at": now,
-         "date": now.date().isoformat(), "cost_usd": 0.05}
+        GenerationRecord(
+            id=f"row-{row}-{start}".ljust(32, "0")[:32], batch="crashy", row=row,
+            image_index=0, status="stored", attempt_id=f"{start:04d}", created_at=now,
+            date=now.date(), cost_usd=0.05,
+        )
         for row in range(1, start + 4)
     ]
     tables.write("crashy", records, stale_rows=list(range(1, start + 1)))

@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 from ideogram_pipeline import history
 from ideogram_pipeline.cli import main
 from ideogram_pipeline.history.duplicates import near_duplicate_groups
+from ideogram_pipeline.history.schema import GenerationRecord
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.images.fingerprints import perceptual_hash
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
@@ -148,7 +149,8 @@ def test_near_duplicate_groups_on_planted_images(root: Root) -> None:
         )
     # An exact-duplicate link shares a's image: it counts under a, not as another member.
     link = {**records[0], "id": "link" + "0" * 28, "row": 99, "duplicate_of": records[0]["id"]}
-    HistoryTables(root.settings).write("planted", [*records, link])
+    rows = [{**r, "batch": "planted"} for r in [*records, link]]
+    HistoryTables(root.settings).write("planted", map(GenerationRecord.from_row, rows))
 
     con = history.connect(root.settings, root.store)
     try:

@@ -359,21 +359,23 @@ def test_pyarrow_dataset_reads_the_same_layout(
 def test_duckdb_init_sql_hides_secrets_and_works(s3_settings: Settings, tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
+    from ideogram_pipeline.history.schema import GenerationRecord
     from ideogram_pipeline.history.tables import HistoryTables
 
     now = datetime.now(UTC)
     HistoryTables(s3_settings).write(
         "a",
         [
-            {
-                "id": f"id-{n}",
-                "row": n,
-                "image_index": 0,
-                "status": "stored",
-                "created_at": now,
-                "date": now.date().isoformat(),
-                "attempt_id": "a1",
-            }
+            GenerationRecord(
+                id=f"id-{n}",
+                batch="a",
+                row=n,
+                image_index=0,
+                status="stored",
+                created_at=now,
+                date=now.date(),
+                attempt_id="a1",
+            )
             for n in range(1, 7)
         ],
     )

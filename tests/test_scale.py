@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ideogram_pipeline.batches.files import parse_batch
 from ideogram_pipeline.definitions import defs
 from ideogram_pipeline.defs.sensors import prompts_sensor
 from ideogram_pipeline.history.sandbox import sandboxed_connection, views_for
+from ideogram_pipeline.history.schema import GenerationRecord
 from ideogram_pipeline.history.search import SearchFilters, search
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import IdeogramClient
@@ -115,26 +117,66 @@ def test_a_long_batch_keeps_tasks_and_ledger_bounded(tmp_path: Path) -> None:
     assert list(store.list(f"{LEDGER_PREFIX}/")) == []
 
 
+_ALLOCATOR_PROBE = """
+import asyncio, sys
+import pyarrow as pa
+from ideogram_pipeline.batches.files import parse_batch
+from ideogram_pipeline.ideogram.client import IdeogramClient
+from ideogram_pipeline.runs.engine import run_batch
+from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
+from ideogram_pipeline.storage import LocalStore
+
+before = pa.default_memory_pool().backend_name
+with running_simulator(SimulatorConfig(latency_s=0.0, image_scale=0.25)) as sim:
+    async def go():
+        async with IdeogramClient(sim.base_url, sim.api_key, max_inflight=2) as client:
+            batch = parse_batch(b"prompt\\nA quiet harbour at dawn\\n", key="probe")
+            return await run_batch(batch, client, LocalStore(sys.argv[1]))
+    summary = asyncio.run(go())
+print(summary.stored, before, pa.default_memory_pool().backend_name)
+"""
+
+
+def test_the_engine_leaves_the_process_allocator_alone(tmp_path: Path) -> None:
+    """Allocator tuning is process setup for entry points (runner.tune_process_memory):
+    running a batch as a library call changes no process-wide setting."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _ALLOCATOR_PROBE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.split()
+    stored, before, after = out
+    assert stored == "1"
+    assert before != "system" and after == before
+
+
 # -- the history views -------------------------------------------------------------------
 
 
-def _records(batch: str, run: str, rows: list[tuple[int, str, str]], day: datetime) -> list:
+def _records(
+    batch: str, run: str, rows: list[tuple[int, str, str]], day: datetime
+) -> list[GenerationRecord]:
     out = []
     for number, (row, attempt, status) in enumerate(rows):
         created = day + timedelta(minutes=number)
         out.append(
-            {
-                "id": f"{batch}-{row}-{attempt}".ljust(32, "0")[:32],
-                "row": row,
-                "image_index": 0,
-                "prompt": f"A heron, study {row}",
-                "status": status,
-                "attempt_id": attempt,
-                "created_at": created,
-                "date": created.date().isoformat(),
-                "run_id": run,
-                "tags": [],
-            }
+            GenerationRecord(
+                id=f"{batch}-{row}-{attempt}".ljust(32, "0")[:32],
+                batch=batch,
+                row=row,
+                image_index=0,
+                prompt=f"A heron, study {row}",
+                status=status,  # type: ignore[arg-type]
+                attempt_id=attempt,
+                created_at=created,
+                date=created.date(),
+                run_id=run,
+            )
         )
     return out
 
@@ -147,8 +189,8 @@ def test_queries_get_the_views_they_name_and_search_stays_unicode_aware(
     day = datetime(2025, 3, 1, 9, tzinfo=UTC)
     records = _records("zoo", "run1", [(1, "a1", "stored"), (2, "a1", "stored")], day)
     # LATIN SMALL LETTER LONG S: already lower case, yet it case-folds to "s".
-    records[0]["prompt"] = "A kangaroo at \u017funset"
-    records[1]["prompt"] = "A KANGAROO, at SUNSET"
+    records[0] = replace(records[0], prompt="A kangaroo at \u017funset")
+    records[1] = replace(records[1], prompt="A KANGAROO, at SUNSET")
     HistoryTables(settings).write("zoo", records)
 
     assert views_for("SELECT count(*) FROM generations") == ("generations",)

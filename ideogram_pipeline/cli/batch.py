@@ -95,6 +95,9 @@ def run_csv(csv: Path, batch: str | None, config: dict[str, Any] | None = None) 
     _refuse_unmigrated(settings)
     _ensure_dagster_home()
     from ideogram_pipeline.defs.launch import materialize_batch
+    from ideogram_pipeline.runs.runner import tune_process_memory
+
+    tune_process_memory()  # an entry point: the batch runs in this process (in-process run)
 
     result = materialize_batch(csv.resolve(), key, config or {})
     if result.metadata:

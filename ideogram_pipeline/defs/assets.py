@@ -93,10 +93,10 @@ class BatchConfig(dg.Config):
 def _first_rows_markdown(summary: "BatchSummary") -> str:
     lines = ["| row | status | model | seed | prompt | stored |", "|---|---|---|---|---|---|"]
     for record in summary.first_records:
-        prompt = escape_markdown_cell(record.get("prompt"), limit=80)
+        prompt = escape_markdown_cell(record.prompt, limit=80)
         lines.append(
-            f"| {record['row']} | {record['status']} | {record.get('model') or ''} | "
-            f"{record.get('seed') or ''} | {prompt} | {record.get('stored_uri') or ''} |"
+            f"| {record.row} | {record.status} | {record.model or ''} | "
+            f"{record.seed or ''} | {prompt} | {record.stored_uri or ''} |"
         )
     return "\n".join(lines)
 

@@ -26,11 +26,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import duckdb
 
+    from ideogram_pipeline.history.schema import GenerationRecord
     from ideogram_pipeline.ideogram.records import GenerationRequest
     from ideogram_pipeline.settings import Settings
     from ideogram_pipeline.storage import ObjectStore
@@ -104,8 +106,8 @@ def existing_images(
 
 
 def link_records(
-    bases: Sequence[dict[str, Any]], originals: Sequence[dict[str, Any]]
-) -> list[dict[str, Any]]:
+    bases: Sequence[GenerationRecord], originals: Sequence[dict[str, Any]]
+) -> list[GenerationRecord]:
     """``stored`` records for a row linked to ``originals`` (see the module docstring).
 
     ``bases[i]`` is the engine's fresh record for image ``i`` of the row (its id, run and
@@ -113,11 +115,10 @@ def link_records(
     """
     records = []
     for base, original in zip(bases, originals, strict=True):
-        record = dict(base)
-        for name in LINKED_COLUMNS:
-            if original.get(name) is not None:
-                record[name] = original[name]
-        record.update(
+        copied = {n: original[n] for n in LINKED_COLUMNS if original.get(n) is not None}
+        record = replace(
+            base,
+            **copied,
             status="stored",
             is_safe=True,
             cost_usd=0.0,

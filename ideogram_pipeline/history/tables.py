@@ -35,6 +35,8 @@ from ideogram_pipeline.history.schema import (
     PARTITION_COLUMNS,
     ROW_KEY,
     TABLE_SCHEMA,
+    GenerationRecord,
+    records_table,
 )
 from ideogram_pipeline.safe_output import sql_list, sql_literal
 from ideogram_pipeline.settings import Settings
@@ -112,28 +114,6 @@ def retry_commit(operation: Callable[[], T], what: str) -> T:
                 ) from exc
             time.sleep(min(2.0, 0.02 * 2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _conform(batch: str, records: Iterable[Mapping[str, Any]], recorded_at: datetime) -> pa.Table:
-    """Records of ``batch`` (dicts keyed by column, ``date`` as ISO text or a date) as a
-    table of exactly :data:`TABLE_SCHEMA`; a key that is not a column is an error, not a
-    silent null."""
-    rows = []
-    known = set(TABLE_SCHEMA.names)
-    for record in records:
-        unknown = set(record) - known
-        if unknown:
-            raise ValueError(f"not history columns: {', '.join(sorted(unknown))}")
-        row = dict(record)
-        row["batch"] = batch
-        row.setdefault("event", "generate")
-        row.setdefault("recorded_at", recorded_at)
-        row.setdefault("pinned", False)
-        day = row.get("date")
-        if isinstance(day, str):
-            row["date"] = datetime.fromisoformat(day).date()
-        rows.append(row)
-    return pa.Table.from_pylist(rows, schema=TABLE_SCHEMA)
 
 
 def _last_per_key(table: pa.Table) -> pa.Table:
@@ -218,7 +198,11 @@ class HistoryTables:
     # -- writes ---------------------------------------------------------------------------
 
     def write(
-        self, batch: str, records: Iterable[Mapping[str, Any]], *, stale_rows: Sequence[int] = ()
+        self,
+        batch: str,
+        records: Iterable[GenerationRecord],
+        *,
+        stale_rows: Sequence[int] = (),
     ) -> WriteResult:
         """Append ``records`` (of ``batch``) to the audit trail and MERGE them into the
         current state.
@@ -231,7 +215,11 @@ class HistoryTables:
         """
         if not is_safe_key(batch):
             raise ValueError(f"unsafe batch key {batch!r}")
-        table = _conform(batch, records, datetime.now(UTC))
+        records = list(records)
+        strays = sorted({r.batch for r in records} - {batch})
+        if strays:
+            raise ValueError(f"records of batch {', '.join(strays)} written as batch {batch!r}")
+        table = records_table(records, datetime.now(UTC))
         if table.num_rows == 0:
             return WriteResult(0, -1, -1)
         records_version = self.append(RECORDS, table)
@@ -278,7 +266,7 @@ class HistoryTables:
                 source.column("attempt_id").to_pylist(),
                 strict=True,
             ):
-                if row in stale_rows and attempt:
+                if row is not None and row in stale_rows and attempt:
                     attempts[row] = min(attempts.get(row, attempt), attempt)
             if attempts:
                 older = " OR ".join(

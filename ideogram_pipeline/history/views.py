@@ -13,7 +13,7 @@ work out at read time and every client gets the same answer.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import duckdb
 
@@ -25,6 +25,8 @@ from ideogram_pipeline.storage.base import StorageError
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from ideogram_pipeline.history.schema import RowState
 
 __all__ = [
     "LEGACY_PREFIX",
@@ -172,11 +174,13 @@ def read_rows(
     return table.select(TABLE_SCHEMA.names).cast(TABLE_SCHEMA)
 
 
-def batch_state(settings: Settings, store: ObjectStore, batch: str) -> dict[int, dict[str, Any]]:
+def batch_state(settings: Settings, store: ObjectStore, batch: str) -> dict[int, RowState]:
     """For each row of ``batch``: its request hash, statuses and last error, as now recorded.
 
     The engine uses this to skip rows already paid for (``stored`` or ``unsafe``).
     """
+    from ideogram_pipeline.history.schema import RowState
+
     con = connect(settings, store, views=(GENERATIONS,))
     try:
         rows = con.execute(
@@ -192,13 +196,7 @@ def batch_state(settings: Settings, store: ObjectStore, batch: str) -> dict[int,
     finally:
         con.close()
     return {
-        row: {
-            "request_hash": request_hash,
-            "statuses": set(statuses),
-            "error": error,
-            "attempt_id": attempt_id,
-            "indexes": set(indexes),
-        }
+        row: RowState(request_hash, frozenset(statuses), error, attempt_id, frozenset(indexes))
         for row, request_hash, statuses, error, attempt_id, indexes in rows
     }
 

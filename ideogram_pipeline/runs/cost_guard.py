@@ -5,7 +5,7 @@ published price of one image of its model and rendering speed
 (:mod:`ideogram_pipeline.ideogram.prices`) times ``num_images``. Rows that will not be sent
 cost nothing and are left out: rejected rows,
 rows already ``stored`` or ``unsafe`` for the same request (the engine skips them, see
-:func:`ideogram_pipeline.runs.engine.already_done`), and rows asking for more images than the
+:func:`ideogram_pipeline.runs.records.already_done`), and rows asking for more images than the
 account may have in flight (the engine rejects them).
 
 Where the API can quote (Ideogram's v2 ``?dry_run=true``, free and authoritative for the
@@ -18,18 +18,19 @@ billed. Retried 5xx are not billed either, so retries never raise the real cost 
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ideogram_pipeline.batches.files import Batch
+from ideogram_pipeline.history.schema import RowState
 from ideogram_pipeline.ideogram.client import IdeogramClient
 from ideogram_pipeline.ideogram.errors import IdeogramError
 from ideogram_pipeline.ideogram.prices import price_per_image
 from ideogram_pipeline.ideogram.records import GenerationRequest
 from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
-from ideogram_pipeline.runs.engine import already_done
+from ideogram_pipeline.runs.records import already_done
 
 __all__ = [
     "CostEstimate",
@@ -99,7 +100,7 @@ class CostLimitExceeded(Exception):
 
 def estimate_cost(
     batch: Batch,
-    previous: dict[int, dict[str, Any]] | None = None,
+    previous: Mapping[int, RowState] | None = None,
     *,
     max_inflight: int | None = None,
     unit_prices: Mapping[tuple[str, str | None], float] | None = None,
@@ -113,7 +114,7 @@ def estimate_cost(
     previous = previous or {}
     unit_prices = unit_prices or {}
     quoted: dict[str, None] = {}
-    by_model: Counter[str] = Counter()
+    by_model: dict[str, float] = defaultdict(float)
     unpriced: dict[str, None] = {}
     rows_to_send = images = done = rejected = 0
     for row in batch.rows:

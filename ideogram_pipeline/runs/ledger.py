@@ -163,8 +163,8 @@ class Ledger:
             bodies = list(pool.map(self.store.get_bytes, keys))
         for raw in bodies:
             body = json.loads(raw)
-            key = (int(body["row"]), str(body["request_hash"]), str(body["attempt_id"]))
-            events[key][body["event"]] = body
+            attempt = (int(body["row"]), str(body["request_hash"]), str(body["attempt_id"]))
+            events[attempt][body["event"]] = body
         newest: dict[tuple[int, str], LedgerEntry] = {}
         for (row, request_hash, attempt_id), by_event in sorted(events.items()):
             intent = by_event.get("intent")

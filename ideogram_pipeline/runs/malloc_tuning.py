@@ -16,6 +16,10 @@ pyarrow's default pool (mimalloc in the wheels) keeps what each Parquet flush fr
 3,000 rows it grew 13-28 MB (even with ``release_unused()`` after each flush) against 4-6 MB
 with the system allocator, which then also gets the pinned threshold.
 :func:`use_system_allocator_for_arrow` switches this process's Arrow allocations to it.
+
+Both change the whole process, so library code never calls them: entry points do, through
+:func:`ideogram_pipeline.runs.runner.tune_process_memory` (the CLI's ``run``, a Dagster
+op's process, the engine benchmark's child).
 """
 
 from __future__ import annotations

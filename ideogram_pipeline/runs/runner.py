@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ideogram_pipeline import history
 from ideogram_pipeline.batches.files import Batch, load_batch
@@ -26,7 +26,10 @@ from ideogram_pipeline.runs.cost_guard import (
     estimate_cost,
     quote_unit_prices,
 )
-from ideogram_pipeline.runs.engine import BatchSummary, ProgressCallback, run_batch
+from ideogram_pipeline.runs.engine import run_batch
+from ideogram_pipeline.runs.malloc_tuning import pin_mmap_threshold, use_system_allocator_for_arrow
+from ideogram_pipeline.runs.records import ExtraFields
+from ideogram_pipeline.runs.summary import BatchSummary, ProgressCallback
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore, open_store
 
@@ -39,6 +42,7 @@ __all__ = [
     "estimate_batch",
     "execute_batch",
     "simulator_config_from_env",
+    "tune_process_memory",
 ]
 
 #: Latency of the embedded simulator: enough to look real in a demo, short enough to be quick.
@@ -76,6 +80,17 @@ def api_endpoint(settings: Settings) -> Iterator[ApiEndpoint]:
         yield ApiEndpoint(simulator.base_url, simulator.api_key, simulated=True)
 
 
+def tune_process_memory() -> None:
+    """Process setup for a process that runs batches: image buffers and Parquet flushes
+    give their memory back, so a long batch stays flat (``malloc_tuning.py``).
+
+    It changes process-wide allocator settings, so only entry points call it (the CLI's
+    ``run``, a Dagster op's process), never library code. Idempotent.
+    """
+    pin_mmap_threshold()
+    use_system_allocator_for_arrow()
+
+
 def execute_batch(
     batch: Batch,
     settings: Settings,
@@ -86,7 +101,7 @@ def execute_batch(
     max_cost_usd: float | None = None,
     dry_run: bool = False,
     force: bool = False,
-    extra_fields: Mapping[tuple[int, int], Mapping[str, Any]] | None = None,
+    extra_fields: ExtraFields | None = None,
     resend_unknown: bool = False,
 ) -> BatchSummary:
     """Preflight the store, then generate every row of ``batch`` that is not done yet.

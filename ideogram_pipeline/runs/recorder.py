@@ -1,0 +1,94 @@
+"""Records on their way to the history: buffered, flushed in commits, and the ledger
+entries of rows whose every record is written pruned behind them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Mapping
+
+from ideogram_pipeline.history.schema import GenerationRecord, RowState
+from ideogram_pipeline.history.tables import HistoryTables
+from ideogram_pipeline.runs.ledger import Ledger
+from ideogram_pipeline.runs.pools import RunPools
+from ideogram_pipeline.runs.summary import BatchSummary
+from ideogram_pipeline.storage import StorageError
+
+__all__ = ["Recorder", "RowKey"]
+
+#: A row of the batch and its request hash: what a ledger folder belongs to.
+RowKey = tuple[int, str]
+
+
+class Recorder:
+    """Counts each record, buffers it, and writes the buffer every ``flush_every`` records.
+
+    Tracks which rows are finished (``concluded``), which still need their ledger entries
+    (``unfinished``: an ``unknown`` record or a failed upload) and which are still adding
+    records (``in_progress``), so that a flush prunes exactly the entries that can go.
+    """
+
+    def __init__(
+        self,
+        batch_key: str,
+        *,
+        summary: BatchSummary,
+        history: HistoryTables,
+        ledger: Ledger,
+        previous: Mapping[int, RowState],
+        pools: RunPools,
+        flush_every: int,
+    ) -> None:
+        self.batch_key = batch_key
+        self.summary = summary
+        self.history = history
+        self.ledger = ledger
+        self.previous = previous
+        self.pools = pools
+        self.flush_every = flush_every
+        self.pending: list[GenerationRecord] = []
+        self.concluded: set[RowKey] = set()  # rows whose ledger entries can go
+        self.unfinished: set[RowKey] = set()
+        self.in_progress: set[RowKey] = set()  # rows still adding records
+        self.flush_lock = asyncio.Lock()
+
+    async def add(self, record: GenerationRecord) -> None:
+        if record.request_hash:
+            row_key = (record.row, record.request_hash)
+            if record.status == "unknown" or record.failure_kind == "storage":
+                self.unfinished.add(row_key)  # its ledger entry is still needed
+            else:
+                self.concluded.add(row_key)
+        self.summary.count(record)
+        self.pending.append(record)
+        if len(self.pending) >= self.flush_every:
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self.flush_lock:
+            records, self.pending = self.pending, []
+            # Rows with nothing left to record: every record of theirs is in `records` or in
+            # a file already written, so once these are written their ledger entries can go.
+            ready = self.concluded - self.unfinished - self.in_progress
+            if records:
+                # Rows recorded by an earlier run: their older images this run does not
+                # replace are deleted in the same commit (a row re-run with fewer images).
+                stale = sorted({r.row for r in records if r.row in self.previous})
+                written = await self.pools.run(
+                    self.pools.io,
+                    functools.partial(self.history.write, stale_rows=stale),
+                    self.batch_key,
+                    records,
+                )
+                self.summary.history_commits.append(written.generations_version)
+            if ready:
+                # Pruned as the run goes, so a 10,000-row batch ends without deleting 30,000
+                # entries at once; entries whose deletion fails are found by the next load.
+                self.concluded -= ready
+                with contextlib.suppress(StorageError):
+                    await self.pools.run(self.pools.io, self.ledger.prune, ready)
+
+    def finished_rows(self) -> set[RowKey]:
+        """Rows whose ledger entries can go once the last flush is written."""
+        return self.concluded - self.unfinished

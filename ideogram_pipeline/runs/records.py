@@ -1,0 +1,101 @@
+"""The records a run writes, built in one place, and which earlier records make a row's
+work unnecessary."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ideogram_pipeline.history.schema import GenerationRecord, RowState
+from ideogram_pipeline.ideogram.records import GenerationRequest, RejectedRow, Status
+
+__all__ = ["ExtraFields", "RecordMaker", "already_done"]
+
+#: Further columns for the records of ``(row, image_index)``, e.g. ``reproduced_from``.
+ExtraFields = Mapping[tuple[int, int], Mapping[str, Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordMaker:
+    """Builds the run's :class:`GenerationRecord` s: the run's columns, the row's request
+    columns, then the outcome's."""
+
+    batch_key: str
+    source: str
+    run_id: str
+    simulated: bool
+    #: Records that belong to no request attempt (rejections, links) share this one.
+    run_attempt: str
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    extra_fields: ExtraFields = field(default_factory=dict)
+
+    def record(
+        self,
+        row: GenerationRequest | RejectedRow,
+        status: Status,
+        index: int = 0,
+        attempt_id: str | None = None,
+        **outcome: Any,
+    ) -> GenerationRecord:
+        """The record of image ``index`` of ``row``; ``outcome`` names further columns (a
+        name that is not a column raises ``TypeError`` here)."""
+        created = datetime.now(UTC)
+        attempt_id = attempt_id or self.run_attempt
+        # Ids (and so image keys) follow from the attempt: an attempt finished by a later run
+        # after a crash writes the same ids and keys, never a duplicate or an orphan.
+        identity = f"{self.batch_key}|{row.row}|{attempt_id}|{index}"
+        columns: dict[str, Any] = {
+            "id": hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32],
+            "attempt_id": attempt_id,
+            "row": row.row,
+            "image_index": index,
+            "prompt": row.prompt,
+            "tags": tuple(row.tags),
+            "created_at": created,
+            "date": created.date(),
+            "batch": self.batch_key,
+            "run_id": self.run_id,
+            "run_started_at": self.started,
+            "cost_usd": 0.0,
+            "attempts": 0,
+            "batch_name": Path(self.source).name,
+            "source_file": self.source,
+            "simulated": self.simulated,
+        }
+        columns.update(self.extra_fields.get((row.row, index), {}))
+        if isinstance(row, GenerationRequest):
+            columns.update(
+                model=row.model,
+                negative_prompt=row.negative_prompt,
+                style_type=row.style_type,
+                aspect_ratio=row.aspect_ratio,
+                resolution=row.resolution,
+                rendering_speed=row.rendering_speed,
+                magic_prompt=row.magic_prompt,
+                requested_seed=row.seed,
+                seed=row.seed,
+                num_images=row.num_images,
+                request_hash=row.request_hash(),
+            )
+        columns.update(outcome)
+        return GenerationRecord(status=status, **columns)
+
+
+def already_done(row: GenerationRequest | RejectedRow, previous: Mapping[int, RowState]) -> bool:
+    """Whether ``row`` needs no new work: the same request already ``stored`` or ``unsafe``
+    (paid for), or the same rejection already recorded. The cost estimate uses it too."""
+    before = previous.get(row.row)
+    if before is None:
+        return False
+    if isinstance(row, RejectedRow):
+        return before.statuses == {"rejected"} and before.error == row.error
+    # Every image of the attempt must be recorded: a crash can record some of them only.
+    return (
+        before.request_hash == row.request_hash()
+        and bool(before.statuses & {"stored", "unsafe"})
+        and len(before.indexes or (0,)) >= row.num_images
+    )

@@ -1,0 +1,143 @@
+"""Keeping one generated image: download it at once (Ideogram's links expire), stamp its
+text chunks, store it create-only, check what landed; the record says how it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+from dataclasses import replace
+
+from ideogram_pipeline.history.schema import GenerationRecord
+from ideogram_pipeline.ideogram.client import LAST_RETRY_ERROR, IdeogramClient
+from ideogram_pipeline.ideogram.errors import IdeogramError, LinkExpired
+from ideogram_pipeline.images.png_metadata import prepare_for_storage
+from ideogram_pipeline.runs.ledger import attempt_day
+from ideogram_pipeline.runs.pools import RunPools
+from ideogram_pipeline.runs.retrying import STORAGE_RETRY, StorageRetry, retry_storage
+from ideogram_pipeline.storage import ObjectStore, StorageError
+from ideogram_pipeline.storage.keys import image_key
+
+__all__ = ["IMAGE_CACHE_CONTROL", "ImageKeeper", "StorageUnavailable"]
+
+IMAGE_CACHE_CONTROL = "public, max-age=31536000, immutable"
+
+
+class StorageUnavailable(Exception):
+    """The store kept failing for an image we paid for and downloaded."""
+
+
+class ImageKeeper:
+    """Turns a safe image's record (status ``stored`` if all goes well) into its outcome."""
+
+    def __init__(
+        self,
+        client: IdeogramClient,
+        store: ObjectStore,
+        pools: RunPools,
+        *,
+        batch_key: str,
+        on_retry: Callable[[BaseException], None],
+        retry: StorageRetry = STORAGE_RETRY,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.pools = pools
+        self.batch_key = batch_key
+        self.on_retry = on_retry
+        self.retry = retry
+        # Downloads start as soon as a generation returns; this only bounds memory.
+        self.download_slots = asyncio.Semaphore(max(client.limiter.max_images * 2, 4))
+
+    async def keep(self, record: GenerationRecord, url: str) -> GenerationRecord:
+        """Download ``url`` and store it; the record as it ended (stored or failed)."""
+        try:
+            async with self.download_slots:
+                data, download_attempts = await self.client.download(url)
+                # Text chunks in, download sha256 and phash recorded (png_metadata.py), and
+                # the stored bytes' checksum: all off the event loop.
+                record, data, digest = await self.pools.run(
+                    self.pools.cpu, _prepare, data, record, self.batch_key
+                )
+                key = image_key(record.id, attempt_day(record.attempt_id or ""))
+            await self._store_with_retries(key, data, digest, record)
+        except LinkExpired as exc:
+            outcome = replace(
+                record,
+                status="failed",
+                failure_kind="expired",
+                error=f"row {record.row}: image link expired before download: {exc}",
+            )
+        except IdeogramError as exc:
+            outcome = replace(
+                record,
+                status="failed",
+                failure_kind="download",
+                error=f"row {record.row}: download failed after {exc.attempts} attempt(s): {exc}",
+            )
+        except StorageUnavailable as exc:  # paid and downloaded: the ledger keeps the URL
+            outcome = replace(
+                record,
+                status="failed",
+                failure_kind="storage",
+                error=f"row {record.row}: storing the image failed ({exc}); the next run "
+                "stores it from the ledger without paying again while its link is valid",
+            )
+        else:
+            outcome = replace(
+                record,
+                status="stored",
+                sha256=digest,
+                size_bytes=len(data),
+                image_key=key,
+                stored_uri=self.store.uri(key),
+                attempts=(record.attempts or 0) + download_attempts - 1,
+            )
+        return replace(outcome, last_error=LAST_RETRY_ERROR.get())
+
+    async def _store_with_retries(
+        self, key: str, data: bytes, digest: str, record: GenerationRecord
+    ) -> None:
+        """Storage outages (an S3 endpoint restarting) are waited out with backoff: the
+        image is paid for and in memory, so giving up early would waste it. Any other
+        error is a bug and propagates at once."""
+        try:
+            await retry_storage(
+                lambda: self.pools.run(self.pools.io, self._store_image, key, data, digest, record),
+                policy=self.retry,
+                on_retry=self.on_retry,
+            )
+        except (StorageError, OSError) as exc:
+            raise StorageUnavailable(str(exc)) from exc
+
+    def _store_image(self, key: str, data: bytes, digest: str, record: GenerationRecord) -> None:
+        self.store.put_bytes(
+            key,
+            data,
+            content_type="image/png",
+            cache_control=IMAGE_CACHE_CONTROL,
+            create_only=True,
+            metadata={
+                "record-id": record.id,
+                "seed": str(record.seed),
+                "model": record.model or "",
+                "batch": self.batch_key,
+                "sha256": digest,
+            },
+        )
+        info = self.store.head(key)
+        if info is None or info.size != len(data):
+            raise StorageError(f"stored object {key} does not match the downloaded bytes")
+
+
+def _prepare(
+    data: bytes, record: GenerationRecord, batch: str
+) -> tuple[GenerationRecord, bytes, str]:
+    """The record with its download fingerprints, the bytes to store (see
+    :func:`prepare_for_storage`) and their SHA-256."""
+    columns = record.as_row()
+    stored = prepare_for_storage(data, columns, batch)
+    fingerprinted = replace(
+        record, download_sha256=columns["download_sha256"], phash=columns["phash"]
+    )
+    return fingerprinted, stored, hashlib.sha256(stored).hexdigest()
