@@ -22,8 +22,30 @@ import pytest
 
 from ideogram_pipeline.definitions import defs
 from ideogram_pipeline.defs.sensors import prompts_sensor
+from tests.conftest import make_env
+from tests.definitions_snapshot import SNAPSHOT
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def test_definitions_match_the_snapshot() -> None:
+    """Asset keys, checks, jobs (nodes and their config fields), schedules with crons,
+    sensors and resource keys, loaded in a fresh interpreter with no project variables.
+    A deliberate change rewrites the snapshot: ``python -m tests.definitions_snapshot
+    --update``."""
+    env = make_env(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-m", "tests.definitions_snapshot"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert json.loads(loaded.stdout) == json.loads(SNAPSHOT.read_text(encoding="utf-8"))
 
 
 def test_definitions_resolve() -> None:
