@@ -234,8 +234,9 @@ def test_launch_a_batch_from_the_ui(tmp_path: Path) -> None:
         event = instance.get_latest_materialization_event(dg.AssetKey("batch_images"))
         assert event is not None and event.run_id == run["runId"]
         metadata = event.asset_materialization.metadata
-        assert (metadata["rows"].value, metadata["stored"].value, metadata["unsafe"].value) == (
-            3,
-            3,
-            1,
-        )
+        assert (
+            metadata["rows"].value,
+            metadata["run_stored"].value,
+            metadata["run_unsafe"].value,
+        ) == (3, 3, 1)
+        assert (metadata["batch_stored"].value, metadata["batch_unsafe"].value) == (3, 1)

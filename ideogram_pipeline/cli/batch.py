@@ -96,7 +96,7 @@ def run_csv(csv: Path, batch: str | None, config: dict[str, Any] | None = None) 
     click.echo(f"batch {key}: {len(loaded.rows)} rows from {csv} [{mode}]", err=True)
     _refuse_unmigrated(settings)
     _ensure_dagster_home()
-    from ideogram_pipeline.defs.launch import materialize_batch
+    from ideogram_pipeline.cli.launch import materialize_batch
 
     result = materialize_batch(csv.resolve(), key, config or {})
     if result.metadata:
