@@ -70,7 +70,7 @@ def _op_metadata(result: dg.ExecuteInProcessResult, node: str) -> dict[str, Any]
     return {k: getattr(v, "value", v) for k, v in output.step_output_data.metadata.items()}
 
 
-def test_schedules_are_defined_with_configurable_crons() -> None:
+def test_schedules_are_defined_with_configurable_crons(caplog: pytest.LogCaptureFixture) -> None:
     repo = defs.get_repository_def()
     schedules = {s.name: s for s in repo.schedule_defs}
     assert {name: s.job_name for name, s in schedules.items()} == SCHEDULES
@@ -87,6 +87,7 @@ def test_schedules_are_defined_with_configurable_crons() -> None:
         "metadata_compaction_schedule": "30 3 * * *",
         "usage_report_schedule": "0 6 * * *",  # not a cron: the default, and a warning
     }
+    assert "IDEOGRAM_REPORT_CRON='every day' is not a five-field cron" in caplog.text
 
 
 def test_maintenance_runs_as_ops_not_assets() -> None:
