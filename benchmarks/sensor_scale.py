@@ -50,12 +50,15 @@ def _tick(instance: object, cursor: str | None) -> tuple[float, object]:
     import dagster as dg
 
     from ideogram_pipeline.definitions import defs
-    from ideogram_pipeline.defs.sensors import prompts_sensor
+    from ideogram_pipeline.defs.batches.sensors import prompts_sensor
+    from ideogram_pipeline.defs.resources import build_resources
 
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
-    start = time.perf_counter()
-    result = prompts_sensor(context)
-    return time.perf_counter() - start, result
+    with dg.build_sensor_context(
+        instance=instance, cursor=cursor, definitions=defs, resources=build_resources()
+    ) as context:
+        start = time.perf_counter()
+        result = prompts_sensor(context)
+        return time.perf_counter() - start, result
 
 
 def measure(count: int, rows: int) -> dict[str, float]:
@@ -66,6 +69,7 @@ def measure(count: int, rows: int) -> dict[str, float]:
         folder.mkdir()
         _write_files(folder, count, rows)
         os.environ["IDEOGRAM_PROMPTS_DIR"] = str(folder)
+        os.environ["IDEOGRAM_STORAGE"] = str(Path(tmp) / "data")  # no history yet
 
         start = time.perf_counter()
         for path in sorted(folder.glob("*.csv")):

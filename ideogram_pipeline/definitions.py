@@ -1,32 +1,14 @@
-"""The Dagster code location (``workspace.yaml`` and ``dagster dev`` load this)."""
+"""The Dagster code location (``workspace.yaml`` and ``dagster dev`` load this).
 
-from __future__ import annotations
+Everything is in ``defs/``, found by ``dg.load_from_defs_folder``: it reads the project
+marker ``dg.toml`` beside this file (``root_module``), imports every module under
+``defs/`` and collects what they define. The marker sits inside the package, not in
+``pyproject.toml``, so an installed copy (the Docker image's ``pip install .``) finds it
+as well as a checkout does.
+"""
+
+from pathlib import Path
 
 import dagster as dg
 
-from ideogram_pipeline.defs.assets import batch_images
-from ideogram_pipeline.defs.lifecycle import (
-    generation_history,
-    history_checks,
-    metadata_compaction,
-    retention_cleanup,
-    usage_report,
-)
-from ideogram_pipeline.defs.lifecycle_schedules import lifecycle_jobs, lifecycle_schedules
-from ideogram_pipeline.defs.resources import build_resources
-from ideogram_pipeline.defs.sensors import batch_job, prompts_sensor
-
-defs = dg.Definitions(
-    assets=[
-        batch_images,
-        generation_history,
-        usage_report,
-        retention_cleanup,
-        metadata_compaction,
-    ],
-    asset_checks=history_checks,
-    jobs=[batch_job, *lifecycle_jobs],
-    schedules=lifecycle_schedules,
-    sensors=[prompts_sensor],
-    resources=build_resources(),
-)
+defs = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)

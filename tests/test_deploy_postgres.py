@@ -98,9 +98,10 @@ def test_daemon_and_webserver_on_postgres(tmp_path: Path, monkeypatch: pytest.Mo
             event = instance.get_latest_materialization_event(dg.AssetKey("batch_images"))
             assert event is not None and event.run_id == run.run_id
             metadata = event.asset_materialization.metadata
-            assert (metadata["stored"].value, metadata["unsafe"].value) == (3, 1)
+            assert (metadata["run_stored"].value, metadata["run_unsafe"].value) == (3, 1)
+            assert (metadata["batch_stored"].value, metadata["batch_unsafe"].value) == (3, 1)
             assert "SIMULATED" in metadata["mode"].value
-            assert metadata["estimated_cost_usd"].value == metadata["cost_usd"].value
+            assert metadata["estimated_cost_usd"].value == metadata["run_cost_usd"].value
             assert instance.get_dynamic_partitions("batches") == ["harbour-night"]
 
             scheduled = wait_for(

@@ -23,6 +23,7 @@ from ideogram_pipeline.settings import load_settings
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 
 SIMULATOR_LIMIT = 3
+BATCH_CHECKS = ("rows_accounted_for", "stored_checksums_match")
 CLIENT_LIMIT = 6  # the client believes the account allows more than it does: 429s follow
 
 MIXED_ROWS = [
@@ -126,7 +127,14 @@ def test_mixed_batch_through_dagster(
     assert runs[0].tags.get("dagster/partition") == "mixed"
     event = instance.get_latest_materialization_event(dg.AssetKey("batch_images"))
     assert event is not None
-    assert event.asset_materialization.metadata["stored"].value == 17
+    metadata = event.asset_materialization.metadata
+    assert metadata["run_stored"].value == metadata["batch_stored"].value == 17
+    checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey("batch_images"), name) for name in BATCH_CHECKS]
+    )
+    assert {key.name: execution.status.value for key, execution in checks.items()} == {
+        name: "SUCCEEDED" for name in BATCH_CHECKS
+    }
     instance.dispose()
 
     # A re-run pays nothing for rows already stored or unsafe.

@@ -247,7 +247,7 @@ def test_config_reaches_the_run(dagster_env: dg.DagsterInstance, simulator: Simu
     ran = _launch(dagster_env, model="V_2_TURBO", style_type="DESIGN", max_cost_usd=0.10)
     assert ran.success
     metadata = ran.asset_materializations_for_node("batch_images")[0].metadata
-    assert metadata["stored"].value == 2
+    assert metadata["run_stored"].value == metadata["batch_stored"].value == 2
     assert metadata["estimated_cost_usd"].value == pytest.approx(0.10)
     assert simulator.stats.billed_usd == pytest.approx(0.10)
     assert "V_2_TURBO" in metadata["first_rows"].value

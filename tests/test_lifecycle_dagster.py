@@ -15,11 +15,10 @@ import dagster as dg
 import pytest
 
 from ideogram_pipeline.definitions import defs
-from ideogram_pipeline.defs.lifecycle_schedules import build_lifecycle_schedules
+from ideogram_pipeline.defs.lifecycle.schedules import ScheduleTimes, build_lifecycle_schedules
 from ideogram_pipeline.history import health as history_health
 from ideogram_pipeline.history.tables import GENERATIONS, HistoryTables
 from ideogram_pipeline.history.views import read_rows
-from ideogram_pipeline.lifecycle.policy import load_lifecycle_config
 from ideogram_pipeline.simulator.server import Simulator
 from tests.lifecycle_support import Root, make_root, simulator_running
 
@@ -64,16 +63,44 @@ def _metadata(result: dg.ExecuteInProcessResult, node: str) -> dict[str, Any]:
     return {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
 
 
-def test_schedules_are_defined_with_configurable_crons() -> None:
+def _op_metadata(result: dg.ExecuteInProcessResult, node: str) -> dict[str, Any]:
+    """What a maintenance op reported: its output's metadata (it materializes nothing)."""
+    assert result.asset_materializations_for_node(node) == []
+    (output,) = [e for e in result.events_for_node(node) if e.is_successful_output]
+    return {k: getattr(v, "value", v) for k, v in output.step_output_data.metadata.items()}
+
+
+def test_schedules_are_defined_with_configurable_crons(caplog: pytest.LogCaptureFixture) -> None:
     repo = defs.get_repository_def()
     schedules = {s.name: s for s in repo.schedule_defs}
     assert {name: s.job_name for name, s in schedules.items()} == SCHEDULES
     assert schedules["retention_cleanup_schedule"].cron_schedule == "0 3 * * *"
     assert all(s.execution_timezone == "UTC" for s in schedules.values())
     custom = build_lifecycle_schedules(
-        load_lifecycle_config({"IDEOGRAM_CLEANUP_CRON": "15 1 * * 0"})
+        ScheduleTimes.from_env(
+            {"IDEOGRAM_CLEANUP_CRON": "15 1 * * 0", "IDEOGRAM_REPORT_CRON": "every day"}
+        )
     )
-    assert custom[0].cron_schedule == "15 1 * * 0"
+    crons = {s.name: s.cron_schedule for s in custom}
+    assert crons == {
+        "retention_cleanup_schedule": "15 1 * * 0",
+        "metadata_compaction_schedule": "30 3 * * *",
+        "usage_report_schedule": "0 6 * * *",  # not a cron: the default, and a warning
+    }
+    assert "IDEOGRAM_REPORT_CRON='every day' is not a five-field cron" in caplog.text
+
+
+def test_maintenance_runs_as_ops_not_assets() -> None:
+    """Cleanup and compaction change the history in place: jobs of ops, no asset keys."""
+    keys = {k.to_user_string() for k in defs.get_repository_def().asset_graph.get_all_asset_keys()}
+    assert not keys & {"retention_cleanup", "metadata_compaction"}
+    for job_name, op_name in [
+        ("retention_cleanup_job", "retention_cleanup"),
+        ("metadata_compaction_job", "metadata_compaction"),
+    ]:
+        job = defs.resolve_job_def(job_name)
+        assert [node.name for node in job.graph.nodes] == [op_name]
+        assert not job.asset_layer.has(dg.AssetKey(op_name))
 
 
 def test_scheduled_jobs_run_through_dagster(root: Root, instance: dg.DagsterInstance) -> None:
@@ -94,9 +121,9 @@ def test_scheduled_jobs_run_through_dagster(root: Root, instance: dg.DagsterInst
         assert results[schedule.name].success
 
     # Today nothing is old enough: the scheduled cleanup deletes nothing, and says so.
-    cleanup = _metadata(results["retention_cleanup_schedule"], "retention_cleanup")
+    cleanup = _op_metadata(results["retention_cleanup_schedule"], "retention_cleanup")
     assert cleanup["records_deleted"] == 0 and cleanup["audit"]
-    compaction = _metadata(results["metadata_compaction_schedule"], "metadata_compaction")
+    compaction = _op_metadata(results["metadata_compaction_schedule"], "metadata_compaction")
     assert compaction["files_before"] > compaction["files_after"] >= 1
     report = _metadata(results["usage_report_schedule"], "usage_report")
     assert report["records"] == 4 and "data:image/png;base64," in report["report_markdown"]
@@ -114,7 +141,7 @@ def test_scheduled_jobs_run_through_dagster(root: Root, instance: dg.DagsterInst
         instance=instance,
         run_config={"ops": {"retention_cleanup": {"config": {"as_of": later}}}},
     )
-    assert _metadata(again, "retention_cleanup")["records_deleted"] == 1
+    assert _op_metadata(again, "retention_cleanup")["records_deleted"] == 1
     assert sorted(p for (p,) in root.query("SELECT prompt FROM generations"))[0] == (
         "A final painting"
     )

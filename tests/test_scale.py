@@ -21,7 +21,8 @@ import pytest
 from ideogram_pipeline import history
 from ideogram_pipeline.batches.files import parse_batch
 from ideogram_pipeline.definitions import defs
-from ideogram_pipeline.defs.sensors import prompts_sensor
+from ideogram_pipeline.defs.batches.sensors import prompts_sensor
+from ideogram_pipeline.defs.resources import build_resources
 from ideogram_pipeline.history.sandbox import sandboxed_connection, views_for
 from ideogram_pipeline.history.schema import GenerationRecord
 from ideogram_pipeline.history.search import SearchFilters, search
@@ -218,8 +219,10 @@ def test_queries_get_the_views_they_name_and_search_stays_unicode_aware(
 
 
 def _tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
-    return prompts_sensor(context)
+    with dg.build_sensor_context(
+        instance=instance, cursor=cursor, definitions=defs, resources=build_resources()
+    ) as context:
+        return prompts_sensor(context)
 
 
 def test_the_sensor_reads_only_files_whose_stat_changed(
@@ -233,6 +236,7 @@ def test_the_sensor_reads_only_files_whose_stat_changed(
     for path in prompts.iterdir():
         os.utime(path, (an_hour_ago, an_hour_ago))
     monkeypatch.setenv("IDEOGRAM_PROMPTS_DIR", str(prompts))
+    monkeypatch.setenv("IDEOGRAM_STORAGE", str(tmp_path / "data"))  # no history: both run
     with dg.instance_for_test() as instance:
         first = _tick(instance, None)
         assert len(first.run_requests) == 2

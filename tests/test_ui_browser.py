@@ -207,7 +207,16 @@ def test_launch_a_batch_from_the_ui(tmp_path: Path) -> None:
                 page.goto(f"{base}/assets/batch_images?partition={PARTITION}")
                 table = page.locator("table").filter(has_text="cost_usd").first
                 expect(table).to_be_visible()
-                for name in ("rows", "stored", "unsafe", "cost_usd", "first_rows"):
+                # The batch's totals beside what this run did.
+                for name in (
+                    "rows",
+                    "batch_stored",
+                    "batch_cost_usd",
+                    "run_stored",
+                    "run_unsafe",
+                    "run_cost_usd",
+                    "first_rows",
+                ):
                     expect(table.get_by_text(name, exact=True).first).to_be_visible()
                 expect(table).to_contain_text("0.24")  # 4 V_3 images at $0.06
                 expect(table).to_contain_text("SIMULATED")
@@ -234,8 +243,9 @@ def test_launch_a_batch_from_the_ui(tmp_path: Path) -> None:
         event = instance.get_latest_materialization_event(dg.AssetKey("batch_images"))
         assert event is not None and event.run_id == run["runId"]
         metadata = event.asset_materialization.metadata
-        assert (metadata["rows"].value, metadata["stored"].value, metadata["unsafe"].value) == (
-            3,
-            3,
-            1,
-        )
+        assert (
+            metadata["rows"].value,
+            metadata["run_stored"].value,
+            metadata["run_unsafe"].value,
+        ) == (3, 3, 1)
+        assert (metadata["batch_stored"].value, metadata["batch_unsafe"].value) == (3, 1)

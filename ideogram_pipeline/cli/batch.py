@@ -94,7 +94,7 @@ def run_csv(csv: Path, batch: str | None, config: dict[str, Any] | None = None) 
     click.echo(f"batch {key}: {len(loaded.rows)} rows from {csv} [{mode}]", err=True)
     _refuse_unmigrated(settings)
     _ensure_dagster_home()
-    from ideogram_pipeline.defs.launch import materialize_batch
+    from ideogram_pipeline.cli.launch import materialize_batch
     from ideogram_pipeline.runs.runner import tune_process_memory
 
     tune_process_memory()  # an entry point: the batch runs in this process (in-process run)

@@ -80,3 +80,9 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         aws_session_token=_secret_from_env("AWS_SESSION_TOKEN"),
     )
     return {"pipeline": PipelineSettingsResource(), "storage": StorageResource(s3=s3), "s3": s3}
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The resources, for ``load_from_defs_folder`` (a module-level resource is not found)."""
+    return dg.Definitions(resources=build_resources())

@@ -1,5 +1,5 @@
 """What the history looks like and whether it is sound: plain functions behind the
-``generation_history`` asset and its checks (``defs/lifecycle.py``).
+``generation_history`` asset and its checks (``defs/lifecycle/``).
 
 The tables promise one current row per id and per row key (``ROW_KEY``: MERGE keeps it so),
 and an id never names two different rows in the audit trail (it may appear many times

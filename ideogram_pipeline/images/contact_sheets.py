@@ -4,7 +4,7 @@ Opening a hundred files to check a batch is what nobody does; a grid of the firs
 dozen rows, each labelled with its CSV row number (and its status when there is no image),
 shows at a glance whether the prompts did what was meant. The sheet is a PNG saved under
 ``reports/contact_sheets/<batch>/<run>.png`` in the storage root, and a small JPEG of it is
-what the Dagster UI shows inline (``defs/contact_sheets.py``).
+what the Dagster UI shows inline (``defs/batches/contact_sheets.py``).
 
 Images are read back from the store and decoded with the same guards as the perceptual
 hash (``fingerprint.open_image``); an image that cannot be read becomes a labelled tile

@@ -14,8 +14,9 @@ The policy lives in one place, ``retention.toml`` (the repository root, or the f
     target_file_mb = 128
     [reports]
     monthly_budget_usd = 500   # IDEOGRAM_MONTHLY_BUDGET_USD overrides it
-    [schedules]
-    cleanup_cron = "0 3 * * *" # IDEOGRAM_CLEANUP_CRON etc. override them
+
+The schedules' times are not here: Dagster needs them when the code location loads, which
+reads no file (``defs/lifecycle/schedules.py``: defaults, and ``IDEOGRAM_*_CRON``).
 
 No lock and no manifest: every change to the history is one Delta commit (atomic, and
 retried on a conflict with a concurrent writer), so a cleanup or compaction killed at any
@@ -54,9 +55,6 @@ DEFAULT_RETENTION_DAYS = 30.0
 DEFAULT_KEEP_TAGS = ("keep",)
 DEFAULT_GRACE_HOURS = 24.0
 DEFAULT_TARGET_FILE_MB = 128.0
-DEFAULT_CLEANUP_CRON = "0 3 * * *"
-DEFAULT_COMPACTION_CRON = "30 3 * * *"
-DEFAULT_REPORT_CRON = "0 6 * * *"
 #: How long a data file replaced by a DELETE or OPTIMIZE stays before vacuum removes it.
 #: A reader (a query, a batch run checking its rows) works on the version it started
 #: with; removing that version's files under it makes the read fail, which happened in
@@ -116,9 +114,6 @@ class LifecycleConfig:
     grace_hours: float = DEFAULT_GRACE_HOURS
     target_file_mb: float = DEFAULT_TARGET_FILE_MB
     monthly_budget_usd: float | None = None
-    cleanup_cron: str = DEFAULT_CLEANUP_CRON
-    compaction_cron: str = DEFAULT_COMPACTION_CRON
-    report_cron: str = DEFAULT_REPORT_CRON
     source: str = "built-in defaults"
 
 
@@ -174,14 +169,6 @@ def load_lifecycle_config(
     budget = env.get("IDEOGRAM_MONTHLY_BUDGET_USD", "").strip() or data.get("reports", {}).get(
         "monthly_budget_usd"
     )
-    schedules = data.get("schedules", {})
-
-    def cron(name: str, default: str) -> str:
-        value = env.get(f"IDEOGRAM_{name.upper()}", "").strip() or schedules.get(name, default)
-        if not isinstance(value, str) or len(value.split()) != 5:
-            raise LifecycleError(f"{name} must be a five-field cron string, got {value!r}")
-        return value
-
     return LifecycleConfig(
         retention=policy,
         grace_hours=_number(
@@ -193,9 +180,6 @@ def load_lifecycle_config(
             minimum=0.001,
         ),
         monthly_budget_usd=None if budget in (None, "") else _number(budget, "monthly budget"),
-        cleanup_cron=cron("cleanup_cron", DEFAULT_CLEANUP_CRON),
-        compaction_cron=cron("compaction_cron", DEFAULT_COMPACTION_CRON),
-        report_cron=cron("report_cron", DEFAULT_REPORT_CRON),
         source=str(file) if file is not None else "built-in defaults",
     )
 

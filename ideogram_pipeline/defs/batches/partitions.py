@@ -8,9 +8,11 @@ import dagster as dg
 
 from ideogram_pipeline.storage.keys import batch_key_for
 
-__all__ = ["batch_partitions", "csv_for_partition"]
+__all__ = ["BATCH_PARTITIONS", "batch_partitions", "csv_for_partition"]
 
-batch_partitions = dg.DynamicPartitionsDefinition(name="batches")
+#: The dynamic partitions' name (``batch_partitions.name`` is typed optional).
+BATCH_PARTITIONS = "batches"
+batch_partitions = dg.DynamicPartitionsDefinition(name=BATCH_PARTITIONS)
 
 
 def csv_for_partition(folder: Path, key: str) -> Path | None:

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
-from ideogram_pipeline.defs.assets import batch_images
-from ideogram_pipeline.defs.partitions import batch_partitions
+from ideogram_pipeline.defs.batches.assets import batch_images
+from ideogram_pipeline.defs.batches.metadata import RUN_PREFIX
+from ideogram_pipeline.defs.batches.partitions import BATCH_PARTITIONS
 from ideogram_pipeline.defs.resources import build_resources
 
 __all__ = ["LaunchResult", "materialize_batch"]
@@ -31,6 +33,12 @@ class LaunchResult:
 
 def _plain(value: Any) -> Any:
     return getattr(value, "value", value)
+
+
+def _summary(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The metadata as the CLI prints it: this run's counts under their plain names
+    (``run_stored`` is "stored"); the batch's totals (``batch_*``) keep theirs."""
+    return {key.removeprefix(RUN_PREFIX): _plain(value) for key, value in metadata.items()}
 
 
 def _instance() -> dg.DagsterInstance:
@@ -50,8 +58,8 @@ def materialize_batch(
 ) -> LaunchResult:
     """``config``: further ``BatchConfig`` fields for this run (e.g. ``max_cost_usd``)."""
     instance = _instance()
-    if not instance.has_dynamic_partition(batch_partitions.name, key):
-        instance.add_dynamic_partitions(batch_partitions.name, [key])
+    if not instance.has_dynamic_partition(BATCH_PARTITIONS, key):
+        instance.add_dynamic_partitions(BATCH_PARTITIONS, [key])
     result = dg.materialize(
         [batch_images],
         instance=instance,
@@ -65,7 +73,7 @@ def materialize_batch(
     )
     metadata: dict[str, Any] = {}
     for event in result.get_asset_materialization_events():
-        metadata = {k: _plain(v) for k, v in event.materialization.metadata.items()}
+        metadata = _summary(event.materialization.metadata)
     error = None
     if not result.success:
         for event in result.all_events:
@@ -75,6 +83,6 @@ def materialize_batch(
                 user_failure = event.step_failure_data.user_failure_data
                 if user_failure is not None:
                     error = (user_failure.description or error).strip()
-                    metadata = {k: _plain(v) for k, v in user_failure.metadata.items()}
+                    metadata = _summary(user_failure.metadata)
         error = error or "the Dagster run failed"
     return LaunchResult(result.success, result.run_id, metadata, error)

@@ -1,0 +1,1 @@
+"""Batches in Dagster: the partitioned batch asset, its checks, its job and the sensor."""

@@ -1,0 +1,80 @@
+"""What the UI shows for a batch partition: where the batch stands, and what this run did.
+
+Two sets of keys side by side. ``batch_*`` are the batch's totals from the history over
+every run so far; ``run_*`` count what this run did. A re-run of a finished batch of nine
+images therefore shows ``batch_stored`` 9 beside ``run_stored`` 0 and ``run_cost_usd`` 0,
+instead of a bare "stored 0" that reads as if the batch had lost its images.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+
+from ideogram_pipeline.safe_output import escape_markdown_cell
+
+if TYPE_CHECKING:
+    from ideogram_pipeline.history.batch_audit import BatchTotals
+    from ideogram_pipeline.runs.engine import BatchSummary
+
+__all__ = ["RUN_PREFIX", "batch_totals_metadata", "run_metadata"]
+
+#: Prefix of this run's counts (the CLI prints them without it).
+RUN_PREFIX = "run_"
+
+#: Dagster's metadata values are many types (``RawMetadataValue``, not exported).
+MetadataDict = dict[str, Any]
+
+
+def _first_rows_markdown(summary: "BatchSummary") -> str:
+    lines = ["| row | status | model | seed | prompt | stored |", "|---|---|---|---|---|---|"]
+    for record in summary.first_records:
+        prompt = escape_markdown_cell(record.prompt, limit=80)
+        lines.append(
+            f"| {record.row} | {record.status} | {record.model or ''} | "
+            f"{record.seed or ''} | {prompt} | {record.stored_uri or ''} |"
+        )
+    return "\n".join(lines)
+
+
+def batch_totals_metadata(totals: "BatchTotals") -> MetadataDict:
+    """The batch as the history holds it now, whichever runs made it so."""
+    return {
+        "batch_rows_recorded": totals.rows,
+        "batch_stored": totals.stored,
+        "batch_unsafe": totals.unsafe,
+        "batch_rejected": totals.rejected,
+        "batch_failed": totals.failed,
+        "batch_unknown": totals.unknown,
+        "batch_cost_usd": dg.MetadataValue.float(round(totals.cost_usd, 4)),
+    }
+
+
+def run_metadata(summary: "BatchSummary") -> MetadataDict:
+    """What this run did: rows it sent and how they ended, what it paid, how long it took."""
+    run = RUN_PREFIX
+    return {
+        "mode": "SIMULATED (bundled simulator)" if summary.simulated else "Ideogram API",
+        "rows": summary.rows,
+        f"{run}stored": summary.stored,
+        f"{run}unsafe": summary.unsafe,
+        f"{run}rejected": summary.rejected,
+        f"{run}failed": summary.failed,
+        f"{run}unknown": summary.unknown,
+        f"{run}cost_usd": dg.MetadataValue.float(round(summary.cost_usd, 4)),
+        "skipped_already_done": summary.skipped,
+        "linked_duplicates": summary.linked,
+        "seconds": dg.MetadataValue.float(round(summary.seconds, 2)),
+        "retries": dg.MetadataValue.json(dict(summary.retries)),
+        "storage_root": dg.MetadataValue.path(summary.storage_root),
+        "history_commits": len(summary.history_commits),
+        "first_rows": dg.MetadataValue.md(_first_rows_markdown(summary)),
+        **(
+            {
+                "estimated_cost_usd": dg.MetadataValue.float(
+                    float(round(summary.estimated_cost_usd, 4))
+                )
+            }
+            if summary.estimated_cost_usd is not None
+            else {}
+        ),
+    }
