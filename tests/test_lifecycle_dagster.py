@@ -76,6 +76,7 @@ def test_schedules_are_defined_with_configurable_crons() -> None:
     assert custom[0].cron_schedule == "15 1 * * 0"
 
 
+@pytest.mark.slow
 def test_scheduled_jobs_run_through_dagster(root: Root, instance: dg.DagsterInstance) -> None:
     root.batch("nightly", [("A draft sketch", "draft"), ("A final painting", "")])
     for number in range(2):  # a second file in the partition for compaction to merge
@@ -120,6 +121,7 @@ def test_scheduled_jobs_run_through_dagster(root: Root, instance: dg.DagsterInst
     )
 
 
+@pytest.mark.slow
 def test_history_checks_fail_visibly(root: Root, instance: dg.DagsterInstance) -> None:
     root.batch("checked", [("A glass of water", ""), ("A loaf of bread", "")])
     (key,) = root.query("SELECT image_key FROM generations WHERE prompt = 'A loaf of bread'")[0]
