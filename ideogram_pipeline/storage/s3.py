@@ -167,11 +167,13 @@ class S3Store:
         exc: Exception,
         action: str,
         key: str | None = None,
-        kind: type[StorageError] = StorageError,
     ) -> StorageError:
+        return StorageError(self._error_message(exc, action, key))
+
+    def _error_message(self, exc: Exception, action: str, key: str | None) -> str:
         where = self.uri(key) if key is not None else self.root
         place = S3Place(self.bucket, self.client.meta.endpoint_url, self._secret)
-        return describe_s3_error(exc, action=action, where=where, place=place, kind=kind)
+        return describe_s3_error(exc, action=action, where=where, place=place)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -396,7 +398,7 @@ class S3Store:
         probe = f".preflight/{uuid.uuid4().hex}"
 
         def fail(exc: Exception, action: str) -> StoragePreflightError:
-            return StoragePreflightError(str(self._error(exc, action, probe)))
+            return StoragePreflightError(self._error_message(exc, action, probe))
 
         if not probe_root(client, self.bucket, self._key(probe), self.uri(probe), fail):
             self.conditional_writes = False

@@ -2,6 +2,8 @@
 
 Every failure of the S3 store passes through :func:`describe_s3_error`, so each message
 names the bucket, the endpoint and the cause the same way, and none contains the secret key.
+The caller picks the exception (a :class:`StorageError`, or a preflight's
+:class:`StoragePreflightError`) and chains the botocore error to it.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
-
-from ideogram_pipeline.storage.base import StorageError
 
 __all__ = [
     "CONFLICT_CODES",
@@ -73,9 +73,8 @@ def describe_s3_error(
     action: str,
     where: str,
     place: S3Place,
-    kind: type[StorageError] = StorageError,
-) -> StorageError:
-    """``exc`` (raised while trying to ``action`` ``where``) as a ``kind`` to raise."""
+) -> str:
+    """What went wrong when ``exc`` was raised trying to ``action`` (write, read...) ``where``."""
     endpoint = place.endpoint
     if isinstance(exc, ClientError):
         code = error_code(exc)
@@ -105,4 +104,4 @@ def describe_s3_error(
         text = f"cannot {action} {where}: {exc}"
     if place.secret:
         text = text.replace(place.secret, "****")
-    return kind(text)
+    return text
