@@ -4,6 +4,9 @@ long-running processes (Dagster webserver, daemon, Celery workers) that are alwa
 Nothing is faked: the database and the broker are the servers running on this machine
 (127.0.0.1:5432 with trust auth, 127.0.0.1:5672 guest/guest); each test gets a database and
 a vhost of its own and drops them afterwards.
+
+A missing service skips the test on a developer's machine, but fails it when ``CI`` is set
+(:func:`service_missing`): CI must never go green by not running the deployment tests.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 
@@ -33,6 +36,23 @@ PG_USERS = ("postgres", "root")
 PG_ADMIN_DB = "test"
 
 T = TypeVar("T")
+
+
+def in_ci() -> bool:
+    """Whether this is a CI run: ``CI`` set to anything but empty, ``0`` or ``false``."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
+def service_missing(reason: str) -> NoReturn:
+    """Skip the test because a service it needs is missing; fail it instead in CI.
+
+    Locally a missing PostgreSQL, RabbitMQ or Chromium is a machine without that service:
+    the rest of the suite still says something. In CI it means the deployment tests did not
+    run, which must not pass unnoticed.
+    """
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set: a missing service fails the run)", pytrace=False)
+    pytest.skip(reason)
 
 
 def free_port() -> int:
@@ -120,7 +140,7 @@ def _admin_connection() -> Any:
             continue
         con.autocommit = True
         return con
-    pytest.skip(f"no PostgreSQL server usable at {PG_HOST}:{PG_PORT}: {'; '.join(errors)}")
+    service_missing(f"no PostgreSQL server usable at {PG_HOST}:{PG_PORT}: {'; '.join(errors)}")
 
 
 @contextlib.contextmanager
@@ -159,7 +179,7 @@ def temporary_vhost() -> Iterator[str]:
     a crashed test never reach another one. Yields the vhost name."""
     ctl = shutil.which("rabbitmqctl")
     if ctl is None:
-        pytest.skip("rabbitmqctl not found: cannot create a RabbitMQ vhost for the test")
+        service_missing("rabbitmqctl not found: cannot create a RabbitMQ vhost for the test")
     name = f"dagster-test-{uuid.uuid4().hex[:12]}"
     try:
         subprocess.run([ctl, "add_vhost", name], check=True, capture_output=True, timeout=60)
@@ -170,7 +190,7 @@ def temporary_vhost() -> Iterator[str]:
             timeout=60,
         )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"RabbitMQ at 127.0.0.1:5672 unusable (rabbitmqctl add_vhost failed: {exc})")
+        service_missing(f"RabbitMQ at 127.0.0.1:5672 unusable (rabbitmqctl add_vhost: {exc})")
     try:
         yield name
     finally:

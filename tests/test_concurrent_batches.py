@@ -31,6 +31,7 @@ def _batch(path: Path, name: str) -> Path:
 
 
 @pytest.mark.parametrize("concurrent_batches", [2, 1])
+@pytest.mark.slow
 def test_two_batches_share_the_account(tmp_path: Path, concurrent_batches: int) -> None:
     (tmp_path / "home").mkdir()
     config = SimulatorConfig(latency_s=0.2, max_inflight=LIMIT, image_scale=0.25)

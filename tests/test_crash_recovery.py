@@ -87,6 +87,7 @@ KILL_POINTS: dict[str, Callable[[Simulator, Path], bool]] = {
 
 @pytest.mark.parametrize("api_mode", ["async", "sync"])
 @pytest.mark.parametrize("point", sorted(KILL_POINTS))
+@pytest.mark.slow
 def test_kill_then_rerun_ends_consistent(tmp_path: Path, point: str, api_mode: str) -> None:
     config = SimulatorConfig(
         latency_s=0.15,

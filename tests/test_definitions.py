@@ -137,6 +137,7 @@ def test_sensor_adds_partitions_and_runs_each_file_once(
     assert edited.run_requests[0].run_key not in run_keys
 
 
+@pytest.mark.slow
 def test_sensor_run_request_executes_the_job(
     instance: dg.DagsterInstance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -274,6 +275,7 @@ ASSETS_QUERY = """
 """
 
 
+@pytest.mark.slow
 def test_dagster_dev_shows_asset_sensor_and_partitions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

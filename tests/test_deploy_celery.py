@@ -62,6 +62,7 @@ def _write_batch(folder: Path, name: str) -> None:
     (folder / f"{name}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_two_celery_workers_run_two_batches_at_once(
     tmp_path: Path, s3_server: SeaweedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

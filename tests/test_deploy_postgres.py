@@ -47,6 +47,7 @@ def _finished(instance: dg.DagsterInstance, tag: str, value: str) -> dg.DagsterR
     return runs[0] if runs and runs[0].is_finished else None
 
 
+@pytest.mark.slow
 def test_daemon_and_webserver_on_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "home"
     home.mkdir()

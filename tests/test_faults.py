@@ -89,6 +89,7 @@ def _statuses(store_root: str) -> dict[int, str]:
 
 
 @pytest.mark.parametrize("api_mode", ["async", "sync"])
+@pytest.mark.slow
 def test_5xx_bursts_and_429_storms(tmp_path: Path, api_mode: str) -> None:
     """30% server errors and a simulator limit far below what the client believes."""
     config = SimulatorConfig(
@@ -212,6 +213,7 @@ def test_slow_answers_past_the_timeout(tmp_path: Path, api_mode: str) -> None:
     assert summary.unknown + summary.stored == 2
 
 
+@pytest.mark.slow
 def test_s3_outage_mid_batch(tmp_path: Path) -> None:
     """SeaweedFS stops in the middle of a batch and comes back: uploads wait it out."""
     with running_seaweedfs(tmp_path / "s3") as first:

@@ -50,6 +50,7 @@ def _plan(root: Root, **kwargs) -> list:
         con.close()
 
 
+@pytest.mark.slow
 def test_reproduce_is_byte_identical_and_linked(root: Root, simulator: Simulator) -> None:
     root.run("original", ORIGINAL)
     kettle = root.records("row = 1")[0]
@@ -79,6 +80,7 @@ def test_reproduce_is_byte_identical_and_linked(root: Root, simulator: Simulator
     assert embedded["id"] == new["id"] and embedded["reproduced_from"] == kettle["id"]
 
 
+@pytest.mark.slow
 def test_reproduce_cli_by_id_prefix_and_batch(simulator: Simulator, tmp_path: Path) -> None:
     root = make_root("local", simulator, None, tmp_path / "root")
     root.run("original", ORIGINAL)
@@ -116,6 +118,7 @@ def test_unsafe_records_cannot_be_reproduced(simulator: Simulator, tmp_path: Pat
         _plan(root, ids=[record["id"]])
 
 
+@pytest.mark.slow
 def test_exact_duplicates_are_linked_not_paid(root: Root, simulator: Simulator) -> None:
     root.run("first", ORIGINAL)
     originals = {r["row"]: r for r in root.records("batch = 'first' AND image_index = 0")}
@@ -156,6 +159,7 @@ def test_exact_duplicates_are_linked_not_paid(root: Root, simulator: Simulator) 
     ) == [(True,)]
 
 
+@pytest.mark.slow
 def test_linking_skips_images_that_are_gone(root: Root, simulator: Simulator) -> None:
     root.run("first", "prompt,seed\nA brass bell,41\n")
     [original] = root.records("true")
@@ -165,6 +169,7 @@ def test_linking_skips_images_that_are_gone(root: Root, simulator: Simulator) ->
     assert summary.linked == 0 and simulator.stats.billed_images == billed + 1
 
 
+@pytest.mark.slow
 def test_run_force_and_contact_sheet_through_dagster(
     simulator: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

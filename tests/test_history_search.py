@@ -64,6 +64,7 @@ class _Searcher:
         return [row["prompt"] for row in search(self.con, SearchFilters(**filters))]
 
 
+@pytest.mark.slow
 def test_search_filters(known: Root) -> None:
     prompts = _Searcher(known)
     fox = "A red fox in fresh snow"
@@ -142,6 +143,7 @@ def test_inspect_refuses_files_without_parameters(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "not a file" in result.output
 
 
+@pytest.mark.slow
 def test_export_matches_the_query(known: Root, tmp_path: Path) -> None:
     where = "batch = 'spring' AND seed <> 14"
     expected = dict(known.query(f"SELECT id, sha256 FROM generations WHERE {where}"))

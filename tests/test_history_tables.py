@@ -192,6 +192,7 @@ for value in values:
 """
 
 
+@pytest.mark.slow
 def test_concurrent_writers_lose_nothing(
     settings: Settings, request: pytest.FixtureRequest
 ) -> None:
@@ -276,6 +277,7 @@ for start in range(0, 60, 3):
 """
 
 
+@pytest.mark.slow
 def test_a_writer_killed_mid_merge_leaves_a_consistent_table(tmp_path: Path) -> None:
     """SIGKILL a writer while it MERGEs, three times: each time the tables read whole (the
     rows of some committed version, one per key), and a run to the end finishes the work."""

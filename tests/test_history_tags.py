@@ -44,6 +44,7 @@ def _tags(root: Root, record_id: str) -> list[str]:
     return list(tags)
 
 
+@pytest.mark.slow
 def test_tags_after_the_fact(root: Root) -> None:
     root.run("tagged", "prompt,seed,tags\nA paper crane,1,base|x\nA clay pot,2,\n")
     crane = root.records("row = 1")[0]["id"]

@@ -73,6 +73,7 @@ def _run(csv: Path, *extra: str) -> None:
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 def test_hostile_names_stay_under_the_root_and_round_trip(
     settings: Settings, tmp_path: Path
 ) -> None:

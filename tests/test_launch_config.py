@@ -129,6 +129,7 @@ def storage_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str
     return {"IDEOGRAM_STORAGE": f"s3://{new_bucket(server)}/runs", **server.env()}
 
 
+@pytest.mark.slow
 def test_estimate_skips_rows_already_paid_for(
     storage_env: dict[str, str], simulator: Simulator
 ) -> None:
@@ -216,6 +217,7 @@ def test_invalid_values_are_rejected_before_the_run(
     assert simulator.stats.requests_total == 0
 
 
+@pytest.mark.slow
 def test_config_reaches_the_run(dagster_env: dg.DagsterInstance, simulator: Simulator) -> None:
     # Defaults are what the launchpad shows.
     fields = (
@@ -253,6 +255,7 @@ def test_config_reaches_the_run(dagster_env: dg.DagsterInstance, simulator: Simu
     assert "V_2_TURBO" in metadata["first_rows"].value
 
 
+@pytest.mark.slow
 def test_cli_dry_run_and_max_cost(
     dagster_env: dg.DagsterInstance,
     simulator: Simulator,

@@ -136,6 +136,7 @@ def test_the_policies_say_what_the_readme_says() -> None:
     )
 
 
+@pytest.mark.slow
 def test_generation_cannot_delete_and_retention_can(
     server: SeaweedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -179,6 +180,7 @@ def test_generation_cannot_delete_and_retention_can(
     assert as_retention.head(keys[1]) is None
 
 
+@pytest.mark.slow
 def test_sharing_is_a_presigned_url_never_a_public_object(
     server: SeaweedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

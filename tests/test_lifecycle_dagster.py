@@ -103,6 +103,7 @@ def test_maintenance_runs_as_ops_not_assets() -> None:
         assert not job.asset_layer.has(dg.AssetKey(op_name))
 
 
+@pytest.mark.slow
 def test_scheduled_jobs_run_through_dagster(root: Root, instance: dg.DagsterInstance) -> None:
     root.batch("nightly", [("A draft sketch", "draft"), ("A final painting", "")])
     for number in range(2):  # a second file in the partition for compaction to merge
@@ -147,6 +148,7 @@ def test_scheduled_jobs_run_through_dagster(root: Root, instance: dg.DagsterInst
     )
 
 
+@pytest.mark.slow
 def test_history_checks_fail_visibly(root: Root, instance: dg.DagsterInstance) -> None:
     root.batch("checked", [("A glass of water", ""), ("A loaf of bread", "")])
     (key,) = root.query("SELECT image_key FROM generations WHERE prompt = 'A loaf of bread'")[0]

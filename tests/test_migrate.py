@@ -106,6 +106,7 @@ def outcome_figures(result: MigrationResult) -> dict[str, dict[str, Any]]:
     }
 
 
+@pytest.mark.slow
 def test_migration_reproduces_the_old_release_answers(
     legacy_root: tuple[Settings, ObjectStore], opened: Callable[[Settings], History]
 ) -> None:
@@ -279,6 +280,7 @@ def cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProce
     )
 
 
+@pytest.mark.slow
 def test_commands_send_an_unmigrated_root_to_migrate(tmp_path: Path) -> None:
     _, store = local_root(tmp_path)
     env = make_env(storage=store.root, DAGSTER_HOME=str(tmp_path / "dagster"))

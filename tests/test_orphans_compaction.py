@@ -33,6 +33,7 @@ def simulator() -> Iterator[Simulator]:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.slow
 def test_orphan_sweep_finds_and_fixes_planted_orphans(
     kind: str, tmp_path: Path, simulator: Simulator, request: pytest.FixtureRequest
 ) -> None:
@@ -118,6 +119,7 @@ def _file_counts(root: Root) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.slow
 def test_compaction_keeps_every_answer_and_reduces_files(
     kind: str, tmp_path: Path, simulator: Simulator, request: pytest.FixtureRequest
 ) -> None:

@@ -66,6 +66,7 @@ def _cli(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+@pytest.mark.slow
 def test_the_history_is_queryable(root: Settings) -> None:
     frame = run_query(root, "SELECT status, count(*) AS n FROM generations GROUP BY status")
     assert frame.to_dict("records") == [{"status": "stored", "n": 2}]
@@ -122,6 +123,7 @@ def test_only_reading_statements_run(sql: str, refused: str | None) -> None:
         con.close()
 
 
+@pytest.mark.slow
 def test_neighbours_of_the_root_are_outside_it(root: Settings) -> None:
     if root.is_s3:
         bucket = root.storage.removeprefix("s3://").split("/")[0]
@@ -140,6 +142,7 @@ def test_neighbours_of_the_root_are_outside_it(root: Settings) -> None:
             run_query(root, f"SELECT * FROM read_csv('{path}')")
 
 
+@pytest.mark.slow
 def test_secrets_stay_redacted(root: Settings) -> None:
     with pytest.raises(QueryRefused):
         run_query(root, "CREATE SECRET x (TYPE s3)")
@@ -152,6 +155,7 @@ def test_secrets_stay_redacted(root: Settings) -> None:
         run_query(root, "SELECT * FROM duckdb_secrets(redact = false)")
 
 
+@pytest.mark.slow
 def test_the_history_cannot_be_written_through_a_query(root: Settings) -> None:
     target = "metadata/generations/date=2026-01-01/batch=evil/x.parquet"
     location = f"{root.storage}/{target}" if root.is_s3 else str(Path(root.storage) / target)
@@ -176,6 +180,7 @@ def test_export_where_runs_inside_the_boundary(root: Settings, tmp_path: Path) -
     assert code != 0 and "COPY statements are not allowed" in output
 
 
+@pytest.mark.slow
 def test_csv_output_neutralises_formulas(root: Settings) -> None:
     code, output = _cli(
         "query",

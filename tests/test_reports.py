@@ -78,6 +78,7 @@ def _figures(text: str) -> dict[tuple[str, str, str], str]:
     return {(r["section"], r["key"], r["metric"]): r["value"] for r in rows}
 
 
+@pytest.mark.slow
 def test_report_figures_equal_independent_sql(
     tmp_path: Path, simulator: Simulator, request: pytest.FixtureRequest
 ) -> None:

@@ -63,6 +63,7 @@ def _audits(root: Root) -> list[dict]:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.slow
 def test_old_records_go_recent_and_protected_stay(
     kind: str, tmp_path: Path, simulator: Simulator, request: pytest.FixtureRequest
 ) -> None:
@@ -132,6 +133,7 @@ def test_old_records_go_recent_and_protected_stay(
     assert len(root.rollup()) == 3 + 1 + len(NEW_ROWS)
 
 
+@pytest.mark.slow
 def test_per_tag_retention_from_config(
     tmp_path: Path, simulator: Simulator, request: pytest.FixtureRequest
 ) -> None:
@@ -165,6 +167,7 @@ def test_per_tag_retention_from_config(
     _consistent(root)
 
 
+@pytest.mark.slow
 def test_a_superseded_record_goes_by_its_own_tags(
     tmp_path: Path, simulator: Simulator, request: pytest.FixtureRequest
 ) -> None:
@@ -200,6 +203,7 @@ def _crash_root(
     [("local", p) for p in ("objects-deleted", "generations-deleted", "vacuumed")]
     + [pytest.param("s3", "objects-deleted", marks=pytest.mark.s3)],
 )
+@pytest.mark.slow
 def test_cleanup_killed_after_any_step_is_finished_by_the_next_run(
     kind: str, phase: str, tmp_path: Path, simulator: Simulator, request: pytest.FixtureRequest
 ) -> None:

@@ -42,6 +42,7 @@ def s3_env(
     return env
 
 
+@pytest.mark.slow
 def test_batch_onto_s3_and_query_over_s3(
     s3_env: dict[str, str], s3_server: SeaweedServer, tmp_path: Path, monkeypatch
 ) -> None:

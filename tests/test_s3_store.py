@@ -233,6 +233,7 @@ def test_server_side_encryption_passthrough(s3_store: S3Store) -> None:
     assert s3_store.get_bytes("images/enc.png") == b"secret pixels"
 
 
+@pytest.mark.slow
 def test_delete_batches_of_1000(s3_store: S3Store) -> None:
     keys = [f"images/{i:05d}.png" for i in range(1100)]
     with ThreadPoolExecutor(16) as pool:

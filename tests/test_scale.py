@@ -88,6 +88,7 @@ def test_polling_stays_within_the_organisations_budget() -> None:
 # -- the engine --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_long_batch_keeps_tasks_and_ledger_bounded(tmp_path: Path) -> None:
     """Tasks stay at the worker count, and the ledger is pruned after every flush."""
     rows, limit, flush_every = 48, 3, 4

@@ -137,6 +137,7 @@ def _invoke(outputs: list[str], *args: str, ok: bool = True) -> str:
     return text
 
 
+@pytest.mark.slow
 def test_secrets_never_leak(
     s3_server: SeaweedServer,
     tmp_path: Path,

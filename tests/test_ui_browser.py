@@ -26,9 +26,12 @@ from tests.deploy_support import (
     free_port,
     graphql,
     service_env,
+    service_missing,
     services,
     wait_for,
 )
+
+pytestmark = pytest.mark.slow
 
 ARTIFACTS = REPO / "test-artifacts" / "ui"
 #: What this machine needs: no sandbox as root, and nothing that reaches for the network.
@@ -66,9 +69,9 @@ RUNS = """
 def _chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        pytest.skip(
-            "Chromium is not installed (apt-get install chromium; scripts/bootstrap.sh does "
-            "it when run as root)"
+        service_missing(
+            "Chromium is not installed (apt-get install chromium; scripts/ensure_chromium.sh "
+            "does it when run as root)"
         )
     return path
 
@@ -113,7 +116,10 @@ def _ui_run(port: int) -> dict[str, Any] | None:
 
 
 def test_launch_a_batch_from_the_ui(tmp_path: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        service_missing("Playwright is not installed (it comes with the test extras)")
     chromium = _chromium()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("*.png"):

@@ -45,8 +45,8 @@ def migrate(dry_run: bool, remove_old: bool) -> None:
         if outcome.usage.rows:
             parts.append(f"{outcome.usage.rows} roll-up rows ({_money(outcome.usage.cost_usd)})")
         if outcome.state == "dry run":
-            new = ", ".join(f"{n} {table}" for table, n in outcome.inserted.items() if n)
-            state = f"would import {new}" if new else "nothing to import"
+            would = ", ".join(f"{n} {table}" for table, n in outcome.inserted.items() if n)
+            state = f"would import {would}" if would else "nothing to import"
         elif outcome.state == "migrated":
             new = sum(outcome.inserted.values())
             state = f"imported {new} rows, verified" if new else "verified (already imported)"

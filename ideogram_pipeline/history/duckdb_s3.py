@@ -92,6 +92,8 @@ def _credentials(settings: Settings) -> tuple[str, str, str | None] | None:
     if found is None:
         return None
     frozen = found.get_frozen_credentials()
+    if not frozen.access_key or not frozen.secret_key:
+        return None
     return frozen.access_key, frozen.secret_key, frozen.token
 
 

@@ -149,7 +149,8 @@ def list_legacy(store: ObjectStore) -> LegacyFiles:
         (found.tag_log if info.key.endswith(".parquet") else found.other).append(info)
     for info in store.list(PINS_PREFIX + "/"):
         (found.pins if info.key.endswith(".jsonl") else found.other).append(info)
-    manifests, done = set(), set()
+    manifests: set[str] = set()
+    done: set[str] = set()
     for info in store.list(LIFECYCLE_PREFIX + "/"):
         found.other.append(info)
         parts = info.key[len(LIFECYCLE_PREFIX) + 1 :].split("/")

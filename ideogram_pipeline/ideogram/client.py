@@ -125,7 +125,7 @@ LAST_RETRY_ERROR: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 BeforeSend = Callable[[], Awaitable[None]]
 
 
-def _retrieve(task: asyncio.Task[None]) -> None:
+def _retrieve(task: asyncio.Future[None]) -> None:
     """Mark a background task's exception as seen (it was reported another way)."""
     if not task.cancelled():
         task.exception()
@@ -293,7 +293,7 @@ class IdeogramClient:
         latency = self._latency.setdefault(
             (request.model, request.rendering_speed), LatencyTracker()
         )
-        recording: asyncio.Task[None] | None = None
+        recording: asyncio.Future[None] | None = None
         async with self.limiter.slots(request.num_images):
             if before_send is not None and generation_id is None:
                 await before_send()
@@ -308,7 +308,7 @@ class IdeogramClient:
                         # Recorded while the generation runs rather than before waiting for
                         # it: the crash window is the same, and the write no longer holds
                         # the images' slots. It is awaited before the answer is returned.
-                        recording = asyncio.create_task(on_submitted(generation_id))
+                        recording = asyncio.ensure_future(on_submitted(generation_id))
                     try:
                         result = await self._wait(
                             generation_id, latency, resumed=generation_id == resume_generation_id

@@ -136,7 +136,7 @@ class CleanupPlan:
 
     @property
     def ids(self) -> list[str]:
-        return self.records.column("id").to_pylist()
+        return [str(record_id) for record_id in self.records.column("id").to_pylist()]
 
     @property
     def current(self) -> int:
@@ -169,12 +169,14 @@ class CleanupPlan:
         for record_id, batch in zip(
             self.ids, self.records.column("batch").to_pylist(), strict=True
         ):
-            groups[batch].append(record_id)
+            groups[str(batch)].append(record_id)
         return dict(groups)
 
     def by_status(self) -> dict[str, int]:
-        counts = pc.value_counts(self.records.column("status")).to_pylist()
-        return {item["values"]: item["counts"] for item in counts}
+        counts = pc.value_counts(self.records.column("status"))
+        statuses = counts.field("values").to_pylist()
+        tallies = counts.field("counts").to_pylist()
+        return {str(status): int(n or 0) for status, n in zip(statuses, tallies, strict=True)}
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -45,7 +45,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.4f}".rstrip("0").rstrip(".") if value == value else ""
     if hasattr(value, "isoformat"):
-        return value.isoformat()[:10]
+        return str(value.isoformat())[:10]
     return escape_markdown_cell(value, limit=120)
 
 
@@ -155,7 +155,7 @@ def _frame_rows(frame: pd.DataFrame, section: str, key: str) -> Iterator[tuple[s
         name = record.pop(key)
         name = name.isoformat()[:10] if hasattr(name, "isoformat") else str(name)
         for metric, value in record.items():
-            yield section, name, metric, value
+            yield section, name, str(metric), value
 
 
 def report_csv(report: UsageReport) -> str:

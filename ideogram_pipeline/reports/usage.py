@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import calendar
 import json
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -121,8 +122,13 @@ def _integers(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _plain(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: (float(v) if k.endswith("_usd") else int(v)) for k, v in values.items()}
+def _plain(values: Mapping[Hashable, Any]) -> dict[str, Any]:
+    """A pandas record as plain numbers: dollars as floats, counts as ints."""
+    plain: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key)
+        plain[name] = float(value) if name.endswith("_usd") else int(value)
+    return plain
 
 
 def _budget(

@@ -6,7 +6,7 @@ The engine, the metadata writer, the Dagster assets and the CLI talk only to
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -68,7 +68,7 @@ class ObjectStore(Protocol):
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: Iterable[str]) -> None:
         """Delete keys; missing keys are not an error (deletion is idempotent)."""
         ...
 

@@ -6,7 +6,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from ideogram_pipeline.storage.base import (
@@ -98,7 +98,7 @@ class LocalStore:
                     continue  # deleted while we listed (as on S3: not listed)
                 yield ObjectInfo(key=key, size=stat.st_size, last_modified=stat.st_mtime)
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: Iterable[str]) -> None:
         for key in keys:
             with contextlib.suppress(FileNotFoundError):
                 self._path(key).unlink()

@@ -17,35 +17,22 @@ What each write guarantees, and why:
   answers 501 switches the store to head-then-put. That fallback has a race (two writers
   can both see "absent"); it is safe here because image keys derive from unique ids.
 
-Errors from botocore are translated in one place (:meth:`S3Store._error`) into
-:class:`StorageError` / :class:`StoragePreflightError` messages that name the bucket, the
-endpoint and the cause, and never contain the secret key.
+The client and its signing live in :mod:`.s3_client`, the translation of botocore's errors
+into messages in :mod:`.s3_errors`, the preflight probe in :mod:`.s3_preflight`.
 """
 
 from __future__ import annotations
 
 import base64
-import builtins
 import contextlib
 import hashlib
 import logging
-import socket
 import time
-import urllib.parse
-import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    HTTPClientError,
-    NoCredentialsError,
-    PartialCredentialsError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage.base import (
@@ -54,6 +41,29 @@ from ideogram_pipeline.storage.base import (
     StorageError,
     StoragePreflightError,
 )
+from ideogram_pipeline.storage.s3_client import (
+    make_s3_client,
+    parse_s3_uri,
+    sign_checksummed_payloads_unsigned,
+)
+from ideogram_pipeline.storage.s3_errors import (
+    CONFLICT_CODES,
+    MISSING_KEY_CODES,
+    PRECONDITION_CODES,
+    UNSUPPORTED_CODES,
+    S3Place,
+    describe_s3_error,
+    error_code,
+)
+from ideogram_pipeline.storage.s3_preflight import (
+    PREFLIGHT_CONNECT_TIMEOUT,
+    check_reachable,
+    probe_root,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, ObjectIdentifierTypeDef
 
 __all__ = [
     "DELETE_BATCH",
@@ -72,103 +82,6 @@ MULTIPART_THRESHOLD = 8 * MiB
 PART_SIZE = 8 * MiB
 #: S3's limit of keys per DeleteObjects call.
 DELETE_BATCH = 1000
-#: The preflight gives up on an endpoint that does not accept a TCP connection this fast.
-PREFLIGHT_CONNECT_TIMEOUT = 3.0
-
-_CREDENTIAL_CODES = frozenset(
-    {
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "InvalidToken",
-        "ExpiredToken",
-        "InvalidClientTokenId",
-        "TokenRefreshRequired",
-    }
-)
-_DENIED_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "403", "Forbidden"})
-_MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
-_PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
-#: AWS answers 409 when another conditional write to the same key is in flight: try again.
-_CONFLICT_CODES = frozenset({"ConditionalRequestConflict", "OperationAborted"})
-_UNSUPPORTED_CODES = frozenset({"NotImplemented", "501"})
-_PERMISSION = {
-    "write": "s3:PutObject",
-    "read": "s3:GetObject",
-    "delete": "s3:DeleteObject",
-    "list": "s3:ListBucket",
-}
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/some/prefix/`` -> ``("bucket", "some/prefix")``."""
-    if not uri.startswith("s3://"):
-        raise StorageError(f"not an S3 URI: {uri!r} (expected s3://bucket/prefix)")
-    bucket, _, prefix = uri[len("s3://") :].partition("/")
-    if not bucket:
-        raise StorageError(f"S3 URI {uri!r} has no bucket (expected s3://bucket/prefix)")
-    return bucket, prefix.strip("/")
-
-
-def make_s3_client(
-    settings: Settings,
-    *,
-    connect_timeout: float = 5.0,
-    read_timeout: float = 60.0,
-    max_attempts: int = 5,
-    max_pool_connections: int = 32,
-) -> Any:
-    """A boto3 S3 client from the standard AWS settings.
-
-    Unset keys and region fall back to boto3's own chain (profile, instance role). A custom
-    endpoint gets path-style URLs (``http://host:port/bucket/key``): S3-compatible servers
-    rarely have wildcard DNS for virtual-hosted buckets. Standard-mode retries back off on
-    throttling and 5xx; the pool is big enough for a thread pool of 16-32 uploaders.
-    """
-    import boto3
-
-    s3_options: dict[str, Any] = {}
-    if settings.aws_endpoint_url:
-        s3_options["addressing_style"] = "path"
-    region = settings.aws_region or ("us-east-1" if settings.aws_endpoint_url else None)
-    session = boto3.session.Session(
-        aws_access_key_id=settings.aws_access_key_id,
-        aws_secret_access_key=settings.aws_secret_access_key,
-        region_name=region,
-    )
-    config = Config(
-        s3=s3_options,
-        # SigV4 everywhere: botocore would otherwise presign custom endpoints with SigV2,
-        # whose URLs carry no enforced expiry limit (see sharing.py).
-        signature_version="s3v4",
-        # total_max_attempts counts the first try too ("max_attempts" would mean retries).
-        retries={"mode": "standard", "total_max_attempts": max_attempts},
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        max_pool_connections=max_pool_connections,
-    )
-    return session.client("s3", endpoint_url=settings.aws_endpoint_url, config=config)
-
-
-def _skip_payload_hash(request: Any, **_: Any) -> None:
-    """Sign ``UNSIGNED-PAYLOAD`` for requests that carry ``x-amz-checksum-sha256``.
-
-    Over plain HTTP botocore hashes every body a second time for SigV4. With a SHA-256
-    checksum header (itself signed, and verified by the server) that hash adds no integrity:
-    a changed body fails the checksum, a changed header fails the signature. botocore already
-    skips it over HTTPS when a checksum header is present; this extends that to HTTP
-    endpoints (SeaweedFS, MinIO), saving one SHA-256 of every image on each side. A CRC
-    checksum is not enough for this (it can be forged), so only SHA-256 qualifies.
-    """
-    if "x-amz-checksum-sha256" not in request.headers:
-        return
-    config = request.context.get("client_config")
-    if config is not None:
-        s3 = {**(config.s3 or {}), "payload_signing_enabled": False}
-        request.context["client_config"] = config.merge(Config(s3=s3))
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _b64(digest: bytes) -> str:
@@ -187,17 +100,19 @@ class S3Store:
         sse: server-side encryption: ``"AES256"``, ``"aws:kms"`` or a KMS key id/ARN.
         preflight_client: a client with short timeouts and few retries for
             :meth:`preflight`, so a bad configuration fails in seconds, not minutes.
+        secret: the secret access key, only so that no error message ever shows it.
     """
 
     def __init__(
         self,
-        client: Any,
+        client: S3Client,
         bucket: str,
         prefix: str = "",
         *,
         root: str | None = None,
         sse: str | None = None,
-        preflight_client: Any = None,
+        preflight_client: S3Client | None = None,
+        secret: str | None = None,
     ) -> None:
         self.client = client
         self.bucket = bucket
@@ -209,19 +124,15 @@ class S3Store:
         self.conditional_writes = True
         self.multipart_threshold = MULTIPART_THRESHOLD
         self.part_size = PART_SIZE
-        self._secret: str | None = None  # only to scrub it from messages, never logged
-        for operation in ("PutObject", "UploadPart"):
-            client.meta.events.register(
-                f"before-sign.s3.{operation}",
-                _skip_payload_hash,
-                unique_id=f"ideogram-pipeline-skip-payload-hash-{operation}",
-            )
+        #: Only to scrub it from messages, never logged.
+        self._secret = secret
+        sign_checksummed_payloads_unsigned(client)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, sse: str | None = None) -> S3Store:
         """The store for ``settings.storage`` with clients built from the AWS settings."""
         bucket, prefix = parse_s3_uri(settings.storage)
-        store = cls(
+        return cls(
             make_s3_client(settings),
             bucket,
             prefix,
@@ -230,9 +141,8 @@ class S3Store:
             preflight_client=make_s3_client(
                 settings, connect_timeout=PREFLIGHT_CONNECT_TIMEOUT, read_timeout=10, max_attempts=2
             ),
+            secret=settings.aws_secret_access_key,
         )
-        store._secret = settings.aws_secret_access_key
-        return store
 
     def __repr__(self) -> str:
         return f"S3Store({self.root!r}, endpoint={self.client.meta.endpoint_url!r})"
@@ -257,40 +167,13 @@ class S3Store:
         exc: Exception,
         action: str,
         key: str | None = None,
-        kind: type[StorageError] = StorageError,
     ) -> StorageError:
-        """The one place botocore errors become messages a user can act on."""
+        return StorageError(self._error_message(exc, action, key))
+
+    def _error_message(self, exc: Exception, action: str, key: str | None) -> str:
         where = self.uri(key) if key is not None else self.root
-        endpoint = self.client.meta.endpoint_url
-        if isinstance(exc, ClientError):
-            code = _code(exc)
-            detail = exc.response.get("Error", {}).get("Message") or ""
-            if code == "NoSuchBucket":
-                text = f"bucket {self.bucket} does not exist (endpoint {endpoint})"
-            elif code in _CREDENTIAL_CODES:
-                text = (
-                    f"the AWS credentials were rejected by {endpoint} ({code}): "
-                    "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-                )
-            elif code in _DENIED_CODES:
-                text = (
-                    f"access denied: cannot {action} {where} ({code}): wrong credentials, or "
-                    f"they lack the {_PERMISSION.get(action, 's3')} permission"
-                )
-            else:
-                text = f"cannot {action} {where}: {code} {detail}".rstrip()
-        elif isinstance(exc, BotoConnectionError | HTTPClientError):
-            text = f"cannot reach S3 endpoint URL: {endpoint} ({exc})"
-        elif isinstance(exc, NoCredentialsError | PartialCredentialsError):
-            text = (
-                f"no usable AWS credentials for {where} ({exc}): set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY, or configure a profile or role"
-            )
-        else:
-            text = f"cannot {action} {where}: {exc}"
-        if self._secret:
-            text = text.replace(self._secret, "****")
-        return kind(text)
+        place = S3Place(self.bucket, self.client.meta.endpoint_url, self._secret)
+        return describe_s3_error(exc, action=action, where=where, place=place)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -330,17 +213,17 @@ class S3Store:
                 self._upload(full, data, digest, extra, conditional)
                 return
             except ClientError as exc:
-                code = _code(exc)
-                if conditional and code in _PRECONDITION_CODES:
+                code = error_code(exc)
+                if conditional and code in PRECONDITION_CODES:
                     if self._settle(key, full, data, digest):
                         return
                     continue  # the object vanished in between: write again
                 if code == "NoSuchUpload" and self._stored_already(full, data, digest):
                     return  # a retried CompleteMultipartUpload whose first try succeeded
-                if conditional and code in _CONFLICT_CODES:
+                if conditional and code in CONFLICT_CODES:
                     time.sleep(0.2 * (attempt + 1))
                     continue
-                if conditional and code in _UNSUPPORTED_CODES:
+                if conditional and code in UNSUPPORTED_CODES:
                     log.warning("%s does not support If-None-Match; using head-then-put", self)
                     self.conditional_writes = False
                     continue
@@ -362,7 +245,8 @@ class S3Store:
     def _upload(
         self, full: str, data: bytes, digest: bytes, extra: dict[str, Any], conditional: bool
     ) -> None:
-        condition = {"IfNoneMatch": "*"} if conditional else {}
+        # Keyword arguments for boto3: IfNoneMatch must be absent, not None, when unconditional.
+        condition: dict[str, Any] = {"IfNoneMatch": "*"} if conditional else {}
         if len(data) < self.multipart_threshold:
             self.client.put_object(
                 Bucket=self.bucket,
@@ -377,7 +261,7 @@ class S3Store:
             Bucket=self.bucket, Key=full, ChecksumAlgorithm="SHA256", **extra
         )["UploadId"]
         try:
-            parts = []
+            parts: list[CompletedPartTypeDef] = []
             for number, offset in enumerate(range(0, len(data), self.part_size), start=1):
                 chunk = data[offset : offset + self.part_size]  # one part in memory at a time
                 checksum = _b64(hashlib.sha256(chunk).digest())
@@ -419,7 +303,7 @@ class S3Store:
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=full, ChecksumMode="ENABLED")
         except ClientError as exc:
-            if _code(exc) in _MISSING_KEY_CODES:
+            if error_code(exc) in MISSING_KEY_CODES:
                 return None
             raise
         if head["ContentLength"] != len(data):
@@ -445,7 +329,7 @@ class S3Store:
             response = self.client.get_object(Bucket=self.bucket, Key=full, ChecksumMode="ENABLED")
             return bytes(response["Body"].read())
         except ClientError as exc:
-            if _code(exc) in _MISSING_KEY_CODES:
+            if error_code(exc) in MISSING_KEY_CODES:
                 raise StorageError(f"no object at {key}") from None
             raise self._error(exc, "read", key) from exc
         except BotoCoreError as exc:
@@ -455,7 +339,7 @@ class S3Store:
         try:
             response = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
-            if _code(exc) in _MISSING_KEY_CODES:
+            if error_code(exc) in MISSING_KEY_CODES:
                 return None
             raise self._error(exc, "read", key) from exc
         except BotoCoreError as exc:
@@ -480,11 +364,11 @@ class S3Store:
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, "list", prefix or None) from exc
 
-    def delete(self, keys: builtins.list[str]) -> None:  # builtins: `list` is a method here
-        unique = builtins.list(dict.fromkeys(keys))
+    def delete(self, keys: Iterable[str]) -> None:
+        unique = list(dict.fromkeys(keys))
         for start in range(0, len(unique), DELETE_BATCH):
             batch = unique[start : start + DELETE_BATCH]
-            objects = [{"Key": self._key(key)} for key in batch]
+            objects: list[ObjectIdentifierTypeDef] = [{"Key": self._key(key)} for key in batch]
             try:
                 response = self.client.delete_objects(
                     Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
@@ -501,72 +385,21 @@ class S3Store:
 
     # -- preflight ----------------------------------------------------------------------
 
-    def _check_reachable(self, endpoint: str) -> None:
-        """A plain TCP connect, so an unreachable endpoint fails in seconds, not retries."""
-        url = urllib.parse.urlsplit(endpoint)
-        host = url.hostname or ""
-        port = url.port or (443 if url.scheme == "https" else 80)
-        if url.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host):
-            return  # through a proxy a direct connect proves nothing; botocore will tell
-        try:
-            socket.create_connection((host, port), timeout=PREFLIGHT_CONNECT_TIMEOUT).close()
-        except OSError as exc:
-            reason = exc.strerror or str(exc) or type(exc).__name__
-            raise StoragePreflightError(
-                f"cannot reach S3 endpoint URL: {endpoint} ({reason})"
-            ) from exc
-
     def preflight(self) -> None:
         """Prove, before any money is spent, that the root is reachable, readable, writable.
 
-        Checks in order: the endpoint accepts connections; a probe object under the prefix
-        can be written (bucket exists, credentials valid, write permission), read back and
-        deleted. A second create-only write of the probe shows whether the server honours
-        ``If-None-Match``; if not, :attr:`conditional_writes` is switched off.
+        The endpoint must accept connections, then a probe object under the prefix is
+        written, rewritten create-only, read back and deleted
+        (:func:`~ideogram_pipeline.storage.s3_preflight.probe_root`). A server that ignores
+        ``If-None-Match`` switches :attr:`conditional_writes` off.
         """
         client = self.preflight_client or self.client
-        self._check_reachable(client.meta.endpoint_url)
+        check_reachable(client.meta.endpoint_url)
         probe = f".preflight/{uuid.uuid4().hex}"
-        full = self._key(probe)
-        first, second = b"preflight 1 " + full.encode(), b"preflight 2 " + full.encode()
 
         def fail(exc: Exception, action: str) -> StoragePreflightError:
-            error = self._error(exc, action, probe, StoragePreflightError)
-            assert isinstance(error, StoragePreflightError)
-            return error
+            return StoragePreflightError(self._error_message(exc, action, probe))
 
-        try:
-            client.put_object(Bucket=self.bucket, Key=full, Body=first)
-        except (ClientError, BotoCoreError) as exc:
-            raise fail(exc, "write") from exc
-        expected = first
-        try:
-            client.put_object(Bucket=self.bucket, Key=full, Body=second, IfNoneMatch="*")
-            self.conditional_writes, expected = False, second  # the header was ignored
-        except ClientError as exc:
-            code = _code(exc)
-            if code in _UNSUPPORTED_CODES:
-                self.conditional_writes = False
-            elif code not in _PRECONDITION_CODES:
-                raise fail(exc, "write") from exc
-        except BotoCoreError as exc:
-            raise fail(exc, "write") from exc
-        if not self.conditional_writes:
+        if not probe_root(client, self.bucket, self._key(probe), self.uri(probe), fail):
+            self.conditional_writes = False
             log.warning("%s ignores If-None-Match: create-only writes use head-then-put", self)
-        try:
-            stored = client.get_object(Bucket=self.bucket, Key=full)["Body"].read()
-        except (ClientError, BotoCoreError) as exc:
-            raise fail(exc, "read") from exc
-        if stored != expected:
-            raise StoragePreflightError(f"{self.uri(probe)} did not read back what was written")
-        try:
-            response = client.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": [{"Key": full}], "Quiet": True}
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise fail(exc, "delete") from exc
-        if response.get("Errors"):
-            error = response["Errors"][0]
-            raise StoragePreflightError(
-                f"cannot delete {self.uri(probe)}: {error.get('Code')} {error.get('Message', '')}"
-            )
