@@ -28,7 +28,7 @@ from ideogram_pipeline.history.schema import GenerationRecord
 from ideogram_pipeline.history.search import SearchFilters, search
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.history.tags import change_tags
-from ideogram_pipeline.ideogram.records import GenerationRequest
+from ideogram_pipeline.ideogram.generation import GenerationRequest
 from ideogram_pipeline.images.png_metadata import prepare_for_storage
 from ideogram_pipeline.settings import load_settings
 from ideogram_pipeline.simulator.images import ImageKey, pixel_size, render_png

@@ -26,7 +26,7 @@ from ideogram_pipeline.batches.columns import COLUMNS, IDEOGRAM_UI_COLUMNS, NATI
 from ideogram_pipeline.batches.files import Batch, BatchFileError, load_batch, parse_batch
 from ideogram_pipeline.batches.rows import validate_cells
 from ideogram_pipeline.ideogram import spec
-from ideogram_pipeline.ideogram.records import MODELS, GenerationRequest, RejectedRow
+from ideogram_pipeline.ideogram.generation import MODELS, GenerationRequest, RejectedRow
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"

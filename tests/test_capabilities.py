@@ -24,7 +24,7 @@ from ideogram_pipeline.ideogram.capabilities import (
     capability,
     models_taking,
 )
-from ideogram_pipeline.ideogram.records import GenerationRequest, RejectedRow
+from ideogram_pipeline.ideogram.generation import GenerationRequest, RejectedRow
 from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS, legacy_body, v2_body, v3_fields
 
 SCHEMA_OF = {"v3": "GenerateImageRequestV3", "legacy": "ImageRequest"}

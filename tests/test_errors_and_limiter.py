@@ -28,8 +28,8 @@ from ideogram_pipeline.ideogram.errors import (
     TransportError,
     error_for_status,
 )
+from ideogram_pipeline.ideogram.generation import GenerationRequest
 from ideogram_pipeline.ideogram.limiter import InflightLimiter
-from ideogram_pipeline.ideogram.records import GenerationRequest
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy
 
 EXPECTED = {

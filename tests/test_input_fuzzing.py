@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ideogram_pipeline.batches.columns import COLUMNS
 from ideogram_pipeline.batches.files import BatchFileError, parse_batch
 from ideogram_pipeline.ideogram.errors import UntrustedUrl
-from ideogram_pipeline.ideogram.records import GenerationRequest, RejectedRow
+from ideogram_pipeline.ideogram.generation import GenerationRequest, RejectedRow
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy
 from ideogram_pipeline.images.safety import PNG_SIGNATURE, ImageRejected, check_png
 from ideogram_pipeline.safe_output import escape_html, escape_markdown_cell, neutralise_csv_cell

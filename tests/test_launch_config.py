@@ -19,8 +19,8 @@ from ideogram_pipeline.batches.files import parse_batch
 from ideogram_pipeline.batches.overrides import OverrideError, RunOverrides, apply_overrides
 from ideogram_pipeline.cli import main
 from ideogram_pipeline.definitions import defs
+from ideogram_pipeline.ideogram.generation import GenerationRequest, RejectedRow
 from ideogram_pipeline.ideogram.prices import price_per_image
-from ideogram_pipeline.ideogram.records import GenerationRequest, RejectedRow
 from ideogram_pipeline.runs.cost_guard import CostLimitExceeded, estimate_cost
 from ideogram_pipeline.runs.runner import estimate_batch, execute_batch
 from ideogram_pipeline.settings import Settings, load_settings

@@ -11,7 +11,7 @@ import itertools
 import pytest
 
 from ideogram_pipeline.ideogram import spec
-from ideogram_pipeline.ideogram.records import LEGACY_MODELS, GenerationRequest
+from ideogram_pipeline.ideogram.generation import LEGACY_MODELS, GenerationRequest
 from ideogram_pipeline.ideogram.requests import legacy_body, v3_fields, v3_multipart
 
 ASPECT_RATIOS_V3 = spec.enum_values("AspectRatioV3")

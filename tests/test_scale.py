@@ -28,8 +28,8 @@ from ideogram_pipeline.history.schema import GenerationRecord
 from ideogram_pipeline.history.search import SearchFilters, search
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import IdeogramClient
+from ideogram_pipeline.ideogram.generation import GenerationRequest
 from ideogram_pipeline.ideogram.polling import LatencyTracker, next_interval
-from ideogram_pipeline.ideogram.records import GenerationRequest
 from ideogram_pipeline.runs.engine import _worker_count, run_batch
 from ideogram_pipeline.runs.ledger import LEDGER_PREFIX
 from ideogram_pipeline.settings import load_settings

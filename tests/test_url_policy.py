@@ -25,7 +25,7 @@ from ideogram_pipeline.ideogram.errors import (
     UnexpectedContent,
     UntrustedUrl,
 )
-from ideogram_pipeline.ideogram.records import GenerationRequest
+from ideogram_pipeline.ideogram.generation import GenerationRequest
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy, address_refusal, host_matches
 from ideogram_pipeline.images.safety import ImageRejected, check_png
 from ideogram_pipeline.runs.runner import execute_batch

@@ -14,8 +14,8 @@ import pytest
 
 from ideogram_pipeline.ideogram.client import IdeogramClient, RetryPolicy
 from ideogram_pipeline.ideogram.errors import InvalidRequest
+from ideogram_pipeline.ideogram.generation import GenerationRequest
 from ideogram_pipeline.ideogram.prices import price_per_image
-from ideogram_pipeline.ideogram.records import GenerationRequest
 from ideogram_pipeline.ideogram.requests import v2_body
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 

@@ -7,7 +7,7 @@ A batch file is a CSV with a header, in one of the column sets of
 Two kinds of failure are kept apart on purpose. A file that cannot be a batch at all (not
 UTF-8, no header, no ``prompt`` column, no data rows) raises :class:`BatchFileError`, one
 clear message naming the file. A bad *row* is data, not an exception: it becomes a
-:class:`~ideogram_pipeline.ideogram.records.RejectedRow` naming the column and the allowed
+:class:`~ideogram_pipeline.ideogram.generation.RejectedRow` naming the column and the allowed
 values, so it is recorded with status ``rejected`` and never paid for, while its
 neighbours still run.
 
@@ -34,7 +34,7 @@ from ideogram_pipeline.batches.columns import (
     normalise_name,
 )
 from ideogram_pipeline.batches.rows import validate_row
-from ideogram_pipeline.ideogram.records import GenerationRequest, RejectedRow
+from ideogram_pipeline.ideogram.generation import GenerationRequest, RejectedRow
 from ideogram_pipeline.storage.keys import batch_key_for
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 A person launching a batch from the Dagster launchpad (or the CLI) may want the whole file
 rendered with another model or speed without editing the CSV. The override replaces those
-fields of each parsed :class:`~ideogram_pipeline.ideogram.records.GenerationRequest`, and
+fields of each parsed :class:`~ideogram_pipeline.ideogram.generation.GenerationRequest`, and
 the result is checked again by
 :func:`ideogram_pipeline.batches.rows.validate_cells`, the same rules a CSV row meets, so
 a combination the API would refuse (a V_3 aspect ratio on V_2, a style type V_1 does not
@@ -35,7 +35,7 @@ from ideogram_pipeline.ideogram.capabilities import (
     capability,
     models_taking,
 )
-from ideogram_pipeline.ideogram.records import GenerationRequest, RejectedRow
+from ideogram_pipeline.ideogram.generation import GenerationRequest, RejectedRow
 
 __all__ = [
     "ModelChoice",
@@ -56,16 +56,18 @@ def _values_of_any_model(field: str) -> tuple[str, ...]:
     return tuple(values)
 
 
+# The drop-down enums take their members from the capability table at import, which mypy
+# cannot follow (it needs literal members); Dagster reads them at run time.
 #: Model names a run may force (the same names the CSV ``model`` column accepts).
-ModelChoice = enum.Enum("ModelChoice", {name: name for name in MODELS}, type=str)
+ModelChoice = enum.Enum("ModelChoice", {name: name for name in MODELS}, type=str)  # type: ignore[misc]
 #: Ideogram 3.0 rendering speeds (a superset of the v2 models' speeds).
-RenderingSpeedChoice = enum.Enum(
+RenderingSpeedChoice = enum.Enum(  # type: ignore[misc]
     "RenderingSpeedChoice",
     {name: name for name in _values_of_any_model("rendering_speed")},
     type=str,
 )
 #: Style types of every model; which ones a row's model takes is checked per row.
-StyleTypeChoice = enum.Enum(
+StyleTypeChoice = enum.Enum(  # type: ignore[misc]
     "StyleTypeChoice", {name: name for name in _values_of_any_model("style_type")}, type=str
 )
 

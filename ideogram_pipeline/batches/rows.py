@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from ideogram_pipeline.batches import fields
 from ideogram_pipeline.batches.fields import CellRejected
 from ideogram_pipeline.ideogram.capabilities import EXCLUSIVE_FIELDS
-from ideogram_pipeline.ideogram.records import GenerationRequest, RejectedRow
+from ideogram_pipeline.ideogram.generation import GenerationRequest, RejectedRow
 
 __all__ = ["validate_cells", "validate_row"]
 

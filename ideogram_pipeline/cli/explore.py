@@ -9,7 +9,7 @@ import click
 
 from ideogram_pipeline.cli.common import main, settings_or_exit
 from ideogram_pipeline.cli.output import FORMAT_OPTION, emit, terminal_text
-from ideogram_pipeline.ideogram.records import STATUSES
+from ideogram_pipeline.ideogram.generation import STATUSES
 
 
 @main.command()

@@ -12,6 +12,7 @@ UI's resource config. Never type a secret into that config: use an ``EnvVar`` th
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -22,7 +23,7 @@ from ideogram_pipeline.storage import LocalStore, ObjectStore
 __all__ = ["PipelineSettingsResource", "StorageResource", "build_resources", "prompts_dir"]
 
 
-class PipelineSettingsResource(dg.ConfigurableResource):
+class PipelineSettingsResource(dg.ConfigurableResource["PipelineSettingsResource"]):
     """How hard to push the API. Empty values mean "take it from the environment"."""
 
     max_inflight: int = 0
@@ -34,7 +35,7 @@ class PipelineSettingsResource(dg.ConfigurableResource):
         return settings
 
 
-class StorageResource(dg.ConfigurableResource):
+class StorageResource(dg.ConfigurableResource["StorageResource"]):
     """Where images and metadata go: ``root`` or ``IDEOGRAM_STORAGE`` (local path or S3)."""
 
     root: str = ""
@@ -73,7 +74,7 @@ def _secret_from_env(name: str) -> dg.EnvVar | None:
     return dg.EnvVar(name) if os.environ.get(name) else None
 
 
-def build_resources() -> dict[str, dg.ConfigurableResource]:
+def build_resources() -> dict[str, dg.ConfigurableResource[Any]]:
     s3 = S3Resource(
         aws_access_key_id=_secret_from_env("AWS_ACCESS_KEY_ID"),
         aws_secret_access_key=_secret_from_env("AWS_SECRET_ACCESS_KEY"),

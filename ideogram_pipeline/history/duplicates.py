@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import duckdb
 
     from ideogram_pipeline.history.schema import GenerationRecord
-    from ideogram_pipeline.ideogram.records import GenerationRequest
+    from ideogram_pipeline.ideogram.generation import GenerationRequest
     from ideogram_pipeline.settings import Settings
     from ideogram_pipeline.storage import ObjectStore
 

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from ideogram_pipeline.batches.files import Batch
 from ideogram_pipeline.history.tags import validate_tag
+from ideogram_pipeline.ideogram.generation import GenerationRequest
 from ideogram_pipeline.ideogram.prices import price_per_image
-from ideogram_pipeline.ideogram.records import GenerationRequest
 from ideogram_pipeline.storage.keys import batch_key_for
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ideogram_pipeline.ideogram.records import STATUSES, Status
+from ideogram_pipeline.ideogram.generation import STATUSES, Status
 
 __all__ = [
     "COLUMN_NAMES",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from ideogram_pipeline.ideogram.records import MODELS, STATUSES
+from ideogram_pipeline.ideogram.generation import MODELS, STATUSES
 from ideogram_pipeline.safe_output import sql_list
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ they are derived once:
   ``reference/ideogram-api-v2-notes.md`` (§1 "Shared fields", "Model paths", "4.5 details").
 
 Canonical spellings are what records carry and CSV validation returns: the field names of
-:class:`~ideogram_pipeline.ideogram.records.GenerationRequest`, ``16x9`` ratios, ``1024x1024``
+:class:`~ideogram_pipeline.ideogram.generation.GenerationRequest`, ``16x9`` ratios, ``1024x1024``
 resolutions, upper-case words. A :class:`FieldRule` maps them to one endpoint's spelling
 (``ASPECT_16_9``, ``magic_prompt_option``, lower-case ``turbo``, 4.5's ``quality``).
 

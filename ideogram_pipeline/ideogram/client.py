@@ -27,6 +27,7 @@ from ideogram_pipeline.ideogram.errors import (
     TransportError,
     error_for_status,
 )
+from ideogram_pipeline.ideogram.generation import GenerationRequest, GenerationResponse
 from ideogram_pipeline.ideogram.limiter import InflightLimiter
 from ideogram_pipeline.ideogram.polling import (
     DEFAULT_POLL_RATE_PER_S,
@@ -34,7 +35,6 @@ from ideogram_pipeline.ideogram.polling import (
     PollBudget,
     next_interval,
 )
-from ideogram_pipeline.ideogram.records import GenerationRequest, GenerationResponse
 from ideogram_pipeline.ideogram.requests import (
     LEGACY_PATH,
     V2_GENERATIONS_PATH,

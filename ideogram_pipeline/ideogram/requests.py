@@ -18,7 +18,7 @@ from ideogram_pipeline.ideogram.capabilities import (
     Route,
     capability,
 )
-from ideogram_pipeline.ideogram.records import GenerationRequest
+from ideogram_pipeline.ideogram.generation import GenerationRequest
 
 __all__ = [
     "LEGACY_PATH",

@@ -27,8 +27,8 @@ from ideogram_pipeline.batches.files import Batch
 from ideogram_pipeline.history.schema import RowState
 from ideogram_pipeline.ideogram.client import IdeogramClient
 from ideogram_pipeline.ideogram.errors import IdeogramError
+from ideogram_pipeline.ideogram.generation import GenerationRequest
 from ideogram_pipeline.ideogram.prices import price_per_image
-from ideogram_pipeline.ideogram.records import GenerationRequest
 from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
 from ideogram_pipeline.runs.records import already_done
 

@@ -30,14 +30,14 @@ from ideogram_pipeline.history.schema import RowState
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import LAST_RETRY_ERROR, IdeogramClient
 from ideogram_pipeline.ideogram.errors import IdeogramError, ResponseLost, SafetyRejected
-from ideogram_pipeline.ideogram.prices import price_per_image
-from ideogram_pipeline.ideogram.records import (
+from ideogram_pipeline.ideogram.generation import (
     V2_ONLY_MODELS,
     GeneratedImage,
     GenerationRequest,
     GenerationResponse,
     RejectedRow,
 )
+from ideogram_pipeline.ideogram.prices import price_per_image
 from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
 from ideogram_pipeline.runs.ledger import Ledger, LedgerEntry, new_attempt_id
 from ideogram_pipeline.runs.pools import RunPools

@@ -32,7 +32,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ideogram_pipeline.ideogram.records import GeneratedImage, GenerationRequest, GenerationResponse
+from ideogram_pipeline.ideogram.generation import (
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResponse,
+)
 from ideogram_pipeline.storage import ObjectStore
 
 __all__ = ["LEDGER_PREFIX", "Ledger", "LedgerEntry", "attempt_day", "new_attempt_id"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ideogram_pipeline.history.schema import GenerationRecord, RowState
-from ideogram_pipeline.ideogram.records import GenerationRequest, RejectedRow, Status
+from ideogram_pipeline.ideogram.generation import GenerationRequest, RejectedRow, Status
 
 __all__ = ["ExtraFields", "RecordMaker", "already_done"]
 

@@ -1,4 +1,6 @@
-"""Typed records that flow one way: CSV row -> request -> API image -> metadata row.
+"""What is asked of Ideogram and what comes back: a row's request, its images, the answer.
+
+The metadata record these become is :class:`~ideogram_pipeline.history.schema.GenerationRecord`.
 
 They are frozen so that a value handed to a worker cannot change behind the engine's back,
 and they carry canonical forms (``16x9`` aspect ratios, ``1024x1024`` resolutions,
