@@ -314,3 +314,16 @@ def test_an_image_shared_with_a_record_that_stays_is_kept(
     assert result.plan.count == 1  # only the original record expired
     assert root.query("SELECT batch, image_key FROM generations") == [("second", shared)]
     assert shared in root.image_keys()  # the duplicate's image survived
+
+
+def test_a_config_that_still_sets_schedules_is_refused_by_name(tmp_path: Path) -> None:
+    """The crons left retention.toml (definitions read no file): an old file that still has
+    them must say so, not silently move the user's cleanup to the default hour."""
+    from ideogram_pipeline.lifecycle.policy import LifecycleError, load_lifecycle_config
+
+    config = tmp_path / "retention.toml"
+    config.write_text('[retention]\ndefault_days = 5\n[schedules]\ncleanup = "0 1 * * *"\n')
+    with pytest.raises(LifecycleError, match=r"\[schedules\].*IDEOGRAM_CLEANUP_CRON"):
+        load_lifecycle_config({}, config)
+    config.write_text("[retention]\ndefault_days = 5\n")
+    assert load_lifecycle_config({}, config).retention.default_days == 5

@@ -14,7 +14,7 @@ queries on ``status = 'stored'`` keep finding every row's image, ``sum(cost_usd)
 the real spend, and ``duplicate_of IS NULL`` selects distinct paid images. The image's own
 text chunks describe the original record. ``run --force`` sends such rows anyway.
 
-**Near duplicates.** Each stored image carries a 64-bit pHash (``fingerprint.py``);
+**Near duplicates.** Each stored image carries a 64-bit pHash (``images/fingerprints.py``);
 :func:`near_duplicate_groups` clusters images within a Hamming distance. Candidate pairs
 come from the pigeonhole principle: split the hash into ``distance + 1`` blocks; two hashes
 that differ in at most ``distance`` bits agree exactly on at least one block. Only hashes

@@ -152,6 +152,13 @@ def load_lifecycle_config(
             data = tomllib.loads(file.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise LifecycleError(f"cannot read retention config {file}: {exc}") from None
+    if "schedules" in data:
+        # Loading Dagster's definitions reads no file, so the times moved to the environment;
+        # ignoring the section would move a user's cleanup to another hour without a word.
+        raise LifecycleError(
+            f"{file}: [schedules] is no longer read; set IDEOGRAM_CLEANUP_CRON, "
+            "IDEOGRAM_COMPACTION_CRON or IDEOGRAM_REPORT_CRON instead and remove the section"
+        )
     section = data.get("retention", {})
     tags = section.get("tags", {})
     if not isinstance(tags, dict):

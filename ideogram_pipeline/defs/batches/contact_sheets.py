@@ -1,4 +1,4 @@
-"""The batch contact sheet as Dagster materialization metadata (logic: ``contact_sheet.py``).
+"""The batch contact sheet as Dagster materialization metadata (``images/contact_sheets.py``).
 
 Two entries: the stored PNG's location (``MetadataValue.path``) and a Markdown image whose
 source is a base64 data URI of a small JPEG, which the UI renders inline, so the grid is
