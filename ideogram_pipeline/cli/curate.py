@@ -49,7 +49,7 @@ def reproduce(
         raise click.ClickException(str(exc)) from None
     images = sum(item.request.num_images for item in planned)
     cost = sum(item.cost_usd for item in planned)
-    mode = "SIMULATED: bundled simulator" if settings.simulated else "Ideogram API"
+    mode = settings.api_label
     click.echo(f"{len(planned)} request(s), {images} image(s), ~${cost:.2f} [{mode}]", err=True)
     for item in planned:
         if not item.exact:

@@ -92,6 +92,8 @@ def search(
             con.close()
     except (SearchError, StorageError) as exc:
         raise click.ClickException(str(exc)) from None
+    if fmt == "table":  # a word a person notices, where JSON and CSV keep the boolean
+        rows = [{**row, "simulated": "SIMULATED" if row["simulated"] else ""} for row in rows]
     emit(rows, RESULT_COLUMNS, fmt)
 
 

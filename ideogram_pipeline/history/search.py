@@ -42,6 +42,8 @@ RESULT_COLUMNS = (
     "row",
     "image_index",
     "status",
+    # True for an image a simulator made: never mistaken for Ideogram's.
+    "simulated",
     "model",
     "seed",
     "aspect_ratio",

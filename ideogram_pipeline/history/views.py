@@ -189,13 +189,21 @@ def batch_state(settings: Settings, store: ObjectStore, batch: str) -> dict[int,
             # An image whose storage failed is still to be finished from the ledger (and a
             # row whose every image did so has no finished index at all, not a NULL list).
             "coalesce(list(DISTINCT image_index) "
-            "FILTER (coalesce(failure_kind, '') <> 'storage'), []) "
+            "FILTER (coalesce(failure_kind, '') <> 'storage'), []), "
+            "bool_or(coalesce(simulated, false)) "
             'FROM generations WHERE batch = ? GROUP BY "row"',
             [batch],
         ).fetchall()
     finally:
         con.close()
     return {
-        row: RowState(request_hash, frozenset(statuses), error, attempt_id, frozenset(indexes))
-        for row, request_hash, statuses, error, attempt_id, indexes in rows
+        row: RowState(
+            request_hash,
+            frozenset(statuses),
+            error,
+            attempt_id,
+            frozenset(indexes),
+            bool(simulated),
+        )
+        for row, request_hash, statuses, error, attempt_id, indexes, simulated in rows
     }
