@@ -64,12 +64,15 @@ def _print_summary(metadata: dict[str, Any], run_id: str) -> None:
 
 
 def _refuse_unmigrated(settings: Settings) -> None:
-    """Stop before Dagster starts when the root's history is in the old layout."""
+    """Stop before Dagster starts when the root's history is in the old layout, or the
+    root cannot be written (one line naming why, not a Dagster step failure)."""
     from ideogram_pipeline.history.views import needs_migration
     from ideogram_pipeline.storage import StorageError, open_store
 
     try:
-        if needs_migration(open_store(settings)):
+        store = open_store(settings)
+        store.preflight()
+        if needs_migration(store):
             raise click.ClickException(
                 f"the history under {settings.storage} is in the old layout: run "
                 "`ideogram-pipeline migrate` first"
