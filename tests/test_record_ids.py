@@ -128,3 +128,19 @@ def test_cleanup_keeps_a_superseded_record_the_user_pinned(root: Root) -> None:
     assert old in root.ids() and cat not in root.ids()
     (key,) = root.query("SELECT DISTINCT image_key FROM generation_records WHERE id = ?", [old])
     assert root.store.head(key[0]) is not None  # the image itself stayed too
+
+
+@pytest.mark.s3
+def test_share_resolves_prefixes_like_every_other_command(
+    tmp_path: Path, simulator: Simulator, request: pytest.FixtureRequest
+) -> None:
+    root = make_root("s3", tmp_path, simulator, request)
+    root.batch("ids", ROWS[:1])
+    (fox,) = root.ids()
+    shared = run_cli(root, ["share", fox[:6], "--expires", "60"])
+    assert shared.returncode == 0, shared
+    assert f"record {fox}" in shared.stderr and shared.stdout.startswith("http")
+    first, second = _twins(root, "abcdef12")
+    refused = run_cli(root, ["share", "abcdef12"])
+    assert refused.returncode != 0 and "ambiguous" in refused.stderr
+    assert first in refused.stderr and second in refused.stderr

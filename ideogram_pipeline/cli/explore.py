@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -92,9 +93,15 @@ def search(
             con.close()
     except (SearchError, StorageError) as exc:
         raise click.ClickException(str(exc)) from None
-    if fmt == "table":  # a word a person notices, where JSON and CSV keep the boolean
-        rows = [{**row, "simulated": "SIMULATED" if row["simulated"] else ""} for row in rows]
+    if fmt == "table":
+        rows = [_marked(row) for row in rows]
     emit(rows, RESULT_COLUMNS, fmt)
+
+
+def _marked(row: dict[str, Any]) -> dict[str, Any]:
+    """A table row whose ``simulated`` is a word a person notices (JSON and CSV keep the
+    boolean): an image a simulator made is never mistaken for Ideogram's."""
+    return {**row, "simulated": "SIMULATED" if row.get("simulated") else ""}
 
 
 def _read_image(location: str) -> bytes:
@@ -202,7 +209,17 @@ def inspect(file: str, fmt: str) -> None:
             click.echo(f"  {key + ':':<18} {terminal_text(value)}")
 
 
-DUPLICATE_COLUMNS = ("group", "distance", "id", "batch", "row", "records", "prompt", "stored_uri")
+DUPLICATE_COLUMNS = (
+    "group",
+    "distance",
+    "id",
+    "batch",
+    "row",
+    "records",
+    "simulated",
+    "prompt",
+    "stored_uri",
+)
 
 
 @main.command()
@@ -240,4 +257,5 @@ def duplicates(distance: int, batch: str | None, fmt: str) -> None:
     ]
     if fmt == "table" and rows:
         click.echo(f"{len(groups)} group(s) of near-identical images (distance <= {distance})")
+        rows = [_marked(row) for row in rows]
     emit(rows, DUPLICATE_COLUMNS, fmt)

@@ -230,6 +230,7 @@ def near_duplicate_groups(
         f"arg_min(batch, {first_record}) AS batch, "
         f'arg_min("row", {first_record}) AS "row", arg_min(prompt, {first_record}) AS prompt, '
         "any_value(stored_uri) AS stored_uri, any_value(phash) AS phash, "
+        "bool_or(simulated IS TRUE) AS simulated, "
         f"min(created_at) AS created_at, count(*) AS records {stored} "
         "AND list_contains(?::VARCHAR[], image_key) GROUP BY image_key",
         [batch, batch, [keys[i] for indexes in clusters for i in indexes]],
