@@ -117,7 +117,7 @@ def already_done(row: GenerationRequest | RejectedRow, previous: Mapping[int, Ro
     (paid for), or the same rejection already recorded. The cost estimate uses it too.
 
     ``previous`` is the state :func:`state_for_run` gives the run: for a run against the
-    real API, rows a simulator made are not in it, so they are never done."""
+    real API, rows a simulator made carry no outcome in it, so they are never done."""
     before = previous.get(row.row)
     if before is None:
         return False
