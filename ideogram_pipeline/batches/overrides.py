@@ -127,6 +127,13 @@ def _cells(request: GenerationRequest) -> dict[str, str]:
         "magic_prompt": request.magic_prompt,
         "seed": request.seed,
         "num_images": request.num_images,
+        "style_preset": request.style_preset,
+        "style_codes": "|".join(request.style_codes) if request.style_codes else None,
+        "color_palette": request.color_palette,
+        "transparent": request.transparent,
+        "quality": request.quality,
+        "size": request.size,
+        "enable_copyright_detection": request.enable_copyright_detection,
     }
     return {name: "" if value is None else str(value) for name, value in values.items()}
 

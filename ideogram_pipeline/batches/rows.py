@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from ideogram_pipeline.batches import fields
+from ideogram_pipeline.batches import controls, fields
 from ideogram_pipeline.batches.fields import CellRejected
 from ideogram_pipeline.ideogram.capabilities import EXCLUSIVE_FIELDS
 from ideogram_pipeline.ideogram.generation import GenerationRequest, RejectedRow
@@ -75,6 +75,13 @@ def _request(
     if negative_prompt:
         fields.rule_for("negative_prompt", model)
         fields.check_text("negative_prompt", negative_prompt, required=False)
+    extra = controls.parse_controls(
+        cell,
+        model,
+        style_type=style_type,
+        rendering_speed=rendering_speed,
+        resolution=resolution,
+    )
     return GenerationRequest(
         row=number,
         prompt=prompt,
@@ -88,4 +95,5 @@ def _request(
         magic_prompt=magic_prompt,
         seed=seed,
         tags=tags,
+        **extra,
     )

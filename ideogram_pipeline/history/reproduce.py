@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ideogram_pipeline.batches.files import Batch
 from ideogram_pipeline.history.tags import validate_tag
 from ideogram_pipeline.ideogram.generation import GenerationRequest
-from ideogram_pipeline.ideogram.prices import price_per_image
+from ideogram_pipeline.ideogram.prices import request_price
 from ideogram_pipeline.storage.keys import batch_key_for
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class PlannedRequest:
 
     @property
     def cost_usd(self) -> float:
-        price = price_per_image(self.request.model, self.request.rendering_speed)
+        price = request_price(self.request)
         return price * self.request.num_images
 
 

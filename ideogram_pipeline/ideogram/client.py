@@ -38,11 +38,11 @@ from ideogram_pipeline.ideogram.polling import (
 from ideogram_pipeline.ideogram.requests import (
     LEGACY_PATH,
     V2_GENERATIONS_PATH,
-    V3_PATH,
     legacy_body,
     v2_body,
     v2_path,
     v3_multipart,
+    v3_path,
 )
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy
 
@@ -244,7 +244,9 @@ class IdeogramClient:
                     if request.is_legacy:
                         response = await self._http.post(LEGACY_PATH, json=legacy_body(request))
                     else:
-                        response = await self._http.post(V3_PATH, files=v3_multipart(request))
+                        response = await self._http.post(
+                            v3_path(request), files=v3_multipart(request)
+                        )
             if response.status_code != 200:
                 raise self._error(response)
             return GenerationResponse.from_api(response.json())

@@ -24,6 +24,7 @@ from ideogram_pipeline.ideogram.capabilities import (
 )
 
 __all__ = [
+    "CONTROL_FIELDS",
     "LEGACY_MODELS",
     "MODELS",
     "STATUSES",
@@ -36,6 +37,18 @@ __all__ = [
     "Status",
 ]
 
+
+#: Request attributes added by issue 18; omitted from :meth:`GenerationRequest.parameters`
+#: (and so from request hashes) while unset.
+CONTROL_FIELDS = (
+    "style_preset",
+    "style_codes",
+    "color_palette",
+    "transparent",
+    "quality",
+    "size",
+    "enable_copyright_detection",
+)
 
 Status = Literal["stored", "unsafe", "rejected", "failed", "unknown"]
 #: ``unknown``: a request was sent but no answer was recorded before a crash, so it may have
@@ -63,6 +76,15 @@ class GenerationRequest:
     magic_prompt: str | None = None  # AUTO / ON / OFF
     seed: int | None = None
     tags: tuple[str, ...] = ()
+    # Issue 18's controls (canonical forms: ideogram/controls.py). Unset ones are left out
+    # of :meth:`parameters`, so requests written before they existed keep their hashes.
+    style_preset: str | None = None  # V_3: a StylePresetV3 name
+    style_codes: tuple[str, ...] | None = None  # V_3: upper-case 8-digit hex codes
+    color_palette: str | None = None  # V_3: "EMBER" or "#RRGGBB[:weight]|..."
+    transparent: bool | None = None  # True: the transparent-background endpoint
+    quality: str | None = None  # ideogram-4-5: LOW / MEDIUM / HIGH
+    size: str | None = None  # ideogram-4-5: "auto" or "WxH"
+    enable_copyright_detection: bool | None = None  # ideogram-4-5
 
     @property
     def is_legacy(self) -> bool:
@@ -73,6 +95,9 @@ class GenerationRequest:
         data = asdict(self)
         for key in ("row", "tags"):
             data.pop(key)
+        for key in CONTROL_FIELDS:
+            if data[key] is None:
+                del data[key]
         return data
 
     def request_hash(self) -> str:

@@ -8,6 +8,7 @@ way. The functions are public so a test can validate every body against Ideogram
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ideogram_pipeline.ideogram.capabilities import (
@@ -29,7 +30,11 @@ __all__ = [
     "v2_path",
     "v3_fields",
     "v3_multipart",
+    "v3_path",
 ]
+
+#: Request attributes that choose the endpoint rather than fill a body field.
+_ROUTING_FIELDS = frozenset({"model", "transparent"})
 
 V2_GENERATIONS_PATH = "/v2/generations"
 
@@ -52,7 +57,7 @@ def _wire_fields(request: GenerationRequest, route: Route) -> dict[str, Any]:
     refused = [
         name
         for name, value in parameters.items()
-        if value is not None and name != "model" and route.rule(name) is None
+        if value is not None and name not in _ROUTING_FIELDS and route.rule(name) is None
     ]
     if refused:
         raise ValueError(
@@ -70,10 +75,26 @@ def _wire_fields(request: GenerationRequest, route: Route) -> dict[str, Any]:
 
 
 def _v2_route(request: GenerationRequest) -> Route:
-    route = capability(request.model).v2_route
+    cap = capability(request.model)
+    route = cap.v2_transparent_route if request.transparent else cap.v2_route
     if route is None:
-        raise ValueError(f"model {request.model} has no v2 path")
+        kind = "transparent v2" if request.transparent else "v2"
+        raise ValueError(f"model {request.model} has no {kind} path")
     return route
+
+
+def _v3_route(request: GenerationRequest) -> Route:
+    """``generate``, or ``generate-transparent`` for a transparent row."""
+    cap = capability(V3_MODEL)
+    if request.transparent:
+        assert cap.transparent_route is not None
+        return cap.transparent_route
+    return cap.route
+
+
+def v3_path(request: GenerationRequest) -> str:
+    """The v1 path a non-legacy row is sent to."""
+    return _v3_route(request).path
 
 
 def v2_path(request: GenerationRequest) -> str:
@@ -87,12 +108,21 @@ def v2_body(request: GenerationRequest, *, asynchronous: bool = True) -> dict[st
 
 def v3_fields(request: GenerationRequest) -> dict[str, Any]:
     """Fields of ``GenerateImageRequestV3``; unset values are omitted, not sent empty."""
-    return _wire_fields(request, capability(V3_MODEL).route)
+    return _wire_fields(request, _v3_route(request))
 
 
 def v3_multipart(request: GenerationRequest) -> list[tuple[str, tuple[None, str]]]:
-    """The v3 fields as multipart/form-data parts (the endpoint's documented encoding)."""
-    return [(key, (None, str(value))) for key, value in v3_fields(request).items()]
+    """The v3 fields as multipart/form-data parts (the endpoint's documented encoding): a
+    list (``style_codes``) is one part per item, an object (``color_palette``) a JSON part."""
+    parts: list[tuple[str, tuple[None, str]]] = []
+    for key, value in v3_fields(request).items():
+        if isinstance(value, list):
+            parts += [(key, (None, str(item))) for item in value]
+        elif isinstance(value, dict):
+            parts.append((key, (None, json.dumps(value, separators=(",", ":")))))
+        else:
+            parts.append((key, (None, str(value))))
+    return parts
 
 
 def legacy_body(request: GenerationRequest) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from ideogram_pipeline.history.schema import RowState
 from ideogram_pipeline.ideogram.client import IdeogramClient
 from ideogram_pipeline.ideogram.errors import IdeogramError
 from ideogram_pipeline.ideogram.generation import GenerationRequest
-from ideogram_pipeline.ideogram.prices import price_per_image
+from ideogram_pipeline.ideogram.prices import has_priced_controls, request_price
 from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
 from ideogram_pipeline.runs.records import already_done
 
@@ -130,12 +130,12 @@ def estimate_cost(
         rows_to_send += 1
         images += row.num_images
         quote = unit_prices.get((row.model, row.rendering_speed))
-        if quote is not None:
+        if quote is not None and not has_priced_controls(row):
             by_model[row.model] += quote * row.num_images
             quoted[row.model] = None
             continue
         try:
-            by_model[row.model] += price_per_image(row.model, row.rendering_speed) * row.num_images
+            by_model[row.model] += request_price(row) * row.num_images
         except KeyError:
             unpriced[row.model] = None
     return CostEstimate(

@@ -37,7 +37,7 @@ from ideogram_pipeline.ideogram.generation import (
     GenerationResponse,
     RejectedRow,
 )
-from ideogram_pipeline.ideogram.prices import price_per_image
+from ideogram_pipeline.ideogram.prices import request_price
 from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
 from ideogram_pipeline.runs.ledger import Ledger, LedgerEntry, new_attempt_id
 from ideogram_pipeline.runs.pools import RunPools
@@ -324,7 +324,7 @@ class _BatchRun:
             is_safe=image.is_image_safe,
             original_url=image.url,
             # Billed once generated, even if unsafe or lost later.
-            cost_usd=price_per_image(request.model, request.rendering_speed),
+            cost_usd=request_price(request),
             attempts=response.attempts,
             latency_ms=latency_ms,
         )

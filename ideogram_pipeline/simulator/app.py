@@ -26,10 +26,21 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ideogram_pipeline.ideogram import spec
-from ideogram_pipeline.ideogram.capabilities import LEGACY_MODELS, V3_MODEL, capability
+from ideogram_pipeline.ideogram.capabilities import (
+    LEGACY_MODELS,
+    V3_MODEL,
+    V3_TRANSPARENT_SCHEMA,
+    capability,
+)
 from ideogram_pipeline.ideogram.prices import price_per_image
 from ideogram_pipeline.simulator.hooks import HostedImage, ImageHost
-from ideogram_pipeline.simulator.images import ImageKey, pixel_size, render_png
+from ideogram_pipeline.simulator.images import (
+    ImageKey,
+    is_transparent_model,
+    pixel_size,
+    render_png,
+    render_transparent_png,
+)
 from ideogram_pipeline.simulator.state import (
     SimulatorConfig,
     SimulatorStats,
@@ -175,6 +186,24 @@ class _SimulatedApi:
         if errors:
             return self._invalid("; ".join(errors))
         return await self._generate(request, body, "V_3", body, legacy=False)
+
+    async def generate_v3_transparent(self, request: Request) -> Response:
+        """``POST /v1/ideogram-v3/generate-transparent``: RGBA PNGs, billed as the
+        ``ideogram-3-transparent`` product."""
+        if (denied := self._check_key(request)) is not None:
+            return denied
+        try:
+            body = await _read_v3_body(request)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return self._invalid(f"body: could not parse the request: {exc}")
+        route = capability(V3_MODEL).transparent_route
+        assert route is not None
+        errors = spec.validate_v3_request(body, schema=V3_TRANSPARENT_SCHEMA) or (
+            route.wire_errors(body, V3_MODEL)
+        )
+        if errors:
+            return self._invalid("; ".join(errors))
+        return await self._generate(request, body, "ideogram-3-transparent", body, legacy=False)
 
     async def generate_legacy(self, request: Request) -> Response:
         if (denied := self._check_key(request)) is not None:
@@ -375,7 +404,8 @@ class _SimulatedApi:
                 self.stats.record_download(answer.status_code)
                 return answer
         width, height = pixel_size(key.resolution, self.config.image_scale)
-        data = render_png(key, width, height)
+        render = render_transparent_png if is_transparent_model(key.model) else render_png
+        data = render(key, width, height)
         if corrupt:
             self.images[image_id] = (key, expires, False)
             data = data[: len(data) // 2]
@@ -420,6 +450,11 @@ def build_app(
             Route("/v2/image/generate/{model}", v2.generate, methods=["POST"]),
             Route("/v2/generations/{generation_id}", v2.poll, methods=["GET"]),
             Route("/v1/ideogram-v3/generate", api.generate_v3, methods=["POST"]),
+            Route(
+                "/v1/ideogram-v3/generate-transparent",
+                api.generate_v3_transparent,
+                methods=["POST"],
+            ),
             Route("/generate", api.generate_legacy, methods=["POST"]),
             Route("/api/images/ephemeral/{image_id}.png", api.download, methods=["GET"]),
             Route("/sim/stats", api.stats_endpoint, methods=["GET"]),
