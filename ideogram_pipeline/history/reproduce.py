@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ideogram_pipeline.batches.files import Batch
 from ideogram_pipeline.history.tags import validate_tag
-from ideogram_pipeline.ideogram.generation import GenerationRequest
+from ideogram_pipeline.ideogram.generation import CONTROL_FIELDS, GenerationRequest
 from ideogram_pipeline.ideogram.prices import request_price
 from ideogram_pipeline.storage.keys import batch_key_for
 
@@ -110,9 +110,15 @@ class ReproduceResult:
 
 
 def _fetch(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]) -> list[dict[str, Any]]:
-    columns = ", ".join(f'"{name}"' for name in _SOURCE_COLUMNS)
-    cursor = con.execute(f"SELECT {columns} FROM generation_records WHERE {where}", params)
-    return [dict(zip(_SOURCE_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
+    # SELECT *: a table written before issue 18's control columns has none of them, and
+    # they then read as unset (``record.get``).
+    cursor = con.execute(f"SELECT * FROM generation_records WHERE {where}", params)
+    names = [column[0] for column in cursor.description or ()]
+    wanted = set(_SOURCE_COLUMNS) | set(CONTROL_FIELDS)
+    return [
+        {name: value for name, value in zip(names, row, strict=True) if name in wanted}
+        for row in cursor.fetchall()
+    ]
 
 
 def _original_request(record: dict[str, Any]) -> tuple[GenerationRequest, bool]:
@@ -127,7 +133,10 @@ def _original_request(record: dict[str, Any]) -> tuple[GenerationRequest, bool]:
         "rendering_speed": record["rendering_speed"],
         "magic_prompt": record["magic_prompt"],
         "seed": record["requested_seed"],
+        **{name: record.get(name) for name in CONTROL_FIELDS},
     }
+    if common["style_codes"] is not None:
+        common["style_codes"] = tuple(common["style_codes"])
     for style in dict.fromkeys([record["style_type"], None, "AUTO"]):
         for resolution in dict.fromkeys([record["resolution"], None]):
             candidate = GenerationRequest(**common, style_type=style, resolution=resolution)

@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from ideogram_pipeline.history.schema import GenerationRecord, RowState
-from ideogram_pipeline.ideogram.generation import GenerationRequest, RejectedRow, Status
+from ideogram_pipeline.ideogram.generation import (
+    CONTROL_FIELDS,
+    GenerationRequest,
+    RejectedRow,
+    Status,
+)
 
 __all__ = ["ExtraFields", "RecordMaker", "already_done"]
 
@@ -80,6 +85,7 @@ class RecordMaker:
                 seed=row.seed,
                 num_images=row.num_images,
                 request_hash=row.request_hash(),
+                **{name: getattr(row, name) for name in CONTROL_FIELDS},
             )
         columns.update(outcome)
         return GenerationRecord(status=status, **columns)
