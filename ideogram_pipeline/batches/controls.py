@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ideogram_pipeline.batches.fields import CellRejected, rule_for, show
-from ideogram_pipeline.ideogram import controls
+from ideogram_pipeline.ideogram import controls, references
 from ideogram_pipeline.ideogram.capabilities import MODELS, capability, models_taking
 
 __all__ = [
@@ -40,6 +40,7 @@ CONTROL_COLUMNS = (
     "quality",
     "size",
     "enable_copyright_detection",
+    *references.COLUMNS.values(),
 )
 
 _TRUE = ("TRUE", "YES", "ON", "1")
@@ -174,6 +175,13 @@ def parse_controls(
         raise CellRejected(
             "quality", f"quality and rendering_speed both set {model}'s quality; keep one"
         )
+    sources = parse_reference_sources(cell, model)
+    if codes and any(role == "style" for role, _text in sources):
+        # The spec: style_codes "cannot be used in conjunction with style_reference_images".
+        raise CellRejected(
+            "style_reference_images",
+            "style_codes and style_reference_images cannot be used together",
+        )
     transparent = parse_flag("transparent", cell("transparent")) or None
     values: dict[str, Any] = {
         "style_preset": parse_style_preset(cell("style_preset"), model),
@@ -185,8 +193,40 @@ def parse_controls(
         "enable_copyright_detection": _copyright(cell("enable_copyright_detection"), model),
     }
     if transparent:
-        _check_transparent(model, {"style_type": style_type, "resolution": resolution, **values})
+        named = {references.WIRE_NAMES[role]: text for role, text in sources}
+        _check_transparent(
+            model, {"style_type": style_type, "resolution": resolution, **values, **named}
+        )
+    if sources:
+        values["reference_sources"] = sources
     return values
+
+
+def parse_reference_sources(cell: Callable[[str], str], model: str) -> tuple[tuple[str, str], ...]:
+    """The reference columns as ``(role, text)`` pairs, in column order; the counts the
+    spec fixes are checked here, the files themselves when the batch runs
+    (:mod:`ideogram_pipeline.batches.references`)."""
+    found: dict[references.Role, list[str]] = {}
+    for role in references.ROLES:
+        column = references.COLUMNS[role]
+        parts = _split(cell(column))
+        if parts:
+            rule_for(references.WIRE_NAMES[role], model, column)
+            found[role] = parts
+    characters, masks = found.get("character", []), found.get("character_mask", [])
+    if len(characters) > references.MAX_CHARACTER_IMAGES:
+        raise CellRejected(
+            "character_reference_images",
+            f"names {len(characters)} images; Ideogram takes "
+            f"{references.MAX_CHARACTER_IMAGES} character reference today",
+        )
+    if masks and len(masks) != len(characters):
+        raise CellRejected(
+            "character_reference_mask",
+            f"names {len(masks)} mask(s) for {len(characters)} character reference image(s); "
+            "give one mask per character image",
+        )
+    return tuple((role, text) for role in references.ROLES for text in found.get(role, []))
 
 
 def _copyright(raw: str, model: str) -> bool | None:

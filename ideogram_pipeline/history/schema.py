@@ -129,6 +129,14 @@ class GenerationRecord:
     quality: str | None = field(default=None, metadata=_arrow(pa.string()))
     size: str | None = field(default=None, metadata=_arrow(pa.string()))
     enable_copyright_detection: bool | None = field(default=None, metadata=_arrow(pa.bool_()))
+    #: The request's reference images: SHA-256s of bytes stored under ``references/``, and
+    #: each one's role (style, character, character_mask), position by position.
+    reference_sha256s: tuple[str, ...] | None = field(
+        default=None, metadata=_arrow(pa.list_(pa.string()))
+    )
+    reference_roles: tuple[str, ...] | None = field(
+        default=None, metadata=_arrow(pa.list_(pa.string()))
+    )
     date: dt.date = field(metadata=_arrow(pa.date32()))
     batch: str = field(metadata=_arrow(pa.string()))
 
@@ -147,8 +155,9 @@ class GenerationRecord:
             values["date"] = dt.date.fromisoformat(values["date"])
         if values.get("tags") is not None:
             values["tags"] = tuple(values["tags"])
-        if values.get("style_codes") is not None:
-            values["style_codes"] = tuple(values["style_codes"])
+        for name in ("style_codes", "reference_sha256s", "reference_roles"):
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
         return cls(**values)
 
     def as_row(self) -> dict[str, Any]:

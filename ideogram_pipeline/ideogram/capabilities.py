@@ -105,6 +105,12 @@ FIELDS: tuple[FieldSource, ...] = (
     FieldSource("style_preset", v3="style_preset", legacy=None),
     FieldSource("style_codes", v3="style_codes", legacy=None),
     FieldSource("color_palette", v3="color_palette", legacy=None),
+    # Reference images: multipart file parts (ideogram/references.py), never JSON values.
+    FieldSource("style_reference_images", v3="style_reference_images", legacy=None),
+    FieldSource("character_reference_images", v3="character_reference_images", legacy=None),
+    FieldSource(
+        "character_reference_images_mask", v3="character_reference_images_mask", legacy=None
+    ),
 )
 
 

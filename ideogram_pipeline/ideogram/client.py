@@ -159,6 +159,9 @@ class IdeogramClient:
         self.limiter = InflightLimiter(max_inflight)
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
+        #: Reads a reference image's bytes by storage key (``references/<sha256>.<ext>``);
+        #: set by whoever owns the store, needed only by rows with reference images.
+        self.read_reference: Callable[[str], bytes] | None = None
         # When to first look for an async result, learnt per (model, speed) from completed
         # generations; every poll draws on one budget (polling.py).
         self._latency: dict[tuple[str, str | None], LatencyTracker] = {}
@@ -245,7 +248,7 @@ class IdeogramClient:
                         response = await self._http.post(LEGACY_PATH, json=legacy_body(request))
                     else:
                         response = await self._http.post(
-                            v3_path(request), files=v3_multipart(request)
+                            v3_path(request), files=v3_multipart(request, self.read_reference)
                         )
             if response.status_code != 200:
                 raise self._error(response)

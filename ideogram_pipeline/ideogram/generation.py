@@ -22,6 +22,7 @@ from ideogram_pipeline.ideogram.capabilities import (
     V2_ONLY_MODELS,
     V3_MODEL,
 )
+from ideogram_pipeline.ideogram.references import ReferenceImage
 
 __all__ = [
     "CONTROL_FIELDS",
@@ -48,6 +49,7 @@ CONTROL_FIELDS = (
     "quality",
     "size",
     "enable_copyright_detection",
+    "references",
 )
 
 Status = Literal["stored", "unsafe", "rejected", "failed", "unknown"]
@@ -85,6 +87,12 @@ class GenerationRequest:
     quality: str | None = None  # ideogram-4-5: LOW / MEDIUM / HIGH
     size: str | None = None  # ideogram-4-5: "auto" or "WxH"
     enable_copyright_detection: bool | None = None  # ideogram-4-5
+    #: Reference images, resolved: roles and SHA-256s of bytes in ``<root>/references/``.
+    references: tuple[ReferenceImage, ...] | None = None
+    #: Reference images as the batch named them, ``(role, text)``, until
+    #: :func:`ideogram_pipeline.batches.references.resolve_references` reads and stores
+    #: them; never part of :meth:`parameters` (the bytes are, through ``references``).
+    reference_sources: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_legacy(self) -> bool:
@@ -93,11 +101,14 @@ class GenerationRequest:
     def parameters(self) -> dict[str, Any]:
         """The fields that determine what Ideogram generates (no row number, no tags)."""
         data = asdict(self)
-        for key in ("row", "tags"):
+        for key in ("row", "tags", "reference_sources"):
             data.pop(key)
         for key in CONTROL_FIELDS:
             if data[key] is None:
                 del data[key]
+        if self.references:
+            # The bytes (and their role) are the request; the file ending is only storage.
+            data["references"] = [[image.role, image.sha256] for image in self.references]
         return data
 
     def request_hash(self) -> str:

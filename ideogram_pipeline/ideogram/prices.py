@@ -74,6 +74,9 @@ TRANSPARENT_PRICE_USD: dict[str, float] = {
 }
 
 
+V2_PRICE_USD["ideogram-3-character"] = CHARACTER_PRICE_BY_SPEED_USD
+
+
 def price_per_image(model: str, rendering_speed: str | None = None) -> float:
     """Price of one image; BALANCED is unpublished and billed here like DEFAULT.
 
@@ -107,4 +110,7 @@ def request_price(request: GenerationRequest) -> float:
 
 
 def _has_character(request: GenerationRequest) -> bool:
-    return bool(getattr(request, "character_reference_images", None))
+    """Resolved or not yet (an estimate reads the batch before its references are stored)."""
+    roles: list[str] = [image.role for image in request.references or ()]
+    roles += [role for role, _text in request.reference_sources]
+    return "character" in roles

@@ -9,6 +9,7 @@ way. The functions are public so a test can validate every body against Ideogram
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from ideogram_pipeline.ideogram.capabilities import (
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 #: Request attributes that choose the endpoint rather than fill a body field.
-_ROUTING_FIELDS = frozenset({"model", "transparent"})
+_ROUTING_FIELDS = frozenset({"model", "transparent", "references"})
 
 V2_GENERATIONS_PATH = "/v2/generations"
 
@@ -103,6 +104,8 @@ def v2_path(request: GenerationRequest) -> str:
 
 def v2_body(request: GenerationRequest, *, asynchronous: bool = True) -> dict[str, Any]:
     """The JSON body of ``POST /v2/image/generate/{model}``: lowercase enums, ``async``."""
+    if request.references:
+        raise ValueError(f"row {request.row}: reference images go as multipart to {V3_PATH}")
     return {**_wire_fields(request, _v2_route(request)), "async": asynchronous}
 
 
@@ -111,10 +114,18 @@ def v3_fields(request: GenerationRequest) -> dict[str, Any]:
     return _wire_fields(request, _v3_route(request))
 
 
-def v3_multipart(request: GenerationRequest) -> list[tuple[str, tuple[None, str]]]:
+#: One multipart part: ``(name, (filename, content[, media type]))``.
+Part = tuple[str, tuple[None, str] | tuple[str, bytes, str]]
+
+
+def v3_multipart(
+    request: GenerationRequest, read_reference: Callable[[str], bytes] | None = None
+) -> list[Part]:
     """The v3 fields as multipart/form-data parts (the endpoint's documented encoding): a
-    list (``style_codes``) is one part per item, an object (``color_palette``) a JSON part."""
-    parts: list[tuple[str, tuple[None, str]]] = []
+    list (``style_codes``) is one part per item, an object (``color_palette``) a JSON part,
+    and each reference image a file part whose bytes ``read_reference`` reads by storage
+    key (``references/<sha256>.<ext>``)."""
+    parts: list[Part] = []
     for key, value in v3_fields(request).items():
         if isinstance(value, list):
             parts += [(key, (None, str(item))) for item in value]
@@ -122,6 +133,12 @@ def v3_multipart(request: GenerationRequest) -> list[tuple[str, tuple[None, str]
             parts.append((key, (None, json.dumps(value, separators=(",", ":")))))
         else:
             parts.append((key, (None, str(value))))
+    for image in request.references or ():
+        if read_reference is None:
+            raise ValueError(f"row {request.row}: reference images but nothing to read them")
+        content = read_reference(image.key)
+        filename = f"{image.sha256}.{image.extension}"
+        parts.append((image.wire_name, (filename, content, image.media_type)))
     return parts
 
 

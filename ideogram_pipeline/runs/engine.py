@@ -159,8 +159,8 @@ class _BatchRun:
         """Asynchronous (v2) wherever the model has a v2 path and the mode allows it."""
         if request.model in V2_ONLY_MODELS:
             return "async" if self.api_mode == "async" else "sync-v2"
-        if request.model in V2_MODEL_PATHS and self.api_mode == "async":
-            return "async"
+        if request.model in V2_MODEL_PATHS and self.api_mode == "async" and not request.references:
+            return "async"  # reference images are multipart file parts: v1 only
         return "sync"
 
     async def _ledger(self, write: Callable[..., None], *args: Any) -> None:
