@@ -255,3 +255,17 @@ def test_reproduce_refuses_when_a_reference_is_no_longer_stored(tmp_path: Path) 
     located = _with_reference_keys(request, store)
     assert located.references is not None and located.references[0].extension == "webp"
     assert located.request_hash() == request.request_hash()
+
+
+def test_a_model_override_rechecks_reference_and_control_columns(tmp_path: Path) -> None:
+    from ideogram_pipeline.batches.overrides import RunOverrides, apply_overrides
+
+    text = "prompt,style_reference_images,color_palette\na,s.png,\nb,,EMBER\nc,,\n"
+    batch = parse_batch(text.encode(), source=str(tmp_path / "o.csv"), key="o")
+    refs, palette, plain = apply_overrides(batch, RunOverrides(model="V_2")).rows
+    assert isinstance(refs, RejectedRow) and refs.field == "style_reference_images"
+    assert "V_2 does not take" in refs.reason and "(model overridden to V_2)" in refs.reason
+    assert isinstance(palette, RejectedRow) and palette.field == "color_palette"
+    assert isinstance(plain, GenerationRequest) and plain.model == "V_2"
+    kept = apply_overrides(batch, RunOverrides(rendering_speed="TURBO")).rows[0]
+    assert isinstance(kept, GenerationRequest) and kept.reference_sources == (("style", "s.png"),)
