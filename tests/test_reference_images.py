@@ -269,3 +269,56 @@ def test_a_model_override_rechecks_reference_and_control_columns(tmp_path: Path)
     assert isinstance(plain, GenerationRequest) and plain.model == "V_2"
     kept = apply_overrides(batch, RunOverrides(rendering_speed="TURBO")).rows[0]
     assert isinstance(kept, GenerationRequest) and kept.reference_sources == (("style", "s.png"),)
+
+
+@pytest.mark.slow
+def test_a_stored_image_as_reference_then_search_and_inspect(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    """An image the pipeline made, named by its record id, becomes the next batch's
+    character; ``search --reference`` finds what was made from it, by id or by hash, and the
+    PNG's metadata chunk names it."""
+    import json
+
+    from click.testing import CliRunner
+
+    from ideogram_pipeline.cli import main
+    from ideogram_pipeline.images.png_metadata import read_metadata
+
+    env = {
+        "IDEOGRAM_STORAGE": str(tmp_path / "root"),
+        "IDEOGRAM_API_KEY": simulator.api_key,
+        "IDEOGRAM_BASE_URL": simulator.base_url,
+    }
+    settings = load_settings(env)
+    store = open_store(settings)
+    first = parse_batch(b"prompt,seed\nOur mascot Pip,5\n", source=str(tmp_path / "a.csv"))
+    execute_batch(first, settings, store=store)
+    con = history.connect(settings, store)
+    try:
+        [(pip_id, pip_sha)] = con.execute("SELECT id, sha256 FROM generations").fetchall()
+    finally:
+        con.close()
+    text = f"prompt,seed,character_reference_images\nPip surfing,6,{pip_id[:10]}\nA plain sea,7,\n"
+    second = parse_batch(text.encode(), source=str(tmp_path / "b.csv"), key="b")
+    summary = execute_batch(second, settings, store=store)
+    assert summary.stored == 2
+    runner = CliRunner(env=env)
+    for value in (pip_id[:10], pip_sha, pip_sha[:12]):
+        found = runner.invoke(main, ["search", "--reference", value, "--format", "json"])
+        assert found.exit_code == 0, found.output
+        rows = json.loads(found.output)
+        assert [row["prompt"] for row in rows] == ["Pip surfing"], (value, rows)
+    bad = runner.invoke(main, ["search", "--reference", "not-hex"])
+    assert bad.exit_code != 0 and "neither a SHA-256" in bad.output
+    con = history.connect(settings, store)
+    try:
+        [(key,)] = con.execute(
+            "SELECT image_key FROM generations WHERE prompt = 'Pip surfing'"
+        ).fetchall()
+    finally:
+        con.close()
+    embedded = read_metadata(store.get_bytes(key))
+    assert embedded["record"]["reference_sha256s"] == [pip_sha]
+    assert embedded["record"]["reference_roles"] == ["character"]
+    assert f"References: character {pip_sha[:12]}" in embedded["parameters"]
