@@ -240,3 +240,40 @@ def test_a_batch_of_every_control_runs_on_the_simulator(
         assert png.mode == "RGBA"
         assert png.getpixel((0, 0))[3] == 0  # a corner is transparent
         assert png.getpixel((png.width // 2, png.height // 2))[3] == 255
+
+
+def test_dry_run_quotes_price_each_quality_tier(tmp_path: Path) -> None:
+    """The cost guard asks Ideogram (here the simulator) for 4.5's tiers as tiers, and keeps
+    the table's price for what a quote cannot name (a transparent row)."""
+    import asyncio
+
+    from ideogram_pipeline.ideogram.client import IdeogramClient
+    from ideogram_pipeline.runs.cost_guard import estimate_cost, quote_unit_prices
+
+    batch = parse_batch(
+        "\n".join(
+            [
+                HEADER,
+                "a,ideogram-4-5,,,,,low,,,,,",
+                "b,ideogram-4-5,,,,,medium,,,,,",
+                "c,ideogram-4-5,,,,,,,,,,QUALITY",
+                "d,V_3,,,,true,,,,,,",
+            ]
+        ).encode(),
+        source=str(tmp_path / "q.csv"),
+    )
+    with running_simulator(SimulatorConfig(latency_s=0)) as sim:
+
+        async def go() -> dict[tuple[str, str | None], float]:
+            async with IdeogramClient(sim.base_url, sim.api_key) as client:
+                return await quote_unit_prices(client, batch.requests)
+
+        quotes = asyncio.run(go())
+        assert sim.stats.billed_images == 0
+    assert quotes == {
+        ("ideogram-4-5", "LOW"): 0.03,
+        ("ideogram-4-5", "MEDIUM"): 0.06,
+        ("ideogram-4-5", "QUALITY"): 0.10,
+    }
+    estimate = estimate_cost(batch, {}, unit_prices=quotes)
+    assert estimate.usd == pytest.approx(0.03 + 0.06 + 0.10 + 0.07)

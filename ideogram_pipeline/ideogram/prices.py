@@ -19,6 +19,7 @@ __all__ = [
     "TRANSPARENT_PRICE_USD",
     "has_priced_controls",
     "price_per_image",
+    "quote_key",
     "request_price",
 ]
 
@@ -92,8 +93,14 @@ def price_per_image(model: str, rendering_speed: str | None = None) -> float:
 
 
 def has_priced_controls(request: GenerationRequest) -> bool:
-    """Whether a control changes the product billed, so a (model, speed) quote misprices it."""
-    return bool(request.transparent or request.quality or _has_character(request))
+    """Whether a control changes the product billed beyond what :func:`quote_key` names
+    (transparency, a character reference), so a quote of that key misprices it."""
+    return bool(request.transparent or _has_character(request))
+
+
+def quote_key(request: GenerationRequest) -> tuple[str, str | None]:
+    """What a v2 ``dry_run`` quote depends on: the model and its speed or 4.5 quality tier."""
+    return request.model, request.quality or request.rendering_speed
 
 
 def request_price(request: GenerationRequest) -> float:
