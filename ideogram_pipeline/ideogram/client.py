@@ -247,9 +247,13 @@ class IdeogramClient:
                     if request.is_legacy:
                         response = await self._http.post(LEGACY_PATH, json=legacy_body(request))
                     else:
-                        response = await self._http.post(
-                            v3_path(request), files=v3_multipart(request, self.read_reference)
-                        )
+                        if request.references:  # stored bytes: read off the event loop
+                            parts = await asyncio.to_thread(
+                                v3_multipart, request, self.read_reference
+                            )
+                        else:
+                            parts = v3_multipart(request)
+                        response = await self._http.post(v3_path(request), files=parts)
             if response.status_code != 200:
                 raise self._error(response)
             return GenerationResponse.from_api(response.json())
