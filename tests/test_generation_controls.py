@@ -235,6 +235,20 @@ def test_a_batch_of_every_control_runs_on_the_simulator(
     assert (costs[1], costs[3]) == (0.09, 0.07)
     # 4.5 at medium quality, then at its default (high); the plain V_3 rows at DEFAULT.
     assert (costs[4], costs[5]) == ((0.06, 0.10) if api_mode == "async" else (0.06, 0.06))
+    # The usage report breaks cost down by product.
+    from ideogram_pipeline.reports.usage import build_report
+    from ideogram_pipeline.storage import open_store
+
+    settings = load_settings()
+    report = build_report(settings, open_store(settings))
+    by_product = report.by_dimension["product"].set_index("key")["cost_usd"].round(4).to_dict()
+    # Rows 1-2 (V_3 with a palette: 0.09 at QUALITY, 0.06), 3 transparent, 4-5: 4.5 at
+    # medium and at its default (async) or plain V_3 rows (sync).
+    if api_mode == "async":
+        expected = {"standard": 0.25, "transparent background": 0.07, "4.5 quality medium": 0.06}
+    else:
+        expected = {"standard": 0.27, "transparent background": 0.07}
+    assert {k: v for k, v in by_product.items() if v} == expected
     transparent_uri = next(uri for row, _s, _c, uri in found if row == 3)
     with Image.open(io.BytesIO(Path(transparent_uri.removeprefix("file://")).read_bytes())) as png:
         assert png.mode == "RGBA"
