@@ -258,3 +258,12 @@ def test_run_takes_an_xls_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert result.exit_code == 0, result.output
     assert "batch catalogue: 2 rows" in result.output
     assert "rejected" in result.output
+
+
+def test_a_workbook_that_makes_the_reader_panic_fails_with_one_message(tmp_path: Path) -> None:
+    """tests/data/damaged.xls: an xlwt workbook with a few bytes flipped, which makes the Rust
+    reader panic (pyo3's PanicException is a BaseException): still one BatchFileError."""
+    damaged = Path(__file__).parent / "data" / "damaged.xls"
+    with pytest.raises(BatchFileError) as error:
+        load_batch(damaged)
+    assert "not a readable spreadsheet (XLS container, but: slice index" in str(error.value)

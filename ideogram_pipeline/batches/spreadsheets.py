@@ -22,9 +22,10 @@ from __future__ import annotations
 import datetime as dt
 import io
 import zipfile
+from collections.abc import Sequence
 from typing import Literal
 
-from python_calamine import CalamineError, CalamineWorkbook
+from python_calamine import CalamineWorkbook
 
 __all__ = [
     "BATCH_SUFFIXES",
@@ -109,16 +110,27 @@ def read_first_sheet(data: bytes, suffix: str) -> list[list[str]]:
             f"{looks}; save it from the spreadsheet program as .xlsx, or name it .csv"
         )
     try:
-        workbook = CalamineWorkbook.from_filelike(io.BytesIO(data))
-        if not workbook.sheet_names:
-            raise SpreadsheetError("the workbook has no sheets")
-        rows = workbook.get_sheet_by_index(0).to_python(skip_empty_area=False)
-    except CalamineError as exc:
+        rows = _first_sheet(data)
+    except SpreadsheetError:
+        raise
+    except BaseException as exc:
+        # A damaged workbook can make the Rust reader panic: pyo3 raises PanicException, a
+        # BaseException, which must become this one clear message, not a crashed sensor.
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SpreadsheetError(
-            f"not a readable spreadsheet ({kind.upper()} container, but: {exc}); open it in "
-            "the spreadsheet program and save it again as .xlsx"
+            f"not a readable spreadsheet ({kind.upper()} container, but: {problem}); open it "
+            "in the spreadsheet program and save it again as .xlsx"
         ) from exc
     return [[cell_text(value) for value in row] for row in rows]
+
+
+def _first_sheet(data: bytes) -> Sequence[Sequence[object]]:
+    workbook = CalamineWorkbook.from_filelike(io.BytesIO(data))
+    if not workbook.sheet_names:
+        raise SpreadsheetError("the workbook has no sheets")
+    return workbook.get_sheet_by_index(0).to_python(skip_empty_area=False)
 
 
 def _looks_like_text(data: bytes) -> bool:
