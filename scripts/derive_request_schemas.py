@@ -37,6 +37,8 @@ DEFAULT_OUT = PROJECT_ROOT / "ideogram_pipeline" / "ideogram" / "request_schemas
 #: Schemas the pipeline needs; everything they reference is copied too.
 ROOTS = (
     "GenerateImageRequestV3",
+    # Issue 18: transparent backgrounds (POST /v1/ideogram-v3/generate-transparent).
+    "GenerateTransparentImageRequestV3",
     "GenerateImageRequest",
     "ImageRequest",
     # Response shapes, so the simulator (and its tests) can prove it answers like the spec.

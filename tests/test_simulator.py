@@ -113,7 +113,12 @@ def test_v3_multipart_matches_json(client: httpx.Client) -> None:
     fields = {"prompt": unique("a red fox"), "seed": "99", "num_images": "2", "magic_prompt": "ON"}
     fields |= {"resolution": "1280x800", "style_type": "DESIGN"}
     parts = [(name, (None, value)) for name, value in fields.items()]
-    parts.append(("style_reference_images", ("ref.png", b"\x89PNG fake", "image/png")))
+    # Reference images are checked like Ideogram does (issue 18): a fake PNG is refused.
+    fake = [*parts, ("style_reference_images", ("ref.png", b"\x89PNG fake", "image/png"))]
+    refused = client.post(V3, files=fake)
+    assert refused.status_code == 400 and "is not PNG, JPEG or WebP" in refused.text
+    reference = render_png(ImageKey(model="V_3", prompt="ref", seed=1, resolution="64x64"), 16, 16)
+    parts.append(("style_reference_images", ("ref.png", reference, "image/png")))
     multipart = client.post(V3, files=parts)
     assert multipart.status_code == 200, multipart.text
     from_json = generate(client, **{**fields, "seed": 99, "num_images": 2})

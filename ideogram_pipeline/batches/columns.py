@@ -4,7 +4,9 @@ Two sets are understood, in one parser:
 
 - **native**: ``prompt`` (required), ``negative_prompt``, ``model``, ``style_type``,
   ``aspect_ratio``, ``resolution``, ``rendering_speed``, ``magic_prompt``, ``seed``,
-  ``num_images``, ``tags`` (``|``-separated);
+  ``num_images``, ``tags`` (``|``-separated), and the controls ``style_preset``,
+  ``style_codes``, ``color_palette``, ``transparent``, ``quality``, ``size``,
+  ``enable_copyright_detection``;
 - **ideogram-ui**: the batch CSV of Ideogram's web UI (``prompt``, ``visibility``,
   ``aspect_ratio`` as ``16:9``, ``magic_prompt`` on/off, ``model`` 3.0/2.0/2a/1.0,
   ``num_images``, ``seed_number``, ``rendering`` default/turbo/quality,
@@ -39,6 +41,14 @@ NATIVE_COLUMNS = (
     "seed",
     "num_images",
     "tags",
+    # Issue 18's controls (batches/controls.py).
+    "style_preset",
+    "style_codes",
+    "color_palette",
+    "transparent",
+    "quality",
+    "size",
+    "enable_copyright_detection",
 )
 IDEOGRAM_UI_COLUMNS = (
     "prompt",

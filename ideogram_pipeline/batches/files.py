@@ -1,7 +1,8 @@
-"""Reading a CSV batch file into rows: the whole-file part of batch validation.
+"""Reading a batch file into rows: the whole-file part of batch validation.
 
-A batch file is a CSV with a header, in one of the column sets of
-:mod:`ideogram_pipeline.batches.columns`. Each data row is validated by
+A batch file is a CSV with a header, or an Excel workbook (``.xlsx``/``.xls``, first sheet,
+read by :mod:`ideogram_pipeline.batches.spreadsheets`) laid out the same way, in one of the
+column sets of :mod:`ideogram_pipeline.batches.columns`. Each data row is validated by
 :mod:`ideogram_pipeline.batches.rows`.
 
 Two kinds of failure are kept apart on purpose. A file that cannot be a batch at all (not
@@ -34,6 +35,12 @@ from ideogram_pipeline.batches.columns import (
     normalise_name,
 )
 from ideogram_pipeline.batches.rows import validate_row
+from ideogram_pipeline.batches.spreadsheets import (
+    SPREADSHEET_SUFFIXES,
+    SpreadsheetError,
+    read_first_sheet,
+    sniff,
+)
 from ideogram_pipeline.ideogram.generation import GenerationRequest, RejectedRow
 from ideogram_pipeline.storage.keys import batch_key_for
 
@@ -55,7 +62,7 @@ class BatchFileError(ValueError):
 
 @dataclass(frozen=True)
 class Batch:
-    """One parsed CSV file: every data row, valid or not, in file order.
+    """One parsed batch file: every data row, valid or not, in file order.
 
     ``content_sha256`` hashes the raw bytes, so an edited file is a new run and an unchanged
     one is recognised (the sensor keys runs on it).
@@ -79,8 +86,8 @@ class Batch:
 
 
 def load_batch(path: str | os.PathLike[str], key: str | None = None) -> Batch:
-    """Read and validate the CSV at ``path``; the batch key defaults to the file's stem,
-    escaped by :func:`~ideogram_pipeline.storage.keys.batch_key_for`.
+    """Read and validate the batch file (CSV, XLSX or XLS) at ``path``; the batch key
+    defaults to the file's stem, escaped by :func:`~ideogram_pipeline.storage.keys.batch_key_for`.
 
     Raises :class:`BatchFileError` when the file cannot be a batch; ``OSError`` (missing
     file, permissions) is left alone because it is an I/O problem, not a content one.
@@ -92,11 +99,14 @@ def load_batch(path: str | os.PathLike[str], key: str | None = None) -> Batch:
 
 
 def parse_batch(data: bytes, *, source: str = "<bytes>", key: str = "batch") -> Batch:
-    """Parse CSV bytes into a :class:`Batch`; ``source`` only labels error messages."""
+    """Parse a batch file's bytes into a :class:`Batch`.
+
+    ``source`` labels error messages, and its ending chooses the reader: ``.xlsx``/``.xls``
+    are read as workbooks, anything else as CSV.
+    """
     if not key:
         raise ValueError("batch key must not be empty")
-    text = _decode(data, source)
-    header, body = _split_header(text, source)
+    header, body = _records(data, source)
     columns = _column_index(header, source)
     if "prompt" not in columns:
         # repr() exposes invisible characters such as a zero-width space in "prompt\u200b".
@@ -120,6 +130,30 @@ def parse_batch(data: bytes, *, source: str = "<bytes>", key: str = "batch") -> 
 
 
 # -- whole-file reading ---------------------------------------------------------------------
+
+
+def _records(data: bytes, source: str) -> tuple[list[str], list[list[str]]]:
+    """The header and the records after it, from a workbook or from CSV text."""
+    suffix = Path(source).suffix.lower()
+    if suffix in SPREADSHEET_SUFFIXES:
+        try:
+            records = read_first_sheet(data, suffix)
+        except SpreadsheetError as exc:
+            raise BatchFileError(f"{source}: {exc}") from exc
+        start = next((i for i, rec in enumerate(records) if any(c.strip() for c in rec)), None)
+        if start is None:
+            raise BatchFileError(
+                f"{source}: the first sheet is empty (expected a header with a 'prompt' column)"
+            )
+        return records[start], records[start + 1 :]
+    kind = sniff(data)
+    if kind in ("xlsx", "xls"):
+        named = suffix or "CSV"
+        raise BatchFileError(
+            f"{source}: looks like an {kind.upper()} workbook saved as {named}; name the file "
+            f".{kind} (Excel batches are read as they are) or save it as 'CSV UTF-8'"
+        )
+    return _split_header(_decode(data, source), source)
 
 
 def _decode(data: bytes, source: str) -> str:

@@ -36,6 +36,7 @@ from ideogram_pipeline.ideogram.capabilities import (
     models_taking,
 )
 from ideogram_pipeline.ideogram.generation import GenerationRequest, RejectedRow
+from ideogram_pipeline.ideogram.references import COLUMNS as REFERENCE_COLUMNS
 
 __all__ = [
     "ModelChoice",
@@ -127,7 +128,17 @@ def _cells(request: GenerationRequest) -> dict[str, str]:
         "magic_prompt": request.magic_prompt,
         "seed": request.seed,
         "num_images": request.num_images,
+        "style_preset": request.style_preset,
+        "style_codes": "|".join(request.style_codes) if request.style_codes else None,
+        "color_palette": request.color_palette,
+        "transparent": request.transparent,
+        "quality": request.quality,
+        "size": request.size,
+        "enable_copyright_detection": request.enable_copyright_detection,
     }
+    for role, column in REFERENCE_COLUMNS.items():
+        named = [text for source_role, text in request.reference_sources if source_role == role]
+        values[column] = "|".join(named) or None
     return {name: "" if value is None else str(value) for name, value in values.items()}
 
 

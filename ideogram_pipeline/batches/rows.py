@@ -11,9 +11,9 @@ capability table.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from ideogram_pipeline.batches import fields
+from ideogram_pipeline.batches import controls, fields
 from ideogram_pipeline.batches.fields import CellRejected
 from ideogram_pipeline.ideogram.capabilities import EXCLUSIVE_FIELDS
 from ideogram_pipeline.ideogram.generation import GenerationRequest, RejectedRow
@@ -130,6 +130,17 @@ def _request(
     style_type = problems.check(lambda: fields.parse_style_type(cell("style_type"), model), None)
     if negative_prompt:
         problems.check(lambda: fields.rule_for("negative_prompt", model), None)
+    no_controls: dict[str, Any] = {}
+    extra = problems.check(
+        lambda: controls.parse_controls(
+            cell,
+            model,
+            style_type=style_type,
+            rendering_speed=rendering_speed,
+            resolution=resolution,
+        ),
+        no_controls,
+    )
     if problems.found:
         return None
     return GenerationRequest(
@@ -145,4 +156,5 @@ def _request(
         magic_prompt=magic_prompt,
         seed=seed,
         tags=tags,
+        **extra,
     )

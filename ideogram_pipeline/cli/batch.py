@@ -113,7 +113,9 @@ def run_csv(csv: Path, batch: str | None, config: dict[str, Any] | None = None) 
 
 @main.command()
 @click.argument("csv", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--batch", help="Batch key (default: the CSV file name without .csv).")
+@click.option(
+    "--batch", help="Batch key (default: the file name without its .csv, .xlsx or .xls ending)."
+)
 @click.option(
     "--max-cost",
     type=click.FloatRange(min=0),

@@ -22,6 +22,11 @@ from ideogram_pipeline.ideogram.generation import STATUSES
 @click.option("--tag", "tags", multiple=True, help="Has this tag (repeat: has all of them).")
 @click.option("--batch", help="Batch key.")
 @click.option(
+    "--reference",
+    metavar="SHA|ID",
+    help="Made from this reference image: its SHA-256 (12+ digits) or a stored record's id.",
+)
+@click.option(
     "--status",
     "statuses",
     multiple=True,
@@ -42,6 +47,7 @@ def search(
     aspect_ratio: str | None,
     tags: tuple[str, ...],
     batch: str | None,
+    reference: str | None,
     statuses: tuple[str, ...],
     since: str | None,
     until: str | None,
@@ -78,6 +84,7 @@ def search(
             aspect_ratio=aspect_ratio,
             tags=tags,
             batch=batch,
+            reference=reference,
             statuses=statuses,
             since=parse_when(since, name="--since") if since else None,
             until=parse_when(until, name="--until") if until else None,

@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 from ideogram_pipeline.batches.files import Batch
 from ideogram_pipeline.history.tags import validate_tag
-from ideogram_pipeline.ideogram.generation import GenerationRequest
-from ideogram_pipeline.ideogram.prices import price_per_image
+from ideogram_pipeline.ideogram.generation import CONTROL_FIELDS, GenerationRequest
+from ideogram_pipeline.ideogram.prices import request_price
+from ideogram_pipeline.ideogram.references import ReferenceImage
 from ideogram_pipeline.storage.keys import batch_key_for
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class PlannedRequest:
 
     @property
     def cost_usd(self) -> float:
-        price = price_per_image(self.request.model, self.request.rendering_speed)
+        price = request_price(self.request)
         return price * self.request.num_images
 
 
@@ -110,9 +111,46 @@ class ReproduceResult:
 
 
 def _fetch(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]) -> list[dict[str, Any]]:
-    columns = ", ".join(f'"{name}"' for name in _SOURCE_COLUMNS)
-    cursor = con.execute(f"SELECT {columns} FROM generation_records WHERE {where}", params)
-    return [dict(zip(_SOURCE_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
+    # SELECT *: a table written before issue 18's control columns has none of them, and
+    # they then read as unset (``record.get``).
+    cursor = con.execute(f"SELECT * FROM generation_records WHERE {where}", params)
+    names = [column[0] for column in cursor.description or ()]
+    wanted = {*_SOURCE_COLUMNS, *CONTROL_FIELDS, "reference_sha256s", "reference_roles"}
+    return [
+        {name: value for name, value in zip(names, row, strict=True) if name in wanted}
+        for row in cursor.fetchall()
+    ]
+
+
+def _recorded_references(record: dict[str, Any]) -> tuple[ReferenceImage, ...] | None:
+    """The record's reference images; their file endings are found in the store later
+    (:func:`_with_reference_keys`), as the request hash does not depend on them."""
+    hashes, roles = record.get("reference_sha256s"), record.get("reference_roles")
+    if not hashes or not roles:
+        return None
+    return tuple(
+        ReferenceImage(role, sha256, "") for role, sha256 in zip(roles, hashes, strict=True)
+    )
+
+
+def _with_reference_keys(request: GenerationRequest, store: ObjectStore) -> GenerationRequest:
+    """``request`` with each reference image's stored file ending; a reference that is no
+    longer stored cannot be sent again byte for byte, so it stops the reproduction."""
+    if not request.references:
+        return request
+    located = []
+    for image in request.references:
+        for extension in ("png", "jpg", "webp"):
+            candidate = replace(image, extension=extension)
+            if store.head(candidate.key) is not None:
+                located.append(candidate)
+                break
+        else:
+            raise ReproduceError(
+                f"reference image {image.sha256[:12]} ({image.role}) is no longer stored "
+                "under references/; it cannot be sent again"
+            )
+    return replace(request, references=tuple(located))
 
 
 def _original_request(record: dict[str, Any]) -> tuple[GenerationRequest, bool]:
@@ -127,7 +165,11 @@ def _original_request(record: dict[str, Any]) -> tuple[GenerationRequest, bool]:
         "rendering_speed": record["rendering_speed"],
         "magic_prompt": record["magic_prompt"],
         "seed": record["requested_seed"],
+        **{name: record.get(name) for name in CONTROL_FIELDS if name != "references"},
+        "references": _recorded_references(record),
     }
+    if common["style_codes"] is not None:
+        common["style_codes"] = tuple(common["style_codes"])
     for style in dict.fromkeys([record["style_type"], None, "AUTO"]):
         for resolution in dict.fromkeys([record["resolution"], None]):
             candidate = GenerationRequest(**common, style_type=style, resolution=resolution)
@@ -237,7 +279,7 @@ def reproduce(
         key=key,
         source=f"reproduce:{label}",
         content_sha256=digest,
-        rows=tuple(item.request for item in planned),
+        rows=tuple(_with_reference_keys(item.request, store) for item in planned),
         format="native",
     )
     summary = execute_batch(batch, settings, store=store, force=True, extra_fields=extra)

@@ -117,6 +117,26 @@ class GenerationRecord:
     event: str = field(default="generate", metadata=_arrow(pa.string()))
     #: When this version was written (None: filled in by the writer).
     recorded_at: dt.datetime | None = field(default=None, metadata=_arrow(_UTC_MICROS))
+    # Issue 18's generation controls, as the request carried them (canonical forms). All
+    # nullable: a table written before them gains them at its end (``HistoryTables``
+    # evolves it; columns are matched by name) and its old rows read as unset.
+    style_preset: str | None = field(default=None, metadata=_arrow(pa.string()))
+    style_codes: tuple[str, ...] | None = field(
+        default=None, metadata=_arrow(pa.list_(pa.string()))
+    )
+    color_palette: str | None = field(default=None, metadata=_arrow(pa.string()))
+    transparent: bool | None = field(default=None, metadata=_arrow(pa.bool_()))
+    quality: str | None = field(default=None, metadata=_arrow(pa.string()))
+    size: str | None = field(default=None, metadata=_arrow(pa.string()))
+    enable_copyright_detection: bool | None = field(default=None, metadata=_arrow(pa.bool_()))
+    #: The request's reference images: SHA-256s of bytes stored under ``references/``, and
+    #: each one's role (style, character, character_mask), position by position.
+    reference_sha256s: tuple[str, ...] | None = field(
+        default=None, metadata=_arrow(pa.list_(pa.string()))
+    )
+    reference_roles: tuple[str, ...] | None = field(
+        default=None, metadata=_arrow(pa.list_(pa.string()))
+    )
     date: dt.date = field(metadata=_arrow(pa.date32()))
     batch: str = field(metadata=_arrow(pa.string()))
 
@@ -135,6 +155,9 @@ class GenerationRecord:
             values["date"] = dt.date.fromisoformat(values["date"])
         if values.get("tags") is not None:
             values["tags"] = tuple(values["tags"])
+        for name in ("style_codes", "reference_sha256s", "reference_roles"):
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
         return cls(**values)
 
     def as_row(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from ideogram_pipeline.history.record_ids import MIN_ID_PREFIX
 from ideogram_pipeline.ideogram.generation import MODELS, STATUSES
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ RESULT_COLUMNS = (
     "stored_uri",
 )
 _WORD_EDGE = r"[^\pL\pN_]"
+_REFERENCE = re.compile(rf"[0-9a-f]{{{MIN_ID_PREFIX},64}}")
 _RATIO = re.compile(r"^\s*(\d{1,5})\s*[x:X×]\s*(\d{1,5})\s*$")
 
 
@@ -77,6 +79,9 @@ class SearchFilters:
     include_expanded: bool = False
     all_runs: bool = False
     limit: int | None = 50
+    #: Made from this reference image: its SHA-256 (or 12+ leading digits), or the id (or a
+    #: prefix) of the stored record whose image was the reference.
+    reference: str | None = None
 
 
 def parse_terms(text: str) -> list[str]:
@@ -209,6 +214,21 @@ def build_query(filters: SearchFilters) -> tuple[str, list[Any]]:
             where.append("created_at < ?")
             params.append(_start(filters.until) + timedelta(days=1))
     view = view_searched(filters)
+    if filters.reference:
+        value = filters.reference.strip().lower()
+        if not _REFERENCE.fullmatch(value):
+            raise SearchError(
+                f"reference: {filters.reference!r} is neither a SHA-256 (12 or more hex "
+                f"digits) nor a record id (at least {MIN_ID_PREFIX} hex digits)"
+            )
+        # Either the reference's own hash, or that of the stored image a record id names.
+        where.append(
+            "EXISTS (SELECT 1 FROM (SELECT unnest(reference_sha256s) AS h) AS r "
+            "WHERE (length(?) >= 12 AND starts_with(r.h, ?)) OR r.h IN ("
+            f"SELECT src.sha256 FROM {view} AS src "
+            "WHERE starts_with(src.id, ?) AND src.sha256 IS NOT NULL))"
+        )
+        params.extend([value, value, value])
     columns = ", ".join(f'"{name}"' for name in RESULT_COLUMNS)
     condition = " WHERE " + " AND ".join(where) if where else ""
     order = ' ORDER BY created_at DESC, batch, "row", image_index, id'
@@ -229,7 +249,14 @@ def build_query(filters: SearchFilters) -> tuple[str, list[Any]]:
 
 def search(con: duckdb.DuckDBPyConnection, filters: SearchFilters) -> list[dict[str, Any]]:
     """Matching records, newest first, as dicts of :data:`RESULT_COLUMNS`."""
+    import duckdb
+
     sql, params = build_query(filters)
-    cursor = con.execute(sql, params)
+    try:
+        cursor = con.execute(sql, params)
+    except duckdb.BinderException:
+        if filters.reference:
+            return []  # a history written before reference images: none was made from one
+        raise
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

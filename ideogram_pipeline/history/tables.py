@@ -20,6 +20,7 @@ cleanup and batch run lose no update.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -170,10 +171,31 @@ class HistoryTables:
         from deltalake.exceptions import TableNotFoundError
 
         try:
-            return DeltaTable(self.uri(name), storage_options=self.options)
+            table = DeltaTable(self.uri(name), storage_options=self.options)
         except TableNotFoundError:
             self._create(name)
             return DeltaTable(self.uri(name), storage_options=self.options)
+        return self._evolved(name, table)
+
+    def _evolved(self, name: str, table: Any) -> Any:
+        """``table`` with every column of :data:`TABLE_SCHEMA` it lacks added (nullable).
+
+        A table written before a column existed (issue 18's controls) gains it here, on a
+        writer's first use, so MERGE and append see one schema; old rows read as null.
+        """
+        from deltalake import DeltaTable, Schema
+        from deltalake.exceptions import CommitFailedError, DeltaError
+
+        if name == USAGE:
+            return table
+        present = set(table.schema().to_arrow().names)
+        missing = [f for f in TABLE_SCHEMA if f.name not in present]
+        if not missing:
+            return table
+        # Another writer may evolve it first: the reload below sees its columns.
+        with contextlib.suppress(CommitFailedError, DeltaError):
+            table.alter.add_columns(Schema.from_arrow(pa.schema(missing)).fields)
+        return DeltaTable(self.uri(name), storage_options=self.options)
 
     def _create(self, name: str) -> None:
         from deltalake import DeltaTable

@@ -161,6 +161,8 @@ def read_rows(
     ``batches``, when the caller knows them, prunes the scan to those partitions (at a
     million records: 50 ms instead of 2 s).
     """
+    import pyarrow as pa
+
     from ideogram_pipeline.history.schema import TABLE_SCHEMA
 
     con = connect(settings, views=(name,))
@@ -171,6 +173,9 @@ def read_rows(
         ).fetch_arrow_table()
     finally:
         con.close()
+    # A table written before a column existed has none: it reads as null (writers evolve it).
+    for missing in (f for f in TABLE_SCHEMA if f.name not in table.schema.names):
+        table = table.append_column(missing, pa.nulls(table.num_rows, missing.type))
     return table.select(TABLE_SCHEMA.names).cast(TABLE_SCHEMA)
 
 

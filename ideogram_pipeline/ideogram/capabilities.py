@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
-from ideogram_pipeline.ideogram import spec
+from ideogram_pipeline.ideogram import controls, spec
 
 __all__ = [
     "CAPABILITIES",
@@ -45,6 +45,7 @@ __all__ = [
     "V2_ROUTES",
     "V3_MODEL",
     "V3_PATH",
+    "V3_TRANSPARENT_PATH",
     "FieldRule",
     "FieldSource",
     "ModelCapability",
@@ -59,6 +60,10 @@ RuleKind = Literal["text", "integer", "choice", "boolean", "structured"]
 
 V3_MODEL = "V_3"
 V3_PATH = "/v1/ideogram-v3/generate"
+#: Ideogram 3.0 with a transparent background (issue 18's ``transparent`` column).
+V3_TRANSPARENT_PATH = "/v1/ideogram-v3/generate-transparent"
+V3_TRANSPARENT_SCHEMA = "GenerateTransparentImageRequestV3"
+V2_TRANSPARENT = "ideogram-3-transparent"
 LEGACY_PATH = "/generate"
 V2_PATH_PREFIX = "/v2/image/generate/"
 
@@ -96,6 +101,16 @@ FIELDS: tuple[FieldSource, ...] = (
     FieldSource("magic_prompt", v3="magic_prompt", legacy="magic_prompt_option"),
     FieldSource("style_type", v3="style_type", legacy="style_type"),
     FieldSource("negative_prompt", v3="negative_prompt", legacy="negative_prompt"),
+    # Issue 18: Ideogram 3.0's consistency controls (structured forms: ideogram/controls.py).
+    FieldSource("style_preset", v3="style_preset", legacy=None),
+    FieldSource("style_codes", v3="style_codes", legacy=None),
+    FieldSource("color_palette", v3="color_palette", legacy=None),
+    # Reference images: multipart file parts (ideogram/references.py), never JSON values.
+    FieldSource("style_reference_images", v3="style_reference_images", legacy=None),
+    FieldSource("character_reference_images", v3="character_reference_images", legacy=None),
+    FieldSource(
+        "character_reference_images_mask", v3="character_reference_images_mask", legacy=None
+    ),
 )
 
 
@@ -126,6 +141,8 @@ class FieldRule:
     def to_wire(self, value: Any) -> Any:
         """``value`` (canonical) as this endpoint spells it. A value outside the table is
         sent as given, so the endpoint (or a test's schema check) refuses it by name."""
+        if self.kind == "structured":
+            return controls.structured_to_wire(self.name, value)
         if self.kind != "choice":
             return value
         return dict(self.choices).get(str(value), value)
@@ -133,6 +150,9 @@ class FieldRule:
     def wire_error(self, value: Any) -> str | None:
         """Why ``value``, as the endpoint received it, is refused; ``None`` when it is fine."""
         where = self.wire_name
+        if self.kind == "structured":
+            problem = controls.structured_wire_error(self.name, value)
+            return None if problem is None else f"{where}: {problem}"
         if self.kind == "choice" and value not in self.wire_choices:
             shown = ", ".join(self.wire_choices[:12])
             more = ", ..." if len(self.wire_choices) > 12 else ""
@@ -203,6 +223,9 @@ class ModelCapability:
     model: str
     route: Route
     v2_route: Route | None = None
+    #: The transparent-background endpoint, synchronous and v2, when the model has one.
+    transparent_route: Route | None = None
+    v2_transparent_route: Route | None = None
 
     def rule(self, name: str) -> FieldRule | None:
         return self.route.rule(name)
@@ -257,6 +280,19 @@ def _v3_route() -> Route:
     return Route("v3", V3_PATH, rules, extras)
 
 
+def _transparent_route() -> Route:
+    """``POST /v1/ideogram-v3/generate-transparent``: the 3.0 fields its schema declares."""
+    declared = set(_schema_properties(V3_TRANSPARENT_SCHEMA))
+    mapped = {source.v3 for source in FIELDS}
+    rules = tuple(
+        _schema_rule(s.name, V3_TRANSPARENT_SCHEMA, s.v3)
+        for s in FIELDS
+        if s.v3 is not None and s.v3 in declared
+    )
+    extras = tuple(name for name in _schema_properties(V3_TRANSPARENT_SCHEMA) if name not in mapped)
+    return Route("v3", V3_TRANSPARENT_PATH, rules, extras)
+
+
 def _legacy_route(model: str) -> Route:
     """``POST /generate`` for one model: the ``ImageRequest`` fields minus those the spec's
     prose reserves for other models."""
@@ -299,6 +335,8 @@ _IDEOGRAM_4_2K_SIZES = ("2048x2048", "2048x1152", "1152x2048")
 #: 4.5's ``quality`` for our speeds (notes §1 "4.5 details"); DEFAULT leaves it out, so 4.5's
 #: own default (high, without images) applies, which is how prices.py bills it.
 _IDEOGRAM_4_5_QUALITY: dict[str, str | None] = {"TURBO": "low", "DEFAULT": None, "QUALITY": "high"}
+#: 4.5's own ``quality`` column (notes §1 "4.5 details"; ``very_low`` needs source images).
+_IDEOGRAM_4_5_QUALITY_TIERS = ("LOW", "MEDIUM", "HIGH")
 
 
 def _v2_routes(v3: Route) -> dict[str, tuple[FieldRule, ...]]:
@@ -348,7 +386,14 @@ def _v2_routes(v3: Route) -> dict[str, tuple[FieldRule, ...]]:
                 "v2 notes §1 4.5 details: quality",
                 *("low", "medium", "high"),
             ),
-            FieldRule("size", "size", "text", source="v2 notes §1 4.5 details"),
+            _v2_choice(
+                "quality",
+                "quality",
+                {tier: tier.lower() for tier in _IDEOGRAM_4_5_QUALITY_TIERS},
+                "v2 notes §1 4.5 details: quality",
+                *("low", "medium", "high"),
+            ),
+            FieldRule("size", "size", "structured", source="v2 notes §1 4.5 details: size"),
             FieldRule(
                 "enable_copyright_detection",
                 "enable_copyright_detection",
@@ -361,11 +406,20 @@ def _v2_routes(v3: Route) -> dict[str, tuple[FieldRule, ...]]:
 
 def _build() -> tuple[dict[str, ModelCapability], dict[str, Route]]:
     v3 = _v3_route()
-    v2 = {
-        path: Route("v2", f"{V2_PATH_PREFIX}{path}", rules)
-        for path, rules in _v2_routes(v3).items()
+    transparent = _transparent_route()
+    v2_rules = _v2_routes(v3)
+    # v2 notes §1 "Model paths": ideogram-3-transparent, the 3.0 transparent fields, async.
+    v2_rules[V2_TRANSPARENT] = (
+        *(
+            _lowered(r, "v2 notes §1 model paths: ideogram-3-transparent")
+            for r in transparent.rules
+        ),
+        FieldRule("async", "async", "boolean", source="v2 notes §1 shared fields"),
+    )
+    v2 = {path: Route("v2", f"{V2_PATH_PREFIX}{path}", rules) for path, rules in v2_rules.items()}
+    table = {
+        V3_MODEL: ModelCapability(V3_MODEL, v3, v2["ideogram-3"], transparent, v2[V2_TRANSPARENT])
     }
-    table = {V3_MODEL: ModelCapability(V3_MODEL, v3, v2["ideogram-3"])}
     for path in ("ideogram-4", "ideogram-4-5"):
         table[path] = ModelCapability(path, v2[path], v2[path])
     # V_3 has its own endpoint and AUTO lets Ideogram pick (so no price is known): neither is

@@ -38,11 +38,11 @@ from ideogram_pipeline.ideogram.polling import (
 from ideogram_pipeline.ideogram.requests import (
     LEGACY_PATH,
     V2_GENERATIONS_PATH,
-    V3_PATH,
     legacy_body,
     v2_body,
     v2_path,
     v3_multipart,
+    v3_path,
 )
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy
 
@@ -159,6 +159,9 @@ class IdeogramClient:
         self.limiter = InflightLimiter(max_inflight)
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
+        #: Reads a reference image's bytes by storage key (``references/<sha256>.<ext>``);
+        #: set by whoever owns the store, needed only by rows with reference images.
+        self.read_reference: Callable[[str], bytes] | None = None
         # When to first look for an async result, learnt per (model, speed) from completed
         # generations; every poll draws on one budget (polling.py).
         self._latency: dict[tuple[str, str | None], LatencyTracker] = {}
@@ -244,7 +247,13 @@ class IdeogramClient:
                     if request.is_legacy:
                         response = await self._http.post(LEGACY_PATH, json=legacy_body(request))
                     else:
-                        response = await self._http.post(V3_PATH, files=v3_multipart(request))
+                        if request.references:  # stored bytes: read off the event loop
+                            parts = await asyncio.to_thread(
+                                v3_multipart, request, self.read_reference
+                            )
+                        else:
+                            parts = v3_multipart(request)
+                        response = await self._http.post(v3_path(request), files=parts)
             if response.status_code != 200:
                 raise self._error(response)
             return GenerationResponse.from_api(response.json())

@@ -22,8 +22,10 @@ from ideogram_pipeline.ideogram.capabilities import (
     V2_ONLY_MODELS,
     V3_MODEL,
 )
+from ideogram_pipeline.ideogram.references import ReferenceImage
 
 __all__ = [
+    "CONTROL_FIELDS",
     "LEGACY_MODELS",
     "MODELS",
     "STATUSES",
@@ -36,6 +38,19 @@ __all__ = [
     "Status",
 ]
 
+
+#: Request attributes added by issue 18; omitted from :meth:`GenerationRequest.parameters`
+#: (and so from request hashes) while unset.
+CONTROL_FIELDS = (
+    "style_preset",
+    "style_codes",
+    "color_palette",
+    "transparent",
+    "quality",
+    "size",
+    "enable_copyright_detection",
+    "references",
+)
 
 Status = Literal["stored", "unsafe", "rejected", "failed", "unknown"]
 #: ``unknown``: a request was sent but no answer was recorded before a crash, so it may have
@@ -63,6 +78,21 @@ class GenerationRequest:
     magic_prompt: str | None = None  # AUTO / ON / OFF
     seed: int | None = None
     tags: tuple[str, ...] = ()
+    # Issue 18's controls (canonical forms: ideogram/controls.py). Unset ones are left out
+    # of :meth:`parameters`, so requests written before they existed keep their hashes.
+    style_preset: str | None = None  # V_3: a StylePresetV3 name
+    style_codes: tuple[str, ...] | None = None  # V_3: upper-case 8-digit hex codes
+    color_palette: str | None = None  # V_3: "EMBER" or "#RRGGBB[:weight]|..."
+    transparent: bool | None = None  # True: the transparent-background endpoint
+    quality: str | None = None  # ideogram-4-5: LOW / MEDIUM / HIGH
+    size: str | None = None  # ideogram-4-5: "auto" or "WxH"
+    enable_copyright_detection: bool | None = None  # ideogram-4-5
+    #: Reference images, resolved: roles and SHA-256s of bytes in ``<root>/references/``.
+    references: tuple[ReferenceImage, ...] | None = None
+    #: Reference images as the batch named them, ``(role, text)``, until
+    #: :func:`ideogram_pipeline.batches.references.resolve_references` reads and stores
+    #: them; never part of :meth:`parameters` (the bytes are, through ``references``).
+    reference_sources: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_legacy(self) -> bool:
@@ -71,8 +101,14 @@ class GenerationRequest:
     def parameters(self) -> dict[str, Any]:
         """The fields that determine what Ideogram generates (no row number, no tags)."""
         data = asdict(self)
-        for key in ("row", "tags"):
+        for key in ("row", "tags", "reference_sources"):
             data.pop(key)
+        for key in CONTROL_FIELDS:
+            if data[key] is None:
+                del data[key]
+        if self.references:
+            # The bytes (and their role) are the request; the file ending is only storage.
+            data["references"] = [[image.role, image.sha256] for image in self.references]
         return data
 
     def request_hash(self) -> str:

@@ -8,6 +8,8 @@ way. The functions are public so a test can validate every body against Ideogram
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 
 from ideogram_pipeline.ideogram.capabilities import (
@@ -29,7 +31,11 @@ __all__ = [
     "v2_path",
     "v3_fields",
     "v3_multipart",
+    "v3_path",
 ]
+
+#: Request attributes that choose the endpoint rather than fill a body field.
+_ROUTING_FIELDS = frozenset({"model", "transparent", "references"})
 
 V2_GENERATIONS_PATH = "/v2/generations"
 
@@ -52,7 +58,7 @@ def _wire_fields(request: GenerationRequest, route: Route) -> dict[str, Any]:
     refused = [
         name
         for name, value in parameters.items()
-        if value is not None and name != "model" and route.rule(name) is None
+        if value is not None and name not in _ROUTING_FIELDS and route.rule(name) is None
     ]
     if refused:
         raise ValueError(
@@ -70,10 +76,26 @@ def _wire_fields(request: GenerationRequest, route: Route) -> dict[str, Any]:
 
 
 def _v2_route(request: GenerationRequest) -> Route:
-    route = capability(request.model).v2_route
+    cap = capability(request.model)
+    route = cap.v2_transparent_route if request.transparent else cap.v2_route
     if route is None:
-        raise ValueError(f"model {request.model} has no v2 path")
+        kind = "transparent v2" if request.transparent else "v2"
+        raise ValueError(f"model {request.model} has no {kind} path")
     return route
+
+
+def _v3_route(request: GenerationRequest) -> Route:
+    """``generate``, or ``generate-transparent`` for a transparent row."""
+    cap = capability(V3_MODEL)
+    if request.transparent:
+        assert cap.transparent_route is not None
+        return cap.transparent_route
+    return cap.route
+
+
+def v3_path(request: GenerationRequest) -> str:
+    """The v1 path a non-legacy row is sent to."""
+    return _v3_route(request).path
 
 
 def v2_path(request: GenerationRequest) -> str:
@@ -82,17 +104,42 @@ def v2_path(request: GenerationRequest) -> str:
 
 def v2_body(request: GenerationRequest, *, asynchronous: bool = True) -> dict[str, Any]:
     """The JSON body of ``POST /v2/image/generate/{model}``: lowercase enums, ``async``."""
+    if request.references:
+        raise ValueError(f"row {request.row}: reference images go as multipart to {V3_PATH}")
     return {**_wire_fields(request, _v2_route(request)), "async": asynchronous}
 
 
 def v3_fields(request: GenerationRequest) -> dict[str, Any]:
     """Fields of ``GenerateImageRequestV3``; unset values are omitted, not sent empty."""
-    return _wire_fields(request, capability(V3_MODEL).route)
+    return _wire_fields(request, _v3_route(request))
 
 
-def v3_multipart(request: GenerationRequest) -> list[tuple[str, tuple[None, str]]]:
-    """The v3 fields as multipart/form-data parts (the endpoint's documented encoding)."""
-    return [(key, (None, str(value))) for key, value in v3_fields(request).items()]
+#: One multipart part: ``(name, (filename, content[, media type]))``.
+Part = tuple[str, tuple[None, str] | tuple[str, bytes, str]]
+
+
+def v3_multipart(
+    request: GenerationRequest, read_reference: Callable[[str], bytes] | None = None
+) -> list[Part]:
+    """The v3 fields as multipart/form-data parts (the endpoint's documented encoding): a
+    list (``style_codes``) is one part per item, an object (``color_palette``) a JSON part,
+    and each reference image a file part whose bytes ``read_reference`` reads by storage
+    key (``references/<sha256>.<ext>``)."""
+    parts: list[Part] = []
+    for key, value in v3_fields(request).items():
+        if isinstance(value, list):
+            parts += [(key, (None, str(item))) for item in value]
+        elif isinstance(value, dict):
+            parts.append((key, (None, json.dumps(value, separators=(",", ":")))))
+        else:
+            parts.append((key, (None, str(value))))
+    for image in request.references or ():
+        if read_reference is None:
+            raise ValueError(f"row {request.row}: reference images but nothing to read them")
+        content = read_reference(image.key)
+        filename = f"{image.sha256}.{image.extension}"
+        parts.append((image.wire_name, (filename, content, image.media_type)))
+    return parts
 
 
 def legacy_body(request: GenerationRequest) -> dict[str, Any]:

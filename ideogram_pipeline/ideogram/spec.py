@@ -132,15 +132,19 @@ def _cross_field_errors(body: Mapping[str, Any], prefix: str = "") -> list[str]:
     ]
 
 
-def validate_v3_request(body: Any, *, allow_unknown: bool = False) -> list[str]:
+def validate_v3_request(
+    body: Any, *, allow_unknown: bool = False, schema: str = "GenerateImageRequestV3"
+) -> list[str]:
     """Errors for a ``POST /v1/ideogram-v3/generate`` body; an empty list means valid.
 
-    Each error starts with the field path, so callers can name the field to a user.
+    ``schema`` names another 3.0 request schema with the same encoding (issue 18:
+    ``GenerateTransparentImageRequestV3``). Each error starts with the field path, so
+    callers can name the field to a user.
     """
-    errors = _schema_errors("GenerateImageRequestV3", body)
+    errors = _schema_errors(schema, body)
     if isinstance(body, Mapping):
         if not allow_unknown:
-            errors += _unknown_fields(body, "GenerateImageRequestV3")
+            errors += _unknown_fields(body, schema)
         errors += _cross_field_errors(body)
     return errors
 

@@ -71,6 +71,16 @@ RECORD_FIELDS = (
     "generation_id",
     "reproduced_from",
     "simulated",
+    # Issue 18's controls and reference images (4.5's ``size`` stays in the history: this
+    # chunk's ``size`` is the image's resolution).
+    "style_preset",
+    "style_codes",
+    "color_palette",
+    "transparent",
+    "quality",
+    "enable_copyright_detection",
+    "reference_sha256s",
+    "reference_roles",
 )
 
 
@@ -156,6 +166,12 @@ def parameters_text(record: Mapping[str, Any], batch: str | None = None) -> str:
         ("Style", record.get("style_type")),
         ("Rendering speed", record.get("rendering_speed")),
         ("Magic prompt", record.get("magic_prompt")),
+        ("Style preset", record.get("style_preset")),
+        ("Style codes", "|".join(record.get("style_codes") or ()) or None),
+        ("Color palette", record.get("color_palette")),
+        ("Transparent", record.get("transparent") or None),
+        ("Quality", record.get("quality")),
+        ("References", _references_text(record)),
         ("Batch", batch if batch is not None else record.get("batch")),
         ("Row", record.get("row")),
         ("Record", record.get("id")),
@@ -163,6 +179,14 @@ def parameters_text(record: Mapping[str, Any], batch: str | None = None) -> str:
     ]
     lines.append(", ".join(f"{key}: {_format_value(v)}" for key, v in pairs if v not in (None, "")))
     return "\n".join(lines)
+
+
+def _references_text(record: Mapping[str, Any]) -> str | None:
+    """``style 3f9c2a7be104|character 0a1b...``: each reference image's role and hash."""
+    hashes, roles = record.get("reference_sha256s"), record.get("reference_roles")
+    if not hashes or not roles:
+        return None
+    return "|".join(f"{role} {sha[:12]}" for role, sha in zip(roles, hashes, strict=True))
 
 
 def _record_json(record: Mapping[str, Any], batch: str | None) -> str:

@@ -30,6 +30,7 @@ TITLES = {
     "rendering_speed": "By rendering speed",
     "style": "By style",
     "batch": "By batch",
+    "product": "By product (transparent, character reference, 4.5 quality tier)",
 }
 
 

@@ -41,7 +41,17 @@ DIMENSIONS = {
     "rendering_speed": "rendering_speed",
     "style": "style_type",
     "batch": "batch",
+    "product": "product",
 }
+#: What a record was billed as (issue 18's controls change the product, prices.py).
+_PRODUCT_SQL = (
+    "CASE WHEN transparent THEN 'transparent background' "
+    "WHEN list_contains(reference_roles, 'character') THEN 'character reference' "
+    "WHEN quality IS NOT NULL THEN '4.5 quality ' || lower(quality) "
+    "WHEN reference_roles IS NOT NULL THEN 'style reference' "
+    "ELSE 'standard' END"
+)
+_PRODUCT_COLUMNS = {"transparent", "reference_roles", "quality"}
 _USAGE_COLUMNS = (
     "id, date, batch, created_at, model, rendering_speed, style_type, status, error, "
     "cost_usd, size_bytes, latency_ms, simulated"
@@ -57,12 +67,16 @@ _WINDOW = "date BETWEEN $since AND $until"
 def connect_usage(settings: Settings, store: ObjectStore) -> duckdb.DuckDBPyConnection:
     """The history connection plus the ``usage_rollup`` table and the ``usage`` view."""
     con = history.connect(settings, store, views=(RECORDS, GENERATIONS, USAGE))
+    described = con.execute("SELECT * FROM generation_records LIMIT 0").description or ()
+    # A history written before the controls has no such columns: every record is standard.
+    has_controls = {column[0] for column in described} >= _PRODUCT_COLUMNS
+    product = _PRODUCT_SQL if has_controls else "'standard'"
     con.execute(
-        f"CREATE OR REPLACE VIEW usage AS SELECT {_USAGE_COLUMNS}, "
+        f"CREATE OR REPLACE VIEW usage AS SELECT {_USAGE_COLUMNS}, {product} AS product, "
         "NULL::TIMESTAMPTZ AS deleted_at FROM generation_records "
         "WHERE coalesce(event, 'generate') = 'generate' "
         "QUALIFY row_number() OVER (PARTITION BY id ORDER BY recorded_at DESC) = 1 "
-        f"UNION ALL SELECT {_USAGE_COLUMNS}, deleted_at FROM usage_rollup "
+        f"UNION ALL SELECT {_USAGE_COLUMNS}, NULL AS product, deleted_at FROM usage_rollup "
         "WHERE id NOT IN (SELECT id FROM generation_records WHERE id IS NOT NULL)"
     )
     return con

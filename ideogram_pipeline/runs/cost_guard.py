@@ -28,7 +28,7 @@ from ideogram_pipeline.history.schema import RowState
 from ideogram_pipeline.ideogram.client import IdeogramClient
 from ideogram_pipeline.ideogram.errors import IdeogramError
 from ideogram_pipeline.ideogram.generation import GenerationRequest
-from ideogram_pipeline.ideogram.prices import price_per_image
+from ideogram_pipeline.ideogram.prices import has_priced_controls, quote_key, request_price
 from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
 from ideogram_pipeline.runs.records import already_done
 
@@ -129,13 +129,13 @@ def estimate_cost(
             continue
         rows_to_send += 1
         images += row.num_images
-        quote = unit_prices.get((row.model, row.rendering_speed))
-        if quote is not None:
+        quote = unit_prices.get(quote_key(row))
+        if quote is not None and not has_priced_controls(row):
             by_model[row.model] += quote * row.num_images
             quoted[row.model] = None
             continue
         try:
-            by_model[row.model] += price_per_image(row.model, row.rendering_speed) * row.num_images
+            by_model[row.model] += request_price(row) * row.num_images
         except KeyError:
             unpriced[row.model] = None
     return CostEstimate(
@@ -160,9 +160,21 @@ async def quote_unit_prices(
     Only models on the v2 API can be quoted; a quote that fails leaves the table's price.
     """
     prices: dict[tuple[str, str | None], float] = {}
-    kinds = {(r.model, r.rendering_speed) for r in requests if r.model in V2_MODEL_PATHS}
+    kinds = {
+        quote_key(r)
+        for r in requests
+        if r.model in V2_MODEL_PATHS and not has_priced_controls(r) and not r.references
+    }
     for model, speed in sorted(kinds, key=str):
-        probe = GenerationRequest(row=0, prompt="price quote", model=model, rendering_speed=speed)
+        # 4.5's quality tiers are quoted as themselves (issue 18), speeds as speeds.
+        tier = speed if speed in ("LOW", "MEDIUM", "HIGH") else None
+        probe = GenerationRequest(
+            row=0,
+            prompt="price quote",
+            model=model,
+            rendering_speed=None if tier else speed,
+            quality=tier,
+        )
         try:
             prices[(model, speed)] = await client.quote_usd(probe)
         except IdeogramError:

@@ -37,7 +37,7 @@ from ideogram_pipeline.ideogram.generation import (
     GenerationResponse,
     RejectedRow,
 )
-from ideogram_pipeline.ideogram.prices import price_per_image
+from ideogram_pipeline.ideogram.prices import request_price
 from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
 from ideogram_pipeline.runs.ledger import Ledger, LedgerEntry, new_attempt_id
 from ideogram_pipeline.runs.pools import RunPools
@@ -159,8 +159,8 @@ class _BatchRun:
         """Asynchronous (v2) wherever the model has a v2 path and the mode allows it."""
         if request.model in V2_ONLY_MODELS:
             return "async" if self.api_mode == "async" else "sync-v2"
-        if request.model in V2_MODEL_PATHS and self.api_mode == "async":
-            return "async"
+        if request.model in V2_MODEL_PATHS and self.api_mode == "async" and not request.references:
+            return "async"  # reference images are multipart file parts: v1 only
         return "sync"
 
     async def _ledger(self, write: Callable[..., None], *args: Any) -> None:
@@ -324,7 +324,7 @@ class _BatchRun:
             is_safe=image.is_image_safe,
             original_url=image.url,
             # Billed once generated, even if unsafe or lost later.
-            cost_usd=price_per_image(request.model, request.rendering_speed),
+            cost_usd=request_price(request),
             attempts=response.attempts,
             latency_ms=latency_ms,
         )

@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from ideogram_pipeline.history.schema import GenerationRecord, RowState
-from ideogram_pipeline.ideogram.generation import GenerationRequest, RejectedRow, Status
+from ideogram_pipeline.ideogram.generation import (
+    CONTROL_FIELDS,
+    GenerationRequest,
+    RejectedRow,
+    Status,
+)
 
 __all__ = ["ExtraFields", "RecordMaker", "already_done", "state_for_run"]
 
@@ -80,6 +85,9 @@ class RecordMaker:
                 seed=row.seed,
                 num_images=row.num_images,
                 request_hash=row.request_hash(),
+                **{name: getattr(row, name) for name in CONTROL_FIELDS if name != "references"},
+                reference_sha256s=_reference_column(row, "sha256"),
+                reference_roles=_reference_column(row, "role"),
             )
         columns.update(outcome)
         return GenerationRecord(status=status, **columns)
@@ -129,3 +137,10 @@ def already_done(row: GenerationRequest | RejectedRow, previous: Mapping[int, Ro
         and bool(before.statuses & {"stored", "unsafe"})
         and len(before.indexes or (0,)) >= row.num_images
     )
+
+
+def _reference_column(request: GenerationRequest, attribute: str) -> tuple[str, ...] | None:
+    """One attribute of each of the request's reference images, in order (None: none)."""
+    if not request.references:
+        return None
+    return tuple(str(getattr(image, attribute)) for image in request.references)

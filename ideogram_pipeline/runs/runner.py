@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ideogram_pipeline import history
 from ideogram_pipeline.batches.files import Batch, load_batch
+from ideogram_pipeline.batches.references import resolve_references
 from ideogram_pipeline.history.duplicates import existing_images
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import POLL_RATE_PER_S, IdeogramClient
@@ -125,6 +126,8 @@ def execute_batch(
     """
     store = store or open_store(settings)
     store.preflight()
+    # Reference images are read, checked and stored before anything is sent (issue 18).
+    batch = resolve_references(batch, settings, store)
     previous, simulated_rows = state_for_run(
         history.batch_state(settings, store, batch.key), simulated=settings.simulated
     )
@@ -147,6 +150,7 @@ def execute_batch(
                 poll_rate_per_s=POLL_RATE_PER_S / settings.concurrent_batches,
                 url_policy=UrlPolicy.from_settings(settings, endpoint.base_url),
             ) as client:
+                client.read_reference = store.get_bytes
                 # Ideogram's free dry-run quotes replace table prices when a limit is set
                 # or only an estimate is wanted.
                 guarded = dry_run or max_cost_usd is not None

@@ -26,10 +26,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ideogram_pipeline.ideogram import spec
-from ideogram_pipeline.ideogram.capabilities import LEGACY_MODELS, V3_MODEL, capability
+from ideogram_pipeline.ideogram.capabilities import (
+    LEGACY_MODELS,
+    V3_MODEL,
+    V3_TRANSPARENT_SCHEMA,
+    capability,
+)
 from ideogram_pipeline.ideogram.prices import price_per_image
+from ideogram_pipeline.ideogram.references import WIRE_NAMES, limit_errors
 from ideogram_pipeline.simulator.hooks import HostedImage, ImageHost
-from ideogram_pipeline.simulator.images import ImageKey, pixel_size, render_png
+from ideogram_pipeline.simulator.images import (
+    ImageKey,
+    is_transparent_model,
+    pixel_size,
+    render_png,
+    render_transparent_png,
+)
 from ideogram_pipeline.simulator.state import (
     SimulatorConfig,
     SimulatorStats,
@@ -96,11 +108,13 @@ def magic_prompt(prompt: str, option: str | None) -> str:
     return f"{prompt.rstrip(' .')}. {_EXPANSIONS[_hash_text(prompt) % len(_EXPANSIONS)]}"
 
 
-def _parse_multipart(body: bytes, content_type: str) -> dict[str, str | list[str]]:
+def _parse_multipart(
+    body: bytes, content_type: str, files: dict[str, list[bytes]] | None = None
+) -> dict[str, str | list[str]]:
     """Form fields of a multipart body (stdlib parser, so no python-multipart dependency).
 
-    File parts (style reference images) become a short placeholder string: the simulator
-    only needs to know they were sent.
+    File parts (reference images) become a short placeholder string for the schema check;
+    their bytes go to ``files`` by field name, for the reference limits.
     """
     head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
     message = BytesParser(policy=HTTP).parsebytes(head + body)
@@ -114,7 +128,10 @@ def _parse_multipart(body: bytes, content_type: str) -> dict[str, str | list[str
         payload = part.get_payload(decode=True)
         data = payload if isinstance(payload, bytes) else b""
         filename = part.get_filename()
-        value = f"<file {filename} {len(data)} bytes>" if filename else data.decode("utf-8")
+        digest = hashlib.sha256(data).hexdigest()
+        value = f"<file {filename} sha256 {digest}>" if filename else data.decode("utf-8")
+        if filename and files is not None:
+            files.setdefault(name, []).append(data)
         previous = form.get(name)
         if previous is None:
             form[name] = value
@@ -123,14 +140,16 @@ def _parse_multipart(body: bytes, content_type: str) -> dict[str, str | list[str
     return form
 
 
-async def _read_v3_body(request: Request) -> dict[str, Any]:
+async def _read_v3_body(
+    request: Request, files: dict[str, list[bytes]] | None = None
+) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "")
     body = await request.body()
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "application/json":
         return json.loads(body)  # type: ignore[no-any-return]
     if media == "multipart/form-data":
-        return spec.coerce_multipart_fields(_parse_multipart(body, content_type))
+        return spec.coerce_multipart_fields(_parse_multipart(body, content_type, files))
     if media == "application/x-www-form-urlencoded":
         fields = parse_qs(body.decode("utf-8"), keep_blank_values=True)
         form = {k: v[0] if len(v) == 1 else v for k, v in fields.items()}
@@ -163,18 +182,42 @@ class _SimulatedApi:
     async def generate_v3(self, request: Request) -> Response:
         if (denied := self._check_key(request)) is not None:
             return denied
+        files: dict[str, list[bytes]] = {}
+        try:
+            body = await _read_v3_body(request, files)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return self._invalid(f"body: could not parse the request: {exc}")
+        # The schema checks types and structure; the capability table adds what the spec
+        # says only in prose (the prompt limit, the reference image limits), so the
+        # client's rules are the ones enforced.
+        errors = (
+            spec.validate_v3_request(body)
+            or capability(V3_MODEL).route.wire_errors(body, V3_MODEL)
+            or _reference_errors(body, files)
+        )
+        if errors:
+            return self._invalid("; ".join(errors))
+        # A character reference is another product, billed at its own price (prices.py).
+        product = "ideogram-3-character" if files.get(WIRE_NAMES["character"]) else "V_3"
+        return await self._generate(request, body, product, body, legacy=False)
+
+    async def generate_v3_transparent(self, request: Request) -> Response:
+        """``POST /v1/ideogram-v3/generate-transparent``: RGBA PNGs, billed as the
+        ``ideogram-3-transparent`` product."""
+        if (denied := self._check_key(request)) is not None:
+            return denied
         try:
             body = await _read_v3_body(request)
         except (ValueError, UnicodeDecodeError) as exc:
             return self._invalid(f"body: could not parse the request: {exc}")
-        # The schema checks types and structure; the capability table adds what the spec
-        # says only in prose (the prompt limit), so the client's rules are the ones enforced.
-        errors = spec.validate_v3_request(body) or capability(V3_MODEL).route.wire_errors(
-            body, V3_MODEL
+        route = capability(V3_MODEL).transparent_route
+        assert route is not None
+        errors = spec.validate_v3_request(body, schema=V3_TRANSPARENT_SCHEMA) or (
+            route.wire_errors(body, V3_MODEL)
         )
         if errors:
             return self._invalid("; ".join(errors))
-        return await self._generate(request, body, "V_3", body, legacy=False)
+        return await self._generate(request, body, "ideogram-3-transparent", body, legacy=False)
 
     async def generate_legacy(self, request: Request) -> Response:
         if (denied := self._check_key(request)) is not None:
@@ -375,7 +418,8 @@ class _SimulatedApi:
                 self.stats.record_download(answer.status_code)
                 return answer
         width, height = pixel_size(key.resolution, self.config.image_scale)
-        data = render_png(key, width, height)
+        render = render_transparent_png if is_transparent_model(key.model) else render_png
+        data = render(key, width, height)
         if corrupt:
             self.images[image_id] = (key, expires, False)
             data = data[: len(data) // 2]
@@ -390,6 +434,21 @@ class _SimulatedApi:
     async def reset_endpoint(self, request: Request) -> Response:
         self.stats.reset()
         return JSONResponse({"reset": True})
+
+
+def _reference_errors(body: dict[str, Any], files: dict[str, list[bytes]]) -> list[str]:
+    """Reference images must be file parts within the spec's limits (ideogram/references.py)."""
+    errors = [
+        f"{wire}: must be image file parts, not text"
+        for wire in WIRE_NAMES.values()
+        if body.get(wire) is not None and len(files.get(wire, [])) != len(body[wire])
+    ]
+    by_role = {role: files.get(wire, []) for role, wire in WIRE_NAMES.items()}
+    errors += [
+        f"{WIRE_NAMES[role]}: {reason}"
+        for role, reason in limit_errors(by_role)  # type: ignore[arg-type]
+    ]
+    return errors
 
 
 def _resolution(fields: dict[str, Any], legacy: bool) -> str:
@@ -420,6 +479,11 @@ def build_app(
             Route("/v2/image/generate/{model}", v2.generate, methods=["POST"]),
             Route("/v2/generations/{generation_id}", v2.poll, methods=["GET"]),
             Route("/v1/ideogram-v3/generate", api.generate_v3, methods=["POST"]),
+            Route(
+                "/v1/ideogram-v3/generate-transparent",
+                api.generate_v3_transparent,
+                methods=["POST"],
+            ),
             Route("/generate", api.generate_legacy, methods=["POST"]),
             Route("/api/images/ephemeral/{image_id}.png", api.download, methods=["GET"]),
             Route("/sim/stats", api.stats_endpoint, methods=["GET"]),

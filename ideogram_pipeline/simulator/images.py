@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
+import io
 import json
 import struct
 import threading
@@ -40,7 +41,14 @@ import numpy.typing as npt
 
 from ideogram_pipeline.simulator.caption import Caption, render_caption
 
-__all__ = ["PNG_SIGNATURE", "ImageKey", "pixel_size", "render_png"]
+__all__ = [
+    "PNG_SIGNATURE",
+    "ImageKey",
+    "is_transparent_model",
+    "pixel_size",
+    "render_png",
+    "render_transparent_png",
+]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BAND_ROWS = 16
@@ -209,3 +217,25 @@ def render_png(key: ImageKey, width: int, height: int) -> bytes:
             _chunk(b"IEND", b""),
         ]
     )
+
+
+def is_transparent_model(model: str) -> bool:
+    """Whether images of ``model`` (a product name such as ``ideogram-3-transparent``) have
+    a transparent background."""
+    return model.endswith("-transparent")
+
+
+@lru_cache(maxsize=8)
+def render_transparent_png(key: ImageKey, width: int, height: int) -> bytes:
+    """:func:`render_png`'s picture on a transparent background (RGBA): the subject is an
+    opaque ellipse, the corners are fully transparent, as a cut-out product shot would be."""
+    from PIL import Image, ImageDraw
+
+    with Image.open(io.BytesIO(render_png(key, width, height))) as opened:
+        picture = opened.convert("RGBA")
+    alpha = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(alpha).ellipse((0, 0, width - 1, height - 1), fill=255)
+    picture.putalpha(alpha)
+    out = io.BytesIO()
+    picture.save(out, format="PNG", compress_level=1)
+    return out.getvalue()

@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SimulatedV2"]
 
-_QUALITY_PRICE_SPEED = {"low": "TURBO", "medium": "DEFAULT", "high": "QUALITY"}
 _FAILED = re.compile(r"\[sim:failed(?:x(\d+))?\]")
 
 
@@ -210,7 +209,7 @@ def _as_v1_fields(model: str, body: dict[str, Any]) -> dict[str, Any]:
         fields.pop("size", None)
         fields.pop("enable_copyright_detection", None)
         if quality:
-            fields["rendering_speed"] = _QUALITY_PRICE_SPEED[quality]
+            fields["rendering_speed"] = str(quality).upper()  # billed by its tier
     return fields
 
 

@@ -98,7 +98,7 @@ def batch_images(
         raise dg.Failure(f"batch {key!r} is not a safe key; name it like {batch_key_for(key)!r}")
     path = Path(config.csv_path) if config.csv_path else csv_for_partition(prompts_dir(), key)
     if path is None:
-        raise dg.Failure(f"no CSV for batch {key!r} in {prompts_dir()}")
+        raise dg.Failure(f"no batch file (.csv, .xlsx, .xls) for batch {key!r} in {prompts_dir()}")
     try:
         settings = storage.resolve(pipeline.settings())
         store = storage.open(settings)

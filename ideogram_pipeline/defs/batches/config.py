@@ -24,8 +24,8 @@ class BatchConfig(dg.Config):
 
     csv_path: str = Field(
         default="",
-        description="CSV of the batch. Empty: the file in the prompts folder named by the "
-        "partition.",
+        description="Batch file (CSV, XLSX or XLS). Empty: the file in the prompts folder "
+        "named by the partition.",
     )
     model: Optional[ModelChoice] = Field(  # noqa: UP045  (Dagster reads the annotation)
         default=None,

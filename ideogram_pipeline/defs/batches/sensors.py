@@ -1,4 +1,5 @@
-"""The prompts-folder sensor: new or edited CSV files become partitions and runs.
+"""The prompts-folder sensor: new or edited batch files (CSV, XLSX, XLS) become partitions
+and runs.
 
 Its first evaluation (no cursor yet: a new instance, or ``dagster dev`` started on a
 folder the CLI already ran) asks the history which files are done: a file each of whose
@@ -20,13 +21,16 @@ from typing import Any
 import dagster as dg
 
 from ideogram_pipeline.defs.batches.jobs import batch_job
-from ideogram_pipeline.defs.batches.partitions import BATCH_PARTITIONS, batch_partitions
+from ideogram_pipeline.defs.batches.partitions import (
+    BATCH_PARTITIONS,
+    batch_files,
+    batch_partitions,
+)
 from ideogram_pipeline.defs.resources import (
     PipelineSettingsResource,
     StorageResource,
     prompts_dir,
 )
-from ideogram_pipeline.storage.keys import batch_key_for
 
 __all__ = ["prompts_sensor"]
 
@@ -92,7 +96,7 @@ def prompts_sensor(
     pipeline: PipelineSettingsResource,
     storage: StorageResource,
 ) -> dg.SensorResult:
-    """Adds a partition for each new CSV and requests a run for each new or edited file.
+    """Adds a partition for each new batch file and requests a run for each new or edited file.
 
     The run key is the batch key plus the file's content hash, so an unchanged file never
     runs twice and an edited one runs again (paying only for rows not yet done).
@@ -111,8 +115,7 @@ def prompts_sensor(
     new_partitions: list[str] = []
     to_run: dict[str, tuple[Path, str]] = {}
     now = time.time()
-    for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
-        key = batch_key_for(path.stem)
+    for key, path in batch_files(folder).items():
         if key not in existing:
             new_partitions.append(key)
             existing.add(key)
