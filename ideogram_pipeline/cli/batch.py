@@ -22,6 +22,8 @@ SUMMARY_FIELDS = (
     "failed",
     "skipped_already_done",
     "linked_duplicates",
+    "left",
+    "left_submitted",
 )
 
 
@@ -44,6 +46,8 @@ def _print_summary(metadata: dict[str, Any], run_id: str) -> None:
     for name in SUMMARY_FIELDS:
         if name in metadata:
             click.echo(f"  {name.replace('_', ' '):<22} {metadata[name]}")
+    if metadata.get("unknown"):
+        click.echo(f"  {'possibly billed':<22} {metadata['unknown']} (status unknown)")
     if "cost_usd" in metadata:
         click.echo(f"  {'cost':<22} ${float(metadata['cost_usd']):.2f}")
     if metadata.get("estimated_cost_usd") is not None:
@@ -99,11 +103,20 @@ def run_csv(csv: Path, batch: str | None, config: dict[str, Any] | None = None) 
 
     tune_process_memory()  # an entry point: the batch runs in this process (in-process run)
 
-    result = materialize_batch(csv.resolve(), key, config or {})
+    try:
+        result = materialize_batch(csv.resolve(), key, config or {})
+    except KeyboardInterrupt:  # before or after the batch step: nothing of it was running
+        raise click.ClickException(f"batch {key}: interrupted") from None
     if result.metadata:
         _print_summary(result.metadata, result.run_id)
     if not result.success:
         raise click.ClickException(result.error or "the batch failed")
+    if unknown := int(result.metadata.get("unknown") or 0):
+        click.echo(
+            f"batch {key}: {unknown} row(s) possibly billed (status unknown): see "
+            f"`ideogram-pipeline unknown --batch {key}`",
+            err=True,
+        )
     return result.metadata
 
 

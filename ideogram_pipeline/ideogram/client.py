@@ -44,6 +44,7 @@ from ideogram_pipeline.ideogram.requests import (
     v2_path,
     v3_multipart,
 )
+from ideogram_pipeline.ideogram.stop import SendsStopped, StopSwitch
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy
 
 __all__ = ["LAST_RETRY_ERROR", "IdeogramClient", "RetryPolicy", "translate_transport_errors"]
@@ -159,6 +160,8 @@ class IdeogramClient:
         self.limiter = InflightLimiter(max_inflight)
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
+        #: Thrown by the run on SIGINT/SIGTERM: no paid send leaves after it (stop.py).
+        self.stop = StopSwitch()
         # When to first look for an async result, learnt per (model, speed) from completed
         # generations; every poll draws on one budget (polling.py).
         self._latency: dict[tuple[str, str | None], LatencyTracker] = {}
@@ -199,7 +202,11 @@ class IdeogramClient:
                 self.limiter.learn_limit(limit)
         return error_for_status(response.status_code, body, retry_after=_retry_after(response))
 
-    async def _with_retries(self, attempt_once: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    async def _with_retries(
+        self, attempt_once: Callable[[], Awaitable[T]], *, stoppable: bool = False
+    ) -> tuple[T, int]:
+        """``stoppable``: a backoff ends early when the run stops (sends and polls, whose
+        next attempt then refuses); downloads of paid images keep their backoff."""
         attempt = 1
         rate_limited = 0  # 429s have their own, larger budget (see RetryPolicy)
         while True:
@@ -218,9 +225,8 @@ class IdeogramClient:
                     self.on_retry(exc, attempt)
                 LAST_RETRY_ERROR.set(f"{type(exc).__name__}: {exc}")
                 backoff_step = rate_limited if isinstance(exc, RateLimited) else attempt
-                await asyncio.sleep(
-                    self.retry.delay(min(backoff_step, 6), getattr(exc, "retry_after", None))
-                )
+                delay = self.retry.delay(min(backoff_step, 6), getattr(exc, "retry_after", None))
+                await (self.stop.sleep(delay) if stoppable else asyncio.sleep(delay))
                 attempt += 1
 
     async def generate(
@@ -237,6 +243,7 @@ class IdeogramClient:
         async def once() -> GenerationResponse:
             nonlocal hook
             async with self.limiter.slots(request.num_images):
+                self.stop.check()  # before the intent too: a stopped row leaves no trace
                 if hook is not None:
                     run_hook, hook = hook, None
                     await run_hook()
@@ -249,12 +256,14 @@ class IdeogramClient:
                 raise self._error(response)
             return GenerationResponse.from_api(response.json())
 
-        result, attempts = await self._with_retries(once)
+        result, attempts = await self._with_retries(once, stoppable=True)
         return replace(result, attempts=attempts)
 
     # -- v2, asynchronous ----------------------------------------------------------------------
 
     async def _post_v2(self, request: GenerationRequest, *, dry_run: bool = False) -> Any:
+        if not dry_run:
+            self.stop.check()
         with translate_transport_errors(paid_request=not dry_run):
             response = await self._http.post(
                 v2_path(request),
@@ -295,12 +304,16 @@ class IdeogramClient:
         )
         recording: asyncio.Future[None] | None = None
         async with self.limiter.slots(request.num_images):
+            if generation_id is None:
+                self.stop.check()
             if before_send is not None and generation_id is None:
                 await before_send()
             try:
                 while True:
                     if generation_id is None:
-                        body, tries = await self._with_retries(lambda: self._post_v2(request))
+                        body, tries = await self._with_retries(
+                            lambda: self._post_v2(request), stoppable=True
+                        )
                         attempts += tries
                         generation_id = str(body["generation_id"])
                         if recording is not None:
@@ -313,6 +326,15 @@ class IdeogramClient:
                         result = await self._wait(
                             generation_id, latency, resumed=generation_id == resume_generation_id
                         )
+                    except SendsStopped:
+                        # Accepted by Ideogram: its id is recorded before leaving, and the
+                        # next run collects the images without paying again.
+                        if recording is not None:
+                            await recording
+                        raise SendsStopped(
+                            f"generation {generation_id} left to the next run",
+                            generation_id=generation_id,
+                        ) from None
                     except GenerationFailed as exc:
                         exc.attempts = attempts
                         if attempts >= self.retry.max_attempts:
@@ -340,10 +362,14 @@ class IdeogramClient:
         """
         submitted = time.monotonic()
         if not resumed:
-            await asyncio.sleep(latency.estimate_s)
+            await self.stop.sleep(latency.estimate_s)
         polls = 0
         while True:
-            body, _tries = await self._with_retries(lambda: self._poll_once(generation_id))
+            if self.stop.thrown:
+                raise SendsStopped(f"generation {generation_id} left to the next run")
+            body, _tries = await self._with_retries(
+                lambda: self._poll_once(generation_id), stoppable=True
+            )
             polls += 1
             status = body.get("status")
             if status == "completed":
@@ -354,7 +380,7 @@ class IdeogramClient:
                 raise GenerationFailed(
                     f"generation {generation_id} failed: {body.get('failure_reason') or 'unknown'}"
                 )
-            await asyncio.sleep(next_interval(polls, latency.estimate_s))
+            await self.stop.sleep(next_interval(polls, latency.estimate_s))
 
     async def _poll_once(self, generation_id: str) -> Any:
         await self.poll_budget.take()

@@ -117,6 +117,11 @@ class Ledger:
         """Before sending: from here on, a crash leaves evidence that money may be spent."""
         self._write(request, attempt_id, "intent", mode=mode)
 
+    def withdraw_intent(self, request: GenerationRequest, attempt_id: str) -> None:
+        """The run stopped before the request left: no evidence of spending remains, so the
+        next run sends the row instead of reporting it ``unknown``."""
+        self.store.delete([self._key(request, attempt_id, "intent")])
+
     def record_submitted(
         self, request: GenerationRequest, attempt_id: str, generation_id: str
     ) -> None:

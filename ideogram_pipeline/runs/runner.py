@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,6 +27,7 @@ from ideogram_pipeline.runs.cost_guard import (
     quote_unit_prices,
 )
 from ideogram_pipeline.runs.engine import run_batch
+from ideogram_pipeline.runs.lease import acquire_lease
 from ideogram_pipeline.runs.malloc_tuning import pin_mmap_threshold, use_system_allocator_for_arrow
 from ideogram_pipeline.runs.records import ExtraFields
 from ideogram_pipeline.runs.summary import BatchSummary, ProgressCallback
@@ -117,6 +118,55 @@ def execute_batch(
     """
     store = store or open_store(settings)
     store.preflight()
+    with contextlib.ExitStack() as held:
+        on_lost: list[Callable[[], object]] = []
+
+        def lost() -> None:
+            for stop in on_lost:
+                stop()
+
+        if not dry_run:
+            # One runner per batch, wherever the run comes from: taken before the history
+            # is read, so the state this run resumes from is final (lease.py).
+            held.enter_context(
+                acquire_lease(
+                    store,
+                    batch.key,
+                    run_id or "no-run-id",
+                    on_lost=lost,
+                )
+            )
+        return _execute_leased(
+            batch,
+            settings,
+            store,
+            on_lost,
+            run_id=run_id,
+            progress=progress,
+            max_cost_usd=max_cost_usd,
+            dry_run=dry_run,
+            force=force,
+            extra_fields=extra_fields,
+            resend_unknown=resend_unknown,
+        )
+
+
+def _execute_leased(
+    batch: Batch,
+    settings: Settings,
+    store: ObjectStore,
+    on_lost: list[Callable[[], object]],
+    *,
+    run_id: str | None,
+    progress: ProgressCallback | None,
+    max_cost_usd: float | None,
+    dry_run: bool,
+    force: bool,
+    extra_fields: ExtraFields | None,
+    resend_unknown: bool,
+) -> BatchSummary:
+    """:func:`execute_batch` once the batch is this runner's: ``on_lost`` receives what
+    stops the run should the lease be taken over (this runner fell silent too long)."""
     previous = history.batch_state(settings, store, batch.key)
     existing = {} if force else existing_images(settings, store, batch.requests)
     with api_endpoint(settings) as endpoint:
@@ -130,6 +180,12 @@ def execute_batch(
                 poll_rate_per_s=POLL_RATE_PER_S / settings.concurrent_batches,
                 url_policy=UrlPolicy.from_settings(settings, endpoint.base_url),
             ) as client:
+                loop = asyncio.get_running_loop()
+                on_lost.append(
+                    lambda: loop.call_soon_threadsafe(
+                        client.stop.throw, "another runner took this batch over"
+                    )
+                )
                 # Ideogram's free dry-run quotes replace table prices when a limit is set
                 # or only an estimate is wanted.
                 guarded = dry_run or max_cost_usd is not None

@@ -3,6 +3,7 @@
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import dagster as dg
 
@@ -52,6 +53,18 @@ def _totals(
         return {}
 
 
+def stop_run(context: dg.AssetExecutionContext, message: str) -> NoReturn:
+    """End the run as CANCELED: Dagster records an interrupted run as canceled only when
+    the run is already CANCELING (as a UI termination makes it), else as a failure."""
+    run = context.instance.get_run_by_id(context.run_id)
+    if run is not None and run.status not in (
+        dg.DagsterRunStatus.CANCELING,
+        dg.DagsterRunStatus.CANCELED,
+    ):
+        context.instance.report_run_canceling(run, message=message)
+    raise dg.DagsterExecutionInterruptedError(message)
+
+
 # A multi-asset of one asset rather than ``@dg.asset``: its checks' outputs are optional
 # only with ``can_subset``, and a dry run (an observation, no materialization) has nothing
 # to check. Key, group, kinds, partitions and the op's name and config are as before.
@@ -88,7 +101,8 @@ def batch_images(
     # The engine (httpx, pyarrow, DuckDB, Pillow) is imported when a batch runs, not when
     # the code location loads: the UI, sensors and schedules never need it.
     from ideogram_pipeline.runs.cost_guard import CostLimitExceeded
-    from ideogram_pipeline.runs.engine import BatchAborted, Progress
+    from ideogram_pipeline.runs.engine import BatchAborted, BatchInterrupted, Progress
+    from ideogram_pipeline.runs.lease import BatchLeased
     from ideogram_pipeline.runs.runner import execute_batch, tune_process_memory
 
     tune_process_memory()  # the op's process runs the batch: an entry point may do this
@@ -140,6 +154,22 @@ def batch_images(
         )
     except CostLimitExceeded as exc:
         raise dg.Failure(str(exc), metadata=exc.estimate.as_dict()) from None
+    except BatchLeased as exc:  # another runner has this batch: nothing was sent
+        raise dg.Failure(str(exc)) from None
+    except BatchInterrupted as exc:
+        # Stopped by SIGINT/SIGTERM (Ctrl-C, or Terminate in the UI): what the run did is
+        # observed, and the run ends CANCELED, not FAILURE (see stop_run).
+        context.log.warning(str(exc))
+        yield dg.AssetObservation(
+            asset_key=context.asset_key,
+            partition=key,
+            metadata={
+                **_totals(settings, store, key, context.log),
+                **run_metadata(exc.summary),
+                "stopped": str(exc),
+            },
+        )
+        stop_run(context, str(exc))
     except BatchAborted as exc:
         raise dg.Failure(
             str(exc),
