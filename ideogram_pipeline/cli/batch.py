@@ -120,6 +120,39 @@ def run_csv(csv: Path, batch: str | None, config: dict[str, Any] | None = None) 
     return result.metadata
 
 
+def batch_key_from_cli(csv: Path, batch: str | None) -> str:
+    from ideogram_pipeline.storage.keys import batch_key_from
+
+    return batch_key_from(batch, csv.stem)
+
+
+def _announce_resend(key: str, max_cost: float | None) -> None:
+    """Before resending ``unknown`` rows, say what they are and what they cost: each may
+    have been billed already. The run's cost guard (``--max-cost``) counts them too."""
+    from ideogram_pipeline import history
+    from ideogram_pipeline.runs.unknown_rows import find_unknown, resend_cost
+
+    try:
+        con = history.connect(settings_or_exit())
+        try:
+            rows = find_unknown(con, key)
+        finally:
+            con.close()
+    except Exception:  # no history yet, or unreadable: the run itself will say why
+        return
+    if not rows:
+        click.echo(f"batch {key}: no unknown rows to resend", err=True)
+        return
+    usd, unpriced = resend_cost(rows)
+    limit = f" (within --max-cost ${max_cost:.2f} for the whole run)" if max_cost else ""
+    priced = f" + {unpriced} unpriced" if unpriced else ""
+    click.echo(
+        f"batch {key}: resending {len(rows)} unknown row(s) that may have been billed "
+        f"already: ${usd:.2f}{priced} more{limit}",
+        err=True,
+    )
+
+
 @main.command()
 @click.argument("csv", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--batch", help="Batch key (default: the CSV file name without .csv).")
@@ -165,6 +198,8 @@ def run(
 
         print_estimate(csv, batch, max_cost)
         return
+    if resend_unknown:
+        _announce_resend(batch_key_from_cli(csv, batch), max_cost)
     config: dict[str, Any] = {"resend_unknown": resend_unknown, "force": force}
     if max_cost is not None:
         config["max_cost_usd"] = max_cost
