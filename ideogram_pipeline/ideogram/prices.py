@@ -33,6 +33,9 @@ V2_PRICE_USD: dict[str, dict[str, float]] = {
     "ideogram-4": {"TURBO": 0.03, "DEFAULT": 0.06, "QUALITY": 0.10},
     # 4.5 bills by quality (low/medium/high); its rendering_speed column maps onto it.
     "ideogram-4-5": {"TURBO": 0.03, "DEFAULT": 0.10, "QUALITY": 0.10},
+    # V_2 and V_2A on the v2 API: the legacy models' prices (v2 notes §5 prices: SPEC3P).
+    "ideogram-2": {"DEFAULT": 0.08},
+    "ideogram-2a": {"DEFAULT": 0.04},
 }
 
 

@@ -43,7 +43,7 @@ from ideogram_pipeline.ideogram.generation import (
     RejectedRow,
 )
 from ideogram_pipeline.ideogram.prices import price_per_image
-from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
+from ideogram_pipeline.ideogram.requests import fits_v2
 from ideogram_pipeline.ideogram.stop import SendsStopped
 from ideogram_pipeline.runs.ledger import Ledger, LedgerEntry, new_attempt_id
 from ideogram_pipeline.runs.pools import RunPools
@@ -178,8 +178,8 @@ class _BatchRun:
         """Asynchronous (v2) wherever the model has a v2 path and the mode allows it."""
         if request.model in V2_ONLY_MODELS:
             return "async" if self.api_mode == "async" else "sync-v2"
-        if request.model in V2_MODEL_PATHS and self.api_mode == "async":
-            return "async"
+        if self.api_mode == "async" and fits_v2(request):
+            return "async"  # V_3 -> ideogram-3, V_2 -> ideogram-2, V_2A -> ideogram-2a
         return "sync"
 
     async def _ledger(self, write: Callable[..., None], *args: Any) -> None:
