@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from ideogram_pipeline import history
@@ -178,3 +179,11 @@ def test_a_killed_runners_lease_is_taken_over_after_expiry_and_resumed(tmp_path:
     statuses = dict(con.execute("SELECT status, count(*) FROM generations GROUP BY 1").fetchall())
     con.close()
     assert set(statuses) <= {"stored", "unknown"} and sum(statuses.values()) == rows
+    # The killed run is not left STARTED: the taker marked it failed.
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        runs = list(reversed(instance.get_runs()))  # oldest first
+        assert [run.status for run in runs] == [
+            dg.DagsterRunStatus.FAILURE,  # killed, then found dead by the taker
+            dg.DagsterRunStatus.FAILURE,  # refused while the lease was fresh
+            dg.DagsterRunStatus.SUCCESS,
+        ]

@@ -111,6 +111,8 @@ class BatchLease:
         self.heartbeat_s = heartbeat_s
         self.on_lost = on_lost
         self.lost = False
+        #: The holder this lease was taken over from (it died without releasing), if any.
+        self.taken_over_from: LeaseHolder | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._beat_forever, name=f"lease-{batch}", daemon=True
@@ -201,12 +203,14 @@ def acquire_lease(
     names = {info.key.rsplit("/", 1)[-1] for info in store.list(f"{folder}/")}
     generations = sorted({_generation_of(name) for name in names if name.endswith(".json")})
     current = generations[-1] if generations else 0
+    dead: LeaseHolder | None = None
     if current:
         holder = _read_holder(store, f"{folder}/{current:08d}.json")
         if f"{current:08d}.released" not in names:
             silent_for = time.time() - _last_beat(store, folder, current, holder)
             if silent_for < holder.ttl_s:
                 raise BatchLeased(batch, holder, silent_for)
+            dead = holder
     mine = LeaseHolder(
         run_id=run_id,
         host=socket.gethostname(),
@@ -227,5 +231,6 @@ def acquire_lease(
         # Another runner won this generation a moment ago: it is alive by definition.
         raise BatchLeased(batch, _read_holder(store, key), 0.0) from None
     lease = BatchLease(store, batch, current + 1, mine, heartbeat_s=heartbeat_s, on_lost=on_lost)
+    lease.taken_over_from = dead
     lease.beat()
     return lease.start()

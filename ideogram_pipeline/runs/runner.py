@@ -27,7 +27,7 @@ from ideogram_pipeline.runs.cost_guard import (
     quote_unit_prices,
 )
 from ideogram_pipeline.runs.engine import run_batch
-from ideogram_pipeline.runs.lease import acquire_lease
+from ideogram_pipeline.runs.lease import LeaseHolder, acquire_lease
 from ideogram_pipeline.runs.malloc_tuning import pin_mmap_threshold, use_system_allocator_for_arrow
 from ideogram_pipeline.runs.records import ExtraFields
 from ideogram_pipeline.runs.summary import BatchSummary, ProgressCallback
@@ -104,8 +104,14 @@ def execute_batch(
     force: bool = False,
     extra_fields: ExtraFields | None = None,
     resend_unknown: bool = False,
+    on_takeover: Callable[[LeaseHolder], None] | None = None,
 ) -> BatchSummary:
     """Preflight the store, then generate every row of ``batch`` that is not done yet.
+
+    The batch's lease is taken first (``lease.py``): another live runner of it raises
+    :class:`~ideogram_pipeline.runs.lease.BatchLeased` before anything is sent. When the
+    lease is taken over from a dead runner, ``on_takeover`` is told who it was (the Dagster
+    asset marks that runner's run failed).
 
     Rows whose exact request (explicit seed) is already stored anywhere in the history are
     linked to it instead of paid again, unless ``force`` (see ``duplicates.py``);
@@ -128,14 +134,11 @@ def execute_batch(
         if not dry_run:
             # One runner per batch, wherever the run comes from: taken before the history
             # is read, so the state this run resumes from is final (lease.py).
-            held.enter_context(
-                acquire_lease(
-                    store,
-                    batch.key,
-                    run_id or "no-run-id",
-                    on_lost=lost,
-                )
+            lease = held.enter_context(
+                acquire_lease(store, batch.key, run_id or "no-run-id", on_lost=lost)
             )
+            if lease.taken_over_from is not None and on_takeover is not None:
+                on_takeover(lease.taken_over_from)
         return _execute_leased(
             batch,
             settings,

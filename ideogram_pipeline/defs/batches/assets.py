@@ -65,6 +65,25 @@ def stop_run(context: dg.AssetExecutionContext, message: str) -> NoReturn:
     raise dg.DagsterExecutionInterruptedError(message)
 
 
+def fail_dead_runs(context: dg.AssetExecutionContext, key: str, run_id: str, who: str) -> None:
+    """Mark the Dagster run of a runner found dead (its batch lease expired) as failed.
+
+    A CLI run executes in-process, outside any run launcher, so the instance's run
+    monitoring cannot see its process die: without this it would stay STARTED for good.
+    Lease holders name runs by the first 12 characters of the run id.
+    """
+    instance = context.instance
+    started = instance.get_runs(
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING])
+    )
+    for run in started:
+        if run.run_id.startswith(run_id) and run.run_id != context.run_id:
+            instance.report_run_failed(
+                run, message=f"batch {key}: its runner ({who}) died; its lease was taken over"
+            )
+            context.log.warning(f"run {run.run_id} of batch {key} marked failed: {who} died")
+
+
 # A multi-asset of one asset rather than ``@dg.asset``: its checks' outputs are optional
 # only with ``can_subset``, and a dry run (an observation, no materialization) has nothing
 # to check. Key, group, kinds, partitions and the op's name and config are as before.
@@ -151,6 +170,7 @@ def batch_images(
             dry_run=config.dry_run,
             force=config.force,
             resend_unknown=config.resend_unknown,
+            on_takeover=lambda dead: fail_dead_runs(context, key, dead.run_id, dead.describe()),
         )
     except CostLimitExceeded as exc:
         raise dg.Failure(str(exc), metadata=exc.estimate.as_dict()) from None
