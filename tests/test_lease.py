@@ -81,6 +81,21 @@ def test_a_silent_holder_is_taken_over_after_expiry_and_learns_it(store: ObjectS
     taker.release()
 
 
+def test_a_holder_dead_on_this_machine_is_taken_over_at_once(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "root")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a process of this machine that no longer exists
+    holder = acquire_lease(store, "lanterns", "run-gone")
+    holder._stop.set()  # stands in for the dead process's lease
+    key = f"{LEASE_PREFIX}/lanterns/00000001.json"
+    body = json.loads(store.get_bytes(key))
+    (store.path / key).write_text(json.dumps({**body, "pid": child.pid}), "utf-8")
+    taker = acquire_lease(store, "lanterns", "run-next")
+    assert taker.generation == 2 and taker.taken_over_from is not None
+    assert taker.taken_over_from.run_id == "run-gone"
+    taker.release()
+
+
 def test_holder_still_beating_is_never_taken_over(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "root")
     alive = acquire_lease(store, "lanterns", "run-alive", ttl_s=0.6, heartbeat_s=0.1)
@@ -156,18 +171,22 @@ def test_a_killed_runners_lease_is_taken_over_after_expiry_and_resumed(tmp_path:
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
 
-        # At once: the dead runner's lease is still fresh, so the batch is refused.
+        # The runner was on another machine (as far as this one can tell: its process
+        # cannot be checked), so its lease, still fresh, refuses the batch at once.
+        folder = storage / LEASE_PREFIX / "whales"
+        (lease,) = folder.glob("*.json")
+        body = json.loads(lease.read_text(encoding="utf-8"))
+        lease.write_text(json.dumps({**body, "host": "another-machine"}), "utf-8")
         early = subprocess.run([*RUN, str(csv)], env=env, capture_output=True, text=True)
         assert early.returncode != 0
         assert "is already being run by run" in early.stderr, early.stderr[-2000:]
+        assert "another-machine" in early.stderr
 
         # A minute later (simulated: its last heartbeat aged past the TTL) it is taken over.
-        folder = storage / LEASE_PREFIX / "whales"
         for beat in folder.glob("*.heartbeat"):
             beat.write_text(json.dumps({"at": time.time() - 3600}), encoding="utf-8")
-        for lease in folder.glob("*.json"):
-            body = json.loads(lease.read_text(encoding="utf-8"))
-            lease.write_text(json.dumps({**body, "since": body["since"] - 3600}), "utf-8")
+        body = json.loads(lease.read_text(encoding="utf-8"))
+        lease.write_text(json.dumps({**body, "since": body["since"] - 3600}), "utf-8")
         late = subprocess.run(
             [*RUN, str(csv)], env=env, capture_output=True, text=True, timeout=180
         )

@@ -126,12 +126,6 @@ LAST_RETRY_ERROR: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 BeforeSend = Callable[[], Awaitable[None]]
 
 
-def _retrieve(task: asyncio.Future[None]) -> None:
-    """Mark a background task's exception as seen (it was reported another way)."""
-    if not task.cancelled():
-        task.exception()
-
-
 class IdeogramClient:
     """Generate and download images with bounded concurrency and retries.
 
@@ -289,10 +283,10 @@ class IdeogramClient:
     ) -> GenerationResponse:
         """Submit with ``async: true``, record the id via ``on_submitted``, then poll.
 
-        The id is handed to ``on_submitted`` as soon as Ideogram accepts the submission; that
-        write runs while the generation does and is awaited before the answer is returned,
-        so a crash after submission loses nothing: a later run polls the recorded id
-        instead of paying again. With
+        The id is handed to ``on_submitted`` as soon as Ideogram accepts the submission and
+        awaited there, before anything else: keep it quick (the engine appends to a local
+        journal), since a crash before it returns leaves a paid generation unrecorded. A
+        later run polls the recorded id instead of paying again. With
         ``resume_generation_id`` nothing is submitted unless that generation failed. The
         images' in-flight slots are held until the generation completes, because that is
         how long Ideogram counts them.
@@ -302,55 +296,39 @@ class IdeogramClient:
         latency = self._latency.setdefault(
             (request.model, request.rendering_speed), LatencyTracker()
         )
-        recording: asyncio.Future[None] | None = None
         async with self.limiter.slots(request.num_images):
             if generation_id is None:
                 self.stop.check()
             if before_send is not None and generation_id is None:
                 await before_send()
-            try:
-                while True:
-                    if generation_id is None:
-                        body, tries = await self._with_retries(
-                            lambda: self._post_v2(request), stoppable=True
-                        )
-                        attempts += tries
-                        generation_id = str(body["generation_id"])
-                        if recording is not None:
-                            await recording  # an earlier, failed attempt's id
-                        # Recorded while the generation runs rather than before waiting for
-                        # it: the crash window is the same, and the write no longer holds
-                        # the images' slots. It is awaited before the answer is returned.
-                        recording = asyncio.ensure_future(on_submitted(generation_id))
-                    try:
-                        result = await self._wait(
-                            generation_id, latency, resumed=generation_id == resume_generation_id
-                        )
-                    except SendsStopped:
-                        # Accepted by Ideogram: its id is recorded before leaving, and the
-                        # next run collects the images without paying again.
-                        if recording is not None:
-                            await recording
-                        raise SendsStopped(
-                            f"generation {generation_id} left to the next run",
-                            generation_id=generation_id,
-                        ) from None
-                    except GenerationFailed as exc:
-                        exc.attempts = attempts
-                        if attempts >= self.retry.max_attempts:
-                            raise
-                        if self.on_retry is not None:
-                            self.on_retry(exc, attempts)
-                        generation_id = None
-                        continue
-                    if recording is not None:
-                        await recording
-                    return replace(result, attempts=max(attempts, 1), generation_id=generation_id)
-            finally:
-                if recording is not None:
-                    # Leaving early (a fatal error, cancellation): the write finishes on its
-                    # own; only its outcome is no longer waited for.
-                    recording.add_done_callback(_retrieve)
+            while True:
+                if generation_id is None:
+                    body, tries = await self._with_retries(
+                        lambda: self._post_v2(request), stoppable=True
+                    )
+                    attempts += tries
+                    generation_id = str(body["generation_id"])
+                    await on_submitted(generation_id)
+                try:
+                    result = await self._wait(
+                        generation_id, latency, resumed=generation_id == resume_generation_id
+                    )
+                except SendsStopped:
+                    # Accepted by Ideogram and recorded: the next run collects the images
+                    # without paying again.
+                    raise SendsStopped(
+                        f"generation {generation_id} left to the next run",
+                        generation_id=generation_id,
+                    ) from None
+                except GenerationFailed as exc:
+                    exc.attempts = attempts
+                    if attempts >= self.retry.max_attempts:
+                        raise
+                    if self.on_retry is not None:
+                        self.on_retry(exc, attempts)
+                    generation_id = None
+                    continue
+                return replace(result, attempts=max(attempts, 1), generation_id=generation_id)
 
     async def _wait(
         self, generation_id: str, latency: LatencyTracker, *, resumed: bool = False

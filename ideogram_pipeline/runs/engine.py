@@ -45,6 +45,7 @@ from ideogram_pipeline.ideogram.generation import (
 from ideogram_pipeline.ideogram.prices import price_per_image
 from ideogram_pipeline.ideogram.requests import fits_v2
 from ideogram_pipeline.ideogram.stop import SendsStopped
+from ideogram_pipeline.runs.journal import Journal, journal_directory
 from ideogram_pipeline.runs.ledger import Ledger, LedgerEntry, new_attempt_id
 from ideogram_pipeline.runs.pools import RunPools
 from ideogram_pipeline.runs.recorder import Recorder
@@ -93,7 +94,10 @@ class _BatchRun:
     ) -> None:
         self.batch = batch
         self.client = client
-        self.ledger = Ledger(store, batch.key)
+        # Intents and generation ids go to a local journal first, on the sending task's own
+        # path, and reach the store's ledger in the background (journal.py).
+        self.ledger = Ledger(store, batch.key, Journal(journal_directory(store), batch.key))
+        self.replicas: dict[str, list[asyncio.Task[None]]] = {}
         self.ledger_state: dict[tuple[int, str], LedgerEntry] = {}
         self.api_mode = api_mode
         self.resend_unknown = resend_unknown
@@ -191,11 +195,39 @@ class _BatchRun:
             on_retry=self._storage_retried,
         )
 
+    def _journal(
+        self, request: GenerationRequest, attempt_id: str, event: str, **data: Any
+    ) -> None:
+        """Make ``event`` durable now (the journal: one local append, no thread, so the
+        crash window is the network round trip) and copy it to the store's ledger in the
+        background, off the in-flight slots."""
+        body = self.ledger.journal_event(request, attempt_id, event, **data)
+        replica = asyncio.ensure_future(self._ledger(self.ledger.replicate, body))
+        self.replicas.setdefault(attempt_id, []).append(replica)
+
+    async def _replicated(self, attempt_id: str) -> None:
+        """Wait until this attempt's journaled events are in the store's ledger."""
+        if pending := self.replicas.pop(attempt_id, None):
+            await asyncio.gather(*pending)
+
+    async def _all_replicated(self, timeout_s: float | None = None) -> None:
+        """Wait for the store's copies of the journal; once all are written, the journals
+        go. Copies still missing after ``timeout_s`` (a forced stop) leave the journal in
+        place: the next run on this machine copies them."""
+        pending = [task for tasks in self.replicas.values() for task in tasks]
+        self.replicas.clear()
+        if pending:
+            done, late = await asyncio.wait(pending, timeout=timeout_s)
+            if late or any(task.exception() is not None for task in done):
+                return
+        # Every event of this run's journal (and of those loaded) is in the store.
+        await asyncio.to_thread(self.ledger.finish_journal)
+
     def _on_submitted(
         self, request: GenerationRequest, attempt_id: str
     ) -> Callable[[str], Awaitable[None]]:
         async def record(generation_id: str) -> None:
-            await self._ledger(self.ledger.record_submitted, request, attempt_id, generation_id)
+            self._journal(request, attempt_id, "submitted", generation_id=generation_id)
 
         return record
 
@@ -232,6 +264,7 @@ class _BatchRun:
                     self._on_submitted(request, attempt_id),
                     resume_generation_id=entry.generation_id,
                 )
+                await self._replicated(attempt_id)
                 await self._ledger(self.ledger.record_result, request, attempt_id, response)
                 self.summary.resumed += 1
             elif entry is not None and not self.resend_unknown:
@@ -270,7 +303,7 @@ class _BatchRun:
 
         async def intent() -> None:
             self.intents_written.add(attempt_id)
-            await self._ledger(self.ledger.record_intent, request, attempt_id, mode)
+            self._journal(request, attempt_id, "intent", mode=mode)
 
         if mode == "async":
             response = await self.client.generate_async(
@@ -278,6 +311,7 @@ class _BatchRun:
             )
         else:
             response = await self.client.generate(request, before_send=intent)
+        await self._replicated(attempt_id)  # the result never lands before its intent
         await self._ledger(self.ledger.record_result, request, attempt_id, response)
         return response
 
@@ -293,6 +327,7 @@ class _BatchRun:
         if exc.generation_id is not None:
             self.summary.left_submitted += 1
         elif attempt_id in self.intents_written:
+            await self._replicated(attempt_id)  # the deletion must come after the write
             await self._ledger(self.ledger.withdraw_intent, request, attempt_id)
 
     async def _generation_failed(
@@ -423,13 +458,16 @@ class _BatchRun:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 if signals.forced and isinstance(exc, asyncio.CancelledError):
                     await self.recorder.flush()
+                    await self._all_replicated(timeout_s=2.0)
                     raise self._interrupted(signals, clock) from None
                 if not isinstance(exc, IdeogramError):
                     raise
                 await self.recorder.flush()
+                await self._all_replicated()
                 self.summary.seconds = time.monotonic() - clock
                 raise BatchAborted(f"batch {self.batch.key} stopped: {exc}", self.summary) from exc
             await self.recorder.flush()
+            await self._all_replicated()
             await asyncio.to_thread(self.ledger.prune, self.recorder.finished_rows())
             if self.client.stop.thrown:
                 raise self._interrupted(signals, clock)

@@ -12,8 +12,9 @@ on S3), which exactly one writer wins::
 
 The current lease is the highest generation. A runner takes generation ``n + 1`` when
 ``n`` is released, or when ``n``'s holder has given no sign of life for the lease's
-time to live (it died: SIGKILL, a lost machine); the taker then resumes from the batch's
-ledger like any re-run. While ``n`` is alive a second runner **refuses at once** (it does
+time to live (it died: SIGKILL, a lost machine), or at once when the holder ran on this
+machine and its process no longer exists; the taker then resumes from the batch's ledger
+like any re-run. While ``n`` is alive a second runner **refuses at once** (it does
 not wait): one message names the holder, and nothing is paid. Refusing keeps a forgotten
 terminal from starting a batch hours later; Dagster runs of one partition wait in the run
 queue instead (``dagster.yaml``: a tag concurrency limit on ``dagster/partition``).
@@ -178,6 +179,21 @@ def _read_holder(store: ObjectStore, key: str) -> LeaseHolder:
     return LeaseHolder(**json.loads(store.get_bytes(key)))
 
 
+def _died_here(holder: LeaseHolder) -> bool:
+    """Whether the holder ran on this machine and its process is gone: then it is dead for
+    sure, and a re-run right after a kill need not wait for the lease to expire. (A pid
+    reused by another process only makes us wait for the expiry.)"""
+    if holder.host != socket.gethostname() or holder.pid == os.getpid():
+        return False
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
+
+
 def _last_beat(store: ObjectStore, folder: str, generation: int, holder: LeaseHolder) -> float:
     try:
         beat = json.loads(store.get_bytes(f"{folder}/{generation:08d}.heartbeat"))
@@ -208,7 +224,7 @@ def acquire_lease(
         holder = _read_holder(store, f"{folder}/{current:08d}.json")
         if f"{current:08d}.released" not in names:
             silent_for = time.time() - _last_beat(store, folder, current, holder)
-            if silent_for < holder.ttl_s:
+            if silent_for < holder.ttl_s and not _died_here(holder):
                 raise BatchLeased(batch, holder, silent_for)
             dead = holder
     mine = LeaseHolder(
