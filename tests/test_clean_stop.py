@@ -50,18 +50,21 @@ def _signal_when(
     process: subprocess.Popen[str], sim: Simulator, billed: int, signals: list[int]
 ) -> tuple[int, int]:
     """Send ``signals`` (0.2 s apart) once ``billed`` images are billed; return the billed
-    images and the images in flight at the first signal."""
+    images and the images in flight just after."""
     deadline = time.monotonic() + 90
     while sim.stats.billed_images < billed:
         assert process.poll() is None, "the batch finished before the signal"
         assert time.monotonic() < deadline, "the batch never reached the signal point"
         time.sleep(0.005)
-    at_signal = (sim.stats.billed_images, sim.stats.images_inflight)
     for n, signum in enumerate(signals):
         if n:
             time.sleep(0.2)
         os.kill(process.pid, signum)
-    return at_signal
+    # Once the process has surely taken the signal, everything it sent is billed or in
+    # flight: nothing beyond that may be billed later.
+    time.sleep(0.3)
+    with sim.stats._lock:  # one consistent reading of both counters
+        return sim.stats.billed_images, sim.stats.images_inflight
 
 
 def _run_statuses(home: Path) -> list[dg.DagsterRunStatus]:
