@@ -2,7 +2,7 @@
 
 Real processes, real faults: each batch runs through the CLI (Dagster in-process, in a
 subprocess) against the simulator in this process, is killed with SIGKILL twice at
-random moments while generations are being submitted, and is then run to its end. A row
+random moments while it is paying, and is then run to its end. A row
 ends ``unknown`` only when a kill lands between Ideogram accepting a submission and the
 journal's append of its generation id: at most one in all twelve kills, and no image is
 ever paid twice.
@@ -32,20 +32,23 @@ LIMIT = 4
 RUN = [sys.executable, "-c", "from ideogram_pipeline.cli import main; main()", "run"]
 
 
-def _kill_after(
-    cmd: list[str], env: dict[str, str], requests: Callable[[], int], more: int
+def _kill_at_random(
+    cmd: list[str], env: dict[str, str], billed: Callable[[], int], rng: random.Random
 ) -> bool:
-    """Start ``cmd`` and SIGKILL it once the simulator has answered ``more`` further
-    requests (submissions and polls): a moment in the middle of the spending."""
+    """Start ``cmd``; once it has started paying, SIGKILL it at a random moment within the
+    next 1.5 s (uncorrelated with any answer, as a person's kill or a lost machine is)."""
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = requests() + more
+    start = billed()
     deadline = time.monotonic() + 90
     try:
-        while requests() < target:
+        while billed() == start:
             if process.poll() is not None:
                 return False
-            assert time.monotonic() < deadline, "the batch never reached the kill point"
-            time.sleep(0.001)
+            assert time.monotonic() < deadline, "the batch never started paying"
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 1.5))
+        if process.poll() is not None:
+            return False
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
         return True
@@ -80,8 +83,8 @@ def test_twelve_kills_leave_at_most_one_unknown_row_and_nothing_paid_twice(
             ]
             csv.write_text("\n".join(lines) + "\n", encoding="utf-8")
             for _ in range(2):  # two kills per batch, at random moments mid-spend
-                kills += _kill_after(
-                    [*RUN, str(csv)], env, lambda: sim.stats.requests_total, rng.randint(3, 25)
+                kills += _kill_at_random(
+                    [*RUN, str(csv)], env, lambda: sim.stats.billed_images, rng
                 )
             rerun = subprocess.run(
                 [*RUN, str(csv)], env=env, capture_output=True, text=True, timeout=180
