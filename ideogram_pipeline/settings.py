@@ -47,6 +47,9 @@ class Settings:
     """Validated configuration. ``api_key is None`` means the bundled simulator is used."""
 
     api_key: str | None = field(default=None, repr=False)
+    #: ``IDEOGRAM_SIMULATOR=1``: the person asked for a simulator (the bundled one, or the
+    #: one at ``IDEOGRAM_BASE_URL``); its images are recorded as simulated, never as real.
+    simulator_requested: bool = False
     base_url: str = DEFAULT_BASE_URL
     max_inflight: int = DEFAULT_MAX_INFLIGHT
     storage: str = DEFAULT_STORAGE
@@ -76,7 +79,25 @@ class Settings:
 
     @property
     def simulated(self) -> bool:
-        return self.api_key is None
+        """Images come from a simulator: no key (the bundled one) or asked for by name.
+
+        A simulated record never counts as done for a run against the real API."""
+        return self.api_key is None or self.simulator_requested
+
+    @property
+    def simulator_at_base_url(self) -> bool:
+        """A simulator the person started themselves, addressed with ``IDEOGRAM_BASE_URL``."""
+        return self.simulator_requested and self.base_url != DEFAULT_BASE_URL
+
+    @property
+    def api_label(self) -> str:
+        """Where images come from, as every output that announces a run says it."""
+        if not self.simulated:
+            return "Ideogram API"
+        if self.simulator_at_base_url:
+            return f"SIMULATED: simulator at {self.base_url} (IDEOGRAM_SIMULATOR=1)"
+        why = "IDEOGRAM_SIMULATOR=1" if self.simulator_requested else "no IDEOGRAM_API_KEY"
+        return f"SIMULATED: bundled simulator ({why})"
 
     @property
     def is_s3(self) -> bool:
@@ -133,6 +154,32 @@ def _sse(env: Mapping[str, str]) -> tuple[str | None, str | None]:
     return ("aws:kms" if key_id else mode), key_id
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def _simulator_requested(env: Mapping[str, str]) -> bool:
+    raw = env.get("IDEOGRAM_SIMULATOR", "").strip().lower()
+    if raw not in _TRUE + _FALSE:
+        raise SettingsError(f"IDEOGRAM_SIMULATOR must be 1 or 0 (true/false), got {raw!r}")
+    return raw in _TRUE
+
+
+def _check_api_choice(env: Mapping[str, str], api_key: str | None, simulator: bool) -> None:
+    """A base URL without a key is a mistake, not a wish for the simulator: refused.
+
+    Silently falling back to the bundled simulator stored simulated images, at real prices,
+    in a production history. The simulator is used without a key only when no base URL is
+    set (the demo, a first try) or when the person asks for it by name.
+    """
+    if env.get("IDEOGRAM_BASE_URL", "").strip() and api_key is None and not simulator:
+        raise SettingsError(
+            "IDEOGRAM_BASE_URL is set but IDEOGRAM_API_KEY is not: set the API key to use "
+            "that API, or IDEOGRAM_SIMULATOR=1 to use a simulator there (its images are "
+            "marked SIMULATED and never count as real ones)"
+        )
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the environment (``os.environ`` unless a mapping is given)."""
     env = os.environ if environ is None else environ
@@ -150,7 +197,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"IDEOGRAM_API_MODE must be one of {', '.join(API_MODES)}, got {api_mode!r}"
         )
     sse, sse_kms_key_id = _sse(env)
+    api_key = env.get("IDEOGRAM_API_KEY", "").strip() or None
+    simulator = _simulator_requested(env)
+    _check_api_choice(env, api_key, simulator)
     return Settings(
+        simulator_requested=simulator,
         image_hosts=_image_hosts(env),
         max_image_bytes=_positive_int(env, "IDEOGRAM_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES),
         s3_sse=sse,
@@ -158,7 +209,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         api_mode=api_mode,
         flush_every=_positive_int(env, "IDEOGRAM_FLUSH_EVERY", DEFAULT_FLUSH_EVERY),
         concurrent_batches=_positive_int(env, "IDEOGRAM_CONCURRENT_BATCHES", 1),
-        api_key=env.get("IDEOGRAM_API_KEY", "").strip() or None,
+        api_key=api_key,
         base_url=base_url,
         max_inflight=_positive_int(env, "IDEOGRAM_MAX_INFLIGHT", DEFAULT_MAX_INFLIGHT),
         storage=storage,

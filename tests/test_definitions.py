@@ -200,6 +200,7 @@ def simulated_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return prompts
 
 
+@pytest.mark.slow
 def test_first_sensor_tick_does_not_rerun_a_batch_already_run(
     tmp_path: Path, simulated_root: Path
 ) -> None:
@@ -234,6 +235,7 @@ def test_first_sensor_tick_does_not_rerun_a_batch_already_run(
         assert [r.partition_key for r in later.run_requests] == ["done"]
 
 
+@pytest.mark.slow
 def test_the_checks_fail_when_a_row_or_a_stored_image_is_wrong(
     tmp_path: Path, simulated_root: Path
 ) -> None:

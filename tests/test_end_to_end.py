@@ -77,7 +77,7 @@ def _query(sql: str, params: list | None = None) -> list[tuple]:
         con.close()
 
 
-@pytest.mark.parametrize("api_mode", ["sync", "async"])
+@pytest.mark.parametrize("api_mode", ["sync", pytest.param("async", marks=pytest.mark.slow)])
 def test_mixed_batch_through_dagster(
     env: Path, simulator: Simulator, tmp_path: Path, api_mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -176,6 +176,7 @@ def test_bad_files_fail_the_run_with_one_message(env: Path, tmp_path: Path) -> N
     assert result.exit_code != 0 and "UTF-8" in result.output
 
 
+@pytest.mark.slow
 def test_wrong_api_key_stops_the_batch(
     env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

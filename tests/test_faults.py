@@ -164,6 +164,7 @@ def _dropping_proxy(target_port: int, drop_every: int) -> Iterator[str]:
         listener.close()
 
 
+@pytest.mark.slow
 def test_connection_resets(tmp_path: Path) -> None:
     """Dropped connections on polls and downloads are retried. A dropped generate request is
     ambiguous to the client (it left; did it arrive?), so that row ends ``unknown`` and is
@@ -190,6 +191,7 @@ def test_connection_resets(tmp_path: Path) -> None:
     assert set(billed.values()) == {1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("api_mode", ["async", "sync"])
 def test_slow_answers_past_the_timeout(tmp_path: Path, api_mode: str) -> None:
     """async: a slow generation is just polled longer. sync: the answer is lost after the

@@ -149,6 +149,7 @@ def test_compaction_keeps_every_answer_and_reduces_files(
     assert _answers(root) == before
 
 
+@pytest.mark.slow
 def test_compaction_and_cleanup_at_once_need_no_lock(
     tmp_path: Path, simulator: Simulator, request: pytest.FixtureRequest
 ) -> None:

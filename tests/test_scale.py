@@ -61,6 +61,7 @@ def test_later_polls_back_off_to_a_tenth_of_the_latency() -> None:
     assert next_interval(50, 0.05) == pytest.approx(0.01)  # never below the minimum gap
 
 
+@pytest.mark.slow
 def test_polling_stays_within_the_organisations_budget() -> None:
     """A client limited to 5 polls/s (burst 5) never meets the API's 60-per-10 s limit."""
     config = SimulatorConfig(latency_s=0.2, image_scale=0.25, poll_limit_per_10s=60)

@@ -1,8 +1,9 @@
 """One batch row -> a :class:`GenerationRequest`, or a :class:`RejectedRow` naming the field.
 
 A bad row is data, not an exception: it is recorded as ``rejected`` and never paid for,
-while its neighbours still run. The order of the checks is chosen for the most useful first
-message: the prompt, then the model (every other rule depends on it), then each parameter.
+while its neighbours still run. Every bad field of a row is reported in one message, in the
+order of the checks: the prompt, then the model (every other rule depends on it), then each
+parameter.
 The rules themselves live in :mod:`ideogram_pipeline.batches.fields` and, below it, the
 capability table.
 """
@@ -10,6 +11,7 @@ capability table.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from ideogram_pipeline.batches import fields
 from ideogram_pipeline.batches.fields import CellRejected
@@ -18,6 +20,8 @@ from ideogram_pipeline.ideogram.generation import GenerationRequest, RejectedRow
 
 __all__ = ["validate_cells", "validate_row"]
 
+T = TypeVar("T")
+
 #: Reads a cell by (native or UI) column name; "" when the row has no such cell.
 CellReader = Callable[[str], str]
 
@@ -25,17 +29,24 @@ CellReader = Callable[[str], str]
 def validate_row(
     number: int, prompt: str, tags: tuple[str, ...], cell: CellReader
 ) -> GenerationRequest | RejectedRow:
-    """Validate one row whose cells ``cell`` reads (already trimmed)."""
-    try:
-        return _request(number, prompt, tags, cell)
-    except CellRejected as problem:
-        return RejectedRow(
-            row=number,
-            field=problem.field,
-            reason=problem.reason,
-            prompt=prompt.replace("\x00", "\ufffd"),  # NUL breaks some stores downstream
-            tags=tags,
-        )
+    """Validate one row whose cells ``cell`` reads (already trimmed).
+
+    Every bad field of the row is reported at once (the first in :attr:`RejectedRow.field`,
+    all of them in the error), so a person fixes the row in one edit, not one per run.
+    """
+    problems = _Problems()
+    request = _request(number, prompt, tags, cell, problems)
+    if request is not None and not problems.found:
+        return request
+    first, *others = problems.found
+    reason = "; ".join([first.reason, *(f"field '{p.field}': {p.reason}" for p in others)])
+    return RejectedRow(
+        row=number,
+        field=first.field,
+        reason=reason,
+        prompt=prompt.replace("\x00", "\ufffd"),  # NUL breaks some stores downstream
+        tags=tags,
+    )
 
 
 def validate_cells(
@@ -51,30 +62,76 @@ def validate_cells(
     return validate_row(number, prompt, tags, lambda name: cells.get(name, "").strip())
 
 
+class _Problems:
+    """The bad fields of one row, each once, in the order they were checked."""
+
+    def __init__(self) -> None:
+        self.found: list[CellRejected] = []
+
+    def check(self, parse: Callable[[], T], default: T) -> T:
+        """``parse()``, or ``default`` with the problem noted when it refuses the cell."""
+        try:
+            return parse()
+        except CellRejected as problem:
+            if all(seen.field != problem.field for seen in self.found):
+                self.found.append(problem)
+            return default
+
+
 def _request(
-    number: int, prompt: str, tags: tuple[str, ...], cell: CellReader
-) -> GenerationRequest:
-    fields.check_text("prompt", prompt, required=True)
-    model = fields.parse_model(cell("model"))
-    fields.check_length("prompt", prompt, model)
-    if cell("rendering"):
-        model, rendering_speed = fields.parse_ui_rendering(cell("rendering"), model)
-    else:
-        rendering_speed = fields.parse_rendering_speed(cell("rendering_speed"), model)
-    seed_column = "seed_number" if cell("seed_number") else "seed"
-    seed = fields.parse_int("seed", cell(seed_column), model, column=seed_column)
-    num_images = fields.parse_int("num_images", cell("num_images"), model)
-    magic_prompt = fields.parse_magic_prompt(cell("magic_prompt"), model)
-    for first, second, _reason in EXCLUSIVE_FIELDS:
-        if cell(first) and cell(second):
-            raise CellRejected(second, f"{first} and {second} cannot be used together")
-    aspect_ratio = fields.parse_aspect_ratio(cell("aspect_ratio"), model)
-    resolution = fields.parse_resolution(cell("resolution"), model)
-    style_type = fields.parse_style_type(cell("style_type"), model)
+    number: int, prompt: str, tags: tuple[str, ...], cell: CellReader, problems: _Problems
+) -> GenerationRequest | None:
+    """The request, or None when a field is bad (``problems`` then says which, all of them).
+
+    Every field is checked even after a bad one. Most rules depend on the model, so when
+    the model itself is bad only the checks that do not need it run (their messages would
+    be guesses otherwise).
+    """
+    problems.check(lambda: fields.check_text("prompt", prompt, required=True), None)
+    parsed: str | None = problems.check(lambda: fields.parse_model(cell("model")), None)
     negative_prompt = cell("negative_prompt")
     if negative_prompt:
-        fields.rule_for("negative_prompt", model)
-        fields.check_text("negative_prompt", negative_prompt, required=False)
+        problems.check(
+            lambda: fields.check_text("negative_prompt", negative_prompt, required=False), None
+        )
+    for first, second, _reason in EXCLUSIVE_FIELDS:
+        if cell(first) and cell(second):
+            problems.found.append(
+                CellRejected(second, f"{first} and {second} cannot be used together")
+            )
+    if parsed is None:
+        return None
+    model = parsed
+    problems.check(lambda: fields.check_length("prompt", prompt, model), None)
+    rendering_speed: str | None
+    if cell("rendering"):
+        unchanged: tuple[str, str | None] = (model, None)
+        model, rendering_speed = problems.check(
+            lambda: fields.parse_ui_rendering(cell("rendering"), model), unchanged
+        )
+    else:
+        rendering_speed = problems.check(
+            lambda: fields.parse_rendering_speed(cell("rendering_speed"), model), None
+        )
+    seed_column = "seed_number" if cell("seed_number") else "seed"
+    seed = problems.check(
+        lambda: fields.parse_int("seed", cell(seed_column), model, column=seed_column), None
+    )
+    num_images = problems.check(
+        lambda: fields.parse_int("num_images", cell("num_images"), model), None
+    )
+    magic_prompt = problems.check(
+        lambda: fields.parse_magic_prompt(cell("magic_prompt"), model), None
+    )
+    aspect_ratio = problems.check(
+        lambda: fields.parse_aspect_ratio(cell("aspect_ratio"), model), None
+    )
+    resolution = problems.check(lambda: fields.parse_resolution(cell("resolution"), model), None)
+    style_type = problems.check(lambda: fields.parse_style_type(cell("style_type"), model), None)
+    if negative_prompt:
+        problems.check(lambda: fields.rule_for("negative_prompt", model), None)
+    if problems.found:
+        return None
     return GenerationRequest(
         row=number,
         prompt=prompt,

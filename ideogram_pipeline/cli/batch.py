@@ -21,6 +21,7 @@ SUMMARY_FIELDS = (
     "rejected",
     "failed",
     "skipped_already_done",
+    "simulated_rows_redone",
     "linked_duplicates",
     "left",
     "left_submitted",
@@ -56,18 +57,26 @@ def _print_summary(metadata: dict[str, Any], run_id: str) -> None:
         click.echo(f"  {'seconds':<22} {float(metadata['seconds']):.1f}")
     if metadata.get("retries"):
         click.echo(f"  {'retries':<22} {metadata['retries']}")
+    if metadata.get("simulated_rows_redone"):
+        click.echo(
+            f"  note: {metadata['simulated_rows_redone']} row(s) the simulator had made were "
+            "generated again with the Ideogram API (a simulated image never counts as done)"
+        )
     if "storage_root" in metadata:
         click.echo(f"  {'storage':<22} {metadata['storage_root']}")
     click.echo(f"  {'dagster run':<22} {run_id}")
 
 
 def _refuse_unmigrated(settings: Settings) -> None:
-    """Stop before Dagster starts when the root's history is in the old layout."""
+    """Stop before Dagster starts when the root's history is in the old layout, or the
+    root cannot be written (one line naming why, not a Dagster step failure)."""
     from ideogram_pipeline.history.views import needs_migration
     from ideogram_pipeline.storage import StorageError, open_store
 
     try:
-        if needs_migration(open_store(settings)):
+        store = open_store(settings)
+        store.preflight()
+        if needs_migration(store):
             raise click.ClickException(
                 f"the history under {settings.storage} is in the old layout: run "
                 "`ideogram-pipeline migrate` first"
@@ -90,12 +99,7 @@ def run_csv(csv: Path, batch: str | None, config: dict[str, Any] | None = None) 
         loaded = load_batch(csv, key=key)
     except BatchFileError as exc:
         raise click.ClickException(str(exc)) from None
-    mode = (
-        "SIMULATED: no IDEOGRAM_API_KEY, using the bundled simulator"
-        if settings.simulated
-        else "Ideogram API"
-    )
-    click.echo(f"batch {key}: {len(loaded.rows)} rows from {csv} [{mode}]", err=True)
+    click.echo(f"batch {key}: {len(loaded.rows)} rows from {csv} [{settings.api_label}]", err=True)
     _refuse_unmigrated(settings)
     _ensure_dagster_home()
     from ideogram_pipeline.cli.launch import materialize_batch
@@ -211,9 +215,18 @@ def run(
 @click.option("--latency", default=0.5, show_default=True, help="Seconds per generation.")
 @click.option("--max-inflight", default=10, show_default=True, help="In-flight image limit.")
 def simulator(port: int, latency: float, max_inflight: int) -> None:
-    """Serve the bundled Ideogram simulator (same endpoints and shapes as the real API)."""
+    """Serve the bundled Ideogram simulator (same endpoints and shapes as the real API).
+
+    Point runs at it with IDEOGRAM_SIMULATOR=1 and IDEOGRAM_BASE_URL: their images are then
+    recorded as simulated and never count as done for a run against the real API.
+    """
     from ideogram_pipeline.simulator.server import SimulatorConfig, serve_forever
 
+    click.echo(
+        "runs: IDEOGRAM_SIMULATOR=1 IDEOGRAM_BASE_URL=<the URL below> (images marked "
+        "SIMULATED); with its key instead, runs treat it as the real API",
+        err=True,
+    )
     serve_forever("127.0.0.1", port, SimulatorConfig(latency_s=latency, max_inflight=max_inflight))
 
 

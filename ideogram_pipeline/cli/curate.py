@@ -29,9 +29,9 @@ def reproduce(
     or, if not, its perceptual-hash distance (0 = looks the same). This is paid work.
     """
     from ideogram_pipeline import history
+    from ideogram_pipeline.history.record_ids import RecordIdError, resolve_ids
     from ideogram_pipeline.history.reproduce import ReproduceError, plan
     from ideogram_pipeline.history.reproduce import reproduce as run_reproduce
-    from ideogram_pipeline.history.search import SearchError, resolve_ids
     from ideogram_pipeline.history.tags import TagError
     from ideogram_pipeline.runs.engine import BatchAborted
     from ideogram_pipeline.storage import StorageError, open_store
@@ -45,11 +45,11 @@ def reproduce(
             planned = plan(con, ids=full_ids, batch=batch, tags=tags)
         finally:
             con.close()
-    except (ReproduceError, SearchError, TagError, StorageError) as exc:
+    except (ReproduceError, RecordIdError, TagError, StorageError) as exc:
         raise click.ClickException(str(exc)) from None
     images = sum(item.request.num_images for item in planned)
     cost = sum(item.cost_usd for item in planned)
-    mode = "SIMULATED: bundled simulator" if settings.simulated else "Ideogram API"
+    mode = settings.api_label
     click.echo(f"{len(planned)} request(s), {images} image(s), ~${cost:.2f} [{mode}]", err=True)
     for item in planned:
         if not item.exact:
@@ -114,30 +114,24 @@ def tag(ids: tuple[str, ...], add: tuple[str, ...], remove: tuple[str, ...]) -> 
     A `keep` tag protects a record from retention cleanup.
     """
     from ideogram_pipeline import history
-    from ideogram_pipeline.history.search import SearchError, resolve_ids
+    from ideogram_pipeline.history.record_ids import RecordIdError
     from ideogram_pipeline.history.tags import TagError, change_tags
     from ideogram_pipeline.safe_output import sql_list
-    from ideogram_pipeline.storage import StorageError, open_store
+    from ideogram_pipeline.storage import StorageError
 
     settings = settings_or_exit()
     try:
-        store = open_store(settings)
-        con = history.connect(settings, store)
-        try:
-            full_ids = resolve_ids(con, ids)
-        finally:
-            con.close()
-        change = change_tags(settings, full_ids, add=add, remove=remove)
-        con = history.connect(settings, store, views=("generations",))
+        change = change_tags(settings, ids, add=add, remove=remove)
+        con = history.connect(settings, views=("generations",))
         try:
             # Literals, not bound parameters: binding imports pandas (half a second).
             now = con.execute(
-                f"SELECT id, tags FROM generations WHERE id IN ({sql_list(full_ids)[1:-1]}) "
+                f"SELECT id, tags FROM generations WHERE id IN ({sql_list(change.ids)[1:-1]}) "
                 "ORDER BY id"
             ).fetchall()
         finally:
             con.close()
-    except (SearchError, TagError, StorageError) as exc:
+    except (RecordIdError, TagError, StorageError) as exc:
         raise click.ClickException(str(exc)) from None
     changes = [f"+{t}" for t in change.added] + [f"-{t}" for t in change.removed]
     click.echo(f"{change.records} record(s): {' '.join(changes)}")

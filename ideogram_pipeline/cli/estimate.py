@@ -33,7 +33,7 @@ def print_estimate(csv: Path, batch: str | None, max_cost: float | None) -> None
         raise click.ClickException(str(exc)) from None
     except StorageError as exc:
         raise click.ClickException(f"storage {settings.storage}: {exc}") from None
-    mode = "SIMULATED (no IDEOGRAM_API_KEY)" if settings.simulated else "Ideogram API"
+    mode = settings.api_label
     click.echo(f"dry run of batch {key}: nothing sent [{mode}]")
     click.echo(f"  {'rows':<22} {estimate.rows}")
     click.echo(f"  {'rows to send':<22} {estimate.rows_to_send}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -92,7 +93,15 @@ def search(
             con.close()
     except (SearchError, StorageError) as exc:
         raise click.ClickException(str(exc)) from None
+    if fmt == "table":
+        rows = [_marked(row) for row in rows]
     emit(rows, RESULT_COLUMNS, fmt)
+
+
+def _marked(row: dict[str, Any]) -> dict[str, Any]:
+    """A table row whose ``simulated`` is a word a person notices (JSON and CSV keep the
+    boolean): an image a simulator made is never mistaken for Ideogram's."""
+    return {**row, "simulated": "SIMULATED" if row.get("simulated") else ""}
 
 
 def _read_image(location: str) -> bytes:
@@ -121,6 +130,43 @@ def _read_image(location: str) -> bytes:
     return path.read_bytes()
 
 
+def _looks_like_id(text: str) -> bool:
+    """Hex digits only, no path separator, and no file of that name here."""
+    value = text.strip().lower()
+    return bool(value) and all(ch in "0123456789abcdef" for ch in value) and not Path(text).exists()
+
+
+def _record_image(record_id: str) -> bytes:
+    """The stored image of record ``record_id`` (a full id or a unique prefix)."""
+    from ideogram_pipeline import history
+    from ideogram_pipeline.history.record_ids import RecordIdError, resolve_ids
+    from ideogram_pipeline.storage import StorageError, open_store
+
+    settings = settings_or_exit()
+    try:
+        store = open_store(settings)
+        con = history.connect(settings, store, views=("generation_records",))
+        try:
+            (full_id,) = resolve_ids(con, [record_id])
+            row = con.execute(
+                "SELECT any_value(image_key) FROM generation_records "
+                "WHERE id = ? AND status = 'stored' AND image_key IS NOT NULL",
+                [full_id],
+            ).fetchone()
+        finally:
+            con.close()
+        if not row or not row[0]:
+            raise click.ClickException(f"record {full_id} has no stored image to inspect")
+        if store.head(row[0]) is None:
+            raise click.ClickException(
+                f"the image of record {full_id} ({store.uri(row[0])}) no longer exists "
+                "(deleted by retention?)"
+            )
+        return store.get_bytes(row[0])
+    except (RecordIdError, StorageError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @main.command()
 @click.argument("file")
 @click.option(
@@ -132,15 +178,18 @@ def _read_image(location: str) -> bytes:
     help="text: the parameters and the record; json: every text chunk, parsed.",
 )
 def inspect(file: str, fmt: str) -> None:
-    """Show the generation parameters embedded in a stored PNG (a path or an s3:// URI).
+    """Show the generation parameters embedded in a stored PNG.
 
-    Every image the pipeline stores carries a human-readable `parameters` text chunk and
-    an `ideogram-pipeline` JSON chunk with the full record.
+    FILE is a path, an s3:// URI, or a record id (or a unique prefix of at least 6
+    characters) whose stored image is read from the storage root. Every image the pipeline
+    stores carries a human-readable `parameters` text chunk and an `ideogram-pipeline` JSON
+    chunk with the full record. An image the simulator made says SIMULATED first.
     """
     from ideogram_pipeline.images.png_metadata import PngError, read_metadata
 
+    data = _record_image(file) if _looks_like_id(file) else _read_image(file)
     try:
-        meta = read_metadata(_read_image(file))
+        meta = read_metadata(data)
     except PngError as exc:
         raise click.ClickException(f"{file}: {exc}") from None
     if meta["parameters"] is None and meta["record"] is None:
@@ -148,6 +197,8 @@ def inspect(file: str, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps(meta, indent=2, ensure_ascii=False))
         return
+    if (meta["record"] or {}).get("simulated"):
+        click.echo("SIMULATED: made by the simulator, not by Ideogram")
     if meta["parameters"] is not None:
         click.echo("parameters:")
         for line in meta["parameters"].splitlines():
@@ -158,7 +209,17 @@ def inspect(file: str, fmt: str) -> None:
             click.echo(f"  {key + ':':<18} {terminal_text(value)}")
 
 
-DUPLICATE_COLUMNS = ("group", "distance", "id", "batch", "row", "records", "prompt", "stored_uri")
+DUPLICATE_COLUMNS = (
+    "group",
+    "distance",
+    "id",
+    "batch",
+    "row",
+    "records",
+    "simulated",
+    "prompt",
+    "stored_uri",
+)
 
 
 @main.command()
@@ -196,4 +257,5 @@ def duplicates(distance: int, batch: str | None, fmt: str) -> None:
     ]
     if fmt == "table" and rows:
         click.echo(f"{len(groups)} group(s) of near-identical images (distance <= {distance})")
+        rows = [_marked(row) for row in rows]
     emit(rows, DUPLICATE_COLUMNS, fmt)

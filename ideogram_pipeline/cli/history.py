@@ -2,37 +2,73 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from ideogram_pipeline.cli.common import main, settings_or_exit
 from ideogram_pipeline.cli.output import FORMAT_OPTION, emit
 from ideogram_pipeline.settings import Settings
 
+if TYPE_CHECKING:
+    from ideogram_pipeline.history.sandbox import QueryLimits
+
+
+# Kept equal to sandbox.DEFAULT_MEMORY_LIMIT / DEFAULT_TIMEOUT_S (not imported: fast --help).
+DEFAULT_MEMORY_LIMIT = "2GB"
+DEFAULT_TIMEOUT_S = 300.0
+
 
 @main.command()
 @click.argument("sql")
 @FORMAT_OPTION
-def query(sql: str, fmt: str) -> None:
+@click.option(
+    "--memory-limit",
+    default=DEFAULT_MEMORY_LIMIT,
+    show_default=True,
+    metavar="SIZE",
+    help="Most memory the query may use, e.g. 512MB or 8GB (SQL cannot change it).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_TIMEOUT_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="Stop the query after this many seconds.",
+)
+def query(sql: str, fmt: str, memory_limit: str, timeout_s: float) -> None:
     """Run SQL in DuckDB over the history tables.
 
     `generations` holds the current record of every row (tags and pins as they are now);
     `generation_records` holds every record ever written. Queries only read, and only
-    files under the storage root.
+    files under the storage root, within a memory and a time limit.
     """
-    show_query(settings_or_exit(), sql, fmt)
+    from ideogram_pipeline.history.sandbox import QueryLimits
+
+    try:
+        limits = QueryLimits(memory_limit=memory_limit, timeout_s=timeout_s)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--memory-limit") from None
+    show_query(settings_or_exit(), sql, fmt, limits)
 
 
-def show_query(settings: Settings, sql: str, fmt: str = "table") -> None:
+def show_query(
+    settings: Settings, sql: str, fmt: str = "table", limits: QueryLimits | None = None
+) -> None:
     """Run ``sql`` as the ``query`` command does and print its rows in ``fmt``."""
     import duckdb
 
-    from ideogram_pipeline.history.sandbox import QueryRefused, query_rows
+    from ideogram_pipeline.history.sandbox import QueryLimitReached, QueryRefused, query_rows
     from ideogram_pipeline.storage import StorageError
 
     try:
-        columns, rows = query_rows(settings, sql)
+        columns, rows = query_rows(settings, sql, limits=limits)
     except StorageError as exc:
         raise click.ClickException(str(exc)) from None
+    except QueryLimitReached as exc:
+        raise click.ClickException(f"query stopped: {exc}") from None
     except QueryRefused as exc:
         raise click.ClickException(f"query refused: {exc}") from None
     except duckdb.PermissionException as exc:

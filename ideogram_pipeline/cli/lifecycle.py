@@ -22,12 +22,13 @@ if TYPE_CHECKING:
 @contextmanager
 def _errors() -> Iterator[None]:
     """Library errors become one line and a non-zero exit."""
+    from ideogram_pipeline.history.record_ids import RecordIdError
     from ideogram_pipeline.lifecycle.policy import LifecycleError
     from ideogram_pipeline.storage import StorageError
 
     try:
         yield
-    except (LifecycleError, StorageError) as exc:
+    except (LifecycleError, RecordIdError, StorageError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -184,33 +185,21 @@ def cleanup(
 
 def _pin_command(action: str) -> Callable[[str], None]:
     def command(record_id: str) -> None:
-        from ideogram_pipeline import history
         from ideogram_pipeline.history.pins import set_pinned
-        from ideogram_pipeline.history.search import SearchError, resolve_ids
 
-        settings, store = _store()
+        settings, _ = _store()
         with _errors():
-            con = history.connect(settings, store, views=("generation_records", "generations"))
-            try:
-                try:
-                    (full_id,) = resolve_ids(con, [record_id])
-                except SearchError as exc:
-                    raise click.ClickException(str(exc)) from None
-                row = con.execute(
-                    "SELECT pinned FROM generations WHERE id = ?", [full_id]
-                ).fetchone()
-            finally:
-                con.close()
-            if row is None:
-                raise click.ClickException(
-                    f"record {full_id} is no longer a current image (a later attempt "
-                    "replaced it): only current images can be pinned"
-                )
-            if bool(row[0]) == (action == "pin"):
-                click.echo(f"{full_id} was already {'pinned' if row[0] else 'not pinned'}")
-                return
-            set_pinned(settings, [full_id], action == "pin")
-        click.echo(f"{action}ned {full_id}")
+            change = set_pinned(settings, [record_id], action == "pin")
+        for full_id in change.changed:
+            note = (
+                " (a superseded image, no longer in `generations`: the pin is in its audit "
+                "records, which retention honours)"
+                if full_id in change.superseded
+                else ""
+            )
+            click.echo(f"{action}ned {full_id}{note}")
+        for full_id in change.unchanged:
+            click.echo(f"{full_id} was already {'pinned' if action == 'pin' else 'not pinned'}")
 
     return command
 
@@ -221,7 +210,8 @@ main.command(
 )(click.argument("record_id", metavar="ID")(_pin_command("pin")))
 main.command(
     "unpin",
-    help="Let retention cleanup delete record ID again once it is old enough.",
+    help="Let retention cleanup delete record ID (or a unique prefix of 6+ characters) "
+    "again once it is old enough.",
 )(click.argument("record_id", metavar="ID")(_pin_command("unpin")))
 
 

@@ -58,13 +58,19 @@ _HEAD_WORKERS = 16
 
 
 def existing_images(
-    settings: Settings, store: ObjectStore, requests: Iterable[GenerationRequest]
+    settings: Settings,
+    store: ObjectStore,
+    requests: Iterable[GenerationRequest],
+    *,
+    include_simulated: bool = True,
 ) -> dict[str, list[dict[str, Any]]]:
     """Request hash -> the stored images (one per image index) of an earlier identical request.
 
     Only requests with an explicit seed are considered. A hash is included only when every
     image index of the request has a stored record whose object still exists (an image
     removed by retention is not something to link to). Originals win over earlier links.
+    ``include_simulated`` false (a run against the real API) never links to an image a
+    simulator made.
     """
     from ideogram_pipeline import history
 
@@ -76,6 +82,7 @@ def existing_images(
         cursor = con.execute(
             f"SELECT {', '.join(LINKED_COLUMNS)}, id, duplicate_of, request_hash, num_images "
             "FROM generation_records WHERE status = 'stored' AND image_key IS NOT NULL "
+            f"{'' if include_simulated else 'AND simulated IS NOT TRUE '}"
             "AND list_contains(?::VARCHAR[], request_hash) "
             "ORDER BY duplicate_of IS NOT NULL, created_at, id",
             [hashes],
@@ -223,6 +230,7 @@ def near_duplicate_groups(
         f"arg_min(batch, {first_record}) AS batch, "
         f'arg_min("row", {first_record}) AS "row", arg_min(prompt, {first_record}) AS prompt, '
         "any_value(stored_uri) AS stored_uri, any_value(phash) AS phash, "
+        "bool_or(simulated IS TRUE) AS simulated, "
         f"min(created_at) AS created_at, count(*) AS records {stored} "
         "AND list_contains(?::VARCHAR[], image_key) GROUP BY image_key",
         [batch, batch, [keys[i] for indexes in clusters for i in indexes]],

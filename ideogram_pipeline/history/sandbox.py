@@ -20,22 +20,31 @@ The boundary, from the outside in:
    may not call ``delta_scan`` (it reads a table's log outside DuckDB's file system, where
    ``allowed_directories`` does not reach) nor ``query``/``query_table`` (SQL from strings).
 
+4. A query runs under a memory limit (DuckDB's ``memory_limit``, set before the lock, so
+   SQL cannot raise it) and a time limit (a timer thread interrupts the connection):
+   :class:`QueryLimits`, whose defaults keep a shared machine alive and which the
+   ``query`` command's ``--memory-limit`` and ``--timeout`` change. Reaching either stops
+   the query with :class:`QueryLimitReached`, naming the option that raises it.
+
 What the boundary does not cover: reading anything under the storage root is allowed by
 design (all of it is the history and its images), DuckDB adds its own spill folder
-(``.tmp`` in the working directory) to the allowed list, a query can still use CPU and
-memory, and a symbolic link placed inside a local root is followed by the operating system.
+(``.tmp`` in the working directory) to the allowed list, a query can still use CPU up to
+its time limit, and a symbolic link placed inside a local root is followed by the
+operating system.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from ideogram_pipeline.safe_output import sql_list
+from ideogram_pipeline.safe_output import sql_list, sql_literal
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore, open_store
 
@@ -44,6 +53,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOWED_STATEMENTS",
+    "DEFAULT_MEMORY_LIMIT",
+    "DEFAULT_TIMEOUT_S",
+    "QueryLimitReached",
+    "QueryLimits",
     "QueryRefused",
     "allowed_root",
     "check_statements",
@@ -57,8 +70,38 @@ __all__ = [
 ALLOWED_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
 
 
+#: Memory one query may use: DuckDB's own default is 80% of the machine, which a careless
+#: cross join takes from every other process (and a batch running beside it).
+DEFAULT_MEMORY_LIMIT = "2GB"
+#: Seconds one query may run: a full scan of a million records takes a few seconds.
+DEFAULT_TIMEOUT_S = 300.0
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)\s*$", re.IGNORECASE)
+
+
 class QueryRefused(ValueError):
     """The SQL asks for something a history query may not do; the message says what."""
+
+
+class QueryLimitReached(RuntimeError):
+    """The query used its whole memory or time allowance; the message names the option."""
+
+
+@dataclass(frozen=True)
+class QueryLimits:
+    """The memory (DuckDB size, e.g. ``2GB`` or ``512MB``) and seconds one query may use."""
+
+    memory_limit: str = DEFAULT_MEMORY_LIMIT
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        match = _MEMORY.match(self.memory_limit)
+        if match is None or float(match[1]) <= 0:
+            raise ValueError(
+                f"memory limit {self.memory_limit!r} is not a size such as 512MB or 2GB"
+            )
+        object.__setattr__(self, "memory_limit", f"{match[1]}{match[2].upper()}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout must be more than 0 seconds, got {self.timeout_s}")
 
 
 def allowed_root(settings: Settings, store: ObjectStore) -> str:
@@ -75,12 +118,17 @@ def allowed_root(settings: Settings, store: ObjectStore) -> str:
     return store.root.rstrip("/") + "/"
 
 
-def lock_down(con: duckdb.DuckDBPyConnection, allowed: list[str]) -> None:
-    """Restrict ``con`` to ``allowed`` prefixes and freeze its configuration.
+def lock_down(
+    con: duckdb.DuckDBPyConnection, allowed: list[str], memory_limit: str | None = None
+) -> None:
+    """Restrict ``con`` to ``allowed`` prefixes (and ``memory_limit``, a DuckDB size) and
+    freeze its configuration.
 
     Call it after everything that needs external access (loading ``httpfs``, creating the S3
     secret, registering views): afterwards nothing can be loaded or changed.
     """
+    if memory_limit is not None:
+        con.execute(f"SET memory_limit = {sql_literal(memory_limit)}")
     for statement in (
         f"SET allowed_directories = {sql_list(allowed)}",
         "SET enable_external_access = false",
@@ -104,8 +152,6 @@ _EXPLAIN = re.compile(r"^\s*explain(\s+analyze)?\s", re.IGNORECASE)
 
 def _functions(con: duckdb.DuckDBPyConnection, statement_sql: str) -> set[str]:
     """Every function a SELECT calls, from DuckDB's own parse tree."""
-    from ideogram_pipeline.safe_output import sql_literal
-
     body = _EXPLAIN.sub("", statement_sql)
     (tree,) = con.execute(f"SELECT json_serialize_sql({sql_literal(body)})").fetchone() or ("",)
     return {name.lower() for name in _FUNCTION_NAME.findall(tree or "")}
@@ -158,18 +204,24 @@ def views_for(sql: str | None) -> tuple[str, ...]:
 
 
 def sandboxed_connection(
-    settings: Settings, store: ObjectStore | None = None, *, sql: str | None = None
+    settings: Settings,
+    store: ObjectStore | None = None,
+    *,
+    sql: str | None = None,
+    limits: QueryLimits | None = None,
 ) -> duckdb.DuckDBPyConnection:
-    """A history connection (see :func:`ideogram_pipeline.history.connect`), locked down.
+    """A history connection (see :func:`ideogram_pipeline.history.connect`), locked down
+    under ``limits``' memory limit (default :class:`QueryLimits`).
 
     Given the ``sql`` it will run (once), only the views that SQL names are created.
     """
     from ideogram_pipeline import history
 
+    limits = limits or QueryLimits()
     store = store or open_store(settings)
     con = history.connect(settings, store, views=views_for(sql))
     try:
-        lock_down(con, [allowed_root(settings, store)])
+        lock_down(con, [allowed_root(settings, store)], limits.memory_limit)
     except BaseException:
         con.close()
         raise
@@ -178,32 +230,59 @@ def sandboxed_connection(
 
 @contextlib.contextmanager
 def _executed(
-    settings: Settings, sql: str, store: ObjectStore | None
+    settings: Settings, sql: str, store: ObjectStore | None, limits: QueryLimits | None
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    con = sandboxed_connection(settings, store, sql=sql)
+    """The connection with ``sql`` executed, its results to fetch inside the block; the time
+    limit covers both (DuckDB produces a large result while it is fetched)."""
+    limits = limits or QueryLimits()
+    con = sandboxed_connection(settings, store, sql=sql, limits=limits)
+    timer = threading.Timer(limits.timeout_s, con.interrupt)
+    timer.daemon = True
     try:
         check_statements(con, sql)
+        timer.start()
         con.execute(sql)
         yield con
+    except duckdb.InterruptException:
+        raise QueryLimitReached(
+            f"the query was stopped after {limits.timeout_s:g} s, its time limit: narrow it "
+            "(a WHERE on batch or date reads fewer files) or give a longer --timeout"
+        ) from None
+    except duckdb.OutOfMemoryException:
+        raise QueryLimitReached(
+            f"the query needs more than its memory limit of {limits.memory_limit}: narrow it, "
+            "or give a larger --memory-limit (DuckDB spills what it can to disk; this could "
+            "not be)"
+        ) from None
     finally:
+        timer.cancel()
         con.close()
 
 
 def query_rows(
-    settings: Settings, sql: str, store: ObjectStore | None = None
+    settings: Settings,
+    sql: str,
+    store: ObjectStore | None = None,
+    limits: QueryLimits | None = None,
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run the user's ``sql`` inside the boundary: the last statement's column names and
     rows, as Python values (what the ``query`` command prints, without pandas).
 
-    Raises :class:`QueryRefused` for a statement that writes or configures, and
+    Raises :class:`QueryRefused` for a statement that writes or configures,
+    :class:`QueryLimitReached` when ``limits`` (default :class:`QueryLimits`) stop it, and
     ``duckdb.Error`` for SQL that fails (including a path outside the storage root).
     """
-    with _executed(settings, sql, store) as con:
+    with _executed(settings, sql, store, limits) as con:
         columns = [column[0] for column in con.description or []]
         return columns, con.fetchall() if columns else []
 
 
-def run_query(settings: Settings, sql: str, store: ObjectStore | None = None) -> pd.DataFrame:
+def run_query(
+    settings: Settings,
+    sql: str,
+    store: ObjectStore | None = None,
+    limits: QueryLimits | None = None,
+) -> pd.DataFrame:
     """As :func:`query_rows`, as a DataFrame (for notebooks and scripts)."""
-    with _executed(settings, sql, store) as con:
+    with _executed(settings, sql, store, limits) as con:
         return con.df()

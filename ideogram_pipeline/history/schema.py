@@ -174,3 +174,5 @@ class RowState:
     error: str | None
     attempt_id: str | None
     indexes: frozenset[int] = frozenset()
+    #: The row's records came from a simulator: never done for a run against the real API.
+    simulated: bool = False

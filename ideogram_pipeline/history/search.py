@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ideogram_pipeline.ideogram.generation import MODELS, STATUSES
-from ideogram_pipeline.safe_output import sql_list
 
 if TYPE_CHECKING:
     import duckdb
@@ -32,7 +30,6 @@ __all__ = [
     "build_query",
     "parse_terms",
     "parse_when",
-    "resolve_ids",
     "search",
     "term_pattern",
     "view_searched",
@@ -45,6 +42,8 @@ RESULT_COLUMNS = (
     "row",
     "image_index",
     "status",
+    # True for an image a simulator made: never mistaken for Ideogram's.
+    "simulated",
     "model",
     "seed",
     "aspect_ratio",
@@ -53,8 +52,6 @@ RESULT_COLUMNS = (
     "prompt",
     "stored_uri",
 )
-#: Shortest id prefix accepted where a record id is expected.
-MIN_ID_PREFIX = 6
 _WORD_EDGE = r"[^\pL\pN_]"
 _RATIO = re.compile(r"^\s*(\d{1,5})\s*[x:X×]\s*(\d{1,5})\s*$")
 
@@ -236,31 +233,3 @@ def search(con: duckdb.DuckDBPyConnection, filters: SearchFilters) -> list[dict[
     cursor = con.execute(sql, params)
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-
-def resolve_ids(con: duckdb.DuckDBPyConnection, ids: Sequence[str]) -> list[str]:
-    """Full record ids for ``ids`` (full ids or unique prefixes of at least 6 characters).
-
-    Raises :class:`SearchError` naming every id that matches nothing or more than one record.
-    """
-    wanted = [value.strip().lower() for value in ids]
-    short = [value for value in wanted if len(value) < MIN_ID_PREFIX]
-    if short:
-        raise SearchError(f"record id {short[0]!r} is too short (at least {MIN_ID_PREFIX} chars)")
-    # Literals, not a bound parameter: binding one imports pandas (half a second).
-    rows = con.execute(
-        f"SELECT p.prefix, list(DISTINCT r.id) FROM unnest({sql_list(wanted)}::VARCHAR[]) "
-        "AS p(prefix) LEFT JOIN (SELECT DISTINCT id FROM generation_records) AS r "
-        "ON starts_with(r.id, p.prefix) GROUP BY p.prefix"
-    ).fetchall()
-    matches = {prefix: [i for i in found if i is not None] for prefix, found in rows}
-    problems = []
-    for value in wanted:
-        found = matches.get(value, [])
-        if not found:
-            problems.append(f"no record with id {value!r}")
-        elif len(found) > 1:
-            problems.append(f"id {value!r} is ambiguous ({len(found)} records)")
-    if problems:
-        raise SearchError("; ".join(problems))
-    return list(dict.fromkeys(matches[value][0] for value in wanted))

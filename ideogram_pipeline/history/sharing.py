@@ -38,13 +38,13 @@ class SharedImage:
 def _stored_uri(settings: Settings, store: ObjectStore, record_id: str) -> tuple[str, str]:
     """The full record id and ``stored_uri`` of a stored record (id or unique prefix)."""
     from ideogram_pipeline import history
-    from ideogram_pipeline.history.search import SearchError, resolve_ids
+    from ideogram_pipeline.history.record_ids import RecordIdError, resolve_ids
 
     con = history.connect(settings, store)
     try:
         try:
             (full_id,) = resolve_ids(con, [record_id])
-        except SearchError as exc:
+        except RecordIdError as exc:
             raise ShareError(str(exc)) from None
         row = con.execute(
             "SELECT any_value(stored_uri) FROM generation_records "

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from ideogram_pipeline.history.record_ids import resolve_current
 from ideogram_pipeline.history.tables import HistoryTables
-from ideogram_pipeline.history.views import locate_current
 from ideogram_pipeline.settings import Settings
 
 __all__ = ["MAX_TAG_LENGTH", "TagChange", "TagError", "change_tags", "validate_tag"]
@@ -42,6 +42,8 @@ class TagChange:
     records: int
     added: tuple[str, ...]
     removed: tuple[str, ...]
+    #: The full ids the command's ids (or prefixes) resolved to.
+    ids: tuple[str, ...] = ()
 
 
 def validate_tag(tag: str) -> str:
@@ -63,7 +65,8 @@ def change_tags(
     add: Sequence[str] = (),
     remove: Sequence[str] = (),
 ) -> TagChange:
-    """Remove, then add, tags on every record in ``record_ids`` (full ids, current rows)."""
+    """Remove, then add, tags on every record in ``record_ids`` (full ids or unique
+    prefixes of current rows; see ``record_ids.py``)."""
     added = tuple(dict.fromkeys(validate_tag(tag) for tag in add))
     removed = tuple(dict.fromkeys(validate_tag(tag) for tag in remove))
     if not added and not removed:
@@ -73,8 +76,8 @@ def change_tags(
         raise TagError(f"tag {both[0]!r} is both added and removed")
     if not record_ids:
         raise TagError("no record ids given")
-    located = locate_current(settings, record_ids, TagError, "tagged")
-    ids = sorted(set(record_ids))
+    located = resolve_current(settings, record_ids, "tagged")
+    ids = sorted({i for found in located.values() for i in found})
     tags = pa.list_(pa.string())
     source = pa.table(
         {
@@ -86,4 +89,4 @@ def change_tags(
     changed = HistoryTables(settings).change(
         located, event="tag", updates={"tags": _NEW_TAGS}, source=source
     )
-    return TagChange(changed, added, removed)
+    return TagChange(changed, added, removed, tuple(ids))

@@ -189,43 +189,21 @@ def batch_state(settings: Settings, store: ObjectStore, batch: str) -> dict[int,
             # An image whose storage failed is still to be finished from the ledger (and a
             # row whose every image did so has no finished index at all, not a NULL list).
             "coalesce(list(DISTINCT image_index) "
-            "FILTER (coalesce(failure_kind, '') <> 'storage'), []) "
+            "FILTER (coalesce(failure_kind, '') <> 'storage'), []), "
+            "bool_or(coalesce(simulated, false)) "
             'FROM generations WHERE batch = ? GROUP BY "row"',
             [batch],
         ).fetchall()
     finally:
         con.close()
     return {
-        row: RowState(request_hash, frozenset(statuses), error, attempt_id, frozenset(indexes))
-        for row, request_hash, statuses, error, attempt_id, indexes in rows
-    }
-
-
-def ids_by_batch(settings: Settings, ids: Sequence[str]) -> dict[str, list[str]]:
-    """The current rows' ids grouped by batch (a write prunes its scan to those batches)."""
-    if not ids:
-        return {}
-    con = connect(settings, views=(GENERATIONS,))
-    try:
-        rows = con.execute(
-            "SELECT batch, list(DISTINCT id ORDER BY id) FROM generations "
-            f"WHERE id IN (SELECT unnest({sql_list(list(ids))})) GROUP BY batch"
-        ).fetchall()
-    finally:
-        con.close()
-    return {batch: list(found) for batch, found in rows}
-
-
-def locate_current(
-    settings: Settings, ids: Sequence[str], error: type[Exception], verb: str
-) -> dict[str, list[str]]:
-    """:func:`ids_by_batch`, raising ``error`` for an id that is not a current row (only
-    ``generations`` rows are changed in place: a superseded attempt is history)."""
-    located = ids_by_batch(settings, ids)
-    missing = sorted(set(ids) - {i for found in located.values() for i in found})
-    if missing:
-        raise error(
-            f"record {missing[0]} is not in the current history (`generations`): only a "
-            f"row's current images can be {verb}"
+        row: RowState(
+            request_hash,
+            frozenset(statuses),
+            error,
+            attempt_id,
+            frozenset(indexes),
+            bool(simulated),
         )
-    return located
+        for row, request_hash, statuses, error, attempt_id, indexes, simulated in rows
+    }

@@ -13,7 +13,7 @@ from typing import Any
 from ideogram_pipeline.history.schema import GenerationRecord, RowState
 from ideogram_pipeline.ideogram.generation import GenerationRequest, RejectedRow, Status
 
-__all__ = ["ExtraFields", "RecordMaker", "already_done"]
+__all__ = ["ExtraFields", "RecordMaker", "already_done", "state_for_run"]
 
 #: Further columns for the records of ``(row, image_index)``, e.g. ``reproduced_from``.
 ExtraFields = Mapping[tuple[int, int], Mapping[str, Any]]
@@ -85,9 +85,39 @@ class RecordMaker:
         return GenerationRecord(status=status, **columns)
 
 
+def state_for_run(
+    previous: Mapping[int, RowState], *, simulated: bool
+) -> tuple[dict[int, RowState], list[int]]:
+    """The recorded state a run goes by, and the rows it treats as not done because a
+    simulator made them.
+
+    A simulated image is never a real one: for a run against the real API (``simulated``
+    false), a row whose records came from a simulator keeps only its attempt (so the new
+    records replace all of the old ones) and no outcome, so :func:`already_done` (and the
+    estimate) sees it as new work and it is generated for real. A simulated run keeps
+    everything (real images are done for it too).
+    """
+    if simulated:
+        return dict(previous), []
+    replaced = sorted(
+        row
+        for row, state in previous.items()
+        if state.simulated and state.statuses & {"stored", "unsafe"}
+    )
+    forgotten = {
+        row: RowState(None, frozenset(), None, state.attempt_id, frozenset(), simulated=True)
+        for row, state in previous.items()
+        if state.simulated
+    }
+    return {**previous, **forgotten}, replaced
+
+
 def already_done(row: GenerationRequest | RejectedRow, previous: Mapping[int, RowState]) -> bool:
     """Whether ``row`` needs no new work: the same request already ``stored`` or ``unsafe``
-    (paid for), or the same rejection already recorded. The cost estimate uses it too."""
+    (paid for), or the same rejection already recorded. The cost estimate uses it too.
+
+    ``previous`` is the state :func:`state_for_run` gives the run: for a run against the
+    real API, rows a simulator made carry no outcome in it, so they are never done."""
     before = previous.get(row.row)
     if before is None:
         return False

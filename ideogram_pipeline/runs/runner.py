@@ -29,7 +29,7 @@ from ideogram_pipeline.runs.cost_guard import (
 from ideogram_pipeline.runs.engine import run_batch
 from ideogram_pipeline.runs.lease import LeaseHolder, acquire_lease
 from ideogram_pipeline.runs.malloc_tuning import pin_mmap_threshold, use_system_allocator_for_arrow
-from ideogram_pipeline.runs.records import ExtraFields
+from ideogram_pipeline.runs.records import ExtraFields, state_for_run
 from ideogram_pipeline.runs.summary import BatchSummary, ProgressCallback
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore, open_store
@@ -71,11 +71,19 @@ def simulator_config_from_env(settings: Settings) -> SimulatorConfig:
 
 @contextlib.contextmanager
 def api_endpoint(settings: Settings) -> Iterator[ApiEndpoint]:
-    """The real API when a key is set; otherwise a bundled simulator for the block's life."""
+    """The real API when a key is set; a simulator the person started and named with
+    ``IDEOGRAM_SIMULATOR=1`` and ``IDEOGRAM_BASE_URL``; otherwise a bundled simulator for
+    the block's life. Only the first makes records that count as real."""
     if not settings.simulated:
         yield ApiEndpoint(settings.base_url, settings.api_key or "", simulated=False)
         return
     from ideogram_pipeline.simulator.server import running_simulator
+    from ideogram_pipeline.simulator.state import DEFAULT_SIMULATOR_API_KEY
+
+    if settings.simulator_at_base_url:
+        key = settings.api_key or DEFAULT_SIMULATOR_API_KEY
+        yield ApiEndpoint(settings.base_url, key, simulated=True)
+        return
 
     with running_simulator(simulator_config_from_env(settings)) as simulator:
         yield ApiEndpoint(simulator.base_url, simulator.api_key, simulated=True)
@@ -170,8 +178,17 @@ def _execute_leased(
 ) -> BatchSummary:
     """:func:`execute_batch` once the batch is this runner's: ``on_lost`` receives what
     stops the run should the lease be taken over (this runner fell silent too long)."""
-    previous = history.batch_state(settings, store, batch.key)
-    existing = {} if force else existing_images(settings, store, batch.requests)
+    previous, simulated_rows = state_for_run(
+        history.batch_state(settings, store, batch.key), simulated=settings.simulated
+    )
+    # Rows of this file a simulator made, which a real run generates for real.
+    in_file = {row.row for row in batch.requests}
+    redone = sum(1 for row in simulated_rows if row in in_file)
+    existing = (
+        {}
+        if force
+        else existing_images(settings, store, batch.requests, include_simulated=settings.simulated)
+    )
     with api_endpoint(settings) as endpoint:
 
         async def go() -> BatchSummary:
@@ -207,6 +224,7 @@ def _execute_leased(
                         simulated=settings.simulated,
                         estimated_cost_usd=estimate.usd,
                         dry_run=True,
+                        simulated_rows_redone=redone,
                     )
                 check_budget(estimate, max_cost_usd)
                 summary = await run_batch(
@@ -225,6 +243,7 @@ def _execute_leased(
                     history=HistoryTables(settings),
                 )
                 summary.estimated_cost_usd = estimate.usd
+                summary.simulated_rows_redone = redone
                 return summary
 
         return asyncio.run(go())
@@ -236,7 +255,9 @@ def estimate_batch(
     """What running ``batch`` now would cost, given what the storage root already holds."""
     store = store or open_store(settings)
     store.preflight()
-    previous = history.batch_state(settings, store, batch.key)
+    previous, _ = state_for_run(
+        history.batch_state(settings, store, batch.key), simulated=settings.simulated
+    )
     return estimate_cost(batch, previous, max_inflight=settings.batch_inflight)
 
 

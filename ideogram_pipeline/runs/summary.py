@@ -43,6 +43,8 @@ class BatchSummary:
     first_records: list[GenerationRecord] = field(default_factory=list)
     estimated_cost_usd: float | None = None  # what the cost guard priced before sending
     dry_run: bool = False  # estimate only: nothing was sent
+    #: Rows a simulator had made, generated again because this run uses the real API.
+    simulated_rows_redone: int = 0
 
     def count(self, record: GenerationRecord) -> None:
         """Count a record written by this run: its status and what it cost."""
@@ -83,6 +85,7 @@ class BatchSummary:
             "simulated": self.simulated,
             "estimated_cost_usd": self.estimated_cost_usd,
             "dry_run": self.dry_run,
+            "simulated_rows_redone": self.simulated_rows_redone,
         }
 
 

@@ -117,6 +117,17 @@ class LocalStore:
 
     def preflight(self) -> None:
         probe = ".preflight/probe"
+        in_the_way = _file_in_the_way(self.path)
+        if in_the_way == self.path:
+            raise StoragePreflightError(
+                f"storage root {self.root} is a file, not a folder: point IDEOGRAM_STORAGE at "
+                "a folder (it is made if missing), or move the file away"
+            )
+        if in_the_way is not None:
+            raise StoragePreflightError(
+                f"storage root {self.root} cannot be made: {in_the_way} is a file, not a "
+                "folder; point IDEOGRAM_STORAGE elsewhere, or move the file away"
+            )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self.put_bytes(probe, b"ok")
@@ -128,6 +139,18 @@ class LocalStore:
             raise StoragePreflightError(
                 f"storage root {self.root} is not writable: {exc.strerror or exc}"
             ) from exc
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The root itself or its nearest existing ancestor, when that is not a folder.
+
+    ``mkdir`` would only say "File exists" or "Not a directory", which sends a person
+    looking for permissions rather than at the file that is there.
+    """
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
 
 
 def _walk(folder: str, root: str) -> Iterator[tuple[str, os.DirEntry[str]]]:

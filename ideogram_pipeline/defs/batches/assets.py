@@ -155,8 +155,7 @@ def batch_images(
                 f"cost ${s.cost_usd:.2f}"
             )
 
-    mode = "SIMULATED: bundled Ideogram simulator" if settings.simulated else "Ideogram API"
-    context.log.info(f"batch {key}: {len(batch.rows)} rows from {path} ({mode})")
+    context.log.info(f"batch {key}: {len(batch.rows)} rows from {path} ({settings.api_label})")
     if not overrides.empty:
         context.log.info(f"run overrides: {overrides.describe()}")
     try:

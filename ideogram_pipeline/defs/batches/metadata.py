@@ -62,6 +62,7 @@ def run_metadata(summary: "BatchSummary") -> MetadataDict:
         f"{run}unknown": summary.unknown,
         f"{run}cost_usd": dg.MetadataValue.float(round(summary.cost_usd, 4)),
         "skipped_already_done": summary.skipped,
+        "simulated_rows_redone": summary.simulated_rows_redone,
         "linked_duplicates": summary.linked,
         "seconds": dg.MetadataValue.float(round(summary.seconds, 2)),
         "retries": dg.MetadataValue.json(dict(summary.retries)),
