@@ -181,3 +181,26 @@ def test_polling_beyond_the_limit_gets_429_with_retry_after() -> None:
         ]
     assert [a.status_code for a in answers] == [200, 200, 200, 429]
     assert answers[-1].headers["Retry-After"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("model", "fields", "usd"),
+    [("ideogram-4", {"resolution": "2048x2048"}, 0.06), ("ideogram-4-5", {"quality": "LOW"}, 0.03)],
+)
+def test_v2_only_models_in_sync_mode_go_to_their_v2_path(
+    sim: Simulator, model: str, fields: dict[str, str], usd: float
+) -> None:
+    """Sync mode sends v2-only models to ``/v2/image/generate/{model}`` without ``async``:
+    they have no v1 path, and the v3 endpoint would make a V_3 image (or refuse 4.5's size
+    and quality) instead of the model the row asked for."""
+    request = GenerationRequest(row=1, prompt="A kite over a salt flat", model=model, **fields)
+
+    async def go():
+        async with _client(sim) as client:
+            return await client.generate(request)
+
+    billed = sim.stats.billed_usd
+    response = asyncio.run(go())
+    assert len(response.images) == 1 and response.images[0].url
+    assert response.generation_id  # only v2 answers carry one; the v3 endpoint's do not
+    assert sim.stats.billed_usd - billed == pytest.approx(usd)

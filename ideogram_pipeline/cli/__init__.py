@@ -12,6 +12,7 @@ from ideogram_pipeline.cli import (  # noqa: F401  (registers the commands)
     lifecycle,
     migrate,
     share,
+    unknown,
 )
 from ideogram_pipeline.cli.common import main
 

@@ -23,6 +23,8 @@ SUMMARY_FIELDS = (
     "skipped_already_done",
     "simulated_rows_redone",
     "linked_duplicates",
+    "left",
+    "left_submitted",
 )
 
 
@@ -45,6 +47,8 @@ def _print_summary(metadata: dict[str, Any], run_id: str) -> None:
     for name in SUMMARY_FIELDS:
         if name in metadata:
             click.echo(f"  {name.replace('_', ' '):<22} {metadata[name]}")
+    if metadata.get("unknown"):
+        click.echo(f"  {'possibly billed':<22} {metadata['unknown']} (status unknown)")
     if "cost_usd" in metadata:
         click.echo(f"  {'cost':<22} ${float(metadata['cost_usd']):.2f}")
     if metadata.get("estimated_cost_usd") is not None:
@@ -103,12 +107,54 @@ def run_csv(csv: Path, batch: str | None, config: dict[str, Any] | None = None) 
 
     tune_process_memory()  # an entry point: the batch runs in this process (in-process run)
 
-    result = materialize_batch(csv.resolve(), key, config or {})
+    try:
+        result = materialize_batch(csv.resolve(), key, config or {})
+    except KeyboardInterrupt:  # before or after the batch step: nothing of it was running
+        raise click.ClickException(f"batch {key}: interrupted") from None
     if result.metadata:
         _print_summary(result.metadata, result.run_id)
     if not result.success:
         raise click.ClickException(result.error or "the batch failed")
+    if unknown := int(result.metadata.get("unknown") or 0):
+        click.echo(
+            f"batch {key}: {unknown} row(s) possibly billed (status unknown): see "
+            f"`ideogram-pipeline unknown --batch {key}`",
+            err=True,
+        )
     return result.metadata
+
+
+def batch_key_from_cli(csv: Path, batch: str | None) -> str:
+    from ideogram_pipeline.storage.keys import batch_key_from
+
+    return batch_key_from(batch, csv.stem)
+
+
+def _announce_resend(key: str, max_cost: float | None) -> None:
+    """Before resending ``unknown`` rows, say what they are and what they cost: each may
+    have been billed already. The run's cost guard (``--max-cost``) counts them too."""
+    from ideogram_pipeline import history
+    from ideogram_pipeline.runs.unknown_rows import find_unknown, resend_cost
+
+    try:
+        con = history.connect(settings_or_exit())
+        try:
+            rows = find_unknown(con, key)
+        finally:
+            con.close()
+    except Exception:  # no history yet, or unreadable: the run itself will say why
+        return
+    if not rows:
+        click.echo(f"batch {key}: no unknown rows to resend", err=True)
+        return
+    usd, unpriced = resend_cost(rows)
+    limit = f" (within --max-cost ${max_cost:.2f} for the whole run)" if max_cost else ""
+    priced = f" + {unpriced} unpriced" if unpriced else ""
+    click.echo(
+        f"batch {key}: resending {len(rows)} unknown row(s) that may have been billed "
+        f"already: ${usd:.2f}{priced} more{limit}",
+        err=True,
+    )
 
 
 @main.command()
@@ -158,6 +204,8 @@ def run(
 
         print_estimate(csv, batch, max_cost)
         return
+    if resend_unknown:
+        _announce_resend(batch_key_from_cli(csv, batch), max_cost)
     config: dict[str, Any] = {"resend_unknown": resend_unknown, "force": force}
     if max_cost is not None:
         config["max_cost_usd"] = max_cost

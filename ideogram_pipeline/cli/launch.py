@@ -29,6 +29,8 @@ class LaunchResult:
     run_id: str
     metadata: dict[str, Any]
     error: str | None
+    #: Stopped by SIGINT/SIGTERM and recorded CANCELED: rows are left for the next run.
+    canceled: bool = False
 
 
 def _plain(value: Any) -> Any:
@@ -74,6 +76,15 @@ def materialize_batch(
     metadata: dict[str, Any] = {}
     for event in result.get_asset_materialization_events():
         metadata = _summary(event.materialization.metadata)
+    run = instance.get_run_by_id(result.run_id)
+    if run is not None and run.status == dg.DagsterRunStatus.CANCELED:
+        # A clean stop: the asset observed what the run did before the run was canceled.
+        for event in result.get_asset_observation_events():
+            observed = event.asset_observation_data.asset_observation.metadata
+            if "stopped" in observed:
+                metadata = _summary(observed)
+        stopped = metadata.pop("stopped", None)
+        return LaunchResult(False, result.run_id, metadata, stopped or "run canceled", True)
     error = None
     if not result.success:
         for event in result.all_events:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -39,6 +39,7 @@ __all__ = [
     "FIELDS",
     "LEGACY_MODELS",
     "LEGACY_PATH",
+    "LEGACY_V2_PATHS",
     "MODELS",
     "PROMPT_MAX_CHARS",
     "V2_ONLY_MODELS",
@@ -404,6 +405,29 @@ def _v2_routes(v3: Route) -> dict[str, tuple[FieldRule, ...]]:
     }
 
 
+#: Legacy models that Ideogram's v2 API also serves, asynchronously (notes §1 "Model paths":
+#: ``ideogram-2``, ``ideogram-2a``; §8: the legacy ``POST /generate`` maps onto them). Their
+#: turbo variants and V_1 have no v2 path and stay on the synchronous legacy endpoint.
+LEGACY_V2_PATHS: Mapping[str, str] = MappingProxyType({"V_2": "ideogram-2", "V_2A": "ideogram-2a"})
+#: Fields of those paths (notes §1: aspect_ratio, magic_prompt, style_type, negative_prompt on
+#: ideogram-2 only, plus the shared prompt, num_images, seed); v1's ``resolution`` is not
+#: among them, so a row that sets it stays synchronous.
+_LEGACY_V2_FIELDS = ("prompt", "num_images", "seed", "aspect_ratio", "magic_prompt", "style_type")
+
+
+def _legacy_v2_rules(legacy: Route, path: str) -> tuple[FieldRule, ...]:
+    """A legacy model's fields as its v2 path takes them: v2 names (``magic_prompt``, not
+    ``magic_prompt_option``), lower-case enums (``16x9``, ``render_3d``), and ``async``."""
+    source = f"v2 notes §1 model paths: {path}"
+    names = _LEGACY_V2_FIELDS + (("negative_prompt",) if path == "ideogram-2" else ())
+    rules = tuple(
+        replace(_lowered(rule, source), wire_name=rule.name, source=source)
+        for rule in legacy.rules
+        if rule.name in names
+    )
+    return (*rules, FieldRule("async", "async", "boolean", source="v2 notes §1 shared fields"))
+
+
 def _build() -> tuple[dict[str, ModelCapability], dict[str, Route]]:
     v3 = _v3_route()
     transparent = _transparent_route()
@@ -426,7 +450,12 @@ def _build() -> tuple[dict[str, ModelCapability], dict[str, Route]]:
     # sent to POST /generate.
     for model in spec.enum_values("ModelEnum"):
         if model not in (V3_MODEL, "AUTO"):
-            table[model] = ModelCapability(model, _legacy_route(model))
+            legacy = _legacy_route(model)
+            v2_route = None
+            if (v2_name := LEGACY_V2_PATHS.get(model)) is not None:
+                rules = _legacy_v2_rules(legacy, v2_name)
+                v2_route = v2[v2_name] = Route("v2", f"{V2_PATH_PREFIX}{v2_name}", rules)
+            table[model] = ModelCapability(model, legacy, v2_route)
     return table, v2
 
 

@@ -27,7 +27,11 @@ from ideogram_pipeline.ideogram.errors import (
     TransportError,
     error_for_status,
 )
-from ideogram_pipeline.ideogram.generation import GenerationRequest, GenerationResponse
+from ideogram_pipeline.ideogram.generation import (
+    V2_ONLY_MODELS,
+    GenerationRequest,
+    GenerationResponse,
+)
 from ideogram_pipeline.ideogram.limiter import InflightLimiter
 from ideogram_pipeline.ideogram.polling import (
     DEFAULT_POLL_RATE_PER_S,
@@ -44,6 +48,7 @@ from ideogram_pipeline.ideogram.requests import (
     v3_multipart,
     v3_path,
 )
+from ideogram_pipeline.ideogram.stop import SendsStopped, StopSwitch
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy
 
 __all__ = ["LAST_RETRY_ERROR", "IdeogramClient", "RetryPolicy", "translate_transport_errors"]
@@ -125,12 +130,6 @@ LAST_RETRY_ERROR: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 BeforeSend = Callable[[], Awaitable[None]]
 
 
-def _retrieve(task: asyncio.Future[None]) -> None:
-    """Mark a background task's exception as seen (it was reported another way)."""
-    if not task.cancelled():
-        task.exception()
-
-
 class IdeogramClient:
     """Generate and download images with bounded concurrency and retries.
 
@@ -162,6 +161,8 @@ class IdeogramClient:
         #: Reads a reference image's bytes by storage key (``references/<sha256>.<ext>``);
         #: set by whoever owns the store, needed only by rows with reference images.
         self.read_reference: Callable[[str], bytes] | None = None
+        #: Thrown by the run on SIGINT/SIGTERM: no paid send leaves after it (stop.py).
+        self.stop = StopSwitch()
         # When to first look for an async result, learnt per (model, speed) from completed
         # generations; every poll draws on one budget (polling.py).
         self._latency: dict[tuple[str, str | None], LatencyTracker] = {}
@@ -202,7 +203,11 @@ class IdeogramClient:
                 self.limiter.learn_limit(limit)
         return error_for_status(response.status_code, body, retry_after=_retry_after(response))
 
-    async def _with_retries(self, attempt_once: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    async def _with_retries(
+        self, attempt_once: Callable[[], Awaitable[T]], *, stoppable: bool = False
+    ) -> tuple[T, int]:
+        """``stoppable``: a backoff ends early when the run stops (sends and polls, whose
+        next attempt then refuses); downloads of paid images keep their backoff."""
         attempt = 1
         rate_limited = 0  # 429s have their own, larger budget (see RetryPolicy)
         while True:
@@ -221,9 +226,8 @@ class IdeogramClient:
                     self.on_retry(exc, attempt)
                 LAST_RETRY_ERROR.set(f"{type(exc).__name__}: {exc}")
                 backoff_step = rate_limited if isinstance(exc, RateLimited) else attempt
-                await asyncio.sleep(
-                    self.retry.delay(min(backoff_step, 6), getattr(exc, "retry_after", None))
-                )
+                delay = self.retry.delay(min(backoff_step, 6), getattr(exc, "retry_after", None))
+                await (self.stop.sleep(delay) if stoppable else asyncio.sleep(delay))
                 attempt += 1
 
     async def generate(
@@ -240,12 +244,17 @@ class IdeogramClient:
         async def once() -> GenerationResponse:
             nonlocal hook
             async with self.limiter.slots(request.num_images):
+                self.stop.check()  # before the intent too: a stopped row leaves no trace
                 if hook is not None:
                     run_hook, hook = hook, None
                     await run_hook()
                 with translate_transport_errors(paid_request=True):
                     if request.is_legacy:
                         response = await self._http.post(LEGACY_PATH, json=legacy_body(request))
+                    elif request.model in V2_ONLY_MODELS:  # no v1 path: v2, synchronously
+                        response = await self._http.post(
+                            v2_path(request), json=v2_body(request, asynchronous=False)
+                        )
                     else:
                         if request.references:  # stored bytes: read off the event loop
                             parts = await asyncio.to_thread(
@@ -258,12 +267,14 @@ class IdeogramClient:
                 raise self._error(response)
             return GenerationResponse.from_api(response.json())
 
-        result, attempts = await self._with_retries(once)
+        result, attempts = await self._with_retries(once, stoppable=True)
         return replace(result, attempts=attempts)
 
     # -- v2, asynchronous ----------------------------------------------------------------------
 
     async def _post_v2(self, request: GenerationRequest, *, dry_run: bool = False) -> Any:
+        if not dry_run:
+            self.stop.check()
         with translate_transport_errors(paid_request=not dry_run):
             response = await self._http.post(
                 v2_path(request),
@@ -289,10 +300,10 @@ class IdeogramClient:
     ) -> GenerationResponse:
         """Submit with ``async: true``, record the id via ``on_submitted``, then poll.
 
-        The id is handed to ``on_submitted`` as soon as Ideogram accepts the submission; that
-        write runs while the generation does and is awaited before the answer is returned,
-        so a crash after submission loses nothing: a later run polls the recorded id
-        instead of paying again. With
+        The id is handed to ``on_submitted`` as soon as Ideogram accepts the submission and
+        awaited there, before anything else: keep it quick (the engine appends to a local
+        journal), since a crash before it returns leaves a paid generation unrecorded. A
+        later run polls the recorded id instead of paying again. With
         ``resume_generation_id`` nothing is submitted unless that generation failed. The
         images' in-flight slots are held until the generation completes, because that is
         how long Ideogram counts them.
@@ -302,42 +313,39 @@ class IdeogramClient:
         latency = self._latency.setdefault(
             (request.model, request.rendering_speed), LatencyTracker()
         )
-        recording: asyncio.Future[None] | None = None
         async with self.limiter.slots(request.num_images):
+            if generation_id is None:
+                self.stop.check()
             if before_send is not None and generation_id is None:
                 await before_send()
-            try:
-                while True:
-                    if generation_id is None:
-                        body, tries = await self._with_retries(lambda: self._post_v2(request))
-                        attempts += tries
-                        generation_id = str(body["generation_id"])
-                        if recording is not None:
-                            await recording  # an earlier, failed attempt's id
-                        # Recorded while the generation runs rather than before waiting for
-                        # it: the crash window is the same, and the write no longer holds
-                        # the images' slots. It is awaited before the answer is returned.
-                        recording = asyncio.ensure_future(on_submitted(generation_id))
-                    try:
-                        result = await self._wait(
-                            generation_id, latency, resumed=generation_id == resume_generation_id
-                        )
-                    except GenerationFailed as exc:
-                        exc.attempts = attempts
-                        if attempts >= self.retry.max_attempts:
-                            raise
-                        if self.on_retry is not None:
-                            self.on_retry(exc, attempts)
-                        generation_id = None
-                        continue
-                    if recording is not None:
-                        await recording
-                    return replace(result, attempts=max(attempts, 1), generation_id=generation_id)
-            finally:
-                if recording is not None:
-                    # Leaving early (a fatal error, cancellation): the write finishes on its
-                    # own; only its outcome is no longer waited for.
-                    recording.add_done_callback(_retrieve)
+            while True:
+                if generation_id is None:
+                    body, tries = await self._with_retries(
+                        lambda: self._post_v2(request), stoppable=True
+                    )
+                    attempts += tries
+                    generation_id = str(body["generation_id"])
+                    await on_submitted(generation_id)
+                try:
+                    result = await self._wait(
+                        generation_id, latency, resumed=generation_id == resume_generation_id
+                    )
+                except SendsStopped:
+                    # Accepted by Ideogram and recorded: the next run collects the images
+                    # without paying again.
+                    raise SendsStopped(
+                        f"generation {generation_id} left to the next run",
+                        generation_id=generation_id,
+                    ) from None
+                except GenerationFailed as exc:
+                    exc.attempts = attempts
+                    if attempts >= self.retry.max_attempts:
+                        raise
+                    if self.on_retry is not None:
+                        self.on_retry(exc, attempts)
+                    generation_id = None
+                    continue
+                return replace(result, attempts=max(attempts, 1), generation_id=generation_id)
 
     async def _wait(
         self, generation_id: str, latency: LatencyTracker, *, resumed: bool = False
@@ -349,10 +357,14 @@ class IdeogramClient:
         """
         submitted = time.monotonic()
         if not resumed:
-            await asyncio.sleep(latency.estimate_s)
+            await self.stop.sleep(latency.estimate_s)
         polls = 0
         while True:
-            body, _tries = await self._with_retries(lambda: self._poll_once(generation_id))
+            if self.stop.thrown:
+                raise SendsStopped(f"generation {generation_id} left to the next run")
+            body, _tries = await self._with_retries(
+                lambda: self._poll_once(generation_id), stoppable=True
+            )
             polls += 1
             status = body.get("status")
             if status == "completed":
@@ -363,7 +375,7 @@ class IdeogramClient:
                 raise GenerationFailed(
                     f"generation {generation_id} failed: {body.get('failure_reason') or 'unknown'}"
                 )
-            await asyncio.sleep(next_interval(polls, latency.estimate_s))
+            await self.stop.sleep(next_interval(polls, latency.estimate_s))
 
     async def _poll_once(self, generation_id: str) -> Any:
         await self.poll_budget.take()

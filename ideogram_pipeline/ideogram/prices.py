@@ -57,6 +57,9 @@ V2_PRICE_USD: dict[str, dict[str, float]] = {
         "MEDIUM": 0.06,
         "HIGH": 0.10,
     },
+    # V_2 and V_2A on the v2 API: the legacy models' prices (v2 notes §5 prices: SPEC3P).
+    "ideogram-2": {"DEFAULT": 0.08},
+    "ideogram-2a": {"DEFAULT": 0.04},
 }
 
 

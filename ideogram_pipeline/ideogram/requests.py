@@ -26,6 +26,7 @@ __all__ = [
     "LEGACY_PATH",
     "V2_MODEL_PATHS",
     "V3_PATH",
+    "fits_v2",
     "legacy_body",
     "v2_body",
     "v2_path",
@@ -73,6 +74,19 @@ def _wire_fields(request: GenerationRequest, route: Route) -> dict[str, Any]:
         if wire is not None:
             fields[rule.wire_name] = wire
     return fields
+
+
+def fits_v2(request: GenerationRequest) -> bool:
+    """Whether ``request`` can go to its model's v2 path as it is: the model has one, and
+    the row sets no field that path lacks (a V_2 row with a v1 ``resolution`` stays on the
+    synchronous legacy endpoint rather than losing the field)."""
+    route = capability(request.model).v2_route
+    if route is None:
+        return False
+    return all(
+        value is None or name == "model" or route.rule(name) is not None
+        for name, value in request.parameters().items()
+    )
 
 
 def _v2_route(request: GenerationRequest) -> Route:

@@ -29,7 +29,12 @@ from ideogram_pipeline.history.duplicates import link_records
 from ideogram_pipeline.history.schema import RowState
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import LAST_RETRY_ERROR, IdeogramClient
-from ideogram_pipeline.ideogram.errors import IdeogramError, ResponseLost, SafetyRejected
+from ideogram_pipeline.ideogram.errors import (
+    IdeogramError,
+    ResponseLost,
+    SafetyRejected,
+    TransportError,
+)
 from ideogram_pipeline.ideogram.generation import (
     V2_ONLY_MODELS,
     GeneratedImage,
@@ -38,12 +43,15 @@ from ideogram_pipeline.ideogram.generation import (
     RejectedRow,
 )
 from ideogram_pipeline.ideogram.prices import request_price
-from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
+from ideogram_pipeline.ideogram.requests import fits_v2
+from ideogram_pipeline.ideogram.stop import SendsStopped
+from ideogram_pipeline.runs.journal import Journal, journal_directory
 from ideogram_pipeline.runs.ledger import Ledger, LedgerEntry, new_attempt_id
 from ideogram_pipeline.runs.pools import RunPools
 from ideogram_pipeline.runs.recorder import Recorder
 from ideogram_pipeline.runs.records import ExtraFields, RecordMaker, already_done
 from ideogram_pipeline.runs.retrying import STORAGE_RETRY, StorageRetry, retry_storage
+from ideogram_pipeline.runs.stopping import BatchInterrupted, StopState, stop_on_signals
 from ideogram_pipeline.runs.storing import ImageKeeper
 from ideogram_pipeline.runs.summary import (
     BatchAborted,
@@ -53,7 +61,14 @@ from ideogram_pipeline.runs.summary import (
 )
 from ideogram_pipeline.storage import ObjectStore
 
-__all__ = ["BatchAborted", "BatchSummary", "Progress", "already_done", "run_batch"]
+__all__ = [
+    "BatchAborted",
+    "BatchInterrupted",
+    "BatchSummary",
+    "Progress",
+    "already_done",
+    "run_batch",
+]
 
 
 class _BatchRun:
@@ -79,7 +94,10 @@ class _BatchRun:
     ) -> None:
         self.batch = batch
         self.client = client
-        self.ledger = Ledger(store, batch.key)
+        # Intents and generation ids go to a local journal first, on the sending task's own
+        # path, and reach the store's ledger in the background (journal.py).
+        self.ledger = Ledger(store, batch.key, Journal(journal_directory(store), batch.key))
+        self.replicas: dict[str, list[asyncio.Task[None]]] = {}
         self.ledger_state: dict[tuple[int, str], LedgerEntry] = {}
         self.api_mode = api_mode
         self.resend_unknown = resend_unknown
@@ -122,6 +140,11 @@ class _BatchRun:
             retry=storage_retry,
         )
         self.done_rows = 0
+        # Attempts whose intent is in the ledger: withdrawn if the run stops before sending.
+        self.intents_written: set[str] = set()
+        self.rows_sent = 0  # rows that reached the API (or tried to)
+        self.transport_failures = 0  # of those, rows failed on transport after retries
+        self.last_transport_error = ""
 
     def close(self) -> None:
         self.pools.close()
@@ -159,8 +182,10 @@ class _BatchRun:
         """Asynchronous (v2) wherever the model has a v2 path and the mode allows it."""
         if request.model in V2_ONLY_MODELS:
             return "async" if self.api_mode == "async" else "sync-v2"
-        if request.model in V2_MODEL_PATHS and self.api_mode == "async" and not request.references:
-            return "async"  # reference images are multipart file parts: v1 only
+        if self.api_mode == "async" and fits_v2(request) and not request.references:
+            # V_3 -> ideogram-3, V_2 -> ideogram-2, V_2A -> ideogram-2a; reference images
+            # are multipart file parts, which this client sends to v1 only.
+            return "async"
         return "sync"
 
     async def _ledger(self, write: Callable[..., None], *args: Any) -> None:
@@ -172,11 +197,39 @@ class _BatchRun:
             on_retry=self._storage_retried,
         )
 
+    def _journal(
+        self, request: GenerationRequest, attempt_id: str, event: str, **data: Any
+    ) -> None:
+        """Make ``event`` durable now (the journal: one local append, no thread, so the
+        crash window is the network round trip) and copy it to the store's ledger in the
+        background, off the in-flight slots."""
+        body = self.ledger.journal_event(request, attempt_id, event, **data)
+        replica = asyncio.ensure_future(self._ledger(self.ledger.replicate, body))
+        self.replicas.setdefault(attempt_id, []).append(replica)
+
+    async def _replicated(self, attempt_id: str) -> None:
+        """Wait until this attempt's journaled events are in the store's ledger."""
+        if pending := self.replicas.pop(attempt_id, None):
+            await asyncio.gather(*pending)
+
+    async def _all_replicated(self, timeout_s: float | None = None) -> None:
+        """Wait for the store's copies of the journal; once all are written, the journals
+        go. Copies still missing after ``timeout_s`` (a forced stop) leave the journal in
+        place: the next run on this machine copies them."""
+        pending = [task for tasks in self.replicas.values() for task in tasks]
+        self.replicas.clear()
+        if pending:
+            done, late = await asyncio.wait(pending, timeout=timeout_s)
+            if late or any(task.exception() is not None for task in done):
+                return
+        # Every event of this run's journal (and of those loaded) is in the store.
+        await asyncio.to_thread(self.ledger.finish_journal)
+
     def _on_submitted(
         self, request: GenerationRequest, attempt_id: str
     ) -> Callable[[str], Awaitable[None]]:
         async def record(generation_id: str) -> None:
-            await self._ledger(self.ledger.record_submitted, request, attempt_id, generation_id)
+            self._journal(request, attempt_id, "submitted", generation_id=generation_id)
 
         return record
 
@@ -200,6 +253,9 @@ class _BatchRun:
         LAST_RETRY_ERROR.set(None)
         entry, recorded = self._attempt_state(request)
         attempt_id = entry.attempt_id if entry else new_attempt_id()
+        if self.client.stop.thrown:
+            return  # the run is stopping: this row is left for the next run
+        self.rows_sent += 1
         try:
             if entry is not None and entry.response is not None:
                 response = entry.response  # answered before a crash: download, don't pay
@@ -210,6 +266,7 @@ class _BatchRun:
                     self._on_submitted(request, attempt_id),
                     resume_generation_id=entry.generation_id,
                 )
+                await self._replicated(attempt_id)
                 await self._ledger(self.ledger.record_result, request, attempt_id, response)
                 self.summary.resumed += 1
             elif entry is not None and not self.resend_unknown:
@@ -219,6 +276,9 @@ class _BatchRun:
                 if entry is not None:
                     attempt_id = new_attempt_id()  # the user chose to resend an unknown row
                 response = await self._send(request, attempt_id)
+        except SendsStopped as exc:
+            await self._stopped(request, attempt_id, exc)
+            return
         except ResponseLost as exc:
             await self._unknown(
                 request, LedgerEntry(request.row, request.request_hash(), attempt_id, "", ""), exc
@@ -244,7 +304,8 @@ class _BatchRun:
         mode = self._mode(request)
 
         async def intent() -> None:
-            await self._ledger(self.ledger.record_intent, request, attempt_id, mode)
+            self.intents_written.add(attempt_id)
+            self._journal(request, attempt_id, "intent", mode=mode)
 
         if mode == "async":
             response = await self.client.generate_async(
@@ -252,13 +313,32 @@ class _BatchRun:
             )
         else:
             response = await self.client.generate(request, before_send=intent)
+        await self._replicated(attempt_id)  # the result never lands before its intent
         await self._ledger(self.ledger.record_result, request, attempt_id, response)
         return response
+
+    async def _stopped(
+        self, request: GenerationRequest, attempt_id: str, exc: SendsStopped
+    ) -> None:
+        """The run stopped before this row's request left, or while its generation ran.
+
+        A submitted generation keeps its ledger entries: the next run polls its id. An
+        intent whose request never left is withdrawn, so the next run sends the row
+        instead of calling it ``unknown``.
+        """
+        if exc.generation_id is not None:
+            self.summary.left_submitted += 1
+        elif attempt_id in self.intents_written:
+            await self._replicated(attempt_id)  # the deletion must come after the write
+            await self._ledger(self.ledger.withdraw_intent, request, attempt_id)
 
     async def _generation_failed(
         self, request: GenerationRequest, attempt_id: str, exc: IdeogramError
     ) -> None:
         safety = isinstance(exc, SafetyRejected)
+        if isinstance(exc, TransportError):
+            self.transport_failures += 1
+            self.last_transport_error = str(exc)
         reason = (
             "prompt failed Ideogram's safety check (HTTP 422, not billed)"
             if safety
@@ -349,6 +429,8 @@ class _BatchRun:
 
         async def produce() -> None:
             for row in self.batch.rows:
+                if self.client.stop.thrown:
+                    break  # stopping: the rows not reached are left for the next run
                 if (request := await self._to_send(row)) is not None:
                     await queue.put(request)
             for _ in range(workers):
@@ -365,21 +447,69 @@ class _BatchRun:
 
         tasks = [asyncio.create_task(produce())]
         tasks += [asyncio.create_task(work()) for _ in range(workers)]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException as exc:
+
+        def cut() -> None:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if not isinstance(exc, IdeogramError):
-                raise
+
+        with stop_on_signals(self.client.stop, cut) as signals:
+            try:
+                await asyncio.gather(*tasks)
+            except BaseException as exc:
+                cut()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                if signals.forced and isinstance(exc, asyncio.CancelledError):
+                    await self.recorder.flush()
+                    await self._all_replicated(timeout_s=2.0)
+                    raise self._interrupted(signals, clock) from None
+                if not isinstance(exc, IdeogramError):
+                    raise
+                await self.recorder.flush()
+                await self._all_replicated()
+                self.summary.seconds = time.monotonic() - clock
+                raise BatchAborted(f"batch {self.batch.key} stopped: {exc}", self.summary) from exc
             await self.recorder.flush()
-            self.summary.seconds = time.monotonic() - clock
-            raise BatchAborted(f"batch {self.batch.key} stopped: {exc}", self.summary) from exc
-        await self.recorder.flush()
-        await asyncio.to_thread(self.ledger.prune, self.recorder.finished_rows())
+            await self._all_replicated()
+            await asyncio.to_thread(self.ledger.prune, self.recorder.finished_rows())
+            if self.client.stop.thrown:
+                raise self._interrupted(signals, clock)
         self.summary.seconds = time.monotonic() - clock
+        self._refuse_total_outage()
         return self.summary
+
+    def _interrupted(self, signals: StopState, clock: float) -> BatchInterrupted:
+        """What a stopped run did and what it leaves, as one error for the caller."""
+        summary = self.summary
+        summary.seconds = time.monotonic() - clock
+        summary.left = max(summary.rows - self.done_rows, 0)
+        why = signals.signal_name or self.client.stop.reason or "stop requested"
+        how = "at once (second signal or grace period over)" if signals.forced else "cleanly"
+        parts = [
+            f"batch {self.batch.key} stopped {how} on {why}: {self.done_rows} of "
+            f"{summary.rows} rows done, {summary.left} left"
+        ]
+        if summary.left_submitted:
+            parts.append(
+                f"{summary.left_submitted} already submitted to Ideogram (the next run "
+                "collects them without paying again)"
+            )
+        if signals.forced:
+            parts.append(
+                "requests cut off mid-flight may have been billed: the next run reports "
+                "them as unknown"
+            )
+        parts.append("run the batch again to finish it")
+        return BatchInterrupted("; ".join(parts), summary)
+
+    def _refuse_total_outage(self) -> None:
+        """A run where not one request got through did not run: say so, as an error."""
+        if self.rows_sent and self.transport_failures == self.rows_sent:
+            raise BatchAborted(
+                f"batch {self.batch.key}: the Ideogram API at {self.client.base_url} could not "
+                f"be reached: all {self.rows_sent} rows sent failed on transport "
+                f"({self.last_transport_error}); nothing was generated",
+                self.summary,
+            )
 
     async def _to_send(self, row: GenerationRequest | RejectedRow) -> GenerationRequest | None:
         """``row`` if it must be sent; None once settled without a request: done by an

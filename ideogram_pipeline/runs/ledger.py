@@ -13,7 +13,9 @@ downloads. A later run reads the ledger and:
 
 Each event is one small JSON object written whole through the :class:`ObjectStore`, so the
 ledger lives beside the images (it survives the machine) and a crash can never leave half an
-entry. Layout::
+entry. The intent and the generation id are first appended to a local journal
+(``journal.py``) on the submitting task's own path, so they are durable in microseconds,
+and copied here in the background; :meth:`Ledger.load` merges both. Layout::
 
     ledger/<batch>/<row>-<request hash>/<attempt id>.<n>-<event>.json
 
@@ -30,6 +32,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from ideogram_pipeline.ideogram.generation import (
@@ -37,14 +40,28 @@ from ideogram_pipeline.ideogram.generation import (
     GenerationRequest,
     GenerationResponse,
 )
+from ideogram_pipeline.runs.journal import Journal
 from ideogram_pipeline.storage import ObjectStore
 
-__all__ = ["LEDGER_PREFIX", "Ledger", "LedgerEntry", "attempt_day", "new_attempt_id"]
+__all__ = [
+    "LEDGER_PREFIX",
+    "Ledger",
+    "LedgerEntry",
+    "LedgerEvent",
+    "attempt_day",
+    "new_attempt_id",
+]
 
 LEDGER_PREFIX = "ledger"
 _EVENTS = {"intent": 1, "submitted": 2, "result": 3}
+#: Journal-only event: the run stopped before the request left, so its intent is void.
+WITHDRAWN = "withdrawn"
 #: Parallel reads when loading a large ledger (one GET per event on S3).
 LOAD_THREADS = 16
+
+
+#: One ledger event as written: ``event``, ``row``, ``request_hash``, ``attempt_id``, ``at``...
+LedgerEvent = dict[str, Any]
 
 
 def new_attempt_id() -> str:
@@ -77,9 +94,12 @@ class LedgerEntry:
 class Ledger:
     """Reads and appends a batch's ledger through the store."""
 
-    def __init__(self, store: ObjectStore, batch: str) -> None:
+    def __init__(self, store: ObjectStore, batch: str, journal: Journal | None = None) -> None:
         self.store = store
         self.batch = batch
+        self.journal = journal
+        #: Journals of earlier runs read by :meth:`load`, deleted once copied to the store.
+        self.earlier_journals: list[Path] = []
         # Every entry this object has written or loaded, by row folder, so pruning deletes
         # by key instead of listing the whole ledger after each metadata flush.
         self._known: dict[str, set[str]] = defaultdict(set)
@@ -98,8 +118,9 @@ class Ledger:
         with self._lock:
             self._known[folder].add(key)
 
-    def _write(self, request: GenerationRequest, attempt_id: str, event: str, **data: Any) -> None:
-        body = {
+    @staticmethod
+    def _body(request: GenerationRequest, attempt_id: str, event: str, **data: Any) -> LedgerEvent:
+        return {
             "event": event,
             "row": request.row,
             "request_hash": request.request_hash(),
@@ -107,15 +128,54 @@ class Ledger:
             "at": datetime.now(UTC).isoformat(),
             **data,
         }
-        key = self._key(request, attempt_id, event)
+
+    def _event_key(self, body: LedgerEvent) -> str:
+        folder = self._folder(int(body["row"]), str(body["request_hash"]))
+        event = str(body["event"])
+        name = f"{body['attempt_id']}.{_EVENTS[event]}-{event}.json"
+        return f"{LEDGER_PREFIX}/{self.batch}/{folder}/{name}"
+
+    def replicate(self, body: LedgerEvent) -> None:
+        """Write one event as its own object in the store (blocking: run it in a thread)."""
+        key = self._event_key(body)
         self.store.put_bytes(
             key, json.dumps(body, sort_keys=True).encode("utf-8"), content_type="application/json"
         )
         self._remember(key)
 
+    def _write(self, request: GenerationRequest, attempt_id: str, event: str, **data: Any) -> None:
+        self.replicate(self._body(request, attempt_id, event, **data))
+
+    def journal_event(
+        self, request: GenerationRequest, attempt_id: str, event: str, **data: Any
+    ) -> LedgerEvent:
+        """Append ``event`` to the journal at once (microseconds, on the caller's own path)
+        and return it for :meth:`replicate`; without a journal, write it to the store."""
+        body = self._body(request, attempt_id, event, **data)
+        if self.journal is None:
+            self.replicate(body)
+        else:
+            self.journal.append(body)
+        return body
+
     def record_intent(self, request: GenerationRequest, attempt_id: str, mode: str) -> None:
         """Before sending: from here on, a crash leaves evidence that money may be spent."""
         self._write(request, attempt_id, "intent", mode=mode)
+
+    def withdraw_intent(self, request: GenerationRequest, attempt_id: str) -> None:
+        """The run stopped before the request left: no evidence of spending remains, so the
+        next run sends the row instead of reporting it ``unknown``. (Call once the intent's
+        replica is written, so the deletion cannot come first.)"""
+        if self.journal is not None:
+            self.journal.append(self._body(request, attempt_id, WITHDRAWN))
+        self.store.delete([self._key(request, attempt_id, "intent")])
+
+    def finish_journal(self) -> None:
+        """Delete this run's journal and the earlier ones: every event in them is in the
+        store by now (call only once every replica write has completed)."""
+        if self.journal is not None:
+            self.journal.remove(self.earlier_journals)
+            self.earlier_journals = []
 
     def record_submitted(
         self, request: GenerationRequest, attempt_id: str, generation_id: str
@@ -155,6 +215,27 @@ class Ledger:
         self.store.delete(sorted(doomed))
         return len(doomed)
 
+    def _journaled(self, stored: set[str]) -> list[LedgerEvent]:
+        """Events of the journals earlier runs left, copying to the store those whose
+        replica never got written (the run was killed first), so the store stays the
+        whole ledger and those journals can be deleted."""
+        if self.journal is None:
+            return []
+        self.earlier_journals = self.journal.earlier()
+        events = [body for path in self.earlier_journals for body in Journal.read(path)]
+        withdrawn = {
+            (body["row"], body["request_hash"], body["attempt_id"])
+            for body in events
+            if body.get("event") == WITHDRAWN
+        }
+        for body in events:
+            if body.get("event") not in _EVENTS:
+                continue
+            attempt = (body["row"], body["request_hash"], body["attempt_id"])
+            if attempt not in withdrawn and self._event_key(body) not in stored:
+                self.replicate(body)
+        return events
+
     def load(self) -> dict[tuple[int, str], LedgerEntry]:
         """The newest attempt per (row, request hash), merged from its events."""
         events: dict[tuple[int, str, str], dict[str, Any]] = defaultdict(dict)
@@ -165,14 +246,14 @@ class Ledger:
         # One GET per event: in parallel, or a crashed 10,000-row batch takes minutes to load.
         with ThreadPoolExecutor(min(LOAD_THREADS, max(len(keys), 1))) as pool:
             bodies = list(pool.map(self.store.get_bytes, keys))
-        for raw in bodies:
-            body = json.loads(raw)
+        stored: set[str] = set(keys)
+        for body in [json.loads(raw) for raw in bodies] + self._journaled(stored):
             attempt = (int(body["row"]), str(body["request_hash"]), str(body["attempt_id"]))
             events[attempt][body["event"]] = body
         newest: dict[tuple[int, str], LedgerEntry] = {}
         for (row, request_hash, attempt_id), by_event in sorted(events.items()):
             intent = by_event.get("intent")
-            if intent is None:
+            if intent is None or WITHDRAWN in by_event:
                 continue
             submitted = by_event.get("submitted", {})
             result = by_event.get("result")

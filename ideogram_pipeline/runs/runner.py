@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,6 +28,7 @@ from ideogram_pipeline.runs.cost_guard import (
     quote_unit_prices,
 )
 from ideogram_pipeline.runs.engine import run_batch
+from ideogram_pipeline.runs.lease import LeaseHolder, acquire_lease
 from ideogram_pipeline.runs.malloc_tuning import pin_mmap_threshold, use_system_allocator_for_arrow
 from ideogram_pipeline.runs.records import ExtraFields, state_for_run
 from ideogram_pipeline.runs.summary import BatchSummary, ProgressCallback
@@ -112,8 +113,14 @@ def execute_batch(
     force: bool = False,
     extra_fields: ExtraFields | None = None,
     resend_unknown: bool = False,
+    on_takeover: Callable[[LeaseHolder], None] | None = None,
 ) -> BatchSummary:
     """Preflight the store, then generate every row of ``batch`` that is not done yet.
+
+    The batch's lease is taken first (``lease.py``): another live runner of it raises
+    :class:`~ideogram_pipeline.runs.lease.BatchLeased` before anything is sent. When the
+    lease is taken over from a dead runner, ``on_takeover`` is told who it was (the Dagster
+    asset marks that runner's run failed).
 
     Rows whose exact request (explicit seed) is already stored anywhere in the history are
     linked to it instead of paid again, unless ``force`` (see ``duplicates.py``);
@@ -126,6 +133,52 @@ def execute_batch(
     """
     store = store or open_store(settings)
     store.preflight()
+    with contextlib.ExitStack() as held:
+        on_lost: list[Callable[[], object]] = []
+
+        def lost() -> None:
+            for stop in on_lost:
+                stop()
+
+        if not dry_run:
+            # One runner per batch, wherever the run comes from: taken before the history
+            # is read, so the state this run resumes from is final (lease.py).
+            lease = held.enter_context(
+                acquire_lease(store, batch.key, run_id or "no-run-id", on_lost=lost)
+            )
+            if lease.taken_over_from is not None and on_takeover is not None:
+                on_takeover(lease.taken_over_from)
+        return _execute_leased(
+            batch,
+            settings,
+            store,
+            on_lost,
+            run_id=run_id,
+            progress=progress,
+            max_cost_usd=max_cost_usd,
+            dry_run=dry_run,
+            force=force,
+            extra_fields=extra_fields,
+            resend_unknown=resend_unknown,
+        )
+
+
+def _execute_leased(
+    batch: Batch,
+    settings: Settings,
+    store: ObjectStore,
+    on_lost: list[Callable[[], object]],
+    *,
+    run_id: str | None,
+    progress: ProgressCallback | None,
+    max_cost_usd: float | None,
+    dry_run: bool,
+    force: bool,
+    extra_fields: ExtraFields | None,
+    resend_unknown: bool,
+) -> BatchSummary:
+    """:func:`execute_batch` once the batch is this runner's: ``on_lost`` receives what
+    stops the run should the lease be taken over (this runner fell silent too long)."""
     # Reference images are read, checked and stored before anything is sent (issue 18).
     batch = resolve_references(batch, settings, store)
     previous, simulated_rows = state_for_run(
@@ -151,6 +204,12 @@ def execute_batch(
                 url_policy=UrlPolicy.from_settings(settings, endpoint.base_url),
             ) as client:
                 client.read_reference = store.get_bytes
+                loop = asyncio.get_running_loop()
+                on_lost.append(
+                    lambda: loop.call_soon_threadsafe(
+                        client.stop.throw, "another runner took this batch over"
+                    )
+                )
                 # Ideogram's free dry-run quotes replace table prices when a limit is set
                 # or only an estimate is wanted.
                 guarded = dry_run or max_cost_usd is not None

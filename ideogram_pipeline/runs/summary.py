@@ -31,6 +31,8 @@ class BatchSummary:
     unknown: int = 0  # sent before a crash with no answer recorded: possibly billed
     resumed: int = 0  # answered before a crash and finished now without a new request
     linked: int = 0  # rows whose exact request was stored before: linked, not sent (issue 6)
+    left: int = 0  # rows not finished because the run was stopped (SIGINT/SIGTERM)
+    left_submitted: int = 0  # of those, generations Ideogram accepted: the next run polls
     cost_usd: float = 0.0
     seconds: float = 0.0
     retries: Counter[str] = field(default_factory=Counter)
@@ -74,6 +76,8 @@ class BatchSummary:
             "unknown": self.unknown,
             "resumed": self.resumed,
             "linked": self.linked,
+            "left": self.left,
+            "left_submitted": self.left_submitted,
             "cost_usd": round(self.cost_usd, 4),
             "seconds": round(self.seconds, 2),
             "retries": dict(self.retries),

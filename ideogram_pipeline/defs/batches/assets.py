@@ -3,6 +3,7 @@
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import dagster as dg
 
@@ -52,6 +53,37 @@ def _totals(
         return {}
 
 
+def stop_run(context: dg.AssetExecutionContext, message: str) -> NoReturn:
+    """End the run as CANCELED: Dagster records an interrupted run as canceled only when
+    the run is already CANCELING (as a UI termination makes it), else as a failure."""
+    run = context.instance.get_run_by_id(context.run_id)
+    if run is not None and run.status not in (
+        dg.DagsterRunStatus.CANCELING,
+        dg.DagsterRunStatus.CANCELED,
+    ):
+        context.instance.report_run_canceling(run, message=message)
+    raise dg.DagsterExecutionInterruptedError(message)
+
+
+def fail_dead_runs(context: dg.AssetExecutionContext, key: str, run_id: str, who: str) -> None:
+    """Mark the Dagster run of a runner found dead (its batch lease expired) as failed.
+
+    A CLI run executes in-process, outside any run launcher, so the instance's run
+    monitoring cannot see its process die: without this it would stay STARTED for good.
+    Lease holders name runs by the first 12 characters of the run id.
+    """
+    instance = context.instance
+    started = instance.get_runs(
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING])
+    )
+    for run in started:
+        if run.run_id.startswith(run_id) and run.run_id != context.run_id:
+            instance.report_run_failed(
+                run, message=f"batch {key}: its runner ({who}) died; its lease was taken over"
+            )
+            context.log.warning(f"run {run.run_id} of batch {key} marked failed: {who} died")
+
+
 # A multi-asset of one asset rather than ``@dg.asset``: its checks' outputs are optional
 # only with ``can_subset``, and a dry run (an observation, no materialization) has nothing
 # to check. Key, group, kinds, partitions and the op's name and config are as before.
@@ -88,7 +120,8 @@ def batch_images(
     # The engine (httpx, pyarrow, DuckDB, Pillow) is imported when a batch runs, not when
     # the code location loads: the UI, sensors and schedules never need it.
     from ideogram_pipeline.runs.cost_guard import CostLimitExceeded
-    from ideogram_pipeline.runs.engine import BatchAborted, Progress
+    from ideogram_pipeline.runs.engine import BatchAborted, BatchInterrupted, Progress
+    from ideogram_pipeline.runs.lease import BatchLeased
     from ideogram_pipeline.runs.runner import execute_batch, tune_process_memory
 
     tune_process_memory()  # the op's process runs the batch: an entry point may do this
@@ -136,9 +169,26 @@ def batch_images(
             dry_run=config.dry_run,
             force=config.force,
             resend_unknown=config.resend_unknown,
+            on_takeover=lambda dead: fail_dead_runs(context, key, dead.run_id, dead.describe()),
         )
     except CostLimitExceeded as exc:
         raise dg.Failure(str(exc), metadata=exc.estimate.as_dict()) from None
+    except BatchLeased as exc:  # another runner has this batch: nothing was sent
+        raise dg.Failure(str(exc)) from None
+    except BatchInterrupted as exc:
+        # Stopped by SIGINT/SIGTERM (Ctrl-C, or Terminate in the UI): what the run did is
+        # observed, and the run ends CANCELED, not FAILURE (see stop_run).
+        context.log.warning(str(exc))
+        yield dg.AssetObservation(
+            asset_key=context.asset_key,
+            partition=key,
+            metadata={
+                **_totals(settings, store, key, context.log),
+                **run_metadata(exc.summary),
+                "stopped": str(exc),
+            },
+        )
+        stop_run(context, str(exc))
     except BatchAborted as exc:
         raise dg.Failure(
             str(exc),

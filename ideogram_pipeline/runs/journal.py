@@ -1,0 +1,93 @@
+"""The ledger's write-ahead journal: an intent or a generation id durable in microseconds.
+
+The ledger (``ledger.py``) writes each event as one object through the store: a file
+rename locally, a PUT on S3, run in a thread pool. That is milliseconds at best, and while
+it waits the process can die with Ideogram holding (and billing) a generation whose id we
+never wrote down. So the two events that guard money, the *intent* (before a request
+leaves) and the *generation id* (the moment Ideogram accepts a submission), are first
+appended to a local journal on the submitting task's own path, with one ``write(2)`` to a
+file opened ``O_APPEND`` (no thread, no queue; the page cache makes it survive the process
+being killed), and then copied to the store's ledger in the background (the replica).
+
+A run's journal is one JSON-lines file: ``<root>/journal/<batch>/<run>.jsonl`` for a local
+root; for an S3 root, the same under this machine's state folder
+(``$XDG_STATE_HOME/ideogram-pipeline/journal/<root digest>/``), since the journal must be
+local to be fast. The next run on the machine reads the journals it finds, copies what
+their replicas missed into the store, and deletes them; a run that ends normally deletes
+its own once every replica is written. A torn last line (killed mid-write) is ignored: its
+event never completed, exactly as if the kill came a moment earlier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ideogram_pipeline.storage import LocalStore, ObjectStore
+
+__all__ = ["JOURNAL_PREFIX", "Journal", "journal_directory"]
+
+JOURNAL_PREFIX = "journal"
+
+
+def journal_directory(store: ObjectStore) -> Path:
+    """Where the journals of ``store``'s batches live: beside a local root, on this machine
+    for a remote one."""
+    if isinstance(store, LocalStore):
+        return store.path / JOURNAL_PREFIX
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    digest = hashlib.sha256(store.root.encode("utf-8")).hexdigest()[:16]
+    return state / "ideogram-pipeline" / JOURNAL_PREFIX / digest
+
+
+class Journal:
+    """One run's append-only journal for one batch, plus the journals earlier runs left."""
+
+    def __init__(self, directory: Path, batch: str) -> None:
+        self.folder = directory / batch
+        self.path = self.folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
+        self._fd: int | None = None
+
+    def append(self, body: dict[str, Any]) -> None:
+        """Make ``body`` durable against a process kill: one ``write(2)``, no thread."""
+        line = json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
+        if self._fd is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.write(self._fd, line)
+
+    def earlier(self) -> list[Path]:
+        """Journals other runs left for this batch (killed before they could delete them)."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.glob("*.jsonl") if p != self.path)
+
+    @staticmethod
+    def read(path: Path) -> list[dict[str, Any]]:
+        """The events of one journal; a torn last line is skipped."""
+        events: list[dict[str, Any]] = []
+        with contextlib.suppress(FileNotFoundError):
+            for line in path.read_bytes().splitlines():
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    continue  # killed mid-write: that event never happened
+        return events
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def remove(self, paths: list[Path]) -> None:
+        """Delete journals whose every event is in the store's ledger (and this run's own)."""
+        self.close()
+        for path in [*paths, self.path]:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()

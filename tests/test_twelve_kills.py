@@ -1,0 +1,102 @@
+"""Twelve SIGKILLs across six asynchronous batches: the crash window is the round trip.
+
+Real processes, real faults: each batch runs through the CLI (Dagster in-process, in a
+subprocess) against the simulator in this process, is killed with SIGKILL twice at
+random moments while it is paying, and is then run to its end. A row
+ends ``unknown`` only when a kill lands between Ideogram accepting a submission and the
+journal's append of its generation id: at most one in all twelve kills, and no image is
+ever paid twice.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ideogram_pipeline import history
+from ideogram_pipeline.settings import load_settings
+from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
+from tests.conftest import make_env
+
+BATCHES = 6
+ROWS = 40
+LIMIT = 4
+RUN = [sys.executable, "-c", "from ideogram_pipeline.cli import main; main()", "run"]
+
+
+def _kill_at_random(
+    cmd: list[str], env: dict[str, str], billed: Callable[[], int], rng: random.Random
+) -> bool:
+    """Start ``cmd``; once it has started paying, SIGKILL it at a random moment within the
+    next 1.5 s (uncorrelated with any answer, as a person's kill or a lost machine is)."""
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    start = billed()
+    deadline = time.monotonic() + 90
+    try:
+        while billed() == start:
+            if process.poll() is not None:
+                return False
+            assert time.monotonic() < deadline, "the batch never started paying"
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 1.5))
+        if process.poll() is not None:
+            return False
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        return True
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.slow
+def test_twelve_kills_leave_at_most_one_unknown_row_and_nothing_paid_twice(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(os.getpid())
+    config = SimulatorConfig(latency_s=0.3, max_inflight=LIMIT, image_scale=0.25)
+    unknown = 0
+    kills = 0
+    with running_simulator(config) as sim:
+        env = make_env(
+            storage=str(tmp_path / "storage"),
+            IDEOGRAM_API_KEY=sim.api_key,
+            IDEOGRAM_BASE_URL=sim.base_url,
+            IDEOGRAM_MAX_INFLIGHT=str(LIMIT),
+            IDEOGRAM_API_MODE="async",
+            DAGSTER_HOME=str(tmp_path / "home"),
+        )
+        (tmp_path / "home").mkdir()
+        for number in range(BATCHES):
+            csv = tmp_path / f"batch-{number}.csv"
+            lines = ["prompt,seed"] + [
+                f'"Batch {number} porcelain bird {n}",{n}' for n in range(ROWS)
+            ]
+            csv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            for _ in range(2):  # two kills per batch, at random moments mid-spend
+                kills += _kill_at_random(
+                    [*RUN, str(csv)], env, lambda: sim.stats.billed_images, rng
+                )
+            rerun = subprocess.run(
+                [*RUN, str(csv)], env=env, capture_output=True, text=True, timeout=180
+            )
+            assert rerun.returncode == 0, rerun.stderr[-3000:]
+        paid = dict(sim.stats.billed_by_prompt_seed)
+    con = history.connect(load_settings(env))
+    statuses = dict(con.execute("SELECT status, count(*) FROM generations GROUP BY 1").fetchall())
+    con.close()
+    unknown = statuses.get("unknown", 0)
+    print(f"{kills} kills: {unknown} unknown row(s), {sim.stats.billed_images} images billed")
+    assert kills >= 10, kills  # a kill can come after a batch already finished
+    assert set(statuses) <= {"stored", "unknown"} and sum(statuses.values()) == BATCHES * ROWS
+    assert all(count == 1 for count in paid.values()), paid  # 0 images paid twice
+    assert unknown <= 1, statuses
