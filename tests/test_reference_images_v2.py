@@ -367,3 +367,19 @@ def test_an_intent_without_a_generation_id_is_unknown_not_resent(
     assert _routes(simulator, routes_before) == Counter()
     [(_row, status, generation_id, _roles, _cost, _id)] = _generations(settings, store)
     assert (status, generation_id) == ("unknown", None)
+
+
+def test_a_transparent_row_goes_to_its_v2_path_too(simulator: Simulator, tmp_path: Path) -> None:
+    """Point 5 for the other routing field: ``transparent=true`` in async mode goes to
+    ``ideogram-3-transparent``, asynchronously, and is billed and stored as transparent."""
+    settings = _settings(simulator, tmp_path)
+    store = open_store(settings)
+    text = "prompt,seed,transparent\nA glass mug,71,true\n"
+    batch = parse_batch(text.encode(), source=str(tmp_path / "t.csv"), key="transparent")
+    routes_before = Counter(simulator.stats.requests_by_route)
+    assert execute_batch(batch, settings, store=store).stored == 1
+    assert _routes(simulator, routes_before) == Counter(
+        {"POST /v2/image/generate/ideogram-3-transparent application/json": 1}
+    )
+    [(_row, status, generation_id, _roles, cost, _id)] = _generations(settings, store)
+    assert status == "stored" and generation_id and cost == 0.07

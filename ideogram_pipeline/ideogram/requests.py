@@ -83,16 +83,17 @@ def fits_v2(request: GenerationRequest) -> bool:
     the row sets no field that path lacks (a V_2 row with a v1 ``resolution`` stays on the
     synchronous legacy endpoint rather than losing the field).
 
-    Reference images choose the path (:func:`v2_path`): style references go to
-    ``ideogram-3``, a character reference to ``ideogram-3-character``. No v2 path takes
-    both, so a row mixing them stays on ``POST /v1/ideogram-v3/generate``, which does.
+    The routing fields choose the path (:func:`v2_path`): a transparent row goes to
+    ``ideogram-3-transparent``, style references to ``ideogram-3``, a character reference
+    to ``ideogram-3-character``. No v2 path takes both kinds of reference, so a row mixing
+    them stays on ``POST /v1/ideogram-v3/generate``, which does.
     """
     route = _v2_route_or_none(request)
     if route is None:
         return False
     roles = {image.role for image in request.references or ()}
     return all(
-        value is None or name in ("model", "references") or route.rule(name) is not None
+        value is None or name in _ROUTING_FIELDS or route.rule(name) is not None
         for name, value in request.parameters().items()
     ) and all(route.rule(WIRE_NAMES[role]) is not None for role in roles)
 
