@@ -9,9 +9,11 @@ they are derived once:
   request schemas (``request_schemas.json``, derived from Ideogram's published OpenAPI by
   ``scripts/derive_request_schemas.py``), including the spec's prose limits on which legacy
   models take ``negative_prompt``, ``style_type`` and ``resolution`` (``x-model-limits``);
-- for Ideogram's v2 API (``ideogram-4``, ``ideogram-4-5`` and the v2 path of 3.0), which that
-  spec does not describe, from the small documented table in :func:`_v2_routes`, citing
-  ``reference/ideogram-api-v2-notes.md`` (§1 "Shared fields", "Model paths", "4.5 details").
+- for Ideogram's v2 API (``ideogram-4``, ``ideogram-4-5`` and the v2 paths of 3.0: plain and
+  with style references ``ideogram-3``, with a character reference ``ideogram-3-character``,
+  transparent ``ideogram-3-transparent``), which that spec does not describe, from the small
+  documented table in :func:`_v2_routes`, citing ``reference/ideogram-api-v2-notes.md``
+  (§1 "Shared fields", "Model paths", "4.5 details").
 
 Canonical spellings are what records carry and CSV validation returns: the field names of
 :class:`~ideogram_pipeline.ideogram.generation.GenerationRequest`, ``16x9`` ratios, ``1024x1024``
@@ -491,7 +493,7 @@ def _build() -> tuple[dict[str, ModelCapability], dict[str, Route]]:
 _TABLE, _V2 = _build()
 #: Model name -> what it takes. Models are ours: ``V_3``, ``ideogram-4``, ``V_2_TURBO``, ...
 CAPABILITIES: Mapping[str, ModelCapability] = MappingProxyType(_TABLE)
-#: v2 path name (``ideogram-3``, ``ideogram-4``, ``ideogram-4-5``) -> its route.
+#: v2 path name (``ideogram-3``, ``ideogram-3-character``, ``ideogram-4``, ...) -> its route.
 V2_ROUTES: Mapping[str, Route] = MappingProxyType(_V2)
 
 #: Models served by the legacy ``POST /generate`` endpoint, in the spec's order.
