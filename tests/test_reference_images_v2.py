@@ -9,14 +9,18 @@ both kinds stays on ``POST /v1/ideogram-v3/generate`` (no v2 path takes both).
 Real components: PNGs written by Pillow, the bundled simulator over loopback (its
 ``requests_by_route`` counter says where each request went and in which encoding; its
 billing counter hashes each image part's bytes into the body hash), a local storage root,
-the real ledger and journal. The crash is the client's own ``on_submitted`` hook stopping
-the "run" right after it journaled the id, as a kill at that moment would.
+the real ledger and journal. The crash is either the client's own ``on_submitted`` hook
+stopping the "run" right after it journaled the id, as a kill at that moment would, or a
+real ``ideogram-pipeline run`` subprocess SIGKILLed (``tests/test_crash_recovery.py``'s
+helper) once its journal holds the ids.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,6 +43,8 @@ from ideogram_pipeline.runs.runner import execute_batch
 from ideogram_pipeline.settings import Settings, load_settings
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import ObjectStore, open_store
+from tests.conftest import make_env
+from tests.test_crash_recovery import _run_and_kill
 
 V2_STYLE = "POST /v2/image/generate/ideogram-3 multipart/form-data"
 V2_CHARACTER = "POST /v2/image/generate/ideogram-3-character multipart/form-data"
@@ -383,3 +389,52 @@ def test_a_transparent_row_goes_to_its_v2_path_too(simulator: Simulator, tmp_pat
     )
     [(_row, status, generation_id, _roles, cost, _id)] = _generations(settings, store)
     assert status == "stored" and generation_id and cost == 0.07
+
+
+def _submitted_in_journal(storage: Path, batch: str) -> int:
+    """Generation ids the running batch has journaled so far (its durable record)."""
+    lines = 0
+    for path in (storage / "journal" / batch).glob("*.jsonl"):
+        lines += path.read_text(encoding="utf-8", errors="replace").count('"event":"submitted"')
+    return lines
+
+
+@pytest.mark.slow
+def test_killed_after_the_ids_are_journaled_the_rerun_polls_them(tmp_path: Path) -> None:
+    """The real thing, end to end: ``ideogram-pipeline run`` in a subprocess, SIGKILLed
+    once it has journaled both reference rows' generation ids (the generations still
+    running, ``[sim:slow]``); the next run collects both without submitting again."""
+    _images(tmp_path)
+    csv = tmp_path / "killed.csv"
+    csv.write_text(
+        f"{HEADER}\n"
+        "A brand poster [sim:slow],81,style.png,,\n"
+        "Our mascot rowing [sim:slow],82,,face.png,mask.png\n",
+        encoding="utf-8",
+    )
+    storage = tmp_path / "storage"
+    (tmp_path / "home").mkdir()
+    run = [sys.executable, "-c", "from ideogram_pipeline.cli import main; main()", "run"]
+    cmd = [*run, str(csv), "--batch", "killed"]
+    with running_simulator(SimulatorConfig(image_scale=0.25, slow_latency_s=3.0)) as sim:
+        env = make_env(
+            storage=str(storage),
+            IDEOGRAM_API_KEY=sim.api_key,
+            IDEOGRAM_BASE_URL=sim.base_url,
+            IDEOGRAM_API_MODE="async",
+            DAGSTER_HOME=str(tmp_path / "home"),
+        )
+        killed = _run_and_kill(cmd, env, lambda: _submitted_in_journal(storage, "killed") >= 2)
+        assert killed, "the batch finished before both ids were journaled"
+        assert sim.stats.requests_by_route[V2_STYLE] == 1
+        assert sim.stats.requests_by_route[V2_CHARACTER] == 1
+        rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        routes = Counter(sim.stats.requests_by_route)
+        billed = dict(sim.stats.billed_by_prompt_seed)
+    assert routes[V2_STYLE] == 1 and routes[V2_CHARACTER] == 1  # polled, not resent
+    assert billed == {("A brand poster [sim:slow]", 81): 1, ("Our mascot rowing [sim:slow]", 82): 1}
+    settings = load_settings(env)
+    rows = _generations(settings, open_store(settings))
+    assert [(row[0], row[1]) for row in rows] == [(1, "stored"), (2, "stored")]
+    assert all(row[2] for row in rows)
