@@ -45,6 +45,7 @@ from ideogram_pipeline.ideogram.requests import (
     V2_GENERATIONS_PATH,
     legacy_body,
     v2_body,
+    v2_multipart,
     v2_path,
     v3_multipart,
     v3_path,
@@ -300,14 +301,23 @@ class IdeogramClient:
     # -- v2, asynchronous ----------------------------------------------------------------------
 
     async def _post_v2(self, request: GenerationRequest, *, dry_run: bool = False) -> Any:
+        """Submit (or quote) ``request`` on its v2 path: JSON, or multipart/form-data when
+        it carries reference images, whose stored bytes are read off the event loop."""
+        parts = None
+        if request.references:
+            parts = await asyncio.to_thread(
+                v2_multipart, request, self.read_reference, asynchronous=not dry_run
+            )
         if not dry_run:
             self.stop.check()
+        params = {"dry_run": "true"} if dry_run else None
         with translate_transport_errors(paid_request=not dry_run):
-            response = await self._http.post(
-                v2_path(request),
-                json=v2_body(request, asynchronous=not dry_run),
-                params={"dry_run": "true"} if dry_run else None,
-            )
+            if parts is not None:
+                response = await self._http.post(v2_path(request), files=parts, params=params)
+            else:
+                response = await self._http.post(
+                    v2_path(request), json=v2_body(request, asynchronous=not dry_run), params=params
+                )
         if response.status_code != 200:
             raise self._error(response)
         return response.json()

@@ -182,9 +182,9 @@ class _BatchRun:
         """Asynchronous (v2) wherever the model has a v2 path and the mode allows it."""
         if request.model in V2_ONLY_MODELS:
             return "async" if self.api_mode == "async" else "sync-v2"
-        if self.api_mode == "async" and fits_v2(request) and not request.references:
-            # V_3 -> ideogram-3, V_2 -> ideogram-2, V_2A -> ideogram-2a; reference images
-            # are multipart file parts, which this client sends to v1 only.
+        if self.api_mode == "async" and fits_v2(request):
+            # V_3 -> ideogram-3 (style references too, as multipart), a character reference
+            # -> ideogram-3-character, V_2 -> ideogram-2, V_2A -> ideogram-2a.
             return "async"
         return "sync"
 
