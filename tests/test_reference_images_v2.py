@@ -327,7 +327,7 @@ def test_a_resumed_reference_row_is_polled_not_resent(simulator: Simulator, tmp_
         async with IdeogramClient(simulator.base_url, simulator.api_key) as client:
             client.read_reference = store.get_bytes
 
-            async def on_submitted(generation_id: str) -> None:
+            def on_submitted(generation_id: str) -> None:  # on the submit thread
                 killed.journal_event(request, attempt, "submitted", generation_id=generation_id)
                 recorded.append(generation_id)
                 raise _Killed

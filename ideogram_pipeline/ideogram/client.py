@@ -300,23 +300,19 @@ class IdeogramClient:
 
     # -- v2, asynchronous ----------------------------------------------------------------------
 
-    async def _post_v2(self, request: GenerationRequest, *, dry_run: bool = False) -> Any:
-        """Submit (or quote) ``request`` on its v2 path: JSON, or multipart/form-data when
-        it carries reference images, whose stored bytes are read off the event loop."""
-        parts = None
-        if request.references:
-            parts = await asyncio.to_thread(
-                v2_multipart, request, self.read_reference, asynchronous=not dry_run
-            )
-        if not dry_run:
-            self.stop.check()
-        params = {"dry_run": "true"} if dry_run else None
-        with translate_transport_errors(paid_request=not dry_run):
-            if parts is not None:
+    async def _quote_v2(self, request: GenerationRequest) -> Any:
+        """Ideogram's quote for ``request`` on its v2 path (``?dry_run=true``): JSON, or
+        multipart/form-data when it carries reference images, read off the event loop."""
+        params = {"dry_run": "true"}
+        with translate_transport_errors():
+            if request.references:
+                parts = await asyncio.to_thread(
+                    v2_multipart, request, self.read_reference, asynchronous=False
+                )
                 response = await self._http.post(v2_path(request), files=parts, params=params)
             else:
                 response = await self._http.post(
-                    v2_path(request), json=v2_body(request, asynchronous=not dry_run), params=params
+                    v2_path(request), json=v2_body(request, asynchronous=False), params=params
                 )
         if response.status_code != 200:
             raise self._error(response)
@@ -324,19 +320,24 @@ class IdeogramClient:
 
     async def quote_usd(self, request: GenerationRequest) -> float:
         """Ideogram's own price for ``request`` (``?dry_run=true``: not billed, not run)."""
-        body, _attempts = await self._with_retries(lambda: self._post_v2(request, dry_run=True))
+        body, _attempts = await self._with_retries(lambda: self._quote_v2(request))
         return float(body["usd_micros"]) / 1_000_000
 
     def _submit_now(
         self, request: GenerationRequest, on_intent: OnIntent | None, on_submitted: OnSubmitted
     ) -> httpx.Response:
         """One submission, on a submit thread: the intent, the POST, and the id, with
-        nothing of ours in between (see :meth:`generate_async`)."""
+        nothing of ours in between (see :meth:`generate_async`). Reference images (stored
+        bytes, as multipart/form-data) are read first, outside that span."""
+        parts = v2_multipart(request, self.read_reference) if request.references else None
         self.stop.check()
         if on_intent is not None:
             on_intent()
         with translate_transport_errors(paid_request=True):
-            response = self._submits.post(v2_path(request), json=v2_body(request))
+            if parts is not None:
+                response = self._submits.post(v2_path(request), files=parts)
+            else:
+                response = self._submits.post(v2_path(request), json=v2_body(request))
         if response.status_code == 200:
             on_submitted(str(response.json()["generation_id"]))
         return response
