@@ -7,7 +7,7 @@ ends ``unknown`` only when a kill lands between the journal's append of its inte
 that of its generation id: the submission's round trip, made on a thread of its own
 (client.py), a few milliseconds here. How often a random kill lands in such a window is
 that span times the submission rate (in-flight limit over generation latency), so the
-simulator takes 1.5 s per generation (Ideogram takes several): at 4 in flight, under 2%
+simulator takes 1.5 s per generation (Ideogram takes several): at 3 in flight, about 1%
 of a kill's chances. At most one ``unknown`` row in all twelve kills, and no image is
 ever paid twice. The test prints the windows it saw in the killed runs' journals.
 """
@@ -34,8 +34,8 @@ from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulato
 from tests.conftest import make_env
 
 BATCHES = 6
-ROWS = 24
-LIMIT = 4
+ROWS = 18
+LIMIT = 3
 LATENCY_S = 1.5
 RUN = [sys.executable, "-c", "from ideogram_pipeline.cli import main; main()", "run"]
 
