@@ -50,7 +50,7 @@ from ideogram_pipeline.history.legacy import (
     remove_legacy,
     typed_select,
 )
-from ideogram_pipeline.history.schema import ROW_KEY, TABLE_SCHEMA
+from ideogram_pipeline.history.schema import LEGACY_ROW_KEY, TABLE_SCHEMA
 from ideogram_pipeline.history.tables import (
     GENERATIONS,
     RECORDS,
@@ -89,7 +89,8 @@ class _Part(NamedTuple):
 
 
 _RECORDS = _Part("records", RECORD_KEYS, RECORDS, TABLE_SCHEMA, ("date", "batch", "id"))
-_CURRENT = _Part("current", STATE_KEYS, GENERATIONS, TABLE_SCHEMA, ROW_KEY)
+# The old views kept one row per line: imported by it, then keyed by content (row_keys.py).
+_CURRENT = _Part("current", STATE_KEYS, GENERATIONS, TABLE_SCHEMA, LEGACY_ROW_KEY)
 _USAGE = _Part("usage", USAGE_ROWS, USAGE, USAGE_SCHEMA, ("date", "batch", "id"))
 _TABLE_OF = {part.label: part.table for part in (_RECORDS, _CURRENT, _USAGE)}
 
