@@ -219,7 +219,8 @@ def sandboxed_connection(
 
     limits = limits or QueryLimits()
     store = store or open_store(settings)
-    con = history.connect(settings, store, views=views_for(sql))
+    # People see each batch's latest file in `generations` (`generations_all`: every row).
+    con = history.connect(settings, store, views=views_for(sql), file_rows_only=True)
     try:
         lock_down(con, [allowed_root(settings, store)], limits.memory_limit)
     except BaseException:
