@@ -177,7 +177,7 @@ def check_statements(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         if refused:
             raise QueryRefused(
                 f"{refused[0]}() is not allowed here: read the history through its views "
-                "(generations, generation_records)"
+                "(generations, generations_all, generation_records)"
             )
 
 
