@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -53,13 +54,17 @@ class Journal:
         self.folder = directory / batch
         self.path = self.folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
         self._fd: int | None = None
+        self._opening = threading.Lock()  # submit threads append too (client.py)
 
     def append(self, body: dict[str, Any]) -> None:
-        """Make ``body`` durable against a process kill: one ``write(2)``, no thread."""
+        """Make ``body`` durable against a process kill: one ``write(2)`` (atomic among
+        appenders, so threads may call this at once), no queue."""
         line = json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
         if self._fd is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with self._opening:
+                if self._fd is None:
+                    self.folder.mkdir(parents=True, exist_ok=True)
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.write(self._fd, line)
 
     def earlier(self) -> list[Path]:
