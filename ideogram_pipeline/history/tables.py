@@ -232,9 +232,10 @@ class HistoryTables:
 
         The audit append comes first: a crash between the two commits leaves a record
         that the next run writes again (the ledger still holds its row), never a current
-        state without its audit record. ``stale_rows`` are rows recorded before that these
-        records re-do: their rows from an older attempt at image indexes these records do
-        not replace (a row re-run with fewer images) are deleted in the same commit.
+        state without its audit record. ``stale_rows`` are lines of rows recorded before
+        that these records re-do: their rows (found by the records' row keys, wherever they
+        were recorded) from an older attempt at image indexes these records do not replace
+        are deleted in the same commit.
         """
         if not is_safe_key(batch):
             raise ValueError(f"unsafe batch key {batch!r}")

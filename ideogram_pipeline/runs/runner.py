@@ -122,11 +122,14 @@ def execute_batch(
     lease is taken over from a dead runner, ``on_takeover`` is told who it was (the Dagster
     asset marks that runner's run failed).
 
+    Rows are known by their content, not their line (``row_matching.py``): a row that
+    moved in the file keeps what it was paid for, and ``generations`` follows the file.
     Rows whose exact request (explicit seed) is already stored anywhere in the history are
     linked to it instead of paid again, unless ``force`` (see ``duplicates.py``);
     ``extra_fields`` adds columns to records by ``(row, image_index)`` (``reproduce.py``).
 
-    The cost of the rows to send is estimated first (``summary.estimated_cost_usd``). With
+    The cost of the rows that will be sent (``will_send.py``: not those the ledger
+    recovers or a duplicate links) is estimated first (``summary.estimated_cost_usd``). With
     ``dry_run`` nothing is sent and the summary only carries the estimate; with
     ``max_cost_usd`` an estimate above it raises
     :class:`~ideogram_pipeline.runs.cost_guard.CostLimitExceeded`     before any request.
