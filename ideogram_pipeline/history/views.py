@@ -9,8 +9,9 @@
   batch's latest file; code that must see every image (retention, orphans, pins, reports)
   connects with ``file_rows_only=False`` (the default), where both names are the table.
 
-Each name is one Delta table attached read-only (``ATTACH '<folder>' AS generations (TYPE
-delta)``), the same rows a plain client gets from ``delta_scan`` over the folder
+Each table is one Delta table attached read-only (``ATTACH '<folder>' AS generations_all
+(TYPE delta)``; ``generations`` is a view over it), the same rows a plain client gets from
+``delta_scan`` over the folder
 (:func:`plain_sql`): the tables hold the current state themselves, so there is nothing to
 work out at read time and every client gets the same answer.
 """
