@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from ideogram_pipeline import history
+from ideogram_pipeline.cli import main
 from ideogram_pipeline.history.search import SearchFilters, search
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from tests.history_support import Root, make_root
@@ -116,6 +118,14 @@ def test_insert_delete_reorder_and_change_pay_only_for_new_content(
     assert [(r["prompt"], r["in_file"]) for r in every if r["prompt"] == grown[3]] == [
         (grown[3], False)
     ]
+    # `query` shows the file's 11 rows in `generations`, all 12 in `generations_all`.
+    sql = (
+        "SELECT (SELECT count(*) FROM generations WHERE batch = 'lanterns') AS file, "
+        "(SELECT count(*) FROM generations_all WHERE batch = 'lanterns') AS every"
+    )
+    shown = CliRunner(env=root.env).invoke(main, ["query", sql, "--format", "csv"])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.split() == ["file,every", "11,12"]
     # Retention and the other maintenance code see every row (the table itself).
     (total,) = root.query("SELECT count(*) FROM generations WHERE batch = 'lanterns'")[0:1]
     assert total == (12,)
