@@ -1,8 +1,9 @@
 """``run --dry-run``: the cost estimate of a batch, printed without sending anything.
 
 A dry run is plain Python (no Dagster run is recorded: nothing happened to record). It reads
-the storage root's history so rows already stored or unsafe are left out, exactly as a real
-run would skip them.
+the storage root's history and the batch's ledger so rows already stored or unsafe, rows
+linked to identical images and rows a killed run already paid for are left out, exactly as
+a real run would skip them (``runs/will_send.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def print_estimate(csv: Path, batch: str | None, max_cost: float | None) -> None
     click.echo(f"  {'rows to send':<22} {estimate.rows_to_send}")
     click.echo(f"  {'images to generate':<22} {estimate.images}")
     click.echo(f"  {'skipped already done':<22} {estimate.rows_already_done}")
+    if estimate.rows_linked:
+        click.echo(f"  {'linked, not paid':<22} {estimate.rows_linked}")
+    if estimate.rows_recovered:
+        click.echo(f"  {'collected from ledger':<22} {estimate.rows_recovered}")
+    if estimate.rows_unknown:
+        click.echo(f"  {'unknown, not resent':<22} {estimate.rows_unknown}")
     click.echo(f"  {'rejected':<22} {estimate.rows_rejected}")
     for model, usd in sorted(estimate.usd_by_model.items()):
         click.echo(f"  {'  ' + model:<22} ${usd:.2f}")

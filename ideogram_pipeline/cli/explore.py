@@ -37,6 +37,11 @@ from ideogram_pipeline.ideogram.generation import STATUSES
 @click.option("--until", help="Created on or before this date (whole day) or ISO time.")
 @click.option("--expanded", is_flag=True, help="Also match the Magic-Prompt expansion.")
 @click.option("--all-runs", is_flag=True, help="Search every record of every run, not the latest.")
+@click.option(
+    "--all-rows",
+    is_flag=True,
+    help="Also rows their batch's latest file no longer holds (in_file false in the results).",
+)
 @click.option("--limit", default=50, show_default=True, help="Most results to show (0: no limit).")
 @FORMAT_OPTION
 def search(
@@ -53,6 +58,7 @@ def search(
     until: str | None,
     expanded: bool,
     all_runs: bool,
+    all_rows: bool,
     limit: int,
     fmt: str,
 ) -> None:
@@ -90,10 +96,11 @@ def search(
             until=parse_when(until, name="--until") if until else None,
             include_expanded=expanded,
             all_runs=all_runs,
+            all_rows=all_rows,
             limit=limit or None,
         )
         view = view_searched(filters)
-        con = history.connect(settings_or_exit(), views=(view,))
+        con = history.connect(settings_or_exit(), views=(view,), file_rows_only=True)
         try:
             rows = run_search(con, filters)
         finally:

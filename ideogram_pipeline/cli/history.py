@@ -41,9 +41,10 @@ DEFAULT_TIMEOUT_S = 300.0
 def query(sql: str, fmt: str, memory_limit: str, timeout_s: float) -> None:
     """Run SQL in DuckDB over the history tables.
 
-    `generations` holds the current record of every row (tags and pins as they are now);
-    `generation_records` holds every record ever written. Queries only read, and only
-    files under the storage root, within a memory and a time limit.
+    `generations` holds the current record of every row of each batch's latest file (tags
+    and pins as they are now); `generations_all` also the rows that left their file
+    (`in_file` false); `generation_records` holds every record ever written. Queries only
+    read, and only files under the storage root, within a memory and a time limit.
     """
     from ideogram_pipeline.history.sandbox import QueryLimits
 

@@ -62,8 +62,20 @@ def migrate(dry_run: bool, remove_old: bool) -> None:
         raise click.ClickException(f"migration failed: {exc}") from None
     except StorageError as exc:
         raise click.ClickException(str(exc)) from None
+    keyed = result.keyed
+    keyed_line = ""
+    if keyed is not None and keyed.rows:
+        keyed_line = (
+            f"{'would key' if dry_run else 'keyed'} {keyed.rows} rows of {len(keyed.batches)} "
+            "batches by their content (rows written by a release that knew them by their line)"
+        )
     if not result.found_legacy:
-        click.echo(f"nothing to migrate: no old-layout history under {result.root}")
+        if not keyed_line:
+            click.echo(f"nothing to migrate: no old-layout history under {result.root}")
+            return
+        click.echo(keyed_line)
+        if dry_run:
+            click.echo("DRY RUN: nothing was written.")
         return
     done = sum(1 for b in result.batches if b.state == "already migrated")
     counts = f"{len(result.batches) - done} batches ({done} already migrated)"
@@ -74,6 +86,8 @@ def migrate(dry_run: bool, remove_old: bool) -> None:
             f"migrated {counts}: {result.imported_records} records in {result.seconds:.2f} s "
             f"({result.rows_per_second:,.0f} records/s)"
         )
+    if keyed_line:
+        click.echo(keyed_line)
     for cleanup_id in result.pending_cleanups:
         click.echo(
             f"note: cleanup {cleanup_id} of the old release was interrupted; its records "

@@ -56,8 +56,9 @@ class ChecksumReport:
 
 
 def batch_totals(settings: Settings, store: ObjectStore, batch: str) -> BatchTotals:
-    """Totals of ``batch`` over every run: current rows by status, cost of all records."""
-    con = connect(settings, store, views=(GENERATIONS, RECORDS))
+    """Totals of ``batch`` over every run: the current rows of its latest file by status,
+    cost of all records (rows that left the file were paid for too)."""
+    con = connect(settings, store, views=(GENERATIONS, RECORDS), file_rows_only=True)
     try:
         counts = con.execute(
             'SELECT count(DISTINCT "row"), '
@@ -82,10 +83,10 @@ def batch_totals(settings: Settings, store: ObjectStore, batch: str) -> BatchTot
 def recorded_rows(
     settings: Settings, store: ObjectStore, batches: Collection[str]
 ) -> dict[str, set[int]]:
-    """The CSV rows of each batch that have a current record (one query for all)."""
+    """The CSV rows of each batch's latest file that have a current record (one query)."""
     if not batches:
         return {}
-    con = connect(settings, store, views=(GENERATIONS,))
+    con = connect(settings, store, views=(GENERATIONS,), file_rows_only=True)
     try:
         found = con.execute(
             'SELECT batch, list(DISTINCT "row") FROM generations '

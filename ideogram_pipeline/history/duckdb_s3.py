@@ -154,13 +154,16 @@ def configure_duckdb_s3(con: duckdb.DuckDBPyConnection, settings: Settings) -> N
 
 def views_sql(settings: Settings) -> str:
     """The history tables as a plain client names them: one ``ATTACH`` per table (the same
-    rows as ``delta_scan`` over its folder, with filters pushed into the scan)."""
-    from ideogram_pipeline.history.layout import table_uri
-    from ideogram_pipeline.history.views import VIEWS
+    rows as ``delta_scan`` over its folder, with filters pushed into the scan), and
+    ``generations`` as the rows of each batch's latest file (``generations_all``: all)."""
+    from ideogram_pipeline.history.layout import GENERATIONS, GENERATIONS_ALL, RECORDS, table_uri
+    from ideogram_pipeline.history.views import IN_FILE
 
-    return "".join(
-        f"ATTACH {sql_literal(table_uri(settings, name))} AS {name} (TYPE delta);\n"
-        for name in VIEWS
+    return (
+        f"ATTACH {sql_literal(table_uri(settings, RECORDS))} AS {RECORDS} (TYPE delta);\n"
+        f"ATTACH {sql_literal(table_uri(settings, GENERATIONS))} AS {GENERATIONS_ALL} "
+        "(TYPE delta);\n"
+        f"CREATE VIEW {GENERATIONS} AS SELECT * FROM {GENERATIONS_ALL} WHERE {IN_FILE};\n"
     )
 
 

@@ -97,11 +97,12 @@ def ids_unique(settings: Settings, store: ObjectStore) -> CheckOutcome:
     clashes = (
         # An id held by two current rows, or by records of two different rows ...
         "SELECT id AS example FROM generations GROUP BY id HAVING count(*) > 1 "
-        "UNION ALL SELECT id FROM generation_records GROUP BY id "
+        # (records an earlier release wrote carry no row key until ``migrate`` keys them)
+        "UNION ALL SELECT id FROM generation_records WHERE row_key IS NOT NULL GROUP BY id "
         f"HAVING count(DISTINCT ({key})) > 1 "
         # ... or a row key held by two current rows.
-        f"UNION ALL SELECT concat_ws('/', {key}) FROM generations GROUP BY {key} "
-        "HAVING count(*) > 1"
+        f"UNION ALL SELECT concat_ws('/', {key}) FROM generations WHERE row_key IS NOT NULL "
+        f"GROUP BY {key} HAVING count(*) > 1"
     )
     return _outcome(
         settings,

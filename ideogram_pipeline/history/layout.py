@@ -11,11 +11,14 @@ from pathlib import Path
 
 from ideogram_pipeline.settings import Settings
 
-__all__ = ["GENERATIONS", "RECORDS", "TABLES_PREFIX", "USAGE", "table_uri"]
+__all__ = ["GENERATIONS", "GENERATIONS_ALL", "RECORDS", "TABLES_PREFIX", "USAGE", "table_uri"]
 
 TABLES_PREFIX = "history"
 GENERATIONS = "generations"
 RECORDS = "generation_records"
+#: Not a table: the view of every current row of ``generations``, including rows that left
+#: their batch's latest file (``in_file`` false); ``generations`` shows the file's rows.
+GENERATIONS_ALL = "generations_all"
 USAGE = "usage_rollup"
 
 

@@ -9,7 +9,7 @@ so that ``migrate`` can work the meaning out once, the same way, and store the a
   ``created_at`` (compaction and cleanup briefly left a row in two files).
 - The old ``generations`` view kept, per (batch, row), the records of the latest
   ``attempt_id``, then the newest record per id; the tables hold one of those per
-  :data:`~ideogram_pipeline.history.schema.ROW_KEY` (newest first). A row without any
+  :data:`~ideogram_pipeline.history.schema.LEGACY_ROW_KEY` (newest first). A row without any
   ``attempt_id`` (a file written by another tool) keeps its newest record per image index.
 - ``metadata/tag_changes/YYYY/MM/*.parquet``: the tag log, merged into ``tags`` as the old
   views did (base tags minus removes plus adds, the latest change per tag winning).
@@ -36,7 +36,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from ideogram_pipeline.history.schema import ROW_KEY, TABLE_SCHEMA
+from ideogram_pipeline.history.schema import LEGACY_ROW_KEY, TABLE_SCHEMA
 from ideogram_pipeline.history.tables import USAGE_SCHEMA
 from ideogram_pipeline.history.views import LEGACY_PREFIX, duckdb_type
 from ideogram_pipeline.safe_output import sql_list
@@ -333,7 +333,7 @@ class LegacyReader:
             "WHERE _latest IS NULL OR attempt_id = _latest "
             "QUALIFY row_number() OVER (PARTITION BY batch, id ORDER BY created_at DESC) = 1) "
             "SELECT * FROM current QUALIFY row_number() OVER (PARTITION BY "
-            + ", ".join(quoted(k) for k in ROW_KEY)
+            + ", ".join(quoted(k) for k in LEGACY_ROW_KEY)
             + " ORDER BY created_at DESC, attempt_id DESC NULLS LAST, id DESC) = 1"
         )
         self._load_usage(

@@ -20,6 +20,11 @@ tables is not brought back). A complete run writes ``history/_migrated.json``, a
 compared with the rows found in each table (and each row's cost with its copy's) before a
 batch counts as migrated; a difference is a :class:`MigrationError` naming the batch.
 
+**Rows keyed by content.** Releases before issue 17 knew a row by its line; the rows of
+``generations`` without a ``row_key`` (imported here, or written by such a release to the
+tables) get the key a run computes for them (``row_key_migration.py``), so a batch run
+before the upgrade is recognised after it. Also idempotent and verified.
+
 **Old files stay** until ``remove_old``, which deletes them (and ``metadata/lifecycle/``,
 the old cleanup manifests and lock) only when every batch is verified.
 """
@@ -50,7 +55,8 @@ from ideogram_pipeline.history.legacy import (
     remove_legacy,
     typed_select,
 )
-from ideogram_pipeline.history.schema import ROW_KEY, TABLE_SCHEMA
+from ideogram_pipeline.history.row_key_migration import KeyingResult, key_rows
+from ideogram_pipeline.history.schema import LEGACY_ROW_KEY, TABLE_SCHEMA
 from ideogram_pipeline.history.tables import (
     GENERATIONS,
     RECORDS,
@@ -89,7 +95,8 @@ class _Part(NamedTuple):
 
 
 _RECORDS = _Part("records", RECORD_KEYS, RECORDS, TABLE_SCHEMA, ("date", "batch", "id"))
-_CURRENT = _Part("current", STATE_KEYS, GENERATIONS, TABLE_SCHEMA, ROW_KEY)
+# The old views kept one row per line: imported by it, then keyed by content (row_keys.py).
+_CURRENT = _Part("current", STATE_KEYS, GENERATIONS, TABLE_SCHEMA, LEGACY_ROW_KEY)
 _USAGE = _Part("usage", USAGE_ROWS, USAGE, USAGE_SCHEMA, ("date", "batch", "id"))
 _TABLE_OF = {part.label: part.table for part in (_RECORDS, _CURRENT, _USAGE)}
 
@@ -153,6 +160,9 @@ class MigrationResult:
     removed: int = 0
     pending_cleanups: list[str] = field(default_factory=list)
     found_legacy: bool = False
+    #: Rows of an earlier release keyed by their content (None: not looked at, a dry run
+    #: of an old-layout history that is not imported yet).
+    keyed: KeyingResult | None = None
 
     @property
     def records(self) -> int:
@@ -429,6 +439,8 @@ def migrate(
     result = MigrationResult(store.root, dry_run, pending_cleanups=legacy.pending_cleanups)
     result.found_legacy = not legacy.empty
     if legacy.empty:
+        result.keyed = key_rows(settings, store, dry_run=dry_run)
+        result.seconds = time.perf_counter() - started
         return result
     tables = HistoryTables(settings)
     ids = _table_ids(tables)
@@ -450,6 +462,7 @@ def migrate(
         store.put_bytes(
             MIGRATION_COMPLETE, json.dumps(summary).encode(), content_type="application/json"
         )
+        result.keyed = key_rows(settings, store)
     result.seconds = time.perf_counter() - started
     if remove_old and not dry_run:
         result.removed = remove_legacy(store, legacy)

@@ -193,7 +193,9 @@ def plan(
     if batch:
         chosen = _fetch(
             con,
-            "id IN (SELECT id FROM generations WHERE batch = ? AND status = 'stored')",
+            # The batch as its latest file holds it (rows that left it are not re-paid).
+            "id IN (SELECT id FROM generations WHERE batch = ? AND status = 'stored' "
+            "AND in_file IS NOT FALSE)",
             [batch],
         )
         if not chosen:

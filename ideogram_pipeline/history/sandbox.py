@@ -177,7 +177,7 @@ def check_statements(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         if refused:
             raise QueryRefused(
                 f"{refused[0]}() is not allowed here: read the history through its views "
-                "(generations, generation_records)"
+                "(generations, generations_all, generation_records)"
             )
 
 
@@ -219,7 +219,8 @@ def sandboxed_connection(
 
     limits = limits or QueryLimits()
     store = store or open_store(settings)
-    con = history.connect(settings, store, views=views_for(sql))
+    # People see each batch's latest file in `generations` (`generations_all`: every row).
+    con = history.connect(settings, store, views=views_for(sql), file_rows_only=True)
     try:
         lock_down(con, [allowed_root(settings, store)], limits.memory_limit)
     except BaseException:

@@ -6,8 +6,10 @@ record and cannot drift from it. A misspelt field fails where the record is buil
 dataclass refuses unknown keyword arguments), not later as a silent null column.
 
 Both tables (``tables.py``) carry the same columns. ``generations`` keeps one row per
-:data:`ROW_KEY`, so the key is defined here once: the batch-file issue will make a row's
-identity its content instead of its line number, and only this constant changes.
+:data:`ROW_KEY`, so the key is defined here once. A row is known by its content, not its
+line (issue 17): ``row_key`` hashes the request and its occurrence among identical rows
+(``row_keys.py``), so inserting, deleting or reordering rows of a file keeps every other
+row's records; ``in_file`` says whether the batch's latest file still holds the row.
 
 :class:`RowState` is the other direction: what a re-run reads back about one CSV row.
 """
@@ -26,20 +28,26 @@ from ideogram_pipeline.ideogram.generation import STATUSES, Status
 __all__ = [
     "COLUMN_NAMES",
     "EVENTS",
+    "LEGACY_ROW_KEY",
     "METADATA_SCHEMA",
     "PARTITION_COLUMNS",
     "ROW_KEY",
     "TABLE_SCHEMA",
     "GenerationRecord",
     "RowState",
+    "line_key",
     "records_table",
 ]
 
 #: Hive partitioning of the data files, outermost first: ``date=YYYY-MM-DD/batch=KEY/``.
 PARTITION_COLUMNS = ("date", "batch")
 
-#: What ``generations`` holds exactly one row of.
-ROW_KEY = ("batch", "row", "image_index")
+#: What ``generations`` holds exactly one row of: a row's content (its ``row_key``), not
+#: its line, so a row that moves keeps its record and a changed row is a new one.
+ROW_KEY = ("batch", "row_key", "image_index")
+#: The key of releases before issue 17 (the line number): the old layout's views and the
+#: import of such a history (``legacy.py``, ``migrate.py``) still match by it.
+LEGACY_ROW_KEY = ("batch", "row", "image_index")
 
 #: Why a record was appended to ``generation_records``: a generation outcome, a change a
 #: person made afterwards, or the orphan sweep marking a missing image (the record then
@@ -137,6 +145,13 @@ class GenerationRecord:
     reference_roles: tuple[str, ...] | None = field(
         default=None, metadata=_arrow(pa.list_(pa.string()))
     )
+    #: The row's identity in its batch: its request (or rejection) and its occurrence among
+    #: identical rows of the file (``row_keys.py``). None: written by an earlier release and
+    #: not yet keyed by ``migrate``.
+    row_key: str | None = field(default=None, metadata=_arrow(pa.string()))
+    #: Whether the batch's latest file holds this row. ``generations`` (the view) shows only
+    #: these; rows that left the file keep their paid images in ``generations_all``.
+    in_file: bool | None = field(default=None, metadata=_arrow(pa.bool_()))
     date: dt.date = field(metadata=_arrow(pa.date32()))
     batch: str = field(metadata=_arrow(pa.string()))
 
@@ -173,6 +188,11 @@ TABLE_SCHEMA = pa.schema([pa.field(f.name, f.metadata["arrow"]) for f in fields(
 
 #: The record's columns without the partition columns (what a data file row holds).
 METADATA_SCHEMA = pa.schema([f for f in TABLE_SCHEMA if f.name not in PARTITION_COLUMNS])
+
+
+def line_key(row: int) -> str:
+    """The row key of a record written without one: its line (as before issue 17)."""
+    return f"line:{row}"
 
 
 def records_table(records: Iterable[GenerationRecord], recorded_at: dt.datetime) -> pa.Table:

@@ -43,6 +43,8 @@ RESULT_COLUMNS = (
     "row",
     "image_index",
     "status",
+    # False for a row its batch's latest file no longer holds (only with ``all_rows``).
+    "in_file",
     # True for an image a simulator made: never mistaken for Ideogram's.
     "simulated",
     "model",
@@ -78,6 +80,9 @@ class SearchFilters:
     until: date | datetime | None = None
     include_expanded: bool = False
     all_runs: bool = False
+    #: Also rows that left their batch's latest file (deleted or changed there): their paid
+    #: images stay, with ``in_file`` false.
+    all_rows: bool = False
     limit: int | None = 50
     #: Made from this reference image: its SHA-256 (or 12+ leading digits), or the id (or a
     #: prefix) of the stored record whose image was the reference.
@@ -166,8 +171,11 @@ def _ratio(value: str) -> str:
 
 
 def view_searched(filters: SearchFilters) -> str:
-    """The history view a search reads: every run's records, or the current ones."""
-    return "generation_records" if filters.all_runs else "generations"
+    """The history view a search reads: every run's records, every current row (with
+    those that left their file), or the rows of each batch's latest file."""
+    if filters.all_runs:
+        return "generation_records"
+    return "generations_all" if filters.all_rows else "generations"
 
 
 def build_query(filters: SearchFilters) -> tuple[str, list[Any]]:

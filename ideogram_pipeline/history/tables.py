@@ -24,7 +24,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -37,6 +37,7 @@ from ideogram_pipeline.history.schema import (
     ROW_KEY,
     TABLE_SCHEMA,
     GenerationRecord,
+    line_key,
     records_table,
 )
 from ideogram_pipeline.safe_output import sql_list, sql_literal
@@ -231,13 +232,18 @@ class HistoryTables:
 
         The audit append comes first: a crash between the two commits leaves a record
         that the next run writes again (the ledger still holds its row), never a current
-        state without its audit record. ``stale_rows`` are rows recorded before that these
-        records re-do: their rows from an older attempt at image indexes these records do
-        not replace (a row re-run with fewer images) are deleted in the same commit.
+        state without its audit record. ``stale_rows`` are lines of rows recorded before
+        that these records re-do: their rows (found by the records' row keys, wherever they
+        were recorded) from an older attempt at image indexes these records do not replace
+        are deleted in the same commit.
         """
         if not is_safe_key(batch):
             raise ValueError(f"unsafe batch key {batch!r}")
-        records = list(records)
+        # A record that names no row key (a script's or a test's) is its line's, in the file.
+        records = [
+            r if r.row_key else replace(r, row_key=line_key(r.row), in_file=r.in_file is not False)
+            for r in records
+        ]
         strays = sorted({r.batch for r in records} - {batch})
         if strays:
             raise ValueError(f"records of batch {', '.join(strays)} written as batch {batch!r}")
@@ -282,18 +288,20 @@ class HistoryTables:
         )
         merger = merger.when_not_matched_insert_all()
         if stale_rows:
-            attempts: dict[int, str] = {}
-            for row, attempt in zip(
+            # Rows are matched by their key, not their line (a row may have moved).
+            attempts: dict[str, str] = {}
+            for row, key, attempt in zip(
                 source.column("row").to_pylist(),
+                source.column("row_key").to_pylist(),
                 source.column("attempt_id").to_pylist(),
                 strict=True,
             ):
-                if row is not None and row in stale_rows and attempt:
-                    attempts[row] = min(attempts.get(row, attempt), attempt)
+                if row is not None and row in stale_rows and key and attempt:
+                    attempts[key] = min(attempts.get(key, attempt), attempt)
             if attempts:
                 older = " OR ".join(
-                    f'(t."row" = {row} AND t.attempt_id < {sql_literal(attempt)})'
-                    for row, attempt in sorted(attempts.items())
+                    f"(t.row_key = {sql_literal(key)} AND t.attempt_id < {sql_literal(attempt)})"
+                    for key, attempt in sorted(attempts.items())
                 )
                 merger = merger.when_not_matched_by_source_delete(
                     predicate=f"t.batch = {sql_literal(batch)} AND ({older})"

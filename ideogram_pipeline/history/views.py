@@ -3,9 +3,15 @@
 - ``generations``: the current state, one row per batch row and image index (a row that
   failed yesterday and was stored today shows once, as stored; tags and pins as they are).
 - ``generation_records``: every record ever written, the audit trail.
+- ``generations_all``: ``generations`` with the rows that left their batch's latest file
+  (``in_file`` false: a row deleted or changed in the file keeps its paid images). For
+  people (``query``, ``search``, ``export``) ``generations`` holds only the rows of each
+  batch's latest file; code that must see every image (retention, orphans, pins, reports)
+  connects with ``file_rows_only=False`` (the default), where both names are the table.
 
-Each name is one Delta table attached read-only (``ATTACH '<folder>' AS generations (TYPE
-delta)``), the same rows a plain client gets from ``delta_scan`` over the folder
+Each table is one Delta table attached read-only (``ATTACH '<folder>' AS generations_all
+(TYPE delta)``; ``generations`` is a view over it), the same rows a plain client gets from
+``delta_scan`` over the folder
 (:func:`plain_sql`): the tables hold the current state themselves, so there is nothing to
 work out at read time and every client gets the same answer.
 """
@@ -17,7 +23,14 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from ideogram_pipeline.history.layout import GENERATIONS, RECORDS, TABLES_PREFIX, USAGE, table_uri
+from ideogram_pipeline.history.layout import (
+    GENERATIONS,
+    GENERATIONS_ALL,
+    RECORDS,
+    TABLES_PREFIX,
+    USAGE,
+    table_uri,
+)
 from ideogram_pipeline.safe_output import sql_list, sql_literal
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore, open_store
@@ -41,7 +54,11 @@ __all__ = [
 ]
 
 #: The history views a connection can have (``connect(views=...)`` picks some).
-VIEWS = (RECORDS, GENERATIONS)
+VIEWS = (RECORDS, GENERATIONS, GENERATIONS_ALL)
+#: Columns added by issue 17 that a table of an earlier release lacks until ``migrate``.
+ROW_KEY_COLUMNS = {"row_key": "VARCHAR", "in_file": "BOOLEAN"}
+#: What ``generations`` shows people: the rows of each batch's latest file.
+IN_FILE = "in_file IS NOT FALSE"
 #: Where releases before the Delta tables wrote the history (append-only Parquet).
 LEGACY_PREFIX = "metadata/generations"
 #: Written by ``migrate`` once every old-layout batch is in the tables and verified.
@@ -68,7 +85,9 @@ def needs_migration(store: ObjectStore) -> bool:
 
 
 def plain_sql(settings: Settings, name: str) -> str:
-    """The statement any DuckDB client runs to read table ``name`` (``delta`` loaded)."""
+    """The statement any DuckDB client runs to read view ``name`` (``delta`` loaded)."""
+    if name == GENERATIONS_ALL:
+        return plain_sql(settings, GENERATIONS)
     return f"SELECT * FROM delta_scan({sql_literal(table_uri(settings, name))})"
 
 
@@ -113,10 +132,13 @@ def connect(
     store: ObjectStore | None = None,
     *,
     views: Collection[str] = VIEWS,
+    file_rows_only: bool = False,
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the history views over the storage root.
 
     ``views`` names the views to create (:data:`VIEWS`, and ``usage_rollup`` for reports).
+    ``file_rows_only``: ``generations`` shows only the rows of each batch's latest file
+    (what people query); otherwise it is the whole table, like ``generations_all``.
 
     Raises :class:`HistoryNeedsMigration` when the root holds only an old-layout history:
     an empty answer there would be wrong, not merely empty.
@@ -138,19 +160,57 @@ def connect(
                 "not yet (or not completely) migrated: run `ideogram-pipeline migrate` to "
                 "move it into the tables"
             )
-        for name in views:
-            if table_exists(store, name):
-                # Attached rather than a view over delta_scan: DuckDB pushes filters
-                # (a prompt regex, an id) into an attached table's scan, not through a view.
-                con.execute(
-                    f"ATTACH {sql_literal(table_uri(settings, name))} AS {name} (TYPE delta)"
-                )
-            else:
+        wanted = set(views)
+        if GENERATIONS_ALL in wanted:
+            wanted.add(GENERATIONS)
+        for name in sorted(wanted - {GENERATIONS_ALL}):
+            if not table_exists(store, name):
                 con.execute(f"CREATE OR REPLACE VIEW {name} AS {_empty_sql(name)}")
+            elif name == GENERATIONS:
+                _attach_generations(con, settings, file_rows_only=file_rows_only)
+            else:
+                # Attached rather than a view over delta_scan: DuckDB pushes filters
+                # (a prompt regex, an id) into an attached table's scan.
+                uri = sql_literal(table_uri(settings, name))
+                con.execute(f"ATTACH {uri} AS {name} (TYPE delta)")
+                if name == RECORDS:
+                    _add_row_key_columns(con, name, uri)
+        if GENERATIONS in wanted and not table_exists(store, GENERATIONS):
+            con.execute(f"CREATE OR REPLACE VIEW {GENERATIONS_ALL} AS SELECT * FROM {GENERATIONS}")
     except BaseException:
         con.close()
         raise
     return con
+
+
+def _add_row_key_columns(con: duckdb.DuckDBPyConnection, name: str, uri: str) -> None:
+    """A table of an earlier release lacks ``row_key`` and ``in_file`` until ``migrate``:
+    reattach it under another name behind a view that adds them as nulls, so queries that
+    name them read (nulls, as for any row not yet keyed) instead of failing."""
+    names = {d[0] for d in con.execute(f"SELECT * FROM {name} LIMIT 0").description or ()}
+    missing = [
+        f"NULL::{kind} AS {column}"
+        for column, kind in ROW_KEY_COLUMNS.items()
+        if column not in names
+    ]
+    if not missing:
+        return
+    con.execute(f"DETACH {name}")
+    con.execute(f"ATTACH {uri} AS _{name} (TYPE delta)")
+    con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT *, {', '.join(missing)} FROM _{name}")
+
+
+def _attach_generations(
+    con: duckdb.DuckDBPyConnection, settings: Settings, *, file_rows_only: bool
+) -> None:
+    """``generations_all`` is the table; ``generations`` the same, or (``file_rows_only``)
+    only the rows of each batch's latest file. Filters still reach the table's scan: DuckDB
+    inlines a view, so a predicate on it is pushed through like one on the table."""
+    uri = sql_literal(table_uri(settings, GENERATIONS))
+    con.execute(f"ATTACH {uri} AS {GENERATIONS_ALL} (TYPE delta)")
+    _add_row_key_columns(con, GENERATIONS_ALL, uri)
+    where = f" WHERE {IN_FILE}" if file_rows_only else ""
+    con.execute(f"CREATE OR REPLACE VIEW {GENERATIONS} AS SELECT * FROM {GENERATIONS_ALL}{where}")
 
 
 def read_rows(

@@ -134,7 +134,7 @@ def save_contact_sheet(
     """Build and store the sheet of ``batch`` as it stands now; ``None`` when it has no rows."""
     from ideogram_pipeline import history
 
-    con = history.connect(settings, store)
+    con = history.connect(settings, store, file_rows_only=True)  # the file's rows
     try:
         total_row = con.execute(
             "SELECT count(*) FROM generations WHERE batch = ?", [batch]

@@ -12,6 +12,11 @@ Where the API can quote (Ideogram's v2 ``?dry_run=true``, free and authoritative
 account), :func:`quote_unit_prices` asks once per (model, rendering speed) and those prices
 replace the table's.
 
+Given a :class:`~ideogram_pipeline.runs.will_send.SendPlan` (``will_send.py``), only the
+rows the run will send are priced: rows whose paid attempt the ledger holds (collected
+after a kill without paying again, or reported ``unknown``) and rows linked to identical
+stored images are left out, so the estimate after a kill is what the resume pays.
+
 It is an upper bound for a run that goes well: a row that fails on a 422 or a 429 is not
 billed. Retried 5xx are not billed either, so retries never raise the real cost above it.
 """
@@ -31,6 +36,7 @@ from ideogram_pipeline.ideogram.generation import GenerationRequest
 from ideogram_pipeline.ideogram.prices import has_priced_controls, quote_key, request_price
 from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
 from ideogram_pipeline.runs.records import already_done
+from ideogram_pipeline.runs.will_send import SendPlan
 
 __all__ = [
     "CostEstimate",
@@ -55,6 +61,9 @@ class CostEstimate:
     usd_by_model: dict[str, float] = field(default_factory=dict)
     unpriced_models: tuple[str, ...] = ()
     quoted_models: tuple[str, ...] = ()  # priced by Ideogram's dry-run quote, not the table
+    rows_linked: int = 0  # identical to stored images or an earlier row: linked, not paid
+    rows_recovered: int = 0  # paid before a kill: collected from the ledger, not paid again
+    rows_unknown: int = 0  # sent before a kill without an answer: not resent
 
     def describe(self) -> str:
         """One line for a log or a terminal."""
@@ -64,6 +73,12 @@ class CostEstimate:
         )
         if self.rows_already_done:
             text += f"; {self.rows_already_done} row(s) already done are skipped"
+        if self.rows_linked:
+            text += f"; {self.rows_linked} identical row(s) are linked, not paid"
+        if self.rows_recovered:
+            text += f"; {self.rows_recovered} row(s) paid before are collected from the ledger"
+        if self.rows_unknown:
+            text += f"; {self.rows_unknown} unknown row(s) are not resent"
         if self.unpriced_models:
             text += f"; no published price for {', '.join(self.unpriced_models)}"
         if self.quoted_models:
@@ -82,6 +97,9 @@ class CostEstimate:
             "usd_by_model": {k: round(v, 4) for k, v in sorted(self.usd_by_model.items())},
             "unpriced_models": list(self.unpriced_models),
             "quoted_models": list(self.quoted_models),
+            "rows_linked": self.rows_linked,
+            "rows_recovered": self.rows_recovered,
+            "rows_unknown": self.rows_unknown,
         }
 
 
@@ -104,8 +122,12 @@ def estimate_cost(
     *,
     max_inflight: int | None = None,
     unit_prices: Mapping[tuple[str, str | None], float] | None = None,
+    plan: SendPlan | None = None,
 ) -> CostEstimate:
     """Price the rows of ``batch`` that a run would send.
+
+    ``plan`` (``will_send.plan_sends``) says which rows those are; without it every row not
+    done, rejected or too large is priced.
 
     ``previous`` is the batch's recorded state (:func:`ideogram_pipeline.history.batch_state`);
     ``max_inflight`` the account's limit, above which a row is rejected rather than sent;
@@ -127,6 +149,8 @@ def estimate_cost(
         if max_inflight is not None and row.num_images > max_inflight:
             rejected += 1
             continue
+        if plan is not None and row.row not in plan.send:
+            continue  # linked, or collected or left unknown from the ledger
         rows_to_send += 1
         images += row.num_images
         quote = unit_prices.get(quote_key(row))
@@ -149,6 +173,9 @@ def estimate_cost(
         usd_by_model=dict(by_model),
         unpriced_models=tuple(unpriced),
         quoted_models=tuple(quoted),
+        rows_linked=plan.linked if plan else 0,
+        rows_recovered=plan.recovered if plan else 0,
+        rows_unknown=plan.unknown if plan else 0,
     )
 
 

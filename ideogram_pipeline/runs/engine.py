@@ -26,6 +26,7 @@ from typing import Any
 
 from ideogram_pipeline.batches.files import Batch
 from ideogram_pipeline.history.duplicates import link_records
+from ideogram_pipeline.history.row_keys import row_keys
 from ideogram_pipeline.history.schema import RowState
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import LAST_RETRY_ERROR, IdeogramClient
@@ -50,6 +51,7 @@ from ideogram_pipeline.runs.ledger import Ledger, LedgerEntry, LedgerEvent, new_
 from ideogram_pipeline.runs.pools import RunPools
 from ideogram_pipeline.runs.recorder import Recorder
 from ideogram_pipeline.runs.records import ExtraFields, RecordMaker, already_done
+from ideogram_pipeline.runs.repeats import Repeats
 from ideogram_pipeline.runs.retrying import STORAGE_RETRY, StorageRetry, retry_storage
 from ideogram_pipeline.runs.stopping import BatchInterrupted, StopState, stop_on_signals
 from ideogram_pipeline.runs.storing import ImageKeeper
@@ -96,7 +98,12 @@ class _BatchRun:
         self.client = client
         # Intents and generation ids go to a local journal first, on the sending task's own
         # path, and reach the store's ledger in the background (journal.py).
-        self.ledger = Ledger(store, batch.key, Journal(journal_directory(store), batch.key))
+        # Rows are known by their content (history/row_keys.py): records and ledger events
+        # carry the row's key, so a row that moves to another line keeps both.
+        keys = row_keys(batch.rows)
+        self.ledger = Ledger(
+            store, batch.key, Journal(journal_directory(store), batch.key), row_keys=keys
+        )
         self.replicas: dict[str, list[asyncio.Task[None]]] = {}
         self.ledger_state: dict[tuple[int, str], LedgerEntry] = {}
         self.api_mode = api_mode
@@ -120,7 +127,9 @@ class _BatchRun:
             simulated=simulated,
             run_attempt=new_attempt_id(),
             extra_fields=extra_fields or {},
+            row_keys=keys,
         )
+        self.repeats = Repeats()  # identical seeded rows of this file: paid once
         self.pools = RunPools(client.limiter.max_images)
         self.recorder = Recorder(
             batch.key,
@@ -439,6 +448,7 @@ class _BatchRun:
             record = replace(record, error="Ideogram withheld the image as unsafe (billed)")
         else:
             record = await self.keeper.keep(record, safe_url)
+        self.repeats.seen(record)
         await self.recorder.add(record)
 
     # -- the run -------------------------------------------------------------------------
@@ -482,6 +492,7 @@ class _BatchRun:
         with stop_on_signals(self.client.stop, cut) as signals:
             try:
                 await asyncio.gather(*tasks)
+                await self._finish_repeats()
             except BaseException as exc:
                 cut()
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -503,6 +514,22 @@ class _BatchRun:
         self.summary.seconds = time.monotonic() - clock
         self._refuse_total_outage()
         return self.summary
+
+    async def _finish_repeats(self) -> None:
+        """Link each repeat to the images its first row stored, or send it when there are
+        none (``repeats.py``); a stopping run leaves them for the next run."""
+        for row in self.repeats.take():
+            if self.client.stop.thrown:
+                return
+            if (originals := self.repeats.originals(row)) is not None:
+                await self.link(row, originals)
+                continue
+            key = (row.row, row.request_hash())
+            self.recorder.in_progress.add(key)
+            try:
+                await self.generate(row)
+            finally:
+                self.recorder.in_progress.discard(key)
 
     def _interrupted(self, signals: StopState, clock: float) -> BatchInterrupted:
         """What a stopped run did and what it leaves, as one error for the caller."""
@@ -560,6 +587,8 @@ class _BatchRun:
             await self.reject(RejectedRow(row.row, "num_images", reason, row.prompt, row.tags))
         elif originals := self.existing.get(row.request_hash()):
             await self.link(row, originals)
+        elif self.repeats.defer(row):
+            pass  # waits for the identical row before it (_finish_repeats)
         else:
             return row
         return None

@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -50,6 +51,7 @@ __all__ = [
     "LedgerEvent",
     "attempt_day",
     "new_attempt_id",
+    "newest_entries",
 ]
 
 LEDGER_PREFIX = "ledger"
@@ -94,10 +96,19 @@ class LedgerEntry:
 class Ledger:
     """Reads and appends a batch's ledger through the store."""
 
-    def __init__(self, store: ObjectStore, batch: str, journal: Journal | None = None) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        batch: str,
+        journal: Journal | None = None,
+        row_keys: Mapping[int, str] | None = None,
+    ) -> None:
         self.store = store
         self.batch = batch
         self.journal = journal
+        #: Line -> row key of the batch's file: each event names its row's key, so a later
+        #: run finds it when the row has moved (``ledger_lines.py``).
+        self.row_keys = row_keys or {}
         #: Journals of earlier runs read by :meth:`load`, deleted once copied to the store.
         self.earlier_journals: list[Path] = []
         # Every entry this object has written or loaded, by row folder, so pruning deletes
@@ -118,9 +129,10 @@ class Ledger:
         with self._lock:
             self._known[folder].add(key)
 
-    @staticmethod
-    def _body(request: GenerationRequest, attempt_id: str, event: str, **data: Any) -> LedgerEvent:
-        return {
+    def _body(
+        self, request: GenerationRequest, attempt_id: str, event: str, **data: Any
+    ) -> LedgerEvent:
+        body: LedgerEvent = {
             "event": event,
             "row": request.row,
             "request_hash": request.request_hash(),
@@ -128,8 +140,12 @@ class Ledger:
             "at": datetime.now(UTC).isoformat(),
             **data,
         }
+        if (key := self.row_keys.get(request.row)) is not None:
+            body["row_key"] = key
+        return body
 
-    def _event_key(self, body: LedgerEvent) -> str:
+    def event_key(self, body: LedgerEvent) -> str:
+        """Where event ``body`` is filed in the store."""
         folder = self._folder(int(body["row"]), str(body["request_hash"]))
         event = str(body["event"])
         name = f"{body['attempt_id']}.{_EVENTS[event]}-{event}.json"
@@ -137,7 +153,7 @@ class Ledger:
 
     def replicate(self, body: LedgerEvent) -> None:
         """Write one event as its own object in the store (blocking: run it in a thread)."""
-        key = self._event_key(body)
+        key = self.event_key(body)
         self.store.put_bytes(
             key, json.dumps(body, sort_keys=True).encode("utf-8"), content_type="application/json"
         )
@@ -232,13 +248,12 @@ class Ledger:
             if body.get("event") not in _EVENTS:
                 continue
             attempt = (body["row"], body["request_hash"], body["attempt_id"])
-            if attempt not in withdrawn and self._event_key(body) not in stored:
+            if attempt not in withdrawn and self.event_key(body) not in stored:
                 self.replicate(body)
         return events
 
     def load(self) -> dict[tuple[int, str], LedgerEntry]:
         """The newest attempt per (row, request hash), merged from its events."""
-        events: dict[tuple[int, str, str], dict[str, Any]] = defaultdict(dict)
         prefix = f"{LEDGER_PREFIX}/{self.batch}/"
         keys = [info.key for info in self.store.list(prefix) if info.key.endswith(".json")]
         for key in keys:
@@ -247,31 +262,38 @@ class Ledger:
         with ThreadPoolExecutor(min(LOAD_THREADS, max(len(keys), 1))) as pool:
             bodies = list(pool.map(self.store.get_bytes, keys))
         stored: set[str] = set(keys)
-        for body in [json.loads(raw) for raw in bodies] + self._journaled(stored):
-            attempt = (int(body["row"]), str(body["request_hash"]), str(body["attempt_id"]))
-            events[attempt][body["event"]] = body
-        newest: dict[tuple[int, str], LedgerEntry] = {}
-        for (row, request_hash, attempt_id), by_event in sorted(events.items()):
-            intent = by_event.get("intent")
-            if intent is None or WITHDRAWN in by_event:
-                continue
-            submitted = by_event.get("submitted", {})
-            result = by_event.get("result")
-            response = None
-            if result is not None:
-                response = GenerationResponse(
-                    created=result.get("created"),
-                    images=tuple(GeneratedImage(**image) for image in result["images"]),
-                    generation_id=result.get("generation_id"),
-                )
-            newest[(row, request_hash)] = LedgerEntry(
-                row=row,
-                request_hash=request_hash,
-                attempt_id=attempt_id,
-                mode=intent.get("mode", "sync"),
-                intent_at=intent["at"],
-                generation_id=(result or submitted).get("generation_id")
-                or submitted.get("generation_id"),
-                response=response,
+        return newest_entries([json.loads(raw) for raw in bodies] + self._journaled(stored))
+
+
+def newest_entries(bodies: Iterable[LedgerEvent]) -> dict[tuple[int, str], LedgerEntry]:
+    """The newest attempt per (row, request hash), merged from ledger events (withdrawn
+    attempts and events without an intent left out)."""
+    events: dict[tuple[int, str, str], dict[str, Any]] = defaultdict(dict)
+    for body in bodies:
+        attempt = (int(body["row"]), str(body["request_hash"]), str(body["attempt_id"]))
+        events[attempt][body["event"]] = body
+    newest: dict[tuple[int, str], LedgerEntry] = {}
+    for (row, request_hash, attempt_id), by_event in sorted(events.items()):
+        intent = by_event.get("intent")
+        if intent is None or WITHDRAWN in by_event:
+            continue
+        submitted = by_event.get("submitted", {})
+        result = by_event.get("result")
+        response = None
+        if result is not None:
+            response = GenerationResponse(
+                created=result.get("created"),
+                images=tuple(GeneratedImage(**image) for image in result["images"]),
+                generation_id=result.get("generation_id"),
             )
-        return newest
+        newest[(row, request_hash)] = LedgerEntry(
+            row=row,
+            request_hash=request_hash,
+            attempt_id=attempt_id,
+            mode=intent.get("mode", "sync"),
+            intent_at=intent["at"],
+            generation_id=(result or submitted).get("generation_id")
+            or submitted.get("generation_id"),
+            response=response,
+        )
+    return newest

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ideogram_pipeline.history.row_keys import row_identity, row_key
 from ideogram_pipeline.history.schema import GenerationRecord, RowState
 from ideogram_pipeline.ideogram.generation import (
     CONTROL_FIELDS,
@@ -37,6 +38,12 @@ class RecordMaker:
     run_attempt: str
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     extra_fields: ExtraFields = field(default_factory=dict)
+    #: Line -> row key of the batch's file (``history/row_keys.py``).
+    row_keys: Mapping[int, str] = field(default_factory=dict)
+
+    def key_of(self, row: GenerationRequest | RejectedRow) -> str:
+        """The row's key in its file (a row the maker was not told of: its first occurrence)."""
+        return self.row_keys.get(row.row) or row_key(row_identity(row), 0)
 
     def record(
         self,
@@ -50,9 +57,11 @@ class RecordMaker:
         name that is not a column raises ``TypeError`` here)."""
         created = datetime.now(UTC)
         attempt_id = attempt_id or self.run_attempt
-        # Ids (and so image keys) follow from the attempt: an attempt finished by a later run
-        # after a crash writes the same ids and keys, never a duplicate or an orphan.
-        identity = f"{self.batch_key}|{row.row}|{attempt_id}|{index}"
+        # Ids (and so image keys) follow from the row's key and the attempt: an attempt
+        # finished by a later run after a crash (even with the row on another line) writes
+        # the same ids and keys, never a duplicate or an orphan.
+        key = self.key_of(row)
+        identity = f"{self.batch_key}|{key}|{attempt_id}|{index}"
         columns: dict[str, Any] = {
             "id": hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32],
             "attempt_id": attempt_id,
@@ -70,6 +79,8 @@ class RecordMaker:
             "batch_name": Path(self.source).name,
             "source_file": self.source,
             "simulated": self.simulated,
+            "row_key": key,
+            "in_file": True,
         }
         columns.update(self.extra_fields.get((row.row, index), {}))
         if isinstance(row, GenerationRequest):

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ideogram_pipeline import history
 from ideogram_pipeline.batches.files import Batch, load_batch
 from ideogram_pipeline.batches.references import resolve_references
 from ideogram_pipeline.history.duplicates import existing_images
@@ -31,6 +30,7 @@ from ideogram_pipeline.runs.engine import run_batch
 from ideogram_pipeline.runs.lease import LeaseHolder, acquire_lease
 from ideogram_pipeline.runs.malloc_tuning import pin_mmap_threshold, use_system_allocator_for_arrow
 from ideogram_pipeline.runs.records import ExtraFields, state_for_run
+from ideogram_pipeline.runs.row_matching import match_rows, send_plan
 from ideogram_pipeline.runs.summary import BatchSummary, ProgressCallback
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore, open_store
@@ -122,11 +122,14 @@ def execute_batch(
     lease is taken over from a dead runner, ``on_takeover`` is told who it was (the Dagster
     asset marks that runner's run failed).
 
+    Rows are known by their content, not their line (``row_matching.py``): a row that
+    moved in the file keeps what it was paid for, and ``generations`` follows the file.
     Rows whose exact request (explicit seed) is already stored anywhere in the history are
     linked to it instead of paid again, unless ``force`` (see ``duplicates.py``);
     ``extra_fields`` adds columns to records by ``(row, image_index)`` (``reproduce.py``).
 
-    The cost of the rows to send is estimated first (``summary.estimated_cost_usd``). With
+    The cost of the rows that will be sent (``will_send.py``: not those the ledger
+    recovers or a duplicate links) is estimated first (``summary.estimated_cost_usd``). With
     ``dry_run`` nothing is sent and the summary only carries the estimate; with
     ``max_cost_usd`` an estimate above it raises
     :class:`~ideogram_pipeline.runs.cost_guard.CostLimitExceeded`     before any request.
@@ -181,9 +184,9 @@ def _execute_leased(
     stops the run should the lease be taken over (this runner fell silent too long)."""
     # Reference images are read, checked and stored before anything is sent (issue 18).
     batch = resolve_references(batch, settings, store)
-    previous, simulated_rows = state_for_run(
-        history.batch_state(settings, store, batch.key), simulated=settings.simulated
-    )
+    # Rows are matched to the history by content, not line (row_matching.py).
+    matched = match_rows(settings, store, batch, write=not dry_run)
+    previous, simulated_rows = state_for_run(matched.previous, simulated=settings.simulated)
     # Rows of this file a simulator made, which a real run generates for real.
     in_file = {row.row for row in batch.requests}
     redone = sum(1 for row in simulated_rows if row in in_file)
@@ -214,8 +217,22 @@ def _execute_leased(
                 # or only an estimate is wanted.
                 guarded = dry_run or max_cost_usd is not None
                 prices = await quote_unit_prices(client, batch.requests) if guarded else {}
+                # Only rows that will be sent are priced (will_send.py).
+                plan = send_plan(
+                    store,
+                    batch,
+                    matched,
+                    previous,
+                    duplicates=existing.keys(),
+                    max_inflight=settings.batch_inflight,
+                    resend_unknown=resend_unknown,
+                )
                 estimate = estimate_cost(
-                    batch, previous, max_inflight=settings.batch_inflight, unit_prices=prices
+                    batch,
+                    previous,
+                    max_inflight=settings.batch_inflight,
+                    unit_prices=prices,
+                    plan=plan,
                 )
                 if dry_run:
                     return BatchSummary(
@@ -259,10 +276,20 @@ def estimate_batch(
     """What running ``batch`` now would cost, given what the storage root already holds."""
     store = store or open_store(settings)
     store.preflight()
-    previous, _ = state_for_run(
-        history.batch_state(settings, store, batch.key), simulated=settings.simulated
+    matched = match_rows(settings, store, batch, write=False)
+    previous, _ = state_for_run(matched.previous, simulated=settings.simulated)
+    existing = existing_images(
+        settings, store, batch.requests, include_simulated=settings.simulated
     )
-    return estimate_cost(batch, previous, max_inflight=settings.batch_inflight)
+    plan = send_plan(
+        store,
+        batch,
+        matched,
+        previous,
+        duplicates=existing.keys(),
+        max_inflight=settings.batch_inflight,
+    )
+    return estimate_cost(batch, previous, max_inflight=settings.batch_inflight, plan=plan)
 
 
 def execute_csv(path: str, settings: Settings, key: str | None = None) -> BatchSummary:

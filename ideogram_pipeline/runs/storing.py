@@ -16,6 +16,7 @@ from ideogram_pipeline.runs.ledger import attempt_day
 from ideogram_pipeline.runs.pools import RunPools
 from ideogram_pipeline.runs.retrying import STORAGE_RETRY, StorageRetry, retry_storage
 from ideogram_pipeline.storage import ObjectStore, StorageError
+from ideogram_pipeline.storage.base import ObjectExists
 from ideogram_pipeline.storage.keys import image_key
 
 __all__ = ["IMAGE_CACHE_CONTROL", "ImageKeeper", "StorageUnavailable"]
@@ -60,7 +61,7 @@ class ImageKeeper:
                     self.pools.cpu, _prepare, data, record, self.batch_key
                 )
                 key = image_key(record.id, attempt_day(record.attempt_id or ""))
-            await self._store_with_retries(key, data, digest, record)
+            data, digest = await self._store_with_retries(key, data, digest, record)
         except LinkExpired as exc:
             outcome = replace(
                 record,
@@ -97,12 +98,12 @@ class ImageKeeper:
 
     async def _store_with_retries(
         self, key: str, data: bytes, digest: str, record: GenerationRecord
-    ) -> None:
+    ) -> tuple[bytes, str]:
         """Storage outages (an S3 endpoint restarting) are waited out with backoff: the
         image is paid for and in memory, so giving up early would waste it. Any other
-        error is a bug and propagates at once."""
+        error is a bug and propagates at once. Returns the bytes stored and their SHA-256."""
         try:
-            await retry_storage(
+            return await retry_storage(
                 lambda: self.pools.run(self.pools.io, self._store_image, key, data, digest, record),
                 policy=self.retry,
                 on_retry=self.on_retry,
@@ -110,7 +111,20 @@ class ImageKeeper:
         except (StorageError, OSError) as exc:
             raise StorageUnavailable(str(exc)) from exc
 
-    def _store_image(self, key: str, data: bytes, digest: str, record: GenerationRecord) -> None:
+    def _store_image(
+        self, key: str, data: bytes, digest: str, record: GenerationRecord
+    ) -> tuple[bytes, str]:
+        try:
+            self._put_image(key, data, digest, record)
+        except ObjectExists:
+            # The key is this attempt's image (record id: batch, row key, attempt, index),
+            # stored by the run a kill stopped before it recorded it. Its text chunks may
+            # name another line (the row moved in the file since): it is kept as it is.
+            kept = self.store.get_bytes(key)
+            return kept, hashlib.sha256(kept).hexdigest()
+        return data, digest
+
+    def _put_image(self, key: str, data: bytes, digest: str, record: GenerationRecord) -> None:
         self.store.put_bytes(
             key,
             data,
