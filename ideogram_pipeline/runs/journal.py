@@ -16,6 +16,12 @@ local to be fast. The next run on the machine reads the journals it finds, copie
 their replicas missed into the store, and deletes them; a run that ends normally deletes
 its own once every replica is written. A torn last line (killed mid-write) is ignored: its
 event never completed, exactly as if the kill came a moment earlier.
+
+A full disk must not cost an answer already paid for. A run holds a small reserve beside
+its journals (``.reserve``, :class:`~ideogram_pipeline.storage.space.SpaceReserve`) from
+its first append; when an append finds the disk full, an intent fails at once (the request
+is then never sent), while any other event (a generation id, an answer, a withdrawal)
+frees the reserve and is written into the space it gave back.
 """
 
 from __future__ import annotations
@@ -30,10 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from ideogram_pipeline.storage import LocalStore, ObjectStore
+from ideogram_pipeline.storage.space import SpaceReserve, no_space_left
 
-__all__ = ["JOURNAL_PREFIX", "Journal", "journal_directory"]
+__all__ = ["JOURNAL_PREFIX", "RESERVE_NAME", "Journal", "journal_directory"]
 
 JOURNAL_PREFIX = "journal"
+#: The space held aside for answers when the disk fills (one per journal directory).
+RESERVE_NAME = ".reserve"
 
 
 def journal_directory(store: ObjectStore) -> Path:
@@ -52,15 +61,46 @@ class Journal:
     def __init__(self, directory: Path, batch: str) -> None:
         self.folder = directory / batch
         self.path = self.folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
+        self.reserve = SpaceReserve(directory / RESERVE_NAME)
         self._fd: int | None = None
+        self._torn = False  # an append was cut short by a full disk: end its line first
 
-    def append(self, body: dict[str, Any]) -> None:
-        """Make ``body`` durable against a process kill: one ``write(2)``, no thread."""
+    def append(self, body: dict[str, Any], *, use_reserve: bool = False) -> None:
+        """Make ``body`` durable against a process kill: one ``write(2)``, no thread.
+
+        On a full disk, :class:`~ideogram_pipeline.storage.space.NoSpaceLeft` naming the
+        journal's folder; with ``use_reserve`` (an event about money already spent) the
+        reserve is freed first and the write tried again in its space.
+        """
         line = json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
-        if self._fd is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.write(self._fd, line)
+        if self._torn:
+            line = b"\n" + line
+        try:
+            if self._fd is None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self.reserve.hold()
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._write_all(self._fd, line, use_reserve=use_reserve)
+        except OSError as exc:
+            if (full := no_space_left(exc, self.folder)) is None:
+                raise
+            raise full from exc
+
+    def _write_all(self, fd: int, line: bytes, *, use_reserve: bool) -> None:
+        """One ``write(2)`` as a rule; a full disk can make it short, and the rest follows
+        once the reserve is freed (or the line is left torn and the next one starts anew)."""
+        rest = memoryview(line)
+        while rest:
+            try:
+                written = os.write(fd, rest)
+            except OSError as exc:
+                full = no_space_left(exc, self.folder) is not None
+                if full and use_reserve and self.reserve.release():
+                    continue
+                self._torn = self._torn or len(rest) < len(line)
+                raise
+            rest = rest[written:]
+        self._torn = False
 
     def earlier(self) -> list[Path]:
         """Journals other runs left for this batch (killed before they could delete them)."""

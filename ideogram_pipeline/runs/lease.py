@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from ideogram_pipeline.storage import ObjectExists, ObjectStore, StorageError
+from ideogram_pipeline.storage import NoSpaceLeft, ObjectExists, ObjectStore, StorageError
 
 __all__ = [
     "DEFAULT_HEARTBEAT_S",
@@ -152,9 +152,15 @@ class BatchLease:
             self._thread.join(timeout=5)
         if self.lost:
             return
-        self.store.put_bytes(
-            self._key("released"), b'{"released": true}', content_type="application/json"
-        )
+        try:
+            self.store.put_bytes(
+                self._key("released"), b'{"released": true}', content_type="application/json"
+            )
+        except NoSpaceLeft:
+            # A full disk must not hide the run's own error: the next runner on this
+            # machine takes the lease over at once (this process is gone by then), one
+            # elsewhere when its time to live is over.
+            return
         older = [
             info.key
             for info in self.store.list(f"{_folder(self.batch)}/")
