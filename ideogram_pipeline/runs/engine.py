@@ -215,6 +215,8 @@ class _BatchRun:
         crash window is the network round trip) and copy it to the store's ledger in the
         background, off the in-flight slots."""
         body = self.ledger.journal_event(request, attempt_id, event, **data)
+        if self.ledger.journal is not None and self.ledger.journal.full is not None:
+            self._out_of_space(self.ledger.journal.full)  # written into the reserve's space
         if self.no_space is not None:
             return  # the store is full: the journal keeps it, the next run copies it
         replica = asyncio.ensure_future(self._ledger(self.ledger.replicate, body))

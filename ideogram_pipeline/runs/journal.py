@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ideogram_pipeline.storage import LocalStore, ObjectStore
-from ideogram_pipeline.storage.space import SpaceReserve, no_space_left
+from ideogram_pipeline.storage.space import NoSpaceLeft, SpaceReserve, no_space_left
 
 __all__ = ["JOURNAL_PREFIX", "RESERVE_NAME", "Journal", "journal_directory"]
 
@@ -64,27 +64,45 @@ class Journal:
         self.reserve = SpaceReserve(directory / RESERVE_NAME)
         self._fd: int | None = None
         self._torn = False  # an append was cut short by a full disk: end its line first
+        #: Set once an append found the disk full: from then on only the answers to
+        #: requests already sent are written (into the reserve's space).
+        self.full: NoSpaceLeft | None = None
 
     def append(self, body: dict[str, Any], *, use_reserve: bool = False) -> None:
         """Make ``body`` durable against a process kill: one ``write(2)``, no thread.
 
         On a full disk, :class:`~ideogram_pipeline.storage.space.NoSpaceLeft` naming the
-        journal's folder; with ``use_reserve`` (an event about money already spent) the
-        reserve is freed first and the write tried again in its space.
+        journal's folder (and :attr:`full` is set). With ``use_reserve`` (an event about
+        money already spent) the reserve is freed and the write made in its space; without
+        it (an intent) nothing is written once the disk has been found full, so no new
+        request leaves on the strength of the answers' reserve.
         """
+        if self.full is not None and not use_reserve:
+            raise NoSpaceLeft(self.folder)
         line = json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
         if self._torn:
             line = b"\n" + line
         try:
             if self._fd is None:
                 self.folder.mkdir(parents=True, exist_ok=True)
-                self.reserve.hold()
+                self._hold_reserve(use_reserve=use_reserve)
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._write_all(self._fd, line, use_reserve=use_reserve)
         except OSError as exc:
             if (full := no_space_left(exc, self.folder)) is None:
                 raise
+            self.full = self.full or full
             raise full from exc
+
+    def _hold_reserve(self, *, use_reserve: bool) -> None:
+        """Set the reserve aside before the first event; no room for it means the disk is
+        full (an event that may use the reserve is still tried without one)."""
+        try:
+            self.reserve.hold()
+        except NoSpaceLeft as full:
+            self.full = self.full or full
+            if not use_reserve:
+                raise
 
     def _write_all(self, fd: int, line: bytes, *, use_reserve: bool) -> None:
         """One ``write(2)`` as a rule; a full disk can make it short, and the rest follows
@@ -94,8 +112,9 @@ class Journal:
             try:
                 written = os.write(fd, rest)
             except OSError as exc:
-                full = no_space_left(exc, self.folder) is not None
-                if full and use_reserve and self.reserve.release():
+                full = no_space_left(exc, self.folder)
+                if full is not None and use_reserve and self.reserve.release():
+                    self.full = self.full or full
                     continue
                 self._torn = self._torn or len(rest) < len(line)
                 raise
