@@ -239,6 +239,34 @@ def test_a_full_journal_stops_the_run_before_the_request_leaves(
     assert _statuses(settings, key) == {"stored": rows}
 
 
+@pytest.mark.parametrize("api_mode", ["async", "sync"])
+def test_a_disk_full_during_ledger_writes_leaves_nothing_unknown(
+    tmp_path: Path, tmpfs: Mount, api_mode: str
+) -> None:
+    """Only the journal's reserve and a few pages fit: the store's ledger entries and the
+    history are what the disk refuses first. The answers of requests already sent go to
+    the journal, the run ends with the one line, and the next run finishes every paid row
+    from them: none is ``unknown``, none is paid twice."""
+    disk = tmpfs(tmp_path / "disk", "8m")
+    root = disk / "root"
+    filler = _fill(disk, leave_bytes=RESERVE_BYTES + 48 * 1024)
+    rows, key = 10, "ledger-full"
+    config = SimulatorConfig(latency_s=0.2, max_inflight=3, image_scale=0.25)
+    with running_simulator(config) as sim:
+        settings = _settings(sim, root, api_mode, inflight=3)
+        with pytest.raises(BatchOutOfSpace, match=f"no space left on device at {root}"):
+            execute_batch(_batch(rows, key), settings, run_id="full")
+        assert 0 < sim.stats.billed_images < rows
+        # The store's ledger refused entries: the journal holds them for the next run.
+        assert list((root / JOURNAL_PREFIX / key).glob("*.jsonl"))
+
+        filler.unlink()
+        summary = execute_batch(_batch(rows, key), settings, run_id="freed")
+        assert summary.unknown == 0 and summary.failed == 0
+        _billed_once_each(sim, rows)
+    assert _statuses(settings, key) == {"stored": rows}
+
+
 def test_a_run_on_a_full_disk_sends_nothing(tmp_path: Path, tmpfs: Mount) -> None:
     disk = tmpfs(tmp_path / "disk", "1m")
     _fill(disk, leave_bytes=0)
