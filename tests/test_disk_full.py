@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from ideogram_pipeline import history
@@ -280,6 +281,21 @@ def test_a_run_on_a_full_disk_sends_nothing(tmp_path: Path, tmpfs: Mount) -> Non
 # -- the CLI through Dagster: the issue's 60-row batch on a 3 MB root ------------------------
 
 
+def _dagster_failure(home: Path) -> str:
+    """The failure the one Dagster run recorded (the message the UI shows for it)."""
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        (run,) = instance.get_runs()
+        assert run.status == dg.DagsterRunStatus.FAILURE
+        failures = [
+            entry.dagster_event.step_failure_data
+            for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+            if entry.dagster_event is not None
+        ]
+    user_failure = failures[-1].user_failure_data
+    assert user_failure is not None and user_failure.description is not None
+    return str(user_failure.description)
+
+
 @pytest.mark.slow
 def test_the_cli_stops_with_one_line_and_the_rerun_pays_nothing_twice(
     tmp_path: Path, tmpfs: Mount
@@ -305,6 +321,8 @@ def test_the_cli_stops_with_one_line_and_the_rerun_pays_nothing_twice(
         assert last.startswith("Error: batch lighthouses stopped: no space left on device at ")
         assert str(root) in last and "run the batch again" in last
         assert "StorageError" not in full.stdout  # no storage retries in the summary
+        # The Dagster run failed with that line as its message, not a library's trace.
+        assert _dagster_failure(tmp_path / "home") == last.removeprefix("Error: ")
         assert billed_first < rows
         stored_first = _statuses(load_settings(env), "lighthouses").get("stored", 0)
 
