@@ -11,7 +11,6 @@ the deployment tests do).
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import subprocess
@@ -25,10 +24,10 @@ import pytest
 
 from ideogram_pipeline import history
 from ideogram_pipeline.batches.files import Batch, parse_batch
-from ideogram_pipeline.runs.journal import JOURNAL_PREFIX, RESERVE_NAME
+from ideogram_pipeline.runs.journal import JOURNAL_PREFIX, RESERVE_NAME, Journal
 from ideogram_pipeline.runs.out_of_space import BatchOutOfSpace
 from ideogram_pipeline.runs.retrying import is_storage_outage
-from ideogram_pipeline.runs.runner import execute_batch
+from ideogram_pipeline.runs.runner import estimate_batch, execute_batch
 from ideogram_pipeline.settings import Settings, load_settings
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import LocalStore, NoSpaceLeft, StorageError
@@ -194,8 +193,13 @@ def test_rows_failed_on_storage_are_stored_from_the_ledger_without_paying(
         assert _statuses(settings, key).get("unknown") is None
 
         filler.unlink()
-        estimate = execute_batch(_batch(rows, key), settings, dry_run=True)
-        assert estimate.dry_run and estimate.rows == rows
+        # The dry run reads this batch (it used to crash) and prices only the rows never
+        # paid: the paid ones are finished from the ledger for nothing.
+        estimate = estimate_batch(_batch(rows, key), settings)
+        stored_before = sum(1 for s in state.values() if "stored" in s.statuses)
+        assert estimate.rows_from_ledger == billed_first - stored_before
+        assert estimate.rows_to_send == rows - billed_first
+        assert execute_batch(_batch(rows, key), settings, dry_run=True).dry_run
         summary = execute_batch(_batch(rows, key), settings, run_id="freed")
         assert summary.stored == rows and summary.failed == 0 and summary.unknown == 0
         _billed_once_each(sim, rows)  # the rows paid before the disk filled: not again
@@ -209,7 +213,8 @@ def test_a_full_journal_stops_the_run_before_the_request_leaves(
     """The journal's own folder is a tmpfs with room for its reserve and two pages: once
     an intent does not fit, that request is never sent (no request leaves without its
     intent written down), while the generation ids of requests already sent go into the
-    reserve's space, so the next run collects them without paying again."""
+    reserve's space (when the page in hand is full), so the next run collects them without
+    paying again."""
     root = tmp_path / "root"
     journal = tmpfs(root / JOURNAL_PREFIX, f"{RESERVE_BYTES // 1024 + 8}k")
     rows, key = 40, "journal-full"
@@ -220,18 +225,13 @@ def test_a_full_journal_stops_the_run_before_the_request_leaves(
             execute_batch(_batch(rows, key), settings, run_id="full")
         billed = {prompt for prompt, _seed in sim.stats.billed_by_prompt_seed}
         assert 0 < len(billed) < rows
-        events = [
-            json.loads(line)
-            for path in (journal / key).glob("*.jsonl")
-            for line in path.read_bytes().splitlines()
-            if line.strip()
-        ]
+        # An intent cut short by the full disk is a torn line: read() skips it, as a run does.
+        events = [event for path in (journal / key).glob("*.jsonl") for event in Journal.read(path)]
         intents = {event["row"] for event in events if event["event"] == "intent"}
         submitted = {event["row"] for event in events if event["event"] == "submitted"}
         billed_rows = {int(prompt.rsplit(" ", 1)[1]) + 1 for prompt in billed}
         assert billed_rows <= intents  # never sent without its intent
         assert billed_rows <= submitted  # and every paid generation's id kept
-        assert not (journal / RESERVE_NAME).exists()  # the reserve gave its space to them
 
         _resize(journal, "4m")
         summary = execute_batch(_batch(rows, key), settings, run_id="freed")
@@ -266,6 +266,31 @@ def test_a_disk_full_during_ledger_writes_leaves_nothing_unknown(
         assert summary.unknown == 0 and summary.failed == 0
         _billed_once_each(sim, rows)
     assert _statuses(settings, key) == {"stored": rows}
+
+
+def test_the_journal_reserve_takes_answers_but_never_an_intent(
+    tmp_path: Path, tmpfs: Mount
+) -> None:
+    """On a folder with room for the reserve and one page: intents fill the page until one
+    does not fit (refused), an answer then frees the reserve and is written in its space,
+    and no intent is written after that although there is room again."""
+    folder = tmpfs(tmp_path / "journal", f"{RESERVE_BYTES // 1024 + 4}k")
+    journal = Journal(folder, "tiny")
+    intent = {"event": "intent", "row": 0, "pad": "x" * 300}
+    written = 0
+    with pytest.raises(NoSpaceLeft, match=f"no space left on device at {folder / 'tiny'}"):
+        for written in range(1, 1000):
+            journal.append({**intent, "row": written})
+    assert (folder / RESERVE_NAME).exists() and journal.full is not None
+
+    journal.append({"event": "submitted", "row": 1, "generation_id": "g"}, use_reserve=True)
+    assert not (folder / RESERVE_NAME).exists()
+    with pytest.raises(NoSpaceLeft):
+        journal.append({**intent, "row": written + 1})
+    journal.close()
+    events = Journal.read(journal.path)  # the intent cut short (if any) is a torn line
+    assert [e["row"] for e in events if e["event"] == "intent"] == list(range(1, written))
+    assert events[-1] == {"event": "submitted", "row": 1, "generation_id": "g"}
 
 
 def test_a_run_on_a_full_disk_sends_nothing(tmp_path: Path, tmpfs: Mount) -> None:
@@ -329,7 +354,12 @@ def test_the_cli_stops_with_one_line_and_the_rerun_pays_nothing_twice(
         _resize(disk, "128m")
         dry = subprocess.run([*RUN, str(csv), "--dry-run"], env=env, capture_output=True, text=True)
         assert dry.returncode == 0, dry.stderr[-3000:]
-        rerun = subprocess.run([*RUN, str(csv)], env=env, capture_output=True, text=True)
+        assert "paid, from the ledger" in dry.stdout, dry.stdout
+        # The cost guard prices only the rows never paid: a budget for those is enough.
+        budget = f"{(rows - billed_first) * 0.06 + 0.005:.3f}"  # V_3 DEFAULT: $0.06
+        rerun = subprocess.run(
+            [*RUN, str(csv), "--max-cost", budget], env=env, capture_output=True, text=True
+        )
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         _billed_once_each(sim, rows)
     assert _statuses(load_settings(env), "lighthouses") == {"stored": rows}

@@ -39,6 +39,8 @@ def print_estimate(csv: Path, batch: str | None, max_cost: float | None) -> None
     click.echo(f"  {'rows to send':<22} {estimate.rows_to_send}")
     click.echo(f"  {'images to generate':<22} {estimate.images}")
     click.echo(f"  {'skipped already done':<22} {estimate.rows_already_done}")
+    if estimate.rows_from_ledger:
+        click.echo(f"  {'paid, from the ledger':<22} {estimate.rows_from_ledger}")
     click.echo(f"  {'rejected':<22} {estimate.rows_rejected}")
     for model, usd in sorted(estimate.usd_by_model.items()):
         click.echo(f"  {'  ' + model:<22} ${usd:.2f}")

@@ -5,8 +5,10 @@ published price of one image of its model and rendering speed
 (:mod:`ideogram_pipeline.ideogram.prices`) times ``num_images``. Rows that will not be sent
 cost nothing and are left out: rejected rows,
 rows already ``stored`` or ``unsafe`` for the same request (the engine skips them, see
-:func:`ideogram_pipeline.runs.records.already_done`), and rows asking for more images than the
-account may have in flight (the engine rejects them).
+:func:`ideogram_pipeline.runs.records.already_done`), rows already paid whose images the
+next run takes from the batch's ledger (after a crash or a full disk, see
+:func:`ideogram_pipeline.runs.ledger.finished_without_paying`), and rows asking for more
+images than the account may have in flight (the engine rejects them).
 
 Where the API can quote (Ideogram's v2 ``?dry_run=true``, free and authoritative for the
 account), :func:`quote_unit_prices` asks once per (model, rendering speed) and those prices
@@ -30,6 +32,7 @@ from ideogram_pipeline.ideogram.errors import IdeogramError
 from ideogram_pipeline.ideogram.generation import GenerationRequest
 from ideogram_pipeline.ideogram.prices import has_priced_controls, quote_key, request_price
 from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
+from ideogram_pipeline.runs.ledger import LedgerEntry, finished_without_paying
 from ideogram_pipeline.runs.records import already_done
 
 __all__ = [
@@ -52,6 +55,8 @@ class CostEstimate:
     usd: float
     rows_already_done: int = 0
     rows_rejected: int = 0
+    #: Rows paid by an earlier run whose images this run takes from the ledger, for free.
+    rows_from_ledger: int = 0
     usd_by_model: dict[str, float] = field(default_factory=dict)
     unpriced_models: tuple[str, ...] = ()
     quoted_models: tuple[str, ...] = ()  # priced by Ideogram's dry-run quote, not the table
@@ -64,6 +69,8 @@ class CostEstimate:
         )
         if self.rows_already_done:
             text += f"; {self.rows_already_done} row(s) already done are skipped"
+        if self.rows_from_ledger:
+            text += f"; {self.rows_from_ledger} row(s) already paid are finished from the ledger"
         if self.unpriced_models:
             text += f"; no published price for {', '.join(self.unpriced_models)}"
         if self.quoted_models:
@@ -79,6 +86,7 @@ class CostEstimate:
             "estimated_cost_usd": round(self.usd, 4),
             "rows_already_done": self.rows_already_done,
             "rows_rejected": self.rows_rejected,
+            "rows_from_ledger": self.rows_from_ledger,
             "usd_by_model": {k: round(v, 4) for k, v in sorted(self.usd_by_model.items())},
             "unpriced_models": list(self.unpriced_models),
             "quoted_models": list(self.quoted_models),
@@ -104,19 +112,22 @@ def estimate_cost(
     *,
     max_inflight: int | None = None,
     unit_prices: Mapping[tuple[str, str | None], float] | None = None,
+    ledger: Mapping[tuple[int, str], LedgerEntry] | None = None,
 ) -> CostEstimate:
     """Price the rows of ``batch`` that a run would send.
 
     ``previous`` is the batch's recorded state (:func:`ideogram_pipeline.history.batch_state`);
     ``max_inflight`` the account's limit, above which a row is rejected rather than sent;
-    ``unit_prices`` per-image quotes by (model, rendering speed) that override the table.
+    ``unit_prices`` per-image quotes by (model, rendering speed) that override the table;
+    ``ledger`` the batch's ledger (:func:`~ideogram_pipeline.runs.ledger.read_ledger`).
     """
     previous = previous or {}
+    ledger = ledger or {}
     unit_prices = unit_prices or {}
     quoted: dict[str, None] = {}
     by_model: dict[str, float] = defaultdict(float)
     unpriced: dict[str, None] = {}
-    rows_to_send = images = done = rejected = 0
+    rows_to_send = images = done = rejected = from_ledger = 0
     for row in batch.rows:
         if not isinstance(row, GenerationRequest):
             rejected += 1
@@ -126,6 +137,10 @@ def estimate_cost(
             continue
         if max_inflight is not None and row.num_images > max_inflight:
             rejected += 1
+            continue
+        entry = ledger.get((row.row, row.request_hash()))
+        if finished_without_paying(entry, previous.get(row.row)):
+            from_ledger += 1
             continue
         rows_to_send += 1
         images += row.num_images
@@ -146,6 +161,7 @@ def estimate_cost(
         usd=round(sum(by_model.values()), 6),
         rows_already_done=done,
         rows_rejected=rejected,
+        rows_from_ledger=from_ledger,
         usd_by_model=dict(by_model),
         unpriced_models=tuple(unpriced),
         quoted_models=tuple(quoted),

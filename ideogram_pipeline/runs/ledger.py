@@ -35,12 +35,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ideogram_pipeline.history.schema import RowState
 from ideogram_pipeline.ideogram.generation import (
     GeneratedImage,
     GenerationRequest,
     GenerationResponse,
 )
-from ideogram_pipeline.runs.journal import Journal
+from ideogram_pipeline.runs.journal import Journal, journal_directory
 from ideogram_pipeline.storage import ObjectStore
 
 __all__ = [
@@ -49,7 +50,9 @@ __all__ = [
     "LedgerEntry",
     "LedgerEvent",
     "attempt_day",
+    "finished_without_paying",
     "new_attempt_id",
+    "read_ledger",
 ]
 
 LEDGER_PREFIX = "ledger"
@@ -219,10 +222,10 @@ class Ledger:
         self.store.delete(sorted(doomed))
         return len(doomed)
 
-    def _journaled(self, stored: set[str]) -> list[LedgerEvent]:
+    def _journaled(self, stored: set[str], *, copy: bool = True) -> list[LedgerEvent]:
         """Events of the journals earlier runs left, copying to the store those whose
-        replica never got written (the run was killed first), so the store stays the
-        whole ledger and those journals can be deleted."""
+        replica never got written (the run was killed first, or the disk was full), so
+        the store stays the whole ledger and those journals can be deleted."""
         if self.journal is None:
             return []
         self.earlier_journals = self.journal.earlier()
@@ -236,12 +239,16 @@ class Ledger:
             if body.get("event") not in _EVENTS:
                 continue
             attempt = (body["row"], body["request_hash"], body["attempt_id"])
-            if attempt not in withdrawn and self._event_key(body) not in stored:
+            if copy and attempt not in withdrawn and self._event_key(body) not in stored:
                 self.replicate(body)
         return events
 
-    def load(self) -> dict[tuple[int, str], LedgerEntry]:
-        """The newest attempt per (row, request hash), merged from its events."""
+    def load(self, *, copy_journals: bool = True) -> dict[tuple[int, str], LedgerEntry]:
+        """The newest attempt per (row, request hash), merged from its events.
+
+        ``copy_journals`` false reads without writing anything (a cost estimate, which
+        must work on a full disk); the journals are then neither copied nor adopted.
+        """
         events: dict[tuple[int, str, str], dict[str, Any]] = defaultdict(dict)
         prefix = f"{LEDGER_PREFIX}/{self.batch}/"
         keys = [info.key for info in self.store.list(prefix) if info.key.endswith(".json")]
@@ -251,7 +258,10 @@ class Ledger:
         with ThreadPoolExecutor(min(LOAD_THREADS, max(len(keys), 1))) as pool:
             bodies = list(pool.map(self.store.get_bytes, keys))
         stored: set[str] = set(keys)
-        for body in [json.loads(raw) for raw in bodies] + self._journaled(stored):
+        journaled = self._journaled(stored, copy=copy_journals)
+        if not copy_journals:
+            self.earlier_journals = []  # read, not adopted: only a run deletes them
+        for body in [json.loads(raw) for raw in bodies] + journaled:
             attempt = (int(body["row"]), str(body["request_hash"]), str(body["attempt_id"]))
             events[attempt][body["event"]] = body
         newest: dict[tuple[int, str], LedgerEntry] = {}
@@ -279,3 +289,23 @@ class Ledger:
                 response=response,
             )
         return newest
+
+
+def finished_without_paying(entry: LedgerEntry | None, before: RowState | None) -> bool:
+    """Whether a run finishes this row from its ledger ``entry`` at no cost: Ideogram
+    answered it (its images are downloaded from the recorded links) or accepted it (its
+    generation id is polled), and its records are not all written yet. ``before`` is what
+    the history holds for the row. The same reading as the engine's resume
+    (``_BatchRun._attempt_state``); the cost estimate prices such rows at nothing.
+    """
+    if entry is None:
+        return False
+    if before is None or before.attempt_id != entry.attempt_id:  # not recorded yet
+        return entry.response is not None or entry.generation_id is not None
+    # Recorded, but some images failed on storage (or a crash came between them).
+    return entry.response is not None and len(before.indexes) < len(entry.response.images)
+
+
+def read_ledger(store: ObjectStore, batch: str) -> dict[tuple[int, str], LedgerEntry]:
+    """The batch's ledger with this machine's journals, read without writing anything."""
+    return Ledger(store, batch, Journal(journal_directory(store), batch)).load(copy_journals=False)

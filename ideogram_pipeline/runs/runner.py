@@ -29,6 +29,7 @@ from ideogram_pipeline.runs.cost_guard import (
 )
 from ideogram_pipeline.runs.engine import run_batch
 from ideogram_pipeline.runs.lease import LeaseHolder, acquire_lease
+from ideogram_pipeline.runs.ledger import read_ledger
 from ideogram_pipeline.runs.malloc_tuning import pin_mmap_threshold, use_system_allocator_for_arrow
 from ideogram_pipeline.runs.records import ExtraFields, state_for_run
 from ideogram_pipeline.runs.summary import BatchSummary, ProgressCallback
@@ -215,7 +216,12 @@ def _execute_leased(
                 guarded = dry_run or max_cost_usd is not None
                 prices = await quote_unit_prices(client, batch.requests) if guarded else {}
                 estimate = estimate_cost(
-                    batch, previous, max_inflight=settings.batch_inflight, unit_prices=prices
+                    batch,
+                    previous,
+                    max_inflight=settings.batch_inflight,
+                    unit_prices=prices,
+                    # Rows already paid (a crash, a full disk) cost nothing to finish.
+                    ledger=read_ledger(store, batch.key) if guarded else None,
                 )
                 if dry_run:
                     return BatchSummary(
@@ -262,7 +268,12 @@ def estimate_batch(
     previous, _ = state_for_run(
         history.batch_state(settings, store, batch.key), simulated=settings.simulated
     )
-    return estimate_cost(batch, previous, max_inflight=settings.batch_inflight)
+    return estimate_cost(
+        batch,
+        previous,
+        max_inflight=settings.batch_inflight,
+        ledger=read_ledger(store, batch.key),
+    )
 
 
 def execute_csv(path: str, settings: Settings, key: str | None = None) -> BatchSummary:
