@@ -74,10 +74,9 @@ def test_polling_stays_within_the_organisations_budget() -> None:
             ) as client:
                 client.poll_budget.burst = client.poll_budget._tokens = 5.0
 
-                async def noted(_id: str) -> None:
-                    return None
-
-                await asyncio.gather(*(client.generate_async(r, noted) for r in requests))
+                await asyncio.gather(
+                    *(client.generate_async(r, lambda _id: None) for r in requests)
+                )
                 return client
 
         client = asyncio.run(go())

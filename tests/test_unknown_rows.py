@@ -92,3 +92,53 @@ def test_resend_unknown_prints_the_cost_first_and_respects_max_cost(
     assert result.exit_code != 0
     assert "resending 1 unknown row(s) that may have been billed already: $" in result.output
     assert "refused before sending anything" in result.output
+
+
+def test_the_usage_report_counts_unknown_rows_apart_as_possibly_billed(
+    root_with_unknown: tuple[Path, Path],
+) -> None:
+    """The report never folds a maybe-billed row into ``cost_usd``, nor hides it."""
+    from ideogram_pipeline.reports.rendering import report_markdown
+    from ideogram_pipeline.reports.usage import build_report
+
+    root, _csv = root_with_unknown
+    report = build_report(load_settings({"IDEOGRAM_STORAGE": str(root)}), LocalStore(root))
+    assert report.totals["possibly_billed"] == 1 and report.totals["stored"] == 1
+    assert report.totals["cost_usd"] == pytest.approx(price_per_image("V_3", None))
+    assert "**Possibly billed:** 1 records ended `unknown`" in report_markdown(report)
+
+
+def test_a_run_leaving_unknown_rows_says_so_in_metadata_summary_and_last_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash left row 1's intent in the ledger with no answer: the run through Dagster
+    leaves it ``unknown``, and every place that counts rows says "possibly billed"."""
+    import dagster as dg
+
+    from ideogram_pipeline.runs.ledger import Ledger, new_attempt_id
+
+    root = tmp_path / "root"
+    csv = tmp_path / "plums.csv"
+    csv.write_text('prompt,seed\n"A plum on a plate",1\n"A pear on a plate",2\n', "utf-8")
+    batch = load_batch(csv, key="plums")
+    Ledger(LocalStore(root), batch.key).record_intent(batch.rows[0], new_attempt_id(), "async")
+    with running_simulator(SimulatorConfig(image_scale=0.25)) as sim:
+        for name, value in {
+            "IDEOGRAM_API_KEY": sim.api_key,
+            "IDEOGRAM_BASE_URL": sim.base_url,
+            "IDEOGRAM_STORAGE": str(root),
+            "DAGSTER_HOME": str(tmp_path / "home"),
+        }.items():
+            monkeypatch.setenv(name, value)
+        (tmp_path / "home").mkdir()
+        result = CliRunner().invoke(main, ["run", str(csv), "--batch", "plums"])
+        billed = sim.stats.billed_images
+    assert billed == 1  # the pear only: the plum may already be paid for
+    assert "possibly billed" in result.output and "1 (status unknown)" in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert "1 row(s) possibly billed" in last and "ideogram-pipeline unknown" in last, last
+    event = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("batch_images"))
+    assert event is not None and event.asset_materialization is not None
+    metadata = event.asset_materialization.metadata
+    assert metadata["run_unknown_possibly_billed"].value == 1
+    assert metadata["batch_unknown_possibly_billed"].value == 1

@@ -40,11 +40,7 @@ def test_async_generation_records_the_id_before_waiting(sim: Simulator) -> None:
 
     async def go():
         async with _client(sim) as client:
-
-            async def on_submitted(generation_id: str) -> None:
-                seen.append(generation_id)
-
-            return await client.generate_async(request, on_submitted)
+            return await client.generate_async(request, seen.append)
 
     response = asyncio.run(go())
     assert len(seen) == 1 and response.generation_id == seen[0]
@@ -58,14 +54,10 @@ def test_resuming_a_recorded_generation_pays_nothing(sim: Simulator) -> None:
     async def go():
         async with _client(sim) as client:
             ids: list[str] = []
-
-            async def record(generation_id: str) -> None:
-                ids.append(generation_id)
-
-            first = await client.generate_async(request, record)
+            first = await client.generate_async(request, ids.append)
             billed = sim.stats.billed_images
             again = await client.generate_async(
-                request, record, resume_generation_id=first.generation_id
+                request, ids.append, resume_generation_id=first.generation_id
             )
             return first, again, billed, ids
 
@@ -80,11 +72,7 @@ def test_failed_generations_are_resubmitted(sim: Simulator) -> None:
     async def go():
         async with _client(sim) as client:
             ids: list[str] = []
-
-            async def record(generation_id: str) -> None:
-                ids.append(generation_id)
-
-            response = await client.generate_async(request, record)
+            response = await client.generate_async(request, ids.append)
             return response, ids
 
     response, ids = asyncio.run(go())
@@ -136,9 +124,7 @@ def test_v2_bodies_use_lowercase_enums_and_are_validated(sim: Simulator) -> None
 
     async def go() -> None:
         async with _client(sim) as client:
-            await client.generate_async(
-                GenerationRequest(row=1, prompt=""), lambda _id: asyncio.sleep(0)
-            )
+            await client.generate_async(GenerationRequest(row=1, prompt=""), lambda _id: None)
 
     with pytest.raises(InvalidRequest):
         asyncio.run(go())

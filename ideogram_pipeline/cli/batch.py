@@ -47,8 +47,9 @@ def _print_summary(metadata: dict[str, Any], run_id: str) -> None:
     for name in SUMMARY_FIELDS:
         if name in metadata:
             click.echo(f"  {name.replace('_', ' '):<22} {metadata[name]}")
-    if metadata.get("unknown"):
-        click.echo(f"  {'possibly billed':<22} {metadata['unknown']} (status unknown)")
+    if metadata.get("unknown_possibly_billed"):
+        unknown = metadata["unknown_possibly_billed"]
+        click.echo(f"  {'possibly billed':<22} {unknown} (status unknown)")
     if "cost_usd" in metadata:
         click.echo(f"  {'cost':<22} ${float(metadata['cost_usd']):.2f}")
     if metadata.get("estimated_cost_usd") is not None:
@@ -115,7 +116,7 @@ def run_csv(csv: Path, batch: str | None, config: dict[str, Any] | None = None) 
         _print_summary(result.metadata, result.run_id)
     if not result.success:
         raise click.ClickException(result.error or "the batch failed")
-    if unknown := int(result.metadata.get("unknown") or 0):
+    if unknown := int(result.metadata.get("unknown_possibly_billed") or 0):
         click.echo(
             f"batch {key}: {unknown} row(s) possibly billed (status unknown): see "
             f"`ideogram-pipeline unknown --batch {key}`",

@@ -9,9 +9,11 @@ they are derived once:
   request schemas (``request_schemas.json``, derived from Ideogram's published OpenAPI by
   ``scripts/derive_request_schemas.py``), including the spec's prose limits on which legacy
   models take ``negative_prompt``, ``style_type`` and ``resolution`` (``x-model-limits``);
-- for Ideogram's v2 API (``ideogram-4``, ``ideogram-4-5`` and the v2 path of 3.0), which that
-  spec does not describe, from the small documented table in :func:`_v2_routes`, citing
-  ``reference/ideogram-api-v2-notes.md`` (§1 "Shared fields", "Model paths", "4.5 details").
+- for Ideogram's v2 API (``ideogram-4``, ``ideogram-4-5`` and the v2 paths of 3.0: plain and
+  with style references ``ideogram-3``, with a character reference ``ideogram-3-character``,
+  transparent ``ideogram-3-transparent``), which that spec does not describe, from the small
+  documented table in :func:`_v2_routes`, citing ``reference/ideogram-api-v2-notes.md``
+  (§1 "Shared fields", "Model paths", "4.5 details").
 
 Canonical spellings are what records carry and CSV validation returns: the field names of
 :class:`~ideogram_pipeline.ideogram.generation.GenerationRequest`, ``16x9`` ratios, ``1024x1024``
@@ -42,6 +44,7 @@ __all__ = [
     "LEGACY_V2_PATHS",
     "MODELS",
     "PROMPT_MAX_CHARS",
+    "V2_CHARACTER",
     "V2_ONLY_MODELS",
     "V2_ROUTES",
     "V3_MODEL",
@@ -65,6 +68,11 @@ V3_PATH = "/v1/ideogram-v3/generate"
 V3_TRANSPARENT_PATH = "/v1/ideogram-v3/generate-transparent"
 V3_TRANSPARENT_SCHEMA = "GenerateTransparentImageRequestV3"
 V2_TRANSPARENT = "ideogram-3-transparent"
+#: Ideogram 3.0 with a character reference: its own v2 path and product (v2 notes §1, §6).
+V2_CHARACTER = "ideogram-3-character"
+#: The reference image fields of each 3.0 path on v2 (v2 notes §1 "Model paths":
+#: ``ideogram-3`` lists ``style_reference_images``, ``ideogram-3-character`` "character refs").
+_CHARACTER_FIELDS = ("character_reference_images", "character_reference_images_mask")
 LEGACY_PATH = "/generate"
 V2_PATH_PREFIX = "/v2/image/generate/"
 
@@ -227,6 +235,8 @@ class ModelCapability:
     #: The transparent-background endpoint, synchronous and v2, when the model has one.
     transparent_route: Route | None = None
     v2_transparent_route: Route | None = None
+    #: The v2 path for requests with a character reference, when the model has one.
+    v2_character_route: Route | None = None
 
     def rule(self, name: str) -> FieldRule | None:
         return self.route.rule(name)
@@ -358,9 +368,23 @@ def _v2_routes(v3: Route) -> dict[str, tuple[FieldRule, ...]]:
         FieldRule("async", "async", "boolean", source=shared_source),
     )
     four_sizes = (*by_name["resolution"].values, *_IDEOGRAM_4_2K_SIZES)
+    three_source = "v2 notes §1 model paths: ideogram-3"
+    character_source = "v2 notes §1 model paths: ideogram-3-character (character refs)"
     return {
+        # Style references only: character references are the character path's product.
         "ideogram-3": (
-            *(_lowered(rule, "v2 notes §1 model paths: ideogram-3") for rule in v3.rules),
+            *(_lowered(r, three_source) for r in v3.rules if r.name not in _CHARACTER_FIELDS),
+            FieldRule("async", "async", "boolean", source=shared_source),
+        ),
+        # The notes name only "character refs" here; the other 3.0 fields are taken as on
+        # ideogram-3 (as on v1, where one generate takes them), style references excepted:
+        # the notes list those on ideogram-3 alone, so a row with both stays on v1.
+        V2_CHARACTER: (
+            *(
+                _lowered(r, character_source)
+                for r in v3.rules
+                if r.name != "style_reference_images"
+            ),
             FieldRule("async", "async", "boolean", source=shared_source),
         ),
         "ideogram-4": (
@@ -442,7 +466,14 @@ def _build() -> tuple[dict[str, ModelCapability], dict[str, Route]]:
     )
     v2 = {path: Route("v2", f"{V2_PATH_PREFIX}{path}", rules) for path, rules in v2_rules.items()}
     table = {
-        V3_MODEL: ModelCapability(V3_MODEL, v3, v2["ideogram-3"], transparent, v2[V2_TRANSPARENT])
+        V3_MODEL: ModelCapability(
+            V3_MODEL,
+            v3,
+            v2["ideogram-3"],
+            transparent,
+            v2[V2_TRANSPARENT],
+            v2_character_route=v2[V2_CHARACTER],
+        )
     }
     for path in ("ideogram-4", "ideogram-4-5"):
         table[path] = ModelCapability(path, v2[path], v2[path])
@@ -462,7 +493,7 @@ def _build() -> tuple[dict[str, ModelCapability], dict[str, Route]]:
 _TABLE, _V2 = _build()
 #: Model name -> what it takes. Models are ours: ``V_3``, ``ideogram-4``, ``V_2_TURBO``, ...
 CAPABILITIES: Mapping[str, ModelCapability] = MappingProxyType(_TABLE)
-#: v2 path name (``ideogram-3``, ``ideogram-4``, ``ideogram-4-5``) -> its route.
+#: v2 path name (``ideogram-3``, ``ideogram-3-character``, ``ideogram-4``, ...) -> its route.
 V2_ROUTES: Mapping[str, Route] = MappingProxyType(_V2)
 
 #: Models served by the legacy ``POST /generate`` endpoint, in the spec's order.

@@ -13,6 +13,7 @@ import contextvars
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -44,6 +45,7 @@ from ideogram_pipeline.ideogram.requests import (
     V2_GENERATIONS_PATH,
     legacy_body,
     v2_body,
+    v2_multipart,
     v2_path,
     v3_multipart,
     v3_path,
@@ -128,6 +130,14 @@ LAST_RETRY_ERROR: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "LAST_RETRY_ERROR", default=None
 )
 BeforeSend = Callable[[], Awaitable[None]]
+#: Called on the submitting thread itself (see :meth:`IdeogramClient.generate_async`):
+#: quick, thread-safe, and never touching the event loop except through
+#: ``loop.call_soon_threadsafe``.
+OnIntent = Callable[[], None]
+OnSubmitted = Callable[[str], None]
+#: Submissions are quick (Ideogram answers with an id in milliseconds), so a few threads
+#: carry any in-flight limit.
+SUBMIT_THREADS = 8
 
 
 class IdeogramClient:
@@ -175,6 +185,20 @@ class IdeogramClient:
             limits=httpx.Limits(max_connections=max(max_inflight * 2, 20)),
             transport=transport,
         )
+        # Asynchronous submissions leave from threads of their own with a blocking client,
+        # so the moment between writing the intent, Ideogram's answer and writing its id
+        # is the round trip, never a wait behind image work on the event loop.
+        self._submits = httpx.Client(
+            base_url=self.base_url,
+            headers={"Api-Key": api_key},
+            timeout=httpx.Timeout(generate_timeout_s, connect=10.0),
+            limits=httpx.Limits(max_connections=max(max_inflight * 2, 20)),
+            transport=transport if isinstance(transport, httpx.BaseTransport) else None,
+        )
+        self._submit_threads = ThreadPoolExecutor(
+            max_workers=max(1, min(max_inflight, SUBMIT_THREADS)),
+            thread_name_prefix="ideogram-submit",
+        )
         # Image hosts get no API key: the key is for api.ideogram.ai only.
         self._downloads = httpx.AsyncClient(
             timeout=self._download_timeout,
@@ -192,6 +216,10 @@ class IdeogramClient:
     async def aclose(self) -> None:
         await self._http.aclose()
         await self._downloads.aclose()
+        # Nothing is waiting on a submission by now, except after a forced stop, which
+        # must not wait for one: its thread still writes the id if the answer comes.
+        self._submit_threads.shutdown(wait=False, cancel_futures=True)
+        self._submits.close()
 
     def _error(self, response: httpx.Response) -> IdeogramError:
         """The error for an answer that is not 200. A 429 that states the account's limit
@@ -272,60 +300,99 @@ class IdeogramClient:
 
     # -- v2, asynchronous ----------------------------------------------------------------------
 
-    async def _post_v2(self, request: GenerationRequest, *, dry_run: bool = False) -> Any:
-        if not dry_run:
-            self.stop.check()
-        with translate_transport_errors(paid_request=not dry_run):
-            response = await self._http.post(
-                v2_path(request),
-                json=v2_body(request, asynchronous=not dry_run),
-                params={"dry_run": "true"} if dry_run else None,
-            )
+    async def _quote_v2(self, request: GenerationRequest) -> Any:
+        """Ideogram's quote for ``request`` on its v2 path (``?dry_run=true``): JSON, or
+        multipart/form-data when it carries reference images, read off the event loop."""
+        params = {"dry_run": "true"}
+        with translate_transport_errors():
+            if request.references:
+                parts = await asyncio.to_thread(
+                    v2_multipart, request, self.read_reference, asynchronous=False
+                )
+                response = await self._http.post(v2_path(request), files=parts, params=params)
+            else:
+                response = await self._http.post(
+                    v2_path(request), json=v2_body(request, asynchronous=False), params=params
+                )
         if response.status_code != 200:
             raise self._error(response)
         return response.json()
 
     async def quote_usd(self, request: GenerationRequest) -> float:
         """Ideogram's own price for ``request`` (``?dry_run=true``: not billed, not run)."""
-        body, _attempts = await self._with_retries(lambda: self._post_v2(request, dry_run=True))
+        body, _attempts = await self._with_retries(lambda: self._quote_v2(request))
         return float(body["usd_micros"]) / 1_000_000
+
+    def _submit_now(
+        self, request: GenerationRequest, on_intent: OnIntent | None, on_submitted: OnSubmitted
+    ) -> httpx.Response:
+        """One submission, on a submit thread: the intent, the POST, and the id, with
+        nothing of ours in between (see :meth:`generate_async`). Reference images (stored
+        bytes, as multipart/form-data) are read first, outside that span."""
+        parts = v2_multipart(request, self.read_reference) if request.references else None
+        self.stop.check()
+        if on_intent is not None:
+            on_intent()
+        with translate_transport_errors(paid_request=True):
+            if parts is not None:
+                response = self._submits.post(v2_path(request), files=parts)
+            else:
+                response = self._submits.post(v2_path(request), json=v2_body(request))
+        if response.status_code == 200:
+            on_submitted(str(response.json()["generation_id"]))
+        return response
+
+    async def _submit(
+        self, request: GenerationRequest, on_intent: OnIntent | None, on_submitted: OnSubmitted
+    ) -> tuple[str, int]:
+        """Submit with retries; the intent goes with the first attempt only."""
+        loop = asyncio.get_running_loop()
+        hook = on_intent
+
+        async def once() -> str:
+            nonlocal hook
+            run_hook, hook = hook, None
+            response = await loop.run_in_executor(
+                self._submit_threads, self._submit_now, request, run_hook, on_submitted
+            )
+            if response.status_code != 200:
+                raise self._error(response)
+            return str(response.json()["generation_id"])
+
+        return await self._with_retries(once, stoppable=True)
 
     async def generate_async(
         self,
         request: GenerationRequest,
-        on_submitted: Callable[[str], Awaitable[None]],
+        on_submitted: OnSubmitted,
         *,
         resume_generation_id: str | None = None,
-        before_send: BeforeSend | None = None,
+        on_intent: OnIntent | None = None,
     ) -> GenerationResponse:
         """Submit with ``async: true``, record the id via ``on_submitted``, then poll.
 
-        The id is handed to ``on_submitted`` as soon as Ideogram accepts the submission and
-        awaited there, before anything else: keep it quick (the engine appends to a local
-        journal), since a crash before it returns leaves a paid generation unrecorded. A
-        later run polls the recorded id instead of paying again. With
-        ``resume_generation_id`` nothing is submitted unless that generation failed. The
-        images' in-flight slots are held until the generation completes, because that is
-        how long Ideogram counts them.
+        ``on_intent`` (before the first send) and ``on_submitted`` (the moment Ideogram
+        accepts) run on the submitting thread itself, around a blocking POST: a process
+        killed between the two leaves a generation that may be billed and whose id we
+        never wrote, so that span must be the network round trip, never a wait for the
+        event loop (busy with downloads and hashing). Keep both quick and thread-safe:
+        the engine appends to a local journal. A later run polls the recorded id instead
+        of paying again. With ``resume_generation_id`` nothing is submitted unless that
+        generation failed. The images' in-flight slots are held until the generation
+        completes, because that is how long Ideogram counts them.
         """
         generation_id = resume_generation_id
         attempts = 0
+        intent = on_intent if generation_id is None else None
         latency = self._latency.setdefault(
             (request.model, request.rendering_speed), LatencyTracker()
         )
         async with self.limiter.slots(request.num_images):
-            if generation_id is None:
-                self.stop.check()
-            if before_send is not None and generation_id is None:
-                await before_send()
             while True:
                 if generation_id is None:
-                    body, tries = await self._with_retries(
-                        lambda: self._post_v2(request), stoppable=True
-                    )
+                    generation_id, tries = await self._submit(request, intent, on_submitted)
+                    intent = None
                     attempts += tries
-                    generation_id = str(body["generation_id"])
-                    await on_submitted(generation_id)
                 try:
                     result = await self._wait(
                         generation_id, latency, resumed=generation_id == resume_generation_id

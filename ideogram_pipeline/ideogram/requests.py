@@ -21,6 +21,7 @@ from ideogram_pipeline.ideogram.capabilities import (
     capability,
 )
 from ideogram_pipeline.ideogram.generation import GenerationRequest
+from ideogram_pipeline.ideogram.references import WIRE_NAMES
 
 __all__ = [
     "LEGACY_PATH",
@@ -29,6 +30,7 @@ __all__ = [
     "fits_v2",
     "legacy_body",
     "v2_body",
+    "v2_multipart",
     "v2_path",
     "v3_fields",
     "v3_multipart",
@@ -77,23 +79,44 @@ def _wire_fields(request: GenerationRequest, route: Route) -> dict[str, Any]:
 
 
 def fits_v2(request: GenerationRequest) -> bool:
-    """Whether ``request`` can go to its model's v2 path as it is: the model has one, and
+    """Whether ``request`` can go to a v2 path of its model as it is: the model has one, and
     the row sets no field that path lacks (a V_2 row with a v1 ``resolution`` stays on the
-    synchronous legacy endpoint rather than losing the field)."""
-    route = capability(request.model).v2_route
+    synchronous legacy endpoint rather than losing the field).
+
+    The routing fields choose the path (:func:`v2_path`): a transparent row goes to
+    ``ideogram-3-transparent``, style references to ``ideogram-3``, a character reference
+    to ``ideogram-3-character``. No v2 path takes both kinds of reference, so a row mixing
+    them stays on ``POST /v1/ideogram-v3/generate``, which does.
+    """
+    route = _v2_route_or_none(request)
     if route is None:
         return False
+    roles = {image.role for image in request.references or ()}
     return all(
-        value is None or name == "model" or route.rule(name) is not None
+        value is None or name in _ROUTING_FIELDS or route.rule(name) is not None
         for name, value in request.parameters().items()
-    )
+    ) and all(route.rule(WIRE_NAMES[role]) is not None for role in roles)
+
+
+def _has_character(request: GenerationRequest) -> bool:
+    return any(image.role != "style" for image in request.references or ())
+
+
+def _v2_route_or_none(request: GenerationRequest) -> Route | None:
+    cap = capability(request.model)
+    if request.transparent:
+        return cap.v2_transparent_route
+    if _has_character(request):
+        return cap.v2_character_route
+    return cap.v2_route
 
 
 def _v2_route(request: GenerationRequest) -> Route:
-    cap = capability(request.model)
-    route = cap.v2_transparent_route if request.transparent else cap.v2_route
+    route = _v2_route_or_none(request)
     if route is None:
         kind = "transparent v2" if request.transparent else "v2"
+        if _has_character(request):
+            kind = "character-reference v2"
         raise ValueError(f"model {request.model} has no {kind} path")
     return route
 
@@ -119,7 +142,7 @@ def v2_path(request: GenerationRequest) -> str:
 def v2_body(request: GenerationRequest, *, asynchronous: bool = True) -> dict[str, Any]:
     """The JSON body of ``POST /v2/image/generate/{model}``: lowercase enums, ``async``."""
     if request.references:
-        raise ValueError(f"row {request.row}: reference images go as multipart to {V3_PATH}")
+        raise ValueError(f"row {request.row}: reference images go as multipart (v2_multipart)")
     return {**_wire_fields(request, _v2_route(request)), "async": asynchronous}
 
 
@@ -132,19 +155,27 @@ def v3_fields(request: GenerationRequest) -> dict[str, Any]:
 Part = tuple[str, tuple[None, str] | tuple[str, bytes, str]]
 
 
-def v3_multipart(
-    request: GenerationRequest, read_reference: Callable[[str], bytes] | None = None
+def _form_parts(
+    fields: dict[str, Any],
+    request: GenerationRequest,
+    read_reference: Callable[[str], bytes] | None,
 ) -> list[Part]:
-    """The v3 fields as multipart/form-data parts (the endpoint's documented encoding): a
-    list (``style_codes``) is one part per item, an object (``color_palette``) a JSON part,
-    and each reference image a file part whose bytes ``read_reference`` reads by storage
-    key (``references/<sha256>.<ext>``)."""
+    """``fields`` as multipart/form-data parts, then one file part per reference image.
+
+    A list (``style_codes``) is one part per item, an object (``color_palette``) a JSON
+    part, a boolean (v2's ``async``) ``true``/``false``; each reference image is a file
+    part named by its role (``style_reference_images``, ...) whose bytes ``read_reference``
+    reads by storage key (``references/<sha256>.<ext>``), named ``<sha256>.<ext>`` so the
+    same bytes make the same body whatever file they came from.
+    """
     parts: list[Part] = []
-    for key, value in v3_fields(request).items():
+    for key, value in fields.items():
         if isinstance(value, list):
             parts += [(key, (None, str(item))) for item in value]
         elif isinstance(value, dict):
             parts.append((key, (None, json.dumps(value, separators=(",", ":")))))
+        elif isinstance(value, bool):
+            parts.append((key, (None, "true" if value else "false")))
         else:
             parts.append((key, (None, str(value))))
     for image in request.references or ():
@@ -154,6 +185,28 @@ def v3_multipart(
         filename = f"{image.sha256}.{image.extension}"
         parts.append((image.wire_name, (filename, content, image.media_type)))
     return parts
+
+
+def v3_multipart(
+    request: GenerationRequest, read_reference: Callable[[str], bytes] | None = None
+) -> list[Part]:
+    """The v3 fields as multipart/form-data parts (the endpoint's documented encoding),
+    reference images as file parts (see :func:`_form_parts`)."""
+    return _form_parts(v3_fields(request), request, read_reference)
+
+
+def v2_multipart(
+    request: GenerationRequest,
+    read_reference: Callable[[str], bytes] | None = None,
+    *,
+    asynchronous: bool = True,
+) -> list[Part]:
+    """``POST /v2/image/generate/{model}`` as multipart/form-data, for rows with reference
+    images (v2 notes §1: "Source images ... go in multipart/form-data"): the same fields
+    and spellings as :func:`v2_body`, ``async`` a form field, and the images as file parts
+    named as on v1 (``style_reference_images``, ``character_reference_images[_mask]``)."""
+    fields = {**_wire_fields(request, _v2_route(request)), "async": asynchronous}
+    return _form_parts(fields, request, read_reference)
 
 
 def legacy_body(request: GenerationRequest) -> dict[str, Any]:

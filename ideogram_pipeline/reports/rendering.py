@@ -89,6 +89,13 @@ def report_markdown(report: UsageReport, images: dict[str, str] | None = None) -
     if t.get("simulated_records"):
         lines += [f"**SIMULATED:** {t['simulated_records']} records came from the simulator.", ""]
     lines += ["## Summary", ""]
+    if t.get("possibly_billed"):
+        lines += [
+            f"**Possibly billed:** {t['possibly_billed']} records ended `unknown` (a request "
+            "left and no answer was recorded); they are not in `cost_usd`. "
+            "`ideogram-pipeline unknown` lists them with what resending would cost.",
+            "",
+        ]
     summary = pd.DataFrame([{k: t[k] for k in ("records", "images", *STATUSES, "cost_usd")}])
     lines += _table(summary)
     lines += ["## Budget", ""]

@@ -28,6 +28,7 @@ import pandas as pd
 
 from ideogram_pipeline import history
 from ideogram_pipeline.history.tables import GENERATIONS, RECORDS, TABLES_PREFIX, USAGE
+from ideogram_pipeline.ideogram.generation import STATUSES
 from ideogram_pipeline.lifecycle.retention import AUDIT_PREFIX
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore
@@ -35,7 +36,6 @@ from ideogram_pipeline.storage import ObjectStore
 __all__ = ["REPORTS_PREFIX", "STATUSES", "UsageReport", "build_report", "connect_usage"]
 
 REPORTS_PREFIX = "reports"
-STATUSES = ("stored", "unsafe", "rejected", "failed")
 DIMENSIONS = {
     "model": "model",
     "rendering_speed": "rendering_speed",
@@ -219,6 +219,9 @@ def build_report(
             f"SELECT count(*) FILTER (simulated) FROM usage_window WHERE {_WINDOW}", params
         ).fetchone()[0]  # type: ignore[index]
         totals_dict["simulated_records"] = int(simulated or 0)
+        # ``unknown`` records carry no cost: a request left and no answer was recorded, so
+        # Ideogram may or may not have billed it. Counted apart, never in ``cost_usd``.
+        totals_dict["possibly_billed"] = int(totals_dict.get("unknown") or 0)
         by_dimension = {
             name: _df(
                 con,

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -47,7 +47,7 @@ from ideogram_pipeline.ideogram.prices import request_price
 from ideogram_pipeline.ideogram.requests import fits_v2
 from ideogram_pipeline.ideogram.stop import SendsStopped
 from ideogram_pipeline.runs.journal import Journal, journal_directory
-from ideogram_pipeline.runs.ledger import Ledger, LedgerEntry, new_attempt_id
+from ideogram_pipeline.runs.ledger import Ledger, LedgerEntry, LedgerEvent, new_attempt_id
 from ideogram_pipeline.runs.out_of_space import BatchOutOfSpace
 from ideogram_pipeline.runs.pools import RunPools
 from ideogram_pipeline.runs.recorder import Recorder
@@ -188,9 +188,9 @@ class _BatchRun:
         """Asynchronous (v2) wherever the model has a v2 path and the mode allows it."""
         if request.model in V2_ONLY_MODELS:
             return "async" if self.api_mode == "async" else "sync-v2"
-        if self.api_mode == "async" and fits_v2(request) and not request.references:
-            # V_3 -> ideogram-3, V_2 -> ideogram-2, V_2A -> ideogram-2a; reference images
-            # are multipart file parts, which this client sends to v1 only.
+        if self.api_mode == "async" and fits_v2(request):
+            # V_3 -> ideogram-3 (style references too, as multipart), a character reference
+            # -> ideogram-3-character, V_2 -> ideogram-2, V_2A -> ideogram-2a.
             return "async"
         return "sync"
 
@@ -215,12 +215,32 @@ class _BatchRun:
         crash window is the network round trip) and copy it to the store's ledger in the
         background, off the in-flight slots."""
         body = self.ledger.journal_event(request, attempt_id, event, **data)
+        self._replicate_later(attempt_id, body)
+
+    def _replicate_later(self, attempt_id: str, body: LedgerEvent) -> None:
+        """(On the event loop's thread.) An append that found the disk full stops the run;
+        once it is stopped for space, the journal alone keeps events (the store's disk
+        may be the full one): the next run copies them."""
         if self.ledger.journal is not None and self.ledger.journal.full is not None:
-            self._out_of_space(self.ledger.journal.full)  # written into the reserve's space
+            self._out_of_space(self.ledger.journal.full)
         if self.no_space is not None:
-            return  # the store is full: the journal keeps it, the next run copies it
+            return
         replica = asyncio.ensure_future(self._ledger(self.ledger.replicate, body))
         self.replicas.setdefault(attempt_id, []).append(replica)
+
+    def _journal_from_thread(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        request: GenerationRequest,
+        attempt_id: str,
+        event: str,
+        **data: Any,
+    ) -> None:
+        """:meth:`_journal` for a submit thread: the append happens here and now, the
+        replica is handed to the event loop (which runs it before the submitting task
+        resumes, since the thread's answer is queued behind it)."""
+        body = self.ledger.journal_event(request, attempt_id, event, **data)
+        loop.call_soon_threadsafe(self._replicate_later, attempt_id, body)
 
     async def _replicated(self, attempt_id: str) -> None:
         """Wait until this attempt's journaled events are in the store's ledger (or in the
@@ -245,11 +265,14 @@ class _BatchRun:
         # Every event of this run's journal (and of those loaded) is in the store.
         await asyncio.to_thread(self.ledger.finish_journal)
 
-    def _on_submitted(
-        self, request: GenerationRequest, attempt_id: str
-    ) -> Callable[[str], Awaitable[None]]:
-        async def record(generation_id: str) -> None:
-            self._journal(request, attempt_id, "submitted", generation_id=generation_id)
+    def _on_submitted(self, request: GenerationRequest, attempt_id: str) -> Callable[[str], None]:
+        """The id's journal entry, written on the submitting thread (client.py)."""
+        loop = asyncio.get_running_loop()
+
+        def record(generation_id: str) -> None:
+            self._journal_from_thread(
+                loop, request, attempt_id, "submitted", generation_id=generation_id
+            )
 
         return record
 
@@ -327,15 +350,22 @@ class _BatchRun:
         """A new request: its intent in the ledger before it leaves, its answer right after."""
         mode = self._mode(request)
 
-        async def intent() -> None:
-            self.intents_written.add(attempt_id)
-            self._journal(request, attempt_id, "intent", mode=mode)
-
         if mode == "async":
+            loop = asyncio.get_running_loop()
+
+            def intent_now() -> None:  # on the submitting thread, right before the POST
+                self.intents_written.add(attempt_id)
+                self._journal_from_thread(loop, request, attempt_id, "intent", mode=mode)
+
             response = await self.client.generate_async(
-                request, self._on_submitted(request, attempt_id), before_send=intent
+                request, self._on_submitted(request, attempt_id), on_intent=intent_now
             )
         else:
+
+            async def intent() -> None:
+                self.intents_written.add(attempt_id)
+                self._journal(request, attempt_id, "intent", mode=mode)
+
             response = await self.client.generate(request, before_send=intent)
         await self._record_result(request, attempt_id, response)
         return response
@@ -343,10 +373,11 @@ class _BatchRun:
     async def _record_result(
         self, request: GenerationRequest, attempt_id: str, response: GenerationResponse
     ) -> None:
-        """The answer, journaled at once (a full disk cannot lose what was paid for: the
-        journal's reserve takes it) and in the store's ledger before any download."""
-        self._journal(request, attempt_id, "result", **Ledger.result_data(response))
+        """The answer in the store's ledger before any download, and in the journal too,
+        so a full disk cannot lose what was paid for (the journal's reserve takes it)."""
         await self._replicated(attempt_id)  # the result never lands before its intent
+        self._journal(request, attempt_id, "result", **Ledger.result_data(response))
+        await self._replicated(attempt_id)
 
     async def _stopped(
         self, request: GenerationRequest, attempt_id: str, exc: SendsStopped

@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -63,13 +64,18 @@ class Journal:
         self.path = self.folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
         self.reserve = SpaceReserve(directory / RESERVE_NAME)
         self._fd: int | None = None
+        # Submit threads append too (client.py): one appender at a time, for the few
+        # microseconds of a write, so a line cut short by a full disk is finished (or
+        # ended) before another starts.
+        self._lock = threading.Lock()
         self._torn = False  # an append was cut short by a full disk: end its line first
         #: Set once an append found the disk full: from then on only the answers to
         #: requests already sent are written (into the reserve's space).
         self.full: NoSpaceLeft | None = None
 
     def append(self, body: dict[str, Any], *, use_reserve: bool = False) -> None:
-        """Make ``body`` durable against a process kill: one ``write(2)``, no thread.
+        """Make ``body`` durable against a process kill: one ``write(2)``, no queue (safe
+        to call from several threads at once).
 
         On a full disk, :class:`~ideogram_pipeline.storage.space.NoSpaceLeft` naming the
         journal's folder (and :attr:`full` is set). With ``use_reserve`` (an event about
@@ -77,22 +83,21 @@ class Journal:
         it (an intent) nothing is written once the disk has been found full, so no new
         request leaves on the strength of the answers' reserve.
         """
-        if self.full is not None and not use_reserve:
-            raise NoSpaceLeft(self.folder)
         line = json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
-        if self._torn:
-            line = b"\n" + line
-        try:
-            if self._fd is None:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                self._hold_reserve(use_reserve=use_reserve)
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            self._write_all(self._fd, line, use_reserve=use_reserve)
-        except OSError as exc:
-            if (full := no_space_left(exc, self.folder)) is None:
-                raise
-            self.full = self.full or full
-            raise full from exc
+        with self._lock:
+            if self.full is not None and not use_reserve:
+                raise NoSpaceLeft(self.folder)
+            try:
+                if self._fd is None:
+                    self.folder.mkdir(parents=True, exist_ok=True)
+                    self._hold_reserve(use_reserve=use_reserve)
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                self._write_all(self._fd, b"\n" + line if self._torn else line, use_reserve)
+            except OSError as exc:
+                if (full := no_space_left(exc, self.folder)) is None:
+                    raise
+                self.full = self.full or full
+                raise full from exc
 
     def _hold_reserve(self, *, use_reserve: bool) -> None:
         """Set the reserve aside before the first event; no room for it means the disk is
@@ -104,7 +109,7 @@ class Journal:
             if not use_reserve:
                 raise
 
-    def _write_all(self, fd: int, line: bytes, *, use_reserve: bool) -> None:
+    def _write_all(self, fd: int, line: bytes, use_reserve: bool) -> None:
         """One ``write(2)`` as a rule; a full disk can make it short, and the rest follows
         once the reserve is freed (or the line is left torn and the next one starts anew)."""
         rest = memoryview(line)

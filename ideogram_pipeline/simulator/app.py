@@ -15,12 +15,10 @@ import math
 import random
 import time
 from datetime import UTC, datetime
-from email.parser import BytesParser
-from email.policy import HTTP
 from typing import Any
-from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -28,12 +26,13 @@ from starlette.routing import Route
 from ideogram_pipeline.ideogram import spec
 from ideogram_pipeline.ideogram.capabilities import (
     LEGACY_MODELS,
+    V2_CHARACTER,
     V3_MODEL,
     V3_TRANSPARENT_SCHEMA,
     capability,
 )
 from ideogram_pipeline.ideogram.prices import price_per_image
-from ideogram_pipeline.ideogram.references import WIRE_NAMES, limit_errors
+from ideogram_pipeline.ideogram.references import WIRE_NAMES
 from ideogram_pipeline.simulator.hooks import HostedImage, ImageHost
 from ideogram_pipeline.simulator.images import (
     ImageKey,
@@ -42,11 +41,13 @@ from ideogram_pipeline.simulator.images import (
     render_png,
     render_transparent_png,
 )
+from ideogram_pipeline.simulator.multipart import read_body, reference_errors
 from ideogram_pipeline.simulator.state import (
     SimulatorConfig,
     SimulatorStats,
     Triggers,
 )
+from ideogram_pipeline.simulator.traffic import RouteCounter
 from ideogram_pipeline.simulator.v2 import SimulatedV2
 
 __all__ = ["ASPECT_RESOLUTIONS", "DEFAULT_RESOLUTION", "build_app", "magic_prompt"]
@@ -108,58 +109,6 @@ def magic_prompt(prompt: str, option: str | None) -> str:
     return f"{prompt.rstrip(' .')}. {_EXPANSIONS[_hash_text(prompt) % len(_EXPANSIONS)]}"
 
 
-def _parse_multipart(
-    body: bytes, content_type: str, files: dict[str, list[bytes]] | None = None
-) -> dict[str, str | list[str]]:
-    """Form fields of a multipart body (stdlib parser, so no python-multipart dependency).
-
-    File parts (reference images) become a short placeholder string for the schema check;
-    their bytes go to ``files`` by field name, for the reference limits.
-    """
-    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
-    message = BytesParser(policy=HTTP).parsebytes(head + body)
-    if not message.is_multipart():
-        raise ValueError("malformed multipart/form-data body")
-    form: dict[str, str | list[str]] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not isinstance(name, str):
-            raise ValueError("multipart part without a name")
-        payload = part.get_payload(decode=True)
-        data = payload if isinstance(payload, bytes) else b""
-        filename = part.get_filename()
-        digest = hashlib.sha256(data).hexdigest()
-        value = f"<file {filename} sha256 {digest}>" if filename else data.decode("utf-8")
-        if filename and files is not None:
-            files.setdefault(name, []).append(data)
-        previous = form.get(name)
-        if previous is None:
-            form[name] = value
-        else:
-            form[name] = [*(previous if isinstance(previous, list) else [previous]), value]
-    return form
-
-
-async def _read_v3_body(
-    request: Request, files: dict[str, list[bytes]] | None = None
-) -> dict[str, Any]:
-    content_type = request.headers.get("content-type", "")
-    body = await request.body()
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media == "application/json":
-        return json.loads(body)  # type: ignore[no-any-return]
-    if media == "multipart/form-data":
-        return spec.coerce_multipart_fields(_parse_multipart(body, content_type, files))
-    if media == "application/x-www-form-urlencoded":
-        fields = parse_qs(body.decode("utf-8"), keep_blank_values=True)
-        form = {k: v[0] if len(v) == 1 else v for k, v in fields.items()}
-        return spec.coerce_multipart_fields(form)
-    raise ValueError(
-        f"unsupported Content-Type {media or '(none)'!r}: send multipart/form-data or "
-        "application/json"
-    )
-
-
 class _SimulatedApi:
     """Request handling state: one instance per running app, used from its event loop only
     (apart from ``stats``, which is locked)."""
@@ -182,23 +131,23 @@ class _SimulatedApi:
     async def generate_v3(self, request: Request) -> Response:
         if (denied := self._check_key(request)) is not None:
             return denied
-        files: dict[str, list[bytes]] = {}
         try:
-            body = await _read_v3_body(request, files)
+            read = await read_body(request)
         except (ValueError, UnicodeDecodeError) as exc:
             return self._invalid(f"body: could not parse the request: {exc}")
+        body = read.fields
         # The schema checks types and structure; the capability table adds what the spec
         # says only in prose (the prompt limit, the reference image limits), so the
         # client's rules are the ones enforced.
         errors = (
             spec.validate_v3_request(body)
             or capability(V3_MODEL).route.wire_errors(body, V3_MODEL)
-            or _reference_errors(body, files)
+            or reference_errors(read)
         )
         if errors:
             return self._invalid("; ".join(errors))
         # A character reference is another product, billed at its own price (prices.py).
-        product = "ideogram-3-character" if files.get(WIRE_NAMES["character"]) else "V_3"
+        product = V2_CHARACTER if read.files.get(WIRE_NAMES["character"]) else "V_3"
         return await self._generate(request, body, product, body, legacy=False)
 
     async def generate_v3_transparent(self, request: Request) -> Response:
@@ -207,7 +156,7 @@ class _SimulatedApi:
         if (denied := self._check_key(request)) is not None:
             return denied
         try:
-            body = await _read_v3_body(request)
+            body = (await read_body(request)).fields
         except (ValueError, UnicodeDecodeError) as exc:
             return self._invalid(f"body: could not parse the request: {exc}")
         route = capability(V3_MODEL).transparent_route
@@ -436,21 +385,6 @@ class _SimulatedApi:
         return JSONResponse({"reset": True})
 
 
-def _reference_errors(body: dict[str, Any], files: dict[str, list[bytes]]) -> list[str]:
-    """Reference images must be file parts within the spec's limits (ideogram/references.py)."""
-    errors = [
-        f"{wire}: must be image file parts, not text"
-        for wire in WIRE_NAMES.values()
-        if body.get(wire) is not None and len(files.get(wire, [])) != len(body[wire])
-    ]
-    by_role = {role: files.get(wire, []) for role, wire in WIRE_NAMES.items()}
-    errors += [
-        f"{WIRE_NAMES[role]}: {reason}"
-        for role, reason in limit_errors(by_role)  # type: ignore[arg-type]
-    ]
-    return errors
-
-
 def _resolution(fields: dict[str, Any], legacy: bool) -> str:
     """Nominal ``WxH`` from ``resolution`` or ``aspect_ratio`` (either endpoint's spelling)."""
     resolution = fields.get("resolution")
@@ -488,7 +422,8 @@ def build_app(
             Route("/api/images/ephemeral/{image_id}.png", api.download, methods=["GET"]),
             Route("/sim/stats", api.stats_endpoint, methods=["GET"]),
             Route("/sim/reset", api.reset_endpoint, methods=["POST"]),
-        ]
+        ],
+        middleware=[Middleware(RouteCounter, stats=api.stats)],
     )
     app.state.stats = api.stats
     app.state.config = api.config

@@ -32,6 +32,9 @@ Behaviour worth knowing:
   (prompt, seed) and 200s per request-body hash, so a test can prove nothing was paid twice.
 * The in-flight limit holds each accepted request's images for its whole latency; 429s are
   answered at once. ``stats.max_images_inflight_seen`` never exceeds ``max_inflight``.
+* ``stats.requests_by_route`` counts every POST by path and media type
+  (``"POST /v2/image/generate/ideogram-3 multipart/form-data"``), so a test can see which
+  endpoint, and which encoding, a client chose.
 * ``GET /sim/stats`` returns the counters as JSON and ``POST /sim/reset`` zeroes them, for a
   simulator started by the CLI in another process.
 

@@ -123,6 +123,8 @@ class SimulatorStats:
     def _reset_counters(self) -> None:
         self.requests_total = 0
         self.requests_by_status: Counter[int] = Counter()
+        #: POSTs by ``"POST <path> <media type>"`` (see ``traffic.py``).
+        self.requests_by_route: Counter[str] = Counter()
         self.invalid_requests: list[str] = []
         self.billed_requests = 0
         self.billed_images = 0
@@ -149,6 +151,10 @@ class SimulatorStats:
                 self.invalid_requests.append(error)
             if status == 429:
                 self.rate_limited += 1
+
+    def record_route(self, key: str) -> None:
+        with self._lock:
+            self.requests_by_route[key] += 1
 
     def try_acquire(self, images: int, limit: int) -> bool:
         """Take ``images`` in-flight slots, or refuse when that would exceed ``limit``."""
@@ -195,6 +201,7 @@ class SimulatorStats:
                     str(k): v for k, v in sorted(self.requests_by_status.items())
                 },
                 "invalid_requests": list(self.invalid_requests),
+                "requests_by_route": dict(sorted(self.requests_by_route.items())),
                 "billed_requests": self.billed_requests,
                 "billed_images": self.billed_images,
                 "billed_usd": self.billed_usd,

@@ -11,6 +11,10 @@ parameter. Behaviour follows the notes:
   ``completed`` (billed, ``data[]`` with ``object_type``) or ``failed`` (``failure_reason``,
   not billed). Without ``async`` the call waits and returns the completed shape with
   ``generation_id``, ``generation_kind`` and ``seed``.
+* Bodies are JSON or multipart/form-data (``multipart.py``): reference images travel as
+  file parts on ``ideogram-3`` (style) and ``ideogram-3-character`` (character and mask),
+  checked like v1's; form fields are typed by the request schema, so a multipart
+  submission is validated, served, polled and billed exactly like a JSON one.
 * ``?dry_run=true`` answers a ``price_quote`` without generating, billing or counting
   towards the in-flight limit.
 * ``GET /v2/generations/{id}`` is rate limited like Ideogram's polling (``poll_limit`` per
@@ -34,8 +38,10 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ideogram_pipeline.ideogram.capabilities import V2_ROUTES
+from ideogram_pipeline.ideogram.capabilities import V2_CHARACTER, V2_ROUTES
 from ideogram_pipeline.ideogram.prices import price_per_image
+from ideogram_pipeline.ideogram.references import WIRE_NAMES
+from ideogram_pipeline.simulator.multipart import RequestBody, read_body, reference_errors
 from ideogram_pipeline.simulator.state import Triggers
 
 if TYPE_CHECKING:
@@ -46,11 +52,17 @@ __all__ = ["SimulatedV2"]
 _FAILED = re.compile(r"\[sim:failed(?:x(\d+))?\]")
 
 
-def _validate(model: str, body: Any) -> list[str]:
-    """Errors for a v2 body, by the capability table's route for that model path."""
+def _validate(model: str, read: RequestBody) -> list[str]:
+    """Errors for a v2 body (JSON or multipart), by the capability table's route for that
+    model path, then its image parts as on v1 (``multipart.py``): the character path
+    requires its character image."""
+    body = read.fields
     if not isinstance(body, dict):
         return ["body: must be a JSON object"]
-    return V2_ROUTES[model].wire_errors(body, model)
+    errors = V2_ROUTES[model].wire_errors(body, model) or reference_errors(read)
+    if not errors and model == V2_CHARACTER and not read.files.get(WIRE_NAMES["character"]):
+        errors = [f"{WIRE_NAMES['character']}: required by {model} (an image file part)"]
+    return errors
 
 
 @dataclass
@@ -84,10 +96,11 @@ class SimulatedV2:
             api.stats.record_response(404)
             return JSONResponse({"error": f"model {model!r} not found"}, status_code=404)
         try:
-            body = json.loads(await request.body())
+            read = await read_body(request, V2_ROUTES[model])
         except (ValueError, UnicodeDecodeError) as exc:
-            return api._invalid(f"body: not valid JSON: {exc}")
-        if errors := _validate(model, body):
+            return api._invalid(f"body: could not parse the request: {exc}")
+        body = read.fields
+        if errors := _validate(model, read):
             return api._invalid("; ".join(errors))
         fields = _as_v1_fields(model, body)
         if request.query_params.get("dry_run", "").lower() == "true":

@@ -44,7 +44,8 @@ def batch_totals_metadata(totals: "BatchTotals") -> MetadataDict:
         "batch_unsafe": totals.unsafe,
         "batch_rejected": totals.rejected,
         "batch_failed": totals.failed,
-        "batch_unknown": totals.unknown,
+        # A request left and no answer was recorded: maybe billed, never resent unasked.
+        "batch_unknown_possibly_billed": totals.unknown,
         "batch_cost_usd": dg.MetadataValue.float(round(totals.cost_usd, 4)),
     }
 
@@ -59,7 +60,7 @@ def run_metadata(summary: "BatchSummary") -> MetadataDict:
         f"{run}unsafe": summary.unsafe,
         f"{run}rejected": summary.rejected,
         f"{run}failed": summary.failed,
-        f"{run}unknown": summary.unknown,
+        f"{run}unknown_possibly_billed": summary.unknown,
         f"{run}cost_usd": dg.MetadataValue.float(round(summary.cost_usd, 4)),
         "skipped_already_done": summary.skipped,
         "simulated_rows_redone": summary.simulated_rows_redone,
