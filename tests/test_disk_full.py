@@ -32,8 +32,9 @@ from ideogram_pipeline.settings import Settings, load_settings
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import LocalStore, NoSpaceLeft, StorageError
 from ideogram_pipeline.storage.space import RESERVE_BYTES, no_space_left
-from tests.conftest import make_env
+from tests.conftest import make_env, new_bucket
 from tests.deploy_support import service_missing
+from tests.support.seaweed import SeaweedServer
 
 RUN = [sys.executable, "-c", "from ideogram_pipeline.cli import main; main()", "run"]
 PROMPT = "A lighthouse on a cliff at dusk, study {n}"
@@ -262,6 +263,37 @@ def test_a_disk_full_during_ledger_writes_leaves_nothing_unknown(
         assert list((root / JOURNAL_PREFIX / key).glob("*.jsonl"))
 
         filler.unlink()
+        summary = execute_batch(_batch(rows, key), settings, run_id="freed")
+        assert summary.unknown == 0 and summary.failed == 0
+        _billed_once_each(sim, rows)
+    assert _statuses(settings, key) == {"stored": rows}
+
+
+def test_an_s3_root_whose_local_journal_fills_keeps_every_paid_row(
+    tmp_path: Path, tmpfs: Mount, s3_server: SeaweedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An S3 root's journal lives on this machine (``XDG_STATE_HOME``): when that disk
+    fills, no request leaves without its intent, the answers still reach the bucket's
+    ledger, and the next run pays for nothing twice."""
+    state = tmpfs(tmp_path / "state", f"{RESERVE_BYTES // 1024 + 8}k")
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    rows, key = 30, "s3-journal-full"
+    config = SimulatorConfig(latency_s=0.3, max_inflight=4, image_scale=0.25)
+    with running_simulator(config) as sim:
+        settings = load_settings(
+            {
+                "IDEOGRAM_STORAGE": f"s3://{new_bucket(s3_server)}/prefix",
+                "IDEOGRAM_API_KEY": sim.api_key,
+                "IDEOGRAM_BASE_URL": sim.base_url,
+                "IDEOGRAM_MAX_INFLIGHT": "4",
+                **s3_server.env(),
+            }
+        )
+        with pytest.raises(BatchOutOfSpace, match=f"no space left on device at {state}"):
+            execute_batch(_batch(rows, key), settings, run_id="full")
+        assert 0 < sim.stats.billed_images < rows
+
+        _resize(state, "4m")
         summary = execute_batch(_batch(rows, key), settings, run_id="freed")
         assert summary.unknown == 0 and summary.failed == 0
         _billed_once_each(sim, rows)

@@ -61,7 +61,7 @@ from ideogram_pipeline.runs.summary import (
     Progress,
     ProgressCallback,
 )
-from ideogram_pipeline.storage import NoSpaceLeft, ObjectStore
+from ideogram_pipeline.storage import LocalStore, NoSpaceLeft, ObjectStore
 
 __all__ = [
     "BatchAborted",
@@ -219,11 +219,11 @@ class _BatchRun:
 
     def _replicate_later(self, attempt_id: str, body: LedgerEvent) -> None:
         """(On the event loop's thread.) An append that found the disk full stops the run;
-        once it is stopped for space, the journal alone keeps events (the store's disk
-        may be the full one): the next run copies them."""
+        once it has, a local root's journal alone keeps events (they share the full disk,
+        whose space the reserve keeps for answers): the next run copies them."""
         if self.ledger.journal is not None and self.ledger.journal.full is not None:
             self._out_of_space(self.ledger.journal.full)
-        if self.no_space is not None:
+        if self.no_space is not None and isinstance(self.ledger.store, LocalStore):
             return
         replica = asyncio.ensure_future(self._ledger(self.ledger.replicate, body))
         self.replicas.setdefault(attempt_id, []).append(replica)
