@@ -25,6 +25,7 @@ import pytest
 from ideogram_pipeline import history
 from ideogram_pipeline.batches.files import Batch, parse_batch
 from ideogram_pipeline.runs.journal import JOURNAL_PREFIX, RESERVE_NAME, Journal
+from ideogram_pipeline.runs.lease import acquire_lease
 from ideogram_pipeline.runs.out_of_space import BatchOutOfSpace
 from ideogram_pipeline.runs.retrying import is_storage_outage
 from ideogram_pipeline.runs.runner import estimate_batch, execute_batch
@@ -323,6 +324,18 @@ def test_the_journal_reserve_takes_answers_but_never_an_intent(
     events = Journal.read(journal.path)  # the intent cut short (if any) is a torn line
     assert [e["row"] for e in events if e["event"] == "intent"] == list(range(1, written))
     assert events[-1] == {"event": "submitted", "row": 1, "generation_id": "g"}
+
+
+def test_a_lease_that_cannot_be_marked_released_is_withdrawn(tmp_path: Path, tmpfs: Mount) -> None:
+    """The disk is full when the run ends: releasing its lease must neither fail (hiding
+    the run's own error) nor keep the batch locked for the next run, even in this process."""
+    disk = tmpfs(tmp_path / "disk", "1m")
+    store = LocalStore(disk / "root")
+    lease = acquire_lease(store, "locked", "full")
+    _fill(disk, leave_bytes=0)
+    lease.release()  # no NoSpaceLeft out of it
+    again = acquire_lease(store, "locked", "freed")  # at once, by the same process
+    again.release()
 
 
 def test_a_run_on_a_full_disk_sends_nothing(tmp_path: Path, tmpfs: Mount) -> None:

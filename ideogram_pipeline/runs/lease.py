@@ -157,9 +157,10 @@ class BatchLease:
                 self._key("released"), b'{"released": true}', content_type="application/json"
             )
         except NoSpaceLeft:
-            # A full disk must not hide the run's own error: the next runner on this
-            # machine takes the lease over at once (this process is gone by then), one
-            # elsewhere when its time to live is over.
+            # A full disk takes no marker, but deleting needs no space: the lease is
+            # withdrawn instead, so the next runner takes this generation at once (and the
+            # run's own error, not this one, is what the person sees).
+            self.store.delete([self._key("heartbeat"), self._key("json")])
             return
         older = [
             info.key
