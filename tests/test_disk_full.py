@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -384,7 +385,9 @@ def test_the_cli_stops_with_one_line_and_the_rerun_pays_nothing_twice(
             IDEOGRAM_BASE_URL=sim.base_url,
             DAGSTER_HOME=str(tmp_path / "home"),
         )
+        started = time.monotonic()
         full = subprocess.run([*RUN, str(csv)], env=env, capture_output=True, text=True)
+        took = time.monotonic() - started  # reported below, never asserted
         billed_first = sim.stats.billed_images
         assert full.returncode != 0, full.stdout + full.stderr[-3000:]
         last = full.stderr.strip().splitlines()[-1]
@@ -409,6 +412,6 @@ def test_the_cli_stops_with_one_line_and_the_rerun_pays_nothing_twice(
         _billed_once_each(sim, rows)
     assert _statuses(load_settings(env), "lighthouses") == {"stored": rows}
     print(
-        f"\n60 rows on a 3 MB root: first run billed {billed_first}, stored {stored_first}; "
-        f"rerun billed {rows - billed_first} new rows, 0 again"
+        f"\n60 rows on a 3 MB root: first run billed {billed_first}, stored {stored_first}, "
+        f"exited after {took:.1f} s; rerun billed {rows - billed_first} new rows, 0 again"
     )
