@@ -84,14 +84,15 @@ class SpaceReserve:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
             try:
-                os.posix_fallocate(fd, 0, self.size)
+                _allocate(fd, self.size)
             finally:
                 os.close(fd)
         except OSError as exc:
-            if (full := no_space_left(exc, self.path.parent)) is None:
-                raise
             self.release()  # a partial reserve is no reserve: give back what it took
-            raise full from exc
+            if (full := no_space_left(exc, self.path.parent)) is not None:
+                raise full from exc
+            # Any other refusal (a filesystem that allocates nothing ahead): the run goes
+            # on without a reserve, as before there was one, rather than not at all.
 
     def release(self) -> bool:
         """Delete the reserve; whether there was one to free."""
@@ -100,3 +101,17 @@ class SpaceReserve:
         except FileNotFoundError:
             return False
         return True
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Really allocate ``size`` bytes: ``posix_fallocate``, or zeros written where the
+    filesystem does not support it."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunk = bytes(64 * 1024)
+        for start in range(0, size, len(chunk)):
+            os.write(fd, chunk[: size - start])
