@@ -5,8 +5,8 @@ published price of one image of its model and rendering speed
 (:mod:`ideogram_pipeline.ideogram.prices`) times ``num_images``. Rows that will not be sent
 cost nothing and are left out: rejected rows,
 rows already ``stored`` or ``unsafe`` for the same request (the engine skips them, see
-:func:`ideogram_pipeline.runs.records.already_done`), and rows asking for more images than the
-account may have in flight (the engine rejects them).
+:func:`ideogram_pipeline.runs.records.already_done`), and rows asking for more images than
+the account may have in flight (the engine rejects them).
 
 Where the API can quote (Ideogram's v2 ``?dry_run=true``, free and authoritative for the
 account), :func:`quote_unit_prices` asks once per (model, rendering speed) and those prices
@@ -14,8 +14,9 @@ replace the table's.
 
 Given a :class:`~ideogram_pipeline.runs.will_send.SendPlan` (``will_send.py``), only the
 rows the run will send are priced: rows whose paid attempt the ledger holds (collected
-after a kill without paying again, or reported ``unknown``) and rows linked to identical
-stored images are left out, so the estimate after a kill is what the resume pays.
+after a kill or a full disk without paying again, or reported ``unknown``) and rows linked
+to identical stored images are left out, so the estimate after a kill is what the resume
+pays.
 
 It is an upper bound for a run that goes well: a row that fails on a 422 or a 429 is not
 billed. Retried 5xx are not billed either, so retries never raise the real cost above it.

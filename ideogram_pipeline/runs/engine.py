@@ -18,6 +18,7 @@ kept), :mod:`~ideogram_pipeline.runs.recorder` (records flushed to the history) 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -48,6 +49,7 @@ from ideogram_pipeline.ideogram.requests import fits_v2
 from ideogram_pipeline.ideogram.stop import SendsStopped
 from ideogram_pipeline.runs.journal import Journal, journal_directory
 from ideogram_pipeline.runs.ledger import Ledger, LedgerEntry, LedgerEvent, new_attempt_id
+from ideogram_pipeline.runs.out_of_space import BatchOutOfSpace
 from ideogram_pipeline.runs.pools import RunPools
 from ideogram_pipeline.runs.recorder import Recorder
 from ideogram_pipeline.runs.records import ExtraFields, RecordMaker, already_done
@@ -61,7 +63,7 @@ from ideogram_pipeline.runs.summary import (
     Progress,
     ProgressCallback,
 )
-from ideogram_pipeline.storage import ObjectStore
+from ideogram_pipeline.storage import LocalStore, NoSpaceLeft, ObjectStore
 
 __all__ = [
     "BatchAborted",
@@ -139,6 +141,7 @@ class _BatchRun:
             previous=previous,
             pools=self.pools,
             flush_every=flush_every,
+            on_no_space=self._out_of_space,
         )
         self.keeper = ImageKeeper(
             client,
@@ -147,6 +150,7 @@ class _BatchRun:
             batch_key=batch.key,
             on_retry=self._image_store_retried,
             retry=storage_retry,
+            on_no_space=self._out_of_space,
         )
         self.done_rows = 0
         # Attempts whose intent is in the ledger: withdrawn if the run stops before sending.
@@ -154,6 +158,8 @@ class _BatchRun:
         self.rows_sent = 0  # rows that reached the API (or tried to)
         self.transport_failures = 0  # of those, rows failed on transport after retries
         self.last_transport_error = ""
+        #: The first full disk the run met (out_of_space.py): it stops the run.
+        self.no_space: NoSpaceLeft | None = None
 
     def close(self) -> None:
         self.pools.close()
@@ -199,12 +205,17 @@ class _BatchRun:
 
     async def _ledger(self, write: Callable[..., None], *args: Any) -> None:
         """Ledger writes wait out storage outages like image uploads do: without the
-        record of an intent, nothing may be sent."""
-        await retry_storage(
-            lambda: self.pools.run(self.pools.ledger, write, *args),
-            policy=self.storage_retry,
-            on_retry=self._storage_retried,
-        )
+        record of an intent, nothing may be sent. A full disk is not waited out: it stops
+        the run (:meth:`_out_of_space`)."""
+        try:
+            await retry_storage(
+                lambda: self.pools.run(self.pools.ledger, write, *args),
+                policy=self.storage_retry,
+                on_retry=self._storage_retried,
+            )
+        except NoSpaceLeft as full:
+            self._out_of_space(full)
+            raise
 
     def _journal(
         self, request: GenerationRequest, attempt_id: str, event: str, **data: Any
@@ -216,6 +227,13 @@ class _BatchRun:
         self._replicate_later(attempt_id, body)
 
     def _replicate_later(self, attempt_id: str, body: LedgerEvent) -> None:
+        """(On the event loop's thread.) An append that found the disk full stops the run;
+        once it has, a local root's journal alone keeps events (they share the full disk,
+        whose space the reserve keeps for answers): the next run copies them."""
+        if self.ledger.journal is not None and self.ledger.journal.full is not None:
+            self._out_of_space(self.ledger.journal.full)
+        if self.no_space is not None and isinstance(self.ledger.store, LocalStore):
+            return
         replica = asyncio.ensure_future(self._ledger(self.ledger.replicate, body))
         self.replicas.setdefault(attempt_id, []).append(replica)
 
@@ -234,9 +252,12 @@ class _BatchRun:
         loop.call_soon_threadsafe(self._replicate_later, attempt_id, body)
 
     async def _replicated(self, attempt_id: str) -> None:
-        """Wait until this attempt's journaled events are in the store's ledger."""
+        """Wait until this attempt's journaled events are in the store's ledger (or in the
+        journal only, when the store's disk is full: the next run copies them)."""
         if pending := self.replicas.pop(attempt_id, None):
-            await asyncio.gather(*pending)
+            for outcome in await asyncio.gather(*pending, return_exceptions=True):
+                if isinstance(outcome, BaseException) and not isinstance(outcome, NoSpaceLeft):
+                    raise outcome
 
     async def _all_replicated(self, timeout_s: float | None = None) -> None:
         """Wait for the store's copies of the journal; once all are written, the journals
@@ -248,6 +269,8 @@ class _BatchRun:
             done, late = await asyncio.wait(pending, timeout=timeout_s)
             if late or any(task.exception() is not None for task in done):
                 return
+        if self.no_space is not None:
+            return  # some events are in the journal only: it stays for the next run
         # Every event of this run's journal (and of those loaded) is in the store.
         await asyncio.to_thread(self.ledger.finish_journal)
 
@@ -295,8 +318,7 @@ class _BatchRun:
                     self._on_submitted(request, attempt_id),
                     resume_generation_id=entry.generation_id,
                 )
-                await self._replicated(attempt_id)
-                await self._ledger(self.ledger.record_result, request, attempt_id, response)
+                await self._record_result(request, attempt_id, response)
                 self.summary.resumed += 1
             elif entry is not None and not self.resend_unknown:
                 await self._unknown(request, entry)
@@ -307,6 +329,11 @@ class _BatchRun:
                 response = await self._send(request, attempt_id)
         except SendsStopped as exc:
             await self._stopped(request, attempt_id, exc)
+            return
+        except NoSpaceLeft as full:
+            # The journal had no room for this row's intent: its request was not sent, and
+            # the row is left for the next run (out_of_space.py).
+            self._out_of_space(full)
             return
         except ResponseLost as exc:
             await self._unknown(
@@ -349,9 +376,17 @@ class _BatchRun:
                 self._journal(request, attempt_id, "intent", mode=mode)
 
             response = await self.client.generate(request, before_send=intent)
-        await self._replicated(attempt_id)  # the result never lands before its intent
-        await self._ledger(self.ledger.record_result, request, attempt_id, response)
+        await self._record_result(request, attempt_id, response)
         return response
+
+    async def _record_result(
+        self, request: GenerationRequest, attempt_id: str, response: GenerationResponse
+    ) -> None:
+        """The answer in the store's ledger before any download, and in the journal too,
+        so a full disk cannot lose what was paid for (the journal's reserve takes it)."""
+        await self._replicated(attempt_id)  # the result never lands before its intent
+        self._journal(request, attempt_id, "result", **Ledger.result_data(response))
+        await self._replicated(attempt_id)
 
     async def _stopped(
         self, request: GenerationRequest, attempt_id: str, exc: SendsStopped
@@ -366,7 +401,8 @@ class _BatchRun:
             self.summary.left_submitted += 1
         elif attempt_id in self.intents_written:
             await self._replicated(attempt_id)  # the deletion must come after the write
-            await self._ledger(self.ledger.withdraw_intent, request, attempt_id)
+            with contextlib.suppress(NoSpaceLeft):  # journal full, reserve spent: unknown
+                await self._ledger(self.ledger.withdraw_intent, request, attempt_id)
 
     async def _generation_failed(
         self, request: GenerationRequest, attempt_id: str, exc: IdeogramError
@@ -454,7 +490,10 @@ class _BatchRun:
     # -- the run -------------------------------------------------------------------------
 
     async def run(self, workers: int) -> BatchSummary:
-        self.ledger_state = await asyncio.to_thread(self.ledger.load)
+        try:  # copying a killed run's journal to the ledger needs space too
+            self.ledger_state = await asyncio.to_thread(self.ledger.load)
+        except NoSpaceLeft as full:
+            raise self._out_of_space_error(full, time.monotonic()) from None
         clock = time.monotonic()
         self.client.on_retry = lambda exc, _attempt: self.summary.retries.update(
             [type(exc).__name__]
@@ -508,6 +547,8 @@ class _BatchRun:
                 raise BatchAborted(f"batch {self.batch.key} stopped: {exc}", self.summary) from exc
             await self.recorder.flush()
             await self._all_replicated()
+            if self.no_space is not None:  # records may be unwritten: the ledger stays whole
+                raise self._out_of_space_error(self.no_space, clock)
             await asyncio.to_thread(self.ledger.prune, self.recorder.finished_rows())
             if self.client.stop.thrown:
                 raise self._interrupted(signals, clock)
@@ -530,6 +571,21 @@ class _BatchRun:
                 await self.generate(row)
             finally:
                 self.recorder.in_progress.discard(key)
+
+    def _out_of_space(self, full: NoSpaceLeft) -> None:
+        """A full disk stops the run as a clean stop does: no new request leaves, requests
+        already sent are answered and journaled, and no more images are tried."""
+        if self.no_space is None:
+            self.no_space = full
+            self.keeper.full = self.keeper.full or full
+            self.client.stop.throw(str(full))
+
+    def _out_of_space_error(self, full: NoSpaceLeft, clock: float) -> BatchOutOfSpace:
+        self.summary.seconds = time.monotonic() - clock
+        kept = len(self.recorder.left_to_ledger) + self.summary.left_submitted
+        return BatchOutOfSpace(
+            self.batch.key, full, self.summary, done_rows=self.done_rows, kept=kept
+        )
 
     def _interrupted(self, signals: StopState, clock: float) -> BatchInterrupted:
         """What a stopped run did and what it leaves, as one error for the caller."""

@@ -16,6 +16,12 @@ local to be fast. The next run on the machine reads the journals it finds, copie
 their replicas missed into the store, and deletes them; a run that ends normally deletes
 its own once every replica is written. A torn last line (killed mid-write) is ignored: its
 event never completed, exactly as if the kill came a moment earlier.
+
+A full disk must not cost an answer already paid for. A run holds a small reserve beside
+its journals (``.reserve``, :class:`~ideogram_pipeline.storage.space.SpaceReserve`) from
+its first append; when an append finds the disk full, an intent fails at once (the request
+is then never sent), while any other event (a generation id, an answer, a withdrawal)
+frees the reserve and is written into the space it gave back.
 """
 
 from __future__ import annotations
@@ -31,10 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from ideogram_pipeline.storage import LocalStore, ObjectStore
+from ideogram_pipeline.storage.space import NoSpaceLeft, SpaceReserve, no_space_left
 
-__all__ = ["JOURNAL_PREFIX", "Journal", "journal_directory"]
+__all__ = ["JOURNAL_PREFIX", "RESERVE_NAME", "Journal", "journal_directory"]
 
 JOURNAL_PREFIX = "journal"
+#: The space held aside for answers when the disk fills (one per journal directory).
+RESERVE_NAME = ".reserve"
 
 
 def journal_directory(store: ObjectStore) -> Path:
@@ -53,19 +62,69 @@ class Journal:
     def __init__(self, directory: Path, batch: str) -> None:
         self.folder = directory / batch
         self.path = self.folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
+        self.reserve = SpaceReserve(directory / RESERVE_NAME)
         self._fd: int | None = None
-        self._opening = threading.Lock()  # submit threads append too (client.py)
+        # Submit threads append too (client.py): one appender at a time, for the few
+        # microseconds of a write, so a line cut short by a full disk is finished (or
+        # ended) before another starts.
+        self._lock = threading.Lock()
+        self._torn = False  # an append was cut short by a full disk: end its line first
+        #: Set once an append found the disk full: from then on only the answers to
+        #: requests already sent are written (into the reserve's space).
+        self.full: NoSpaceLeft | None = None
 
-    def append(self, body: dict[str, Any]) -> None:
-        """Make ``body`` durable against a process kill: one ``write(2)`` (atomic among
-        appenders, so threads may call this at once), no queue."""
+    def append(self, body: dict[str, Any], *, use_reserve: bool = False) -> None:
+        """Make ``body`` durable against a process kill: one ``write(2)``, no queue (safe
+        to call from several threads at once).
+
+        On a full disk, :class:`~ideogram_pipeline.storage.space.NoSpaceLeft` naming the
+        journal's folder (and :attr:`full` is set). With ``use_reserve`` (an event about
+        money already spent) the reserve is freed and the write made in its space; without
+        it (an intent) nothing is written once the disk has been found full, so no new
+        request leaves on the strength of the answers' reserve.
+        """
         line = json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
-        if self._fd is None:
-            with self._opening:
+        with self._lock:
+            if self.full is not None and not use_reserve:
+                raise NoSpaceLeft(self.folder)
+            try:
                 if self._fd is None:
                     self.folder.mkdir(parents=True, exist_ok=True)
+                    self._hold_reserve(use_reserve=use_reserve)
                     self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.write(self._fd, line)
+                self._write_all(self._fd, b"\n" + line if self._torn else line, use_reserve)
+            except OSError as exc:
+                if (full := no_space_left(exc, self.folder)) is None:
+                    raise
+                self.full = self.full or full
+                raise full from exc
+
+    def _hold_reserve(self, *, use_reserve: bool) -> None:
+        """Set the reserve aside before the first event; no room for it means the disk is
+        full (an event that may use the reserve is still tried without one)."""
+        try:
+            self.reserve.hold()
+        except NoSpaceLeft as full:
+            self.full = self.full or full
+            if not use_reserve:
+                raise
+
+    def _write_all(self, fd: int, line: bytes, use_reserve: bool) -> None:
+        """One ``write(2)`` as a rule; a full disk can make it short, and the rest follows
+        once the reserve is freed (or the line is left torn and the next one starts anew)."""
+        rest = memoryview(line)
+        while rest:
+            try:
+                written = os.write(fd, rest)
+            except OSError as exc:
+                full = no_space_left(exc, self.folder)
+                if full is not None and use_reserve and self.reserve.release():
+                    self.full = self.full or full
+                    continue
+                self._torn = self._torn or len(rest) < len(line)
+                raise
+            rest = rest[written:]
+        self._torn = False
 
     def earlier(self) -> list[Path]:
         """Journals other runs left for this batch (killed before they could delete them)."""

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from ideogram_pipeline.storage import ObjectExists, ObjectStore, StorageError
+from ideogram_pipeline.storage import NoSpaceLeft, ObjectExists, ObjectStore, StorageError
 
 __all__ = [
     "DEFAULT_HEARTBEAT_S",
@@ -152,9 +152,16 @@ class BatchLease:
             self._thread.join(timeout=5)
         if self.lost:
             return
-        self.store.put_bytes(
-            self._key("released"), b'{"released": true}', content_type="application/json"
-        )
+        try:
+            self.store.put_bytes(
+                self._key("released"), b'{"released": true}', content_type="application/json"
+            )
+        except NoSpaceLeft:
+            # A full disk takes no marker, but deleting needs no space: the lease is
+            # withdrawn instead, so the next runner takes this generation at once (and the
+            # run's own error, not this one, is what the person sees).
+            self.store.delete([self._key("heartbeat"), self._key("json")])
+            return
         older = [
             info.key
             for info in self.store.list(f"{_folder(self.batch)}/")

@@ -171,7 +171,9 @@ class Ledger:
         if self.journal is None:
             self.replicate(body)
         else:
-            self.journal.append(body)
+            # Only an intent may fail for want of space: its request is then not sent.
+            # Every other event is about money already spent and may use the reserve.
+            self.journal.append(body, use_reserve=event != "intent")
         return body
 
     def record_intent(self, request: GenerationRequest, attempt_id: str, mode: str) -> None:
@@ -183,7 +185,7 @@ class Ledger:
         next run sends the row instead of reporting it ``unknown``. (Call once the intent's
         replica is written, so the deletion cannot come first.)"""
         if self.journal is not None:
-            self.journal.append(self._body(request, attempt_id, WITHDRAWN))
+            self.journal.append(self._body(request, attempt_id, WITHDRAWN), use_reserve=True)
         self.store.delete([self._key(request, attempt_id, "intent")])
 
     def finish_journal(self) -> None:
@@ -203,14 +205,16 @@ class Ledger:
         self, request: GenerationRequest, attempt_id: str, response: GenerationResponse
     ) -> None:
         """The answer, with image URLs, before any download starts."""
-        self._write(
-            request,
-            attempt_id,
-            "result",
-            generation_id=response.generation_id,
-            created=response.created,
-            images=[asdict(image) for image in response.images],
-        )
+        self._write(request, attempt_id, "result", **self.result_data(response))
+
+    @staticmethod
+    def result_data(response: GenerationResponse) -> dict[str, Any]:
+        """A ``result`` event's fields: what a later run needs to fetch the images."""
+        return {
+            "generation_id": response.generation_id,
+            "created": response.created,
+            "images": [asdict(image) for image in response.images],
+        }
 
     def prune(self, concluded: set[tuple[int, str]]) -> int:
         """Delete the entries of rows whose outcome is now in the metadata; returns how many.
@@ -233,8 +237,8 @@ class Ledger:
 
     def _journaled(self, stored: set[str]) -> list[LedgerEvent]:
         """Events of the journals earlier runs left, copying to the store those whose
-        replica never got written (the run was killed first), so the store stays the
-        whole ledger and those journals can be deleted."""
+        replica never got written (the run was killed first, or the disk was full), so
+        the store stays the whole ledger and those journals can be deleted."""
         if self.journal is None:
             return []
         self.earlier_journals = self.journal.earlier()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ideogram_pipeline.history.schema import GenerationRecord, RowState
 from ideogram_pipeline.history.tables import HistoryTables
@@ -14,6 +14,7 @@ from ideogram_pipeline.runs.ledger import Ledger
 from ideogram_pipeline.runs.pools import RunPools
 from ideogram_pipeline.runs.summary import BatchSummary
 from ideogram_pipeline.storage import StorageError
+from ideogram_pipeline.storage.space import NoSpaceLeft, no_space_left
 
 __all__ = ["Recorder", "RowKey"]
 
@@ -39,6 +40,7 @@ class Recorder:
         previous: Mapping[int, RowState],
         pools: RunPools,
         flush_every: int,
+        on_no_space: Callable[[NoSpaceLeft], None] | None = None,
     ) -> None:
         self.batch_key = batch_key
         self.summary = summary
@@ -51,18 +53,25 @@ class Recorder:
         self.concluded: set[RowKey] = set()  # rows whose ledger entries can go
         self.unfinished: set[RowKey] = set()
         self.in_progress: set[RowKey] = set()  # rows still adding records
+        #: Paid rows whose images the store refused: the next run stores them from the ledger.
+        self.left_to_ledger: set[RowKey] = set()
         self.flush_lock = asyncio.Lock()
+        self.on_no_space = on_no_space
+        #: Set once the history's disk is full: records wait for one last try at the end.
+        self.full: NoSpaceLeft | None = None
 
     async def add(self, record: GenerationRecord) -> None:
         if record.request_hash:
             row_key = (record.row, record.request_hash)
             if record.status == "unknown" or record.failure_kind == "storage":
                 self.unfinished.add(row_key)  # its ledger entry is still needed
+                if record.failure_kind == "storage":
+                    self.left_to_ledger.add(row_key)
             else:
                 self.concluded.add(row_key)
         self.summary.count(record)
         self.pending.append(record)
-        if len(self.pending) >= self.flush_every:
+        if len(self.pending) >= self.flush_every and self.full is None:
             await self.flush()
 
     async def flush(self) -> None:
@@ -75,12 +84,24 @@ class Recorder:
                 # Rows recorded by an earlier run: their older images this run does not
                 # replace are deleted in the same commit (a row re-run with fewer images).
                 stale = sorted({r.row for r in records if r.row in self.previous})
-                written = await self.pools.run(
-                    self.pools.io,
-                    functools.partial(self.history.write, stale_rows=stale),
-                    self.batch_key,
-                    records,
-                )
+                try:
+                    written = await self.pools.run(
+                        self.pools.io,
+                        functools.partial(self.history.write, stale_rows=stale),
+                        self.batch_key,
+                        records,
+                    )
+                except Exception as exc:
+                    full = no_space_left(exc, self.history.settings.storage)
+                    if full is None:
+                        raise
+                    # Not written, so nothing is pruned: the ledger keeps every paid row
+                    # until a later run writes its records.
+                    self.pending = records + self.pending
+                    self.full = self.full or full
+                    if self.on_no_space is not None:
+                        self.on_no_space(full)
+                    return
                 self.summary.history_commits.append(written.generations_version)
             if ready:
                 # Pruned as the run goes, so a 10,000-row batch ends without deleting 30,000

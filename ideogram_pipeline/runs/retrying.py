@@ -4,8 +4,9 @@ Every storage call the engine makes around paid work (an image upload, a ledger 
 goes through :func:`retry_storage`. It retries only what means the store or the network is
 unavailable (:func:`is_storage_outage`): a :class:`StorageError` from a store (boto3's
 errors arrive translated, after boto3's own retries) and an ``OSError`` (refused, reset,
-timed out). Anything else, a ``TypeError`` or a ``KeyError``, is a bug: it is raised on
-the first try with its own traceback, never hidden behind a minute of backoff.
+timed out), but never a full disk. Anything else, a ``TypeError`` or a ``KeyError``, is a
+bug: it is raised on the first try with its own traceback, never hidden behind a minute of
+backoff.
 
 Built on ``tenacity`` (maintained, async-aware) rather than a loop of our own.
 """
@@ -25,6 +26,7 @@ from tenacity import (
 )
 
 from ideogram_pipeline.storage import ObjectExists, StorageError
+from ideogram_pipeline.storage.space import no_space_left
 
 __all__ = ["STORAGE_RETRY", "StorageRetry", "is_storage_outage", "retry_storage"]
 
@@ -49,9 +51,11 @@ STORAGE_RETRY = StorageRetry()
 def is_storage_outage(exc: BaseException) -> bool:
     """Whether ``exc`` means the store or the network is unavailable (worth waiting out).
 
-    :class:`ObjectExists` is not: other bytes already at the key will still be there.
+    :class:`ObjectExists` is not: other bytes already at the key will still be there. Nor
+    is a full disk (:mod:`~ideogram_pipeline.storage.space`): it stays full until someone
+    frees space, so the run stops at once instead of waiting a minute per image.
     """
-    if isinstance(exc, ObjectExists):
+    if isinstance(exc, ObjectExists) or no_space_left(exc, "") is not None:
         return False
     return isinstance(exc, StorageError | OSError)
 

@@ -18,6 +18,7 @@ from ideogram_pipeline.runs.retrying import STORAGE_RETRY, StorageRetry, retry_s
 from ideogram_pipeline.storage import ObjectStore, StorageError
 from ideogram_pipeline.storage.base import ObjectExists
 from ideogram_pipeline.storage.keys import image_key
+from ideogram_pipeline.storage.space import NoSpaceLeft, no_space_left
 
 __all__ = ["IMAGE_CACHE_CONTROL", "ImageKeeper", "StorageUnavailable"]
 
@@ -40,6 +41,7 @@ class ImageKeeper:
         batch_key: str,
         on_retry: Callable[[BaseException], None],
         retry: StorageRetry = STORAGE_RETRY,
+        on_no_space: Callable[[NoSpaceLeft], None] | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -47,12 +49,18 @@ class ImageKeeper:
         self.batch_key = batch_key
         self.on_retry = on_retry
         self.retry = retry
+        self.on_no_space = on_no_space
+        #: Set once the store is full: later images are not even tried (each would only
+        #: take space the journal's answers need), and go to the next run from the ledger.
+        self.full: NoSpaceLeft | None = None
         # Downloads start as soon as a generation returns; this only bounds memory.
         self.download_slots = asyncio.Semaphore(max(client.limiter.max_images * 2, 4))
 
     async def keep(self, record: GenerationRecord, url: str) -> GenerationRecord:
         """Download ``url`` and store it; the record as it ended (stored or failed)."""
         try:
+            if self.full is not None:
+                raise StorageUnavailable(str(self.full))
             async with self.download_slots:
                 data, download_attempts = await self.client.download(url)
                 # Text chunks in, download sha256 and phash recorded (png_metadata.py), and
@@ -100,8 +108,10 @@ class ImageKeeper:
         self, key: str, data: bytes, digest: str, record: GenerationRecord
     ) -> tuple[bytes, str]:
         """Storage outages (an S3 endpoint restarting) are waited out with backoff: the
-        image is paid for and in memory, so giving up early would waste it. Any other
-        error is a bug and propagates at once. Returns the bytes stored and their SHA-256."""
+        image is paid for and in memory, so giving up early would waste it. A full disk is
+        not waited out: it is reported (``on_no_space``) and the image left to the ledger.
+        Any other error is a bug and propagates at once. Returns the bytes stored and their
+        SHA-256."""
         try:
             return await retry_storage(
                 lambda: self.pools.run(self.pools.io, self._store_image, key, data, digest, record),
@@ -109,6 +119,11 @@ class ImageKeeper:
                 on_retry=self.on_retry,
             )
         except (StorageError, OSError) as exc:
+            if (full := no_space_left(exc, self.store.root)) is not None:
+                self.full = self.full or full
+                if self.on_no_space is not None:
+                    self.on_no_space(full)
+                raise StorageUnavailable(str(full)) from exc
             raise StorageUnavailable(str(exc)) from exc
 
     def _store_image(

@@ -11,9 +11,11 @@ from ideogram_pipeline.storage.base import (
     StoragePreflightError,
 )
 from ideogram_pipeline.storage.local import LocalStore
+from ideogram_pipeline.storage.space import NoSpaceLeft
 
 __all__ = [
     "LocalStore",
+    "NoSpaceLeft",
     "ObjectExists",
     "ObjectInfo",
     "ObjectStore",

@@ -15,6 +15,7 @@ from ideogram_pipeline.storage.base import (
     StorageError,
     StoragePreflightError,
 )
+from ideogram_pipeline.storage.space import no_space_left
 
 __all__ = ["LocalStore"]
 
@@ -50,6 +51,15 @@ class LocalStore:
         create_only: bool = False,
         cache_control: str | None = None,
     ) -> None:
+        try:
+            self._put(key, data, create_only=create_only)
+        except OSError as exc:
+            # A full disk is one clear error naming the root, never retried (space.py).
+            if (full := no_space_left(exc, self.root)) is None:
+                raise
+            raise full from exc
+
+    def _put(self, key: str, data: bytes, *, create_only: bool) -> None:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".tmp")
