@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -47,14 +47,15 @@ from ideogram_pipeline.ideogram.generation import (
 from ideogram_pipeline.ideogram.prices import request_price
 from ideogram_pipeline.ideogram.requests import fits_v2
 from ideogram_pipeline.ideogram.stop import SendsStopped
+from ideogram_pipeline.runs.bookkeeping import LedgerWriter
 from ideogram_pipeline.runs.journal import Journal, journal_directory
-from ideogram_pipeline.runs.ledger import Ledger, LedgerEntry, LedgerEvent, new_attempt_id
+from ideogram_pipeline.runs.ledger import Ledger, LedgerEntry, new_attempt_id
 from ideogram_pipeline.runs.out_of_space import BatchOutOfSpace
 from ideogram_pipeline.runs.pools import RunPools
 from ideogram_pipeline.runs.recorder import Recorder
 from ideogram_pipeline.runs.records import ExtraFields, RecordMaker, already_done
 from ideogram_pipeline.runs.repeats import Repeats
-from ideogram_pipeline.runs.retrying import STORAGE_RETRY, StorageRetry, retry_storage
+from ideogram_pipeline.runs.retrying import STORAGE_RETRY, StorageRetry
 from ideogram_pipeline.runs.stopping import BatchInterrupted, StopState, stop_on_signals
 from ideogram_pipeline.runs.storing import ImageKeeper
 from ideogram_pipeline.runs.summary import (
@@ -63,7 +64,8 @@ from ideogram_pipeline.runs.summary import (
     Progress,
     ProgressCallback,
 )
-from ideogram_pipeline.storage import LocalStore, NoSpaceLeft, ObjectStore
+from ideogram_pipeline.runs.will_send import ledger_is_open
+from ideogram_pipeline.storage import NoSpaceLeft, ObjectStore
 
 __all__ = [
     "BatchAborted",
@@ -106,7 +108,6 @@ class _BatchRun:
         self.ledger = Ledger(
             store, batch.key, Journal(journal_directory(store), batch.key), row_keys=keys
         )
-        self.replicas: dict[str, list[asyncio.Task[None]]] = {}
         self.ledger_state: dict[tuple[int, str], LedgerEntry] = {}
         self.api_mode = api_mode
         self.resend_unknown = resend_unknown
@@ -151,6 +152,14 @@ class _BatchRun:
             on_retry=self._image_store_retried,
             retry=storage_retry,
             on_no_space=self._out_of_space,
+        )
+        self.book = LedgerWriter(
+            self.ledger,
+            self.pools,
+            retry=storage_retry,
+            on_retry=self._storage_retried,
+            on_no_space=self._out_of_space,
+            no_space=lambda: self.no_space,
         )
         self.done_rows = 0
         # Attempts whose intent is in the ledger: withdrawn if the run stops before sending.
@@ -203,102 +212,17 @@ class _BatchRun:
             return "async"
         return "sync"
 
-    async def _ledger(self, write: Callable[..., None], *args: Any) -> None:
-        """Ledger writes wait out storage outages like image uploads do: without the
-        record of an intent, nothing may be sent. A full disk is not waited out: it stops
-        the run (:meth:`_out_of_space`)."""
-        try:
-            await retry_storage(
-                lambda: self.pools.run(self.pools.ledger, write, *args),
-                policy=self.storage_retry,
-                on_retry=self._storage_retried,
-            )
-        except NoSpaceLeft as full:
-            self._out_of_space(full)
-            raise
-
-    def _journal(
-        self, request: GenerationRequest, attempt_id: str, event: str, **data: Any
-    ) -> None:
-        """Make ``event`` durable now (the journal: one local append, no thread, so the
-        crash window is the network round trip) and copy it to the store's ledger in the
-        background, off the in-flight slots."""
-        body = self.ledger.journal_event(request, attempt_id, event, **data)
-        self._replicate_later(attempt_id, body)
-
-    def _replicate_later(self, attempt_id: str, body: LedgerEvent) -> None:
-        """(On the event loop's thread.) An append that found the disk full stops the run;
-        once it has, a local root's journal alone keeps events (they share the full disk,
-        whose space the reserve keeps for answers): the next run copies them."""
-        if self.ledger.journal is not None and self.ledger.journal.full is not None:
-            self._out_of_space(self.ledger.journal.full)
-        if self.no_space is not None and isinstance(self.ledger.store, LocalStore):
-            return
-        replica = asyncio.ensure_future(self._ledger(self.ledger.replicate, body))
-        self.replicas.setdefault(attempt_id, []).append(replica)
-
-    def _journal_from_thread(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        request: GenerationRequest,
-        attempt_id: str,
-        event: str,
-        **data: Any,
-    ) -> None:
-        """:meth:`_journal` for a submit thread: the append happens here and now, the
-        replica is handed to the event loop (which runs it before the submitting task
-        resumes, since the thread's answer is queued behind it)."""
-        body = self.ledger.journal_event(request, attempt_id, event, **data)
-        loop.call_soon_threadsafe(self._replicate_later, attempt_id, body)
-
-    async def _replicated(self, attempt_id: str) -> None:
-        """Wait until this attempt's journaled events are in the store's ledger (or in the
-        journal only, when the store's disk is full: the next run copies them)."""
-        if pending := self.replicas.pop(attempt_id, None):
-            for outcome in await asyncio.gather(*pending, return_exceptions=True):
-                if isinstance(outcome, BaseException) and not isinstance(outcome, NoSpaceLeft):
-                    raise outcome
-
-    async def _all_replicated(self, timeout_s: float | None = None) -> None:
-        """Wait for the store's copies of the journal; once all are written, the journals
-        go. Copies still missing after ``timeout_s`` (a forced stop) leave the journal in
-        place: the next run on this machine copies them."""
-        pending = [task for tasks in self.replicas.values() for task in tasks]
-        self.replicas.clear()
-        if pending:
-            done, late = await asyncio.wait(pending, timeout=timeout_s)
-            if late or any(task.exception() is not None for task in done):
-                return
-        if self.no_space is not None:
-            return  # some events are in the journal only: it stays for the next run
-        # Every event of this run's journal (and of those loaded) is in the store.
-        await asyncio.to_thread(self.ledger.finish_journal)
-
-    def _on_submitted(self, request: GenerationRequest, attempt_id: str) -> Callable[[str], None]:
-        """The id's journal entry, written on the submitting thread (client.py)."""
-        loop = asyncio.get_running_loop()
-
-        def record(generation_id: str) -> None:
-            self._journal_from_thread(
-                loop, request, attempt_id, "submitted", generation_id=generation_id
-            )
-
-        return record
-
     def _attempt_state(self, request: GenerationRequest) -> tuple[LedgerEntry | None, set[int]]:
         """The newest ledger attempt for this row and the image indexes already recorded
-        for it; a concluded attempt (its records all written) yields ``(None, set())``."""
+        for it; a concluded attempt (its records all written) yields ``(None, set())``.
+        The estimate reads the ledger by the same rule (``will_send.ledger_is_open``)."""
         entry = self.ledger_state.get((request.row, request.request_hash()))
-        if entry is None:
-            return None, set()
         before = self.previous.get(request.row)
+        if entry is None or not ledger_is_open(entry, before):
+            return None, set()
         if before is None or before.attempt_id != entry.attempt_id:
             return entry, set()
-        recorded = set(before.indexes)
-        expected = len(entry.response.images) if entry.response else 0
-        if entry.response is not None and len(recorded) < expected:
-            return entry, recorded  # crashed between storing images and recording them
-        return None, set()
+        return entry, set(before.indexes)  # crashed between storing images and recording
 
     async def generate(self, request: GenerationRequest) -> None:
         started = time.monotonic()
@@ -315,7 +239,7 @@ class _BatchRun:
             elif entry is not None and entry.generation_id is not None:
                 response = await self.client.generate_async(
                     request,
-                    self._on_submitted(request, attempt_id),
+                    self.book.on_submitted(request, attempt_id),
                     resume_generation_id=entry.generation_id,
                 )
                 await self._record_result(request, attempt_id, response)
@@ -364,16 +288,16 @@ class _BatchRun:
 
             def intent_now() -> None:  # on the submitting thread, right before the POST
                 self.intents_written.add(attempt_id)
-                self._journal_from_thread(loop, request, attempt_id, "intent", mode=mode)
+                self.book.journal_from_thread(loop, request, attempt_id, "intent", mode=mode)
 
             response = await self.client.generate_async(
-                request, self._on_submitted(request, attempt_id), on_intent=intent_now
+                request, self.book.on_submitted(request, attempt_id), on_intent=intent_now
             )
         else:
 
             async def intent() -> None:
                 self.intents_written.add(attempt_id)
-                self._journal(request, attempt_id, "intent", mode=mode)
+                self.book.journal(request, attempt_id, "intent", mode=mode)
 
             response = await self.client.generate(request, before_send=intent)
         await self._record_result(request, attempt_id, response)
@@ -384,9 +308,9 @@ class _BatchRun:
     ) -> None:
         """The answer in the store's ledger before any download, and in the journal too,
         so a full disk cannot lose what was paid for (the journal's reserve takes it)."""
-        await self._replicated(attempt_id)  # the result never lands before its intent
-        self._journal(request, attempt_id, "result", **Ledger.result_data(response))
-        await self._replicated(attempt_id)
+        await self.book.replicated(attempt_id)  # the result never lands before its intent
+        self.book.journal(request, attempt_id, "result", **Ledger.result_data(response))
+        await self.book.replicated(attempt_id)
 
     async def _stopped(
         self, request: GenerationRequest, attempt_id: str, exc: SendsStopped
@@ -400,9 +324,9 @@ class _BatchRun:
         if exc.generation_id is not None:
             self.summary.left_submitted += 1
         elif attempt_id in self.intents_written:
-            await self._replicated(attempt_id)  # the deletion must come after the write
+            await self.book.replicated(attempt_id)  # the deletion must come after the write
             with contextlib.suppress(NoSpaceLeft):  # journal full, reserve spent: unknown
-                await self._ledger(self.ledger.withdraw_intent, request, attempt_id)
+                await self.book.write(self.ledger.withdraw_intent, request, attempt_id)
 
     async def _generation_failed(
         self, request: GenerationRequest, attempt_id: str, exc: IdeogramError
@@ -537,16 +461,16 @@ class _BatchRun:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 if signals.forced and isinstance(exc, asyncio.CancelledError):
                     await self.recorder.flush()
-                    await self._all_replicated(timeout_s=2.0)
+                    await self.book.all_replicated(timeout_s=2.0)
                     raise self._interrupted(signals, clock) from None
                 if not isinstance(exc, IdeogramError):
                     raise
                 await self.recorder.flush()
-                await self._all_replicated()
+                await self.book.all_replicated()
                 self.summary.seconds = time.monotonic() - clock
                 raise BatchAborted(f"batch {self.batch.key} stopped: {exc}", self.summary) from exc
             await self.recorder.flush()
-            await self._all_replicated()
+            await self.book.all_replicated()
             if self.no_space is not None:  # records may be unwritten: the ledger stays whole
                 raise self._out_of_space_error(self.no_space, clock)
             await asyncio.to_thread(self.ledger.prune, self.recorder.finished_rows())
