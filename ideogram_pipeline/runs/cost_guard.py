@@ -36,8 +36,7 @@ from ideogram_pipeline.ideogram.errors import IdeogramError
 from ideogram_pipeline.ideogram.generation import GenerationRequest
 from ideogram_pipeline.ideogram.prices import has_priced_controls, quote_key, request_price
 from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
-from ideogram_pipeline.runs.records import already_done
-from ideogram_pipeline.runs.will_send import SendPlan
+from ideogram_pipeline.runs.will_send import SendPlan, plan_sends
 
 __all__ = [
     "CostEstimate",
@@ -128,7 +127,7 @@ def estimate_cost(
     """Price the rows of ``batch`` that a run would send.
 
     ``plan`` (``will_send.plan_sends``) says which rows those are; without it every row not
-    done, rejected or too large is priced.
+    done, rejected, too large or a repeat of an earlier seeded row is priced.
 
     ``previous`` is the batch's recorded state (:func:`ideogram_pipeline.history.batch_state`);
     ``max_inflight`` the account's limit, above which a row is rejected rather than sent;
@@ -139,19 +138,14 @@ def estimate_cost(
     quoted: dict[str, None] = {}
     by_model: dict[str, float] = defaultdict(float)
     unpriced: dict[str, None] = {}
-    rows_to_send = images = done = rejected = 0
-    for row in batch.rows:
-        if not isinstance(row, GenerationRequest):
-            rejected += 1
+    # Which rows are sent is the plan's one decision (will_send.py); without a ledger or
+    # the history's duplicates, it leaves out rows done, rejected or too large.
+    if plan is None:
+        plan = plan_sends(batch, previous, keys={}, ledger={}, max_inflight=max_inflight)
+    rows_to_send = images = 0
+    for row in batch.requests:
+        if row.row not in plan.send:
             continue
-        if already_done(row, previous):
-            done += 1
-            continue
-        if max_inflight is not None and row.num_images > max_inflight:
-            rejected += 1
-            continue
-        if plan is not None and row.row not in plan.send:
-            continue  # linked, or collected or left unknown from the ledger
         rows_to_send += 1
         images += row.num_images
         quote = unit_prices.get(quote_key(row))
@@ -169,14 +163,14 @@ def estimate_cost(
         rows_to_send=rows_to_send,
         images=images,
         usd=round(sum(by_model.values()), 6),
-        rows_already_done=done,
-        rows_rejected=rejected,
+        rows_already_done=plan.done,
+        rows_rejected=plan.rejected,
         usd_by_model=dict(by_model),
         unpriced_models=tuple(unpriced),
         quoted_models=tuple(quoted),
-        rows_linked=plan.linked if plan else 0,
-        rows_recovered=plan.recovered if plan else 0,
-        rows_unknown=plan.unknown if plan else 0,
+        rows_linked=plan.linked,
+        rows_recovered=plan.recovered,
+        rows_unknown=plan.unknown,
     )
 
 
