@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+from ideogram_pipeline.ideogram.generation import CONTROL_SETTINGS
+
 __all__ = [
     "COLUMNS",
     "IDEOGRAM_UI_COLUMNS",
@@ -41,14 +43,7 @@ NATIVE_COLUMNS = (
     "seed",
     "num_images",
     "tags",
-    # Issue 18's controls (batches/controls.py).
-    "style_preset",
-    "style_codes",
-    "color_palette",
-    "transparent",
-    "quality",
-    "size",
-    "enable_copyright_detection",
+    *CONTROL_SETTINGS,  # issue 18's controls (batches/controls.py)
 )
 IDEOGRAM_UI_COLUMNS = (
     "prompt",

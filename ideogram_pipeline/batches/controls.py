@@ -19,6 +19,7 @@ from typing import Any
 from ideogram_pipeline.batches.fields import CellRejected, rule_for, show
 from ideogram_pipeline.ideogram import controls, references
 from ideogram_pipeline.ideogram.capabilities import MODELS, capability, models_taking
+from ideogram_pipeline.ideogram.generation import CONTROL_SETTINGS
 
 __all__ = [
     "CONTROL_COLUMNS",
@@ -32,16 +33,7 @@ __all__ = [
 ]
 
 #: The batch columns this module reads, in the README's order.
-CONTROL_COLUMNS = (
-    "style_preset",
-    "style_codes",
-    "color_palette",
-    "transparent",
-    "quality",
-    "size",
-    "enable_copyright_detection",
-    *references.COLUMNS.values(),
-)
+CONTROL_COLUMNS = (*CONTROL_SETTINGS, *references.COLUMNS.values())
 
 _TRUE = ("TRUE", "YES", "ON", "1")
 _FALSE = ("FALSE", "NO", "OFF", "0")

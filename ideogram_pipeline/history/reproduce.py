@@ -31,7 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 from ideogram_pipeline.batches.files import Batch
 from ideogram_pipeline.history.tags import validate_tag
-from ideogram_pipeline.ideogram.generation import CONTROL_FIELDS, GenerationRequest
+from ideogram_pipeline.ideogram.generation import (
+    CONTROL_FIELDS,
+    CONTROL_SETTINGS,
+    GenerationRequest,
+)
 from ideogram_pipeline.ideogram.prices import request_price
 from ideogram_pipeline.ideogram.references import ReferenceImage
 from ideogram_pipeline.storage.keys import batch_key_for
@@ -165,7 +169,7 @@ def _original_request(record: dict[str, Any]) -> tuple[GenerationRequest, bool]:
         "rendering_speed": record["rendering_speed"],
         "magic_prompt": record["magic_prompt"],
         "seed": record["requested_seed"],
-        **{name: record.get(name) for name in CONTROL_FIELDS if name != "references"},
+        **{name: record.get(name) for name in CONTROL_SETTINGS},
         "references": _recorded_references(record),
     }
     if common["style_codes"] is not None:

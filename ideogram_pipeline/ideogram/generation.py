@@ -26,6 +26,7 @@ from ideogram_pipeline.ideogram.references import ReferenceImage
 
 __all__ = [
     "CONTROL_FIELDS",
+    "CONTROL_SETTINGS",
     "LEGACY_MODELS",
     "MODELS",
     "STATUSES",
@@ -39,9 +40,9 @@ __all__ = [
 ]
 
 
-#: Request attributes added by issue 18; omitted from :meth:`GenerationRequest.parameters`
-#: (and so from request hashes) while unset.
-CONTROL_FIELDS = (
+#: Issue 18's controls that are one value each: a batch column, a request attribute and a
+#: history column of the same name.
+CONTROL_SETTINGS = (
     "style_preset",
     "style_codes",
     "color_palette",
@@ -49,8 +50,10 @@ CONTROL_FIELDS = (
     "quality",
     "size",
     "enable_copyright_detection",
-    "references",
 )
+#: Request attributes added by issue 18; omitted from :meth:`GenerationRequest.parameters`
+#: (and so from request hashes) while unset.
+CONTROL_FIELDS = (*CONTROL_SETTINGS, "references")
 
 Status = Literal["stored", "unsafe", "rejected", "failed", "unknown"]
 #: ``unknown``: a request was sent but no answer was recorded before a crash, so it may have

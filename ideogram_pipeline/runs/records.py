@@ -13,7 +13,7 @@ from typing import Any
 from ideogram_pipeline.history.row_keys import row_identity, row_key
 from ideogram_pipeline.history.schema import GenerationRecord, RowState
 from ideogram_pipeline.ideogram.generation import (
-    CONTROL_FIELDS,
+    CONTROL_SETTINGS,
     GenerationRequest,
     RejectedRow,
     Status,
@@ -96,7 +96,7 @@ class RecordMaker:
                 seed=row.seed,
                 num_images=row.num_images,
                 request_hash=row.request_hash(),
-                **{name: getattr(row, name) for name in CONTROL_FIELDS if name != "references"},
+                **{name: getattr(row, name) for name in CONTROL_SETTINGS},
                 reference_sha256s=_reference_column(row, "sha256"),
                 reference_roles=_reference_column(row, "role"),
             )
