@@ -60,32 +60,42 @@ class ScheduleTimes:
         )
 
 
+def _daily(
+    name: str,
+    job: dg.JobDefinition | dg.UnresolvedAssetJobDefinition,
+    cron: str,
+    description: str,
+) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name=name,
+        job=job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=description,
+    )
+
+
 def build_lifecycle_schedules(times: ScheduleTimes) -> list[dg.ScheduleDefinition]:
     """Daily cleanup, compaction and report, in UTC, running by default."""
     return [
-        dg.ScheduleDefinition(
-            name="retention_cleanup_schedule",
-            job=retention_cleanup_job,
-            cron_schedule=times.cleanup,
-            execution_timezone="UTC",
-            default_status=dg.DefaultScheduleStatus.RUNNING,
-            description="Daily retention cleanup by the policy in retention.toml.",
+        _daily(
+            "retention_cleanup_schedule",
+            retention_cleanup_job,
+            times.cleanup,
+            "Daily retention cleanup by the policy in retention.toml.",
         ),
-        dg.ScheduleDefinition(
-            name="metadata_compaction_schedule",
-            job=metadata_compaction_job,
-            cron_schedule=times.compaction,
-            execution_timezone="UTC",
-            default_status=dg.DefaultScheduleStatus.RUNNING,
-            description="Daily compaction of the history tables.",
+        _daily(
+            "metadata_compaction_schedule",
+            metadata_compaction_job,
+            times.compaction,
+            "Daily compaction of the history tables.",
         ),
-        dg.ScheduleDefinition(
-            name="usage_report_schedule",
-            job=usage_report_job,
-            cron_schedule=times.report,
-            execution_timezone="UTC",
-            default_status=dg.DefaultScheduleStatus.RUNNING,
-            description="Daily usage and cost report of the last 30 days.",
+        _daily(
+            "usage_report_schedule",
+            usage_report_job,
+            times.report,
+            "Daily usage and cost report of the last 30 days.",
         ),
     ]
 
