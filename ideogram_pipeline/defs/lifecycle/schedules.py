@@ -8,6 +8,8 @@ not take the code location down: that schedule keeps its default time and a warn
 logged.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 from collections.abc import Mapping
@@ -41,7 +43,7 @@ class ScheduleTimes:
     report: str = "0 6 * * *"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> "ScheduleTimes":
+    def from_env(cls, environ: Mapping[str, str]) -> ScheduleTimes:
         defaults = cls()
 
         def cron(name: str, default: str) -> str:
