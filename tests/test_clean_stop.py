@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,26 +22,19 @@ from ideogram_pipeline import history
 from ideogram_pipeline.settings import load_settings
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from tests.conftest import make_env
+from tests.support.cli_runs import RUN, simulator_env, write_batch
 
 ROWS = 30
 LIMIT = 4
-RUN = [sys.executable, "-c", "from ideogram_pipeline.cli import main; main()", "run"]
 
 
 def _csv(path: Path, rows: int = ROWS) -> Path:
-    lines = ["prompt,seed"] + [f'"A paper lantern shaped like fish {n}",{n}' for n in range(rows)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_batch(path, "A paper lantern shaped like fish {}", rows)
 
 
 def _env(sim: Simulator, tmp_path: Path, api_mode: str) -> dict[str, str]:
-    return make_env(
-        storage=str(tmp_path / "storage"),
-        IDEOGRAM_API_KEY=sim.api_key,
-        IDEOGRAM_BASE_URL=sim.base_url,
-        IDEOGRAM_MAX_INFLIGHT=str(LIMIT),
-        IDEOGRAM_API_MODE=api_mode,
-        DAGSTER_HOME=str(tmp_path / "home"),
+    return simulator_env(
+        sim, tmp_path, IDEOGRAM_MAX_INFLIGHT=str(LIMIT), IDEOGRAM_API_MODE=api_mode
     )
 
 

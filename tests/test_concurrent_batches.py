@@ -10,7 +10,6 @@ control shows the 429s that sharing prevents.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,9 @@ from ideogram_pipeline import history
 from ideogram_pipeline.settings import load_settings
 from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
 from tests.conftest import make_env
+from tests.support.cli_runs import RUN
 
 LIMIT = 4
-RUN = [sys.executable, "-c", "from ideogram_pipeline.cli import main; main()", "run"]
 
 
 def _batch(path: Path, name: str) -> Path:

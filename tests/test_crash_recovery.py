@@ -8,11 +8,7 @@ run again to its end and the whole history is checked.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,51 +20,24 @@ from ideogram_pipeline.history.tables import GENERATIONS, RECORDS, HistoryTables
 from ideogram_pipeline.settings import load_settings
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import LocalStore
-from tests.conftest import make_env
+from tests.support.cli_runs import RUN, run_and_kill, simulator_env, write_batch
 
 ROWS = 24
 LIMIT = 4
-RUN = [sys.executable, "-c", "from ideogram_pipeline.cli import main; main()", "run"]
 
 
 def _csv(path: Path) -> Path:
-    lines = ["prompt,seed"] + [f'"A clay figurine of animal number {n}",{n}' for n in range(ROWS)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_batch(path, "A clay figurine of animal number {}", ROWS)
 
 
 def _env(sim: Simulator, tmp_path: Path, api_mode: str) -> dict[str, str]:
-    return make_env(
-        storage=str(tmp_path / "storage"),
-        IDEOGRAM_API_KEY=sim.api_key,
-        IDEOGRAM_BASE_URL=sim.base_url,
+    return simulator_env(
+        sim,
+        tmp_path,
         IDEOGRAM_MAX_INFLIGHT=str(LIMIT),
         IDEOGRAM_API_MODE=api_mode,
         IDEOGRAM_FLUSH_EVERY="3",  # many small Parquet writes: kills land during them too
-        DAGSTER_HOME=str(tmp_path / "home"),
     )
-
-
-def _run_and_kill(
-    cmd: list[str], env: dict[str, str], when: Callable[[], bool], timeout: float = 60
-) -> bool:
-    """Start ``cmd``; SIGKILL it as soon as ``when()`` holds. False if it finished first."""
-    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                return False
-            if when():
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
-                return True
-            time.sleep(0.005)
-        raise AssertionError("the batch neither finished nor reached the kill point")
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def _parquet_files(root: Path) -> list[Path]:
@@ -100,7 +69,7 @@ def test_kill_then_rerun_ends_consistent(tmp_path: Path, point: str, api_mode: s
     (tmp_path / "home").mkdir()
     with running_simulator(config) as sim:
         env = _env(sim, tmp_path, api_mode)
-        killed = _run_and_kill([*RUN, str(csv)], env, lambda: KILL_POINTS[point](sim, storage))
+        killed = run_and_kill([*RUN, str(csv)], env, lambda: KILL_POINTS[point](sim, storage))
         assert killed, "the batch finished before the kill point"
         billed_at_kill = sim.stats.billed_images
 

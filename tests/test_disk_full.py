@@ -14,7 +14,6 @@ import errno
 import os
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,9 +35,9 @@ from ideogram_pipeline.storage import LocalStore, NoSpaceLeft, StorageError
 from ideogram_pipeline.storage.space import RESERVE_BYTES, no_space_left
 from tests.conftest import make_env, new_bucket
 from tests.deploy_support import service_missing
+from tests.support.cli_runs import RUN
 from tests.support.seaweed import SeaweedServer
 
-RUN = [sys.executable, "-c", "from ideogram_pipeline.cli import main; main()", "run"]
 PROMPT = "A lighthouse on a cliff at dusk, study {n}"
 
 Mount = Callable[[Path, str], Path]

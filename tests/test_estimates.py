@@ -28,7 +28,7 @@ from ideogram_pipeline.runs.runner import estimate_batch
 from ideogram_pipeline.settings import load_settings
 from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import open_store
-from tests.test_crash_recovery import RUN, _env, _run_and_kill
+from tests.support.cli_runs import RUN, run_and_kill, simulator_env
 
 ROWS = 24
 
@@ -50,8 +50,14 @@ def test_dry_run_after_a_kill_is_what_the_resume_pays(tmp_path: Path, api_mode: 
     (tmp_path / "home").mkdir()
     config = SimulatorConfig(latency_s=0.3, max_inflight=4, image_scale=0.25)
     with running_simulator(config) as sim:
-        env = _env(sim, tmp_path, api_mode)
-        killed = _run_and_kill([*RUN, str(csv)], env, lambda: sim.stats.billed_images >= 6)
+        env = simulator_env(
+            sim,
+            tmp_path,
+            IDEOGRAM_MAX_INFLIGHT="4",
+            IDEOGRAM_API_MODE=api_mode,
+            IDEOGRAM_FLUSH_EVERY="3",
+        )
+        killed = run_and_kill([*RUN, str(csv)], env, lambda: sim.stats.billed_images >= 6)
         assert killed, "the batch finished before the kill"
         settings = load_settings(env)
         batch = load_batch(csv, key="marbles")
@@ -92,8 +98,14 @@ def test_a_killed_batch_reordered_then_resumed_pays_each_row_once(
     (tmp_path / "home").mkdir()
     config = SimulatorConfig(latency_s=0.3, max_inflight=4, image_scale=0.25)
     with running_simulator(config) as sim:
-        env = _env(sim, tmp_path, api_mode)
-        killed = _run_and_kill([*RUN, str(csv)], env, lambda: sim.stats.billed_images >= 6)
+        env = simulator_env(
+            sim,
+            tmp_path,
+            IDEOGRAM_MAX_INFLIGHT="4",
+            IDEOGRAM_API_MODE=api_mode,
+            IDEOGRAM_FLUSH_EVERY="3",
+        )
+        killed = run_and_kill([*RUN, str(csv)], env, lambda: sim.stats.billed_images >= 6)
         assert killed, "the batch finished before the kill"
         # The person reverses the file and runs it again.
         _write(csv, list(reversed(range(ROWS))))

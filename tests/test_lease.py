@@ -25,8 +25,7 @@ from ideogram_pipeline.settings import Settings, load_settings
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import LocalStore, ObjectStore, open_store
 from tests.conftest import make_env
-
-RUN = [sys.executable, "-c", "from ideogram_pipeline.cli import main; main()", "run"]
+from tests.support.cli_runs import RUN
 
 
 @pytest.fixture(params=["local", "s3"])

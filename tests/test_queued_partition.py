@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -25,10 +24,10 @@ import pytest
 
 from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
 from tests.deploy_support import REPO, dagster_bin, service_env, services, wait_for
+from tests.support.cli_runs import RUN
 
 ROWS = 32
 PARTITION = "harbour"
-RUN = [sys.executable, "-c", "from ideogram_pipeline.cli import main; main()", "run"]
 
 
 @pytest.mark.slow

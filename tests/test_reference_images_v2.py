@@ -44,7 +44,7 @@ from ideogram_pipeline.settings import Settings, load_settings
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from ideogram_pipeline.storage import ObjectStore, open_store
 from tests.conftest import make_env
-from tests.test_crash_recovery import _run_and_kill
+from tests.support.cli_runs import run_and_kill
 
 V2_STYLE = "POST /v2/image/generate/ideogram-3 multipart/form-data"
 V2_CHARACTER = "POST /v2/image/generate/ideogram-3-character multipart/form-data"
@@ -424,7 +424,7 @@ def test_killed_after_the_ids_are_journaled_the_rerun_polls_them(tmp_path: Path)
             IDEOGRAM_API_MODE="async",
             DAGSTER_HOME=str(tmp_path / "home"),
         )
-        killed = _run_and_kill(cmd, env, lambda: _submitted_in_journal(storage, "killed") >= 2)
+        killed = run_and_kill(cmd, env, lambda: _submitted_in_journal(storage, "killed") >= 2)
         assert killed, "the batch finished before both ids were journaled"
         assert sim.stats.requests_by_route[V2_STYLE] == 1
         assert sim.stats.requests_by_route[V2_CHARACTER] == 1

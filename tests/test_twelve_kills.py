@@ -20,7 +20,6 @@ import random
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -32,12 +31,12 @@ from ideogram_pipeline import history
 from ideogram_pipeline.settings import load_settings
 from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
 from tests.conftest import make_env
+from tests.support.cli_runs import RUN
 
 BATCHES = 6
 ROWS = 18
 LIMIT = 3
 LATENCY_S = 1.5
-RUN = [sys.executable, "-c", "from ideogram_pipeline.cli import main; main()", "run"]
 
 
 def _kill_at_random(
