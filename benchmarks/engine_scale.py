@@ -88,7 +88,7 @@ def _instrument(timers: CpuTimers) -> None:
     fingerprint.perceptual_hash = timers.wrap("phash", fingerprint.perceptual_hash)
     storing.ImageKeeper._store_image = timers.wrap("upload", storing.ImageKeeper._store_image)
     tables.HistoryTables.write = timers.wrap("metadata", tables.HistoryTables.write)
-    ledger.Ledger._write = timers.wrap("ledger", ledger.Ledger._write)
+    ledger.Ledger.replicate = timers.wrap("ledger", ledger.Ledger.replicate)
     ledger.Ledger.prune = timers.wrap("ledger_prune", ledger.Ledger.prune)
 
 

@@ -121,7 +121,10 @@ def test_a_run_leaving_unknown_rows_says_so_in_metadata_summary_and_last_line(
     csv = tmp_path / "plums.csv"
     csv.write_text('prompt,seed\n"A plum on a plate",1\n"A pear on a plate",2\n', "utf-8")
     batch = load_batch(csv, key="plums")
-    Ledger(LocalStore(root), batch.key).record_intent(batch.rows[0], new_attempt_id(), "async")
+    # No journal: the intent goes straight to the store, as a killed run's replica would.
+    Ledger(LocalStore(root), batch.key).journal_event(
+        batch.rows[0], new_attempt_id(), "intent", mode="async"
+    )
     with running_simulator(SimulatorConfig(image_scale=0.25)) as sim:
         for name, value in {
             "IDEOGRAM_API_KEY": sim.api_key,

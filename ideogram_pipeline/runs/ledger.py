@@ -88,10 +88,6 @@ class LedgerEntry:
     generation_id: str | None = None
     response: GenerationResponse | None = None
 
-    @property
-    def answered(self) -> bool:
-        return self.response is not None
-
 
 class Ledger:
     """Reads and appends a batch's ledger through the store."""
@@ -159,9 +155,6 @@ class Ledger:
         )
         self._remember(key)
 
-    def _write(self, request: GenerationRequest, attempt_id: str, event: str, **data: Any) -> None:
-        self.replicate(self._body(request, attempt_id, event, **data))
-
     def journal_event(
         self, request: GenerationRequest, attempt_id: str, event: str, **data: Any
     ) -> LedgerEvent:
@@ -175,10 +168,6 @@ class Ledger:
             # Every other event is about money already spent and may use the reserve.
             self.journal.append(body, use_reserve=event != "intent")
         return body
-
-    def record_intent(self, request: GenerationRequest, attempt_id: str, mode: str) -> None:
-        """Before sending: from here on, a crash leaves evidence that money may be spent."""
-        self._write(request, attempt_id, "intent", mode=mode)
 
     def withdraw_intent(self, request: GenerationRequest, attempt_id: str) -> None:
         """The run stopped before the request left: no evidence of spending remains, so the
@@ -194,18 +183,6 @@ class Ledger:
         if self.journal is not None:
             self.journal.remove(self.earlier_journals)
             self.earlier_journals = []
-
-    def record_submitted(
-        self, request: GenerationRequest, attempt_id: str, generation_id: str
-    ) -> None:
-        """An asynchronous generation was accepted: a later run polls this id, never resends."""
-        self._write(request, attempt_id, "submitted", generation_id=generation_id)
-
-    def record_result(
-        self, request: GenerationRequest, attempt_id: str, response: GenerationResponse
-    ) -> None:
-        """The answer, with image URLs, before any download starts."""
-        self._write(request, attempt_id, "result", **self.result_data(response))
 
     @staticmethod
     def result_data(response: GenerationResponse) -> dict[str, Any]:
