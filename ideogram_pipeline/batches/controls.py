@@ -19,10 +19,8 @@ from typing import Any
 from ideogram_pipeline.batches.fields import CellRejected, rule_for, show
 from ideogram_pipeline.ideogram import controls, references
 from ideogram_pipeline.ideogram.capabilities import MODELS, capability, models_taking
-from ideogram_pipeline.ideogram.generation import CONTROL_SETTINGS
 
 __all__ = [
-    "CONTROL_COLUMNS",
     "parse_color_palette",
     "parse_controls",
     "parse_flag",
@@ -31,9 +29,6 @@ __all__ = [
     "parse_style_codes",
     "parse_style_preset",
 ]
-
-#: The batch columns this module reads, in the README's order.
-CONTROL_COLUMNS = (*CONTROL_SETTINGS, *references.COLUMNS.values())
 
 _TRUE = ("TRUE", "YES", "ON", "1")
 _FALSE = ("FALSE", "NO", "OFF", "0")

@@ -397,13 +397,6 @@ class IdeogramClient:
                     result = await self._wait(
                         generation_id, latency, resumed=generation_id == resume_generation_id
                     )
-                except SendsStopped:
-                    # Accepted by Ideogram and recorded: the next run collects the images
-                    # without paying again.
-                    raise SendsStopped(
-                        f"generation {generation_id} left to the next run",
-                        generation_id=generation_id,
-                    ) from None
                 except GenerationFailed as exc:
                     exc.attempts = attempts
                     if attempts >= self.retry.max_attempts:
@@ -428,7 +421,12 @@ class IdeogramClient:
         polls = 0
         while True:
             if self.stop.thrown:
-                raise SendsStopped(f"generation {generation_id} left to the next run")
+                # Accepted by Ideogram and recorded: the next run collects the images
+                # without paying again.
+                raise SendsStopped(
+                    f"generation {generation_id} left to the next run",
+                    generation_id=generation_id,
+                )
             body, _tries = await self._with_retries(
                 lambda: self._poll_once(generation_id), stoppable=True
             )
