@@ -17,15 +17,15 @@ nothing. **Verified**: afterwards no current row lacks a key and no key is held 
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Any
 
 import pyarrow as pa
 
 from ideogram_pipeline.history.layout import GENERATIONS, RECORDS
 from ideogram_pipeline.history.legacy import MigrationError
-from ideogram_pipeline.history.row_keys import record_identity, row_key
+from ideogram_pipeline.history.row_keys import occurrence_keys, record_identity
 from ideogram_pipeline.history.tables import HistoryTables, retry_commit
 from ideogram_pipeline.safe_output import sql_list
 from ideogram_pipeline.settings import Settings
@@ -76,11 +76,9 @@ def _keys(settings: Settings, store: ObjectStore, batches: list[str]) -> pa.Tabl
     lines: dict[tuple[str, int], str] = {}
     for _id, batch, line, request_hash, prompt, error, _attempt in rows:
         lines.setdefault((batch, line), record_identity(request_hash, prompt, error))
-    seen: dict[str, Counter[str]] = defaultdict(Counter)
     keys: dict[tuple[str, int], str] = {}
-    for (batch, line), identity in sorted(lines.items()):
-        keys[(batch, line)] = row_key(identity, seen[batch][identity])
-        seen[batch][identity] += 1
+    for _batch, in_batch in groupby(sorted(lines.items()), key=lambda item: item[0][0]):
+        keys.update(occurrence_keys(in_batch))  # one file's lines, in line order
     return pa.table(
         {
             "id": pa.array([r[0] for r in rows], pa.string()),

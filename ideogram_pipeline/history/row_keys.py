@@ -21,10 +21,12 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from ideogram_pipeline.history.schema import RowState
 from ideogram_pipeline.ideogram.generation import GenerationRequest, RejectedRow
+
+K = TypeVar("K")
 
 if TYPE_CHECKING:
     from ideogram_pipeline.settings import Settings
@@ -34,6 +36,7 @@ __all__ = [
     "FileRow",
     "KeyedRows",
     "keyed_rows",
+    "occurrence_keys",
     "record_identity",
     "row_identity",
     "row_key",
@@ -71,15 +74,21 @@ def row_key(identity: str, occurrence: int) -> str:
     return hashlib.sha256(f"{identity}#{occurrence}".encode()).hexdigest()[:32]
 
 
-def row_keys(rows: Iterable[GenerationRequest | RejectedRow]) -> dict[int, str]:
-    """Line -> key for the rows of one file, in file order."""
+def occurrence_keys(items: Iterable[tuple[K, str]]) -> dict[K, str]:
+    """Place -> key for one file's (place, identity) pairs in file order: the n-th row of an
+    identity gets occurrence n. A run and the migration both key rows through here, so
+    the first run after an upgrade finds what the migration keyed."""
     seen: Counter[str] = Counter()
-    keys: dict[int, str] = {}
-    for row in rows:
-        identity = row_identity(row)
-        keys[row.row] = row_key(identity, seen[identity])
+    keys: dict[K, str] = {}
+    for place, identity in items:
+        keys[place] = row_key(identity, seen[identity])
         seen[identity] += 1
     return keys
+
+
+def row_keys(rows: Iterable[GenerationRequest | RejectedRow]) -> dict[int, str]:
+    """Line -> key for the rows of one file, in file order."""
+    return occurrence_keys((row.row, row_identity(row)) for row in rows)
 
 
 @dataclass(frozen=True)
