@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 # The model lists come from the capability table (derived from Ideogram's schemas); they are
@@ -116,6 +117,12 @@ class GenerationRequest:
 
     def request_hash(self) -> str:
         """Canonical hash of the request: equal hashes mean the same paid work."""
+        return self._request_hash
+
+    @cached_property
+    def _request_hash(self) -> str:
+        # Asked for a dozen times per row on the event loop (ledger keys, the recorder,
+        # duplicates, repeats); a frozen request's hash is worked out once.
         canonical = json.dumps(self.parameters(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
