@@ -161,6 +161,14 @@ def test_other_errors_are_not_a_full_disk() -> None:
 # -- the engine, on a real small filesystem -----------------------------------------------------
 
 
+def _wait_until(done: Callable[[], bool], timeout: float = 30) -> None:
+    """Poll ``done`` (a deadline against a hang, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.02)
+
+
 @pytest.mark.parametrize("api_mode", ["async", "sync"])
 def test_rows_failed_on_storage_are_stored_from_the_ledger_without_paying(
     tmp_path: Path, tmpfs: Mount, api_mode: str
@@ -179,6 +187,8 @@ def test_rows_failed_on_storage_are_stored_from_the_ledger_without_paying(
         with pytest.raises(BatchOutOfSpace) as stopped:
             execute_batch(_batch(rows, key), settings, run_id="full")
         message = str(stopped.value)
+        # Generations the stopped run left running (async) bill when they complete.
+        _wait_until(lambda: sim.stats.images_inflight == 0)
         billed_first = sim.stats.billed_images
         assert f"no space left on device at {root}" in message and "\n" not in message
         assert "the next run stores them without paying again" in message
