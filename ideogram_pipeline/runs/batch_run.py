@@ -177,12 +177,10 @@ class BatchRun:
 
     async def link(self, row: GenerationRequest, originals: list[dict[str, Any]]) -> None:
         """Record ``row`` as the images an identical earlier request stored (not sent)."""
-        key = (row.row, row.request_hash())
-        self.recorder.in_progress.add(key)
         bases = [self.records.record(row, "stored", i) for i in range(len(originals))]
-        for record in link_records(bases, originals):
-            await self.recorder.add(record)
-        self.recorder.in_progress.discard(key)
+        with self.recorder.working(row):
+            for record in link_records(bases, originals):
+                await self.recorder.add(record)
         self.summary.linked += 1
         self.row_done()
 
@@ -422,12 +420,8 @@ class BatchRun:
 
         async def work() -> None:
             while (row := await queue.get()) is not None:
-                key = (row.row, row.request_hash())
-                self.recorder.in_progress.add(key)
-                try:
+                with self.recorder.working(row):
                     await self.generate(row)
-                finally:
-                    self.recorder.in_progress.discard(key)
 
         tasks = [asyncio.create_task(produce())]
         tasks += [asyncio.create_task(work()) for _ in range(workers)]
@@ -481,12 +475,8 @@ class BatchRun:
             if (originals := self.repeats.originals(row)) is not None:
                 await self.link(row, originals)
                 continue
-            key = (row.row, row.request_hash())
-            self.recorder.in_progress.add(key)
-            try:
+            with self.recorder.working(row):
                 await self.generate(row)
-            finally:
-                self.recorder.in_progress.discard(key)
 
     def _out_of_space(self, full: NoSpaceLeft) -> None:
         """A full disk stops the run as a clean stop does: no new request leaves, requests

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from ideogram_pipeline.history.schema import GenerationRecord, RowState
 from ideogram_pipeline.history.tables import HistoryTables
+from ideogram_pipeline.ideogram.generation import GenerationRequest
 from ideogram_pipeline.runs.ledger import Ledger
 from ideogram_pipeline.runs.pools import RunPools
 from ideogram_pipeline.runs.summary import BatchSummary
@@ -59,6 +60,16 @@ class Recorder:
         self.on_no_space = on_no_space
         #: Set once the history's disk is full: records wait for one last try at the end.
         self.full: NoSpaceLeft | None = None
+
+    @contextlib.contextmanager
+    def working(self, row: GenerationRequest) -> Iterator[None]:
+        """While ``row`` is still adding records, a flush leaves its ledger entries alone."""
+        key = (row.row, row.request_hash())
+        self.in_progress.add(key)
+        try:
+            yield
+        finally:
+            self.in_progress.discard(key)
 
     async def add(self, record: GenerationRecord) -> None:
         if record.request_hash:
