@@ -152,6 +152,18 @@ class GenerationRecord:
     #: Whether the batch's latest file holds this row. ``generations`` (the view) shows only
     #: these; rows that left the file keep their paid images in ``generations_all``.
     in_file: bool | None = field(default=None, metadata=_arrow(pa.bool_()))
+    # Issue 19: work on stored images. Nullable like issue 18's columns, so older tables
+    # gain them on their next write and their rows read as unset (generation, no lineage).
+    #: What made this record: ``generate`` or an operation on a stored image (``upscale``,
+    #: ``describe``, ``remix``, ``reframe``, ``replace_background``, ``remove_background``).
+    operation: str | None = field(default=None, metadata=_arrow(pa.string()))
+    #: Id of the record whose image this one was made from (its source).
+    derived_from: str | None = field(default=None, metadata=_arrow(pa.string()))
+    #: Ideogram's description of the image (``describe``), updated in place on the source.
+    description: str | None = field(default=None, metadata=_arrow(pa.string()))
+    #: Where the stored image can be fetched by anyone: ``IDEOGRAM_PUBLIC_BASE_URL`` + its
+    #: key (None: no public base configured, nothing public implied).
+    public_url: str | None = field(default=None, metadata=_arrow(pa.string()))
     date: dt.date = field(metadata=_arrow(pa.date32()))
     batch: str = field(metadata=_arrow(pa.string()))
 
