@@ -137,7 +137,8 @@ def verify_run_checksums(
     try:
         images: Sequence[tuple[str, str, str]] = con.execute(
             "SELECT id, image_key, sha256 FROM generations "
-            "WHERE batch = ? AND run_id = ? AND status = 'stored' ORDER BY id",
+            "WHERE batch = ? AND run_id = ? AND status = 'stored' AND image_key IS NOT NULL "
+            "ORDER BY id",
             [batch, run_id],
         ).fetchall()
     finally:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ideogram_pipeline.ideogram.operations import operation
+
 if TYPE_CHECKING:
     from ideogram_pipeline.ideogram.generation import GenerationRequest
 
@@ -102,7 +104,10 @@ def has_priced_controls(request: GenerationRequest) -> bool:
 
 
 def quote_key(request: GenerationRequest) -> tuple[str, str | None]:
-    """What a v2 ``dry_run`` quote depends on: the model and its speed or 4.5 quality tier."""
+    """What a v2 ``dry_run`` quote depends on: the model and its speed or 4.5 quality tier
+    (an operation: its name; flat-priced, its options do not change the fee)."""
+    if request.is_operation:
+        return request.operation, None
     return request.model, request.quality or request.rendering_speed
 
 
@@ -112,6 +117,11 @@ def request_price(request: GenerationRequest) -> float:
     A ``KeyError`` for a model without a published price, as :func:`price_per_image`.
     """
     speed = (request.rendering_speed or "DEFAULT").upper()
+    if request.is_operation:
+        # Upscale, describe, remove-background: a flat fee per input; the 3.0 operations
+        # (remix, reframe, replace-background) bill as a 3.0 image of their speed.
+        flat = operation(request.operation).flat_price_usd
+        return flat if flat is not None else V3_PRICE_BY_SPEED_USD[speed]
     if request.transparent:
         return TRANSPARENT_PRICE_USD["ideogram-3-transparent"]
     if _has_character(request):

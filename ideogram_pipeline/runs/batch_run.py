@@ -33,6 +33,7 @@ from ideogram_pipeline.ideogram.generation import (
     GenerationResponse,
     RejectedRow,
 )
+from ideogram_pipeline.ideogram.operations import operation
 from ideogram_pipeline.ideogram.prices import request_price
 from ideogram_pipeline.ideogram.requests import fits_v2
 from ideogram_pipeline.ideogram.stop import SendsStopped
@@ -58,6 +59,11 @@ from ideogram_pipeline.runs.will_send import ledger_is_open
 from ideogram_pipeline.storage import NoSpaceLeft, ObjectStore
 
 __all__ = ["BatchRun"]
+
+
+def operation_makes_images(request: GenerationRequest) -> bool:
+    """Whether the answer to ``request`` is images (everything but ``describe``)."""
+    return not request.is_operation or operation(request.operation).makes_images
 
 
 class BatchRun:
@@ -153,6 +159,8 @@ class BatchRun:
         self.last_transport_error = ""
         #: The first full disk the run met (out_of_space.py): it stops the run.
         self.no_space: NoSpaceLeft | None = None
+        #: Source record id -> the text ``describe`` gave it, set on the record at the end.
+        self.descriptions: dict[str, str] = {}
 
     def close(self) -> None:
         self.pools.close()
@@ -186,6 +194,9 @@ class BatchRun:
 
     def _mode(self, request: GenerationRequest) -> str:
         """Asynchronous (v2) wherever the model has a v2 path and the mode allows it."""
+        if request.is_operation:  # only remove-background documents a v2 path
+            has_v2 = operation(request.operation).v2_path is not None
+            return "async" if self.api_mode == "async" and has_v2 else "sync"
         if request.model in V2_ONLY_MODELS:
             return "async" if self.api_mode == "async" else "sync-v2"
         if self.api_mode == "async" and fits_v2(request):
@@ -252,6 +263,10 @@ class BatchRun:
             await self._generation_failed(request, attempt_id, exc)
             return
         latency_ms = (time.monotonic() - started) * 1000
+        if not operation_makes_images(request):
+            await self._described(request, attempt_id, response, latency_ms)
+            self.row_done()
+            return
         await asyncio.gather(
             *(
                 self._keep_image(request, index, image, response, attempt_id, latency_ms)
@@ -392,6 +407,32 @@ class BatchRun:
             record = await self.keeper.keep(record, safe_url)
         self.repeats.seen(record)
         await self.recorder.add(record)
+
+    async def _described(
+        self,
+        request: GenerationRequest,
+        attempt_id: str,
+        response: GenerationResponse,
+        latency_ms: float,
+    ) -> None:
+        """``describe`` answers with text: its record keeps the text and the fee (billed per
+        input), and the source record gets the text as its ``description`` once this run's
+        records are written (:meth:`run`)."""
+        text = "\n".join(line for line in response.descriptions if line)
+        record = self.records.record(
+            request,
+            "stored",
+            0,
+            attempt_id,
+            generation_id=response.generation_id,
+            description=text,
+            cost_usd=request_price(request),
+            attempts=response.attempts,
+            latency_ms=latency_ms,
+        )
+        await self.recorder.add(record)
+        if request.source is not None and request.source.record_id is not None:
+            self.descriptions[request.source.record_id] = text
 
     # -- the run -------------------------------------------------------------------------
 
