@@ -11,6 +11,7 @@ from ideogram_pipeline.cli import (  # noqa: F401  (registers the commands)
     history,
     lifecycle,
     migrate,
+    operations,
     share,
     unknown,
 )

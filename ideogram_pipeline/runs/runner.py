@@ -279,6 +279,9 @@ def estimate_batch(
     """What running ``batch`` now would cost, given what the storage root already holds."""
     store = store or open_store(settings)
     store.preflight()
+    # An operation's request is its source's bytes: unresolved, no row would match the
+    # history, and a re-run would be priced as new work.
+    batch = resolve_sources(batch, settings, store)
     matched = match_rows(settings, store, batch, write=False)
     previous, _ = state_for_run(matched.previous, simulated=settings.simulated)
     existing = existing_images(
