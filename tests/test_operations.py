@@ -23,6 +23,8 @@ from ideogram_pipeline.settings import load_settings
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from tests.support.cli_runs import run_and_kill, simulator_env
 
+pytestmark = pytest.mark.slow  # several CLI runs through Dagster each
+
 CLI = [sys.executable, "-c", "from ideogram_pipeline.cli import main; main()"]
 BEST = "list_contains(tags, 'best')"
 
