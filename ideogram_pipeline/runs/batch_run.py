@@ -142,6 +142,8 @@ class BatchRun:
             on_retry=self._image_store_retried,
             retry=storage_retry,
             on_no_space=self._out_of_space,
+            # The public base fronts the storage root, so it travels with the root's settings.
+            public_base_url=history.settings.public_base_url,
         )
         self.book = LedgerWriter(
             self.ledger,

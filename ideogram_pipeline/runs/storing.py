@@ -18,6 +18,7 @@ from ideogram_pipeline.runs.retrying import STORAGE_RETRY, StorageRetry, retry_s
 from ideogram_pipeline.storage import ObjectStore, StorageError
 from ideogram_pipeline.storage.base import ObjectExists
 from ideogram_pipeline.storage.keys import image_key
+from ideogram_pipeline.storage.public_urls import public_url
 from ideogram_pipeline.storage.space import NoSpaceLeft, no_space_left
 
 __all__ = ["IMAGE_CACHE_CONTROL", "ImageKeeper", "StorageUnavailable"]
@@ -42,6 +43,7 @@ class ImageKeeper:
         on_retry: Callable[[BaseException], None],
         retry: StorageRetry = STORAGE_RETRY,
         on_no_space: Callable[[NoSpaceLeft], None] | None = None,
+        public_base_url: str | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -50,6 +52,8 @@ class ImageKeeper:
         self.on_retry = on_retry
         self.retry = retry
         self.on_no_space = on_no_space
+        #: ``IDEOGRAM_PUBLIC_BASE_URL``: the image's public URL goes into its JSON chunk.
+        self.public_base_url = public_base_url
         #: Set once the store is full: later images are not even tried (each would only
         #: take space the journal's answers need), and go to the next run from the ledger.
         self.full: NoSpaceLeft | None = None
@@ -63,12 +67,15 @@ class ImageKeeper:
                 raise StorageUnavailable(str(self.full))
             async with self.download_slots:
                 data, download_attempts = await self.client.download(url)
+                # The key is known before the upload, so the JSON chunk can carry the
+                # image's public URL (None without a public base).
+                key = image_key(record.id, attempt_day(record.attempt_id or ""))
+                record = replace(record, public_url=public_url(self.public_base_url, key))
                 # Text chunks in, download sha256 and phash recorded (png_metadata.py), and
                 # the stored bytes' checksum: all off the event loop.
                 record, data, digest = await self.pools.run(
                     self.pools.cpu, _prepare, data, record, self.batch_key
                 )
-                key = image_key(record.id, attempt_day(record.attempt_id or ""))
             data, digest = await self._store_with_retries(key, data, digest, record)
         except LinkExpired as exc:
             outcome = replace(
@@ -102,6 +109,8 @@ class ImageKeeper:
                 stored_uri=self.store.uri(key),
                 attempts=(record.attempts or 0) + download_attempts - 1,
             )
+        if outcome.status != "stored":
+            outcome = replace(outcome, public_url=None)  # nothing stored, nothing to serve
         return replace(outcome, last_error=LAST_RETRY_ERROR.get())
 
     async def _store_with_retries(
