@@ -13,6 +13,7 @@ record alone, as a pin does: its newest record carries the description.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,7 +24,14 @@ from ideogram_pipeline.history.record_ids import RecordIdError, locate_records
 from ideogram_pipeline.history.schema import TABLE_SCHEMA
 from ideogram_pipeline.history.tables import HistoryTables
 
-__all__ = ["EVENT", "MAX_DESCRIPTION_LENGTH", "DescriptionChange", "set_description"]
+__all__ = [
+    "EVENT",
+    "MAX_DESCRIPTION_LENGTH",
+    "DescriptionChange",
+    "set_description",
+    "set_descriptions",
+    "sync_descriptions",
+]
 
 #: The audit event of a description set in place (``generation_records.event``).
 EVENT = "describe"
@@ -80,6 +88,56 @@ def set_description(tables: HistoryTables, record_id: str, text: str) -> Descrip
     full_id = located.superseded[0]
     _describe_superseded(tables, full_id, description)
     return DescriptionChange(full_id, description, current=False)
+
+
+def set_descriptions(tables: HistoryTables, texts: Mapping[str, str]) -> int:
+    """Set many records' descriptions at once (full ids -> text): one UPDATE per batch
+    rather than one per record, as a run of ``describe`` over a selection needs. Ids no
+    longer in the history (deleted since) are left out; returns how many were set."""
+    cleaned = {record_id: _clean(text) for record_id, text in texts.items() if text.strip()}
+    if not cleaned:
+        return 0
+    located = locate_records(tables.settings, sorted(cleaned))
+    for batch, ids in located.current.items():
+        source = pa.table(
+            {
+                "id": pa.array(ids, pa.string()),
+                "description": pa.array([cleaned[i] for i in ids], pa.string()),
+            }
+        )
+        tables.change(
+            {batch: ids}, event=EVENT, updates={"description": "s.description"}, source=source
+        )
+    for record_id in located.superseded:
+        _describe_superseded(tables, record_id, cleaned[record_id])
+    return sum(len(ids) for ids in located.current.values()) + len(located.superseded)
+
+
+def sync_descriptions(tables: HistoryTables, batch: str) -> int:
+    """Give each image ``batch`` described the text of its newest ``describe`` record,
+    where its ``description`` differs; returns how many changed.
+
+    Worked out from the history rather than from what a run remembers, so a run killed
+    after writing its describe records and before this step is made whole by the next run
+    of the batch (whose describe rows are done and send nothing).
+    """
+    from ideogram_pipeline.history.layout import GENERATIONS
+    from ideogram_pipeline.history.views import connect
+
+    con = connect(tables.settings, views=(GENERATIONS,))
+    try:
+        rows = con.execute(
+            "SELECT d.derived_from, arg_max(d.description, d.created_at) FROM generations d "
+            "JOIN generations s ON s.id = d.derived_from "
+            "WHERE d.batch = ? AND d.operation = 'describe' AND d.status = 'stored' "
+            "AND d.description IS NOT NULL "
+            "GROUP BY d.derived_from, s.description "
+            "HAVING s.description IS DISTINCT FROM arg_max(d.description, d.created_at)",
+            [batch],
+        ).fetchall()
+    finally:
+        con.close()
+    return set_descriptions(tables, {str(i): str(text) for i, text in rows})
 
 
 def _describe_superseded(tables: HistoryTables, record_id: str, description: str) -> None:

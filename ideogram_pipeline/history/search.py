@@ -193,7 +193,9 @@ def view_searched(filters: SearchFilters) -> str:
 
 def build_query(filters: SearchFilters) -> tuple[str, list[Any]]:
     """The SQL (fixed fragments only) and its bound parameters."""
-    where: list[str] = []
+    # A describe's own record is the fee and an audit copy of the text, not an image: the
+    # image it describes carries the text and is what a search finds.
+    where: list[str] = ["operation IS DISTINCT FROM 'describe'"]
     params: list[Any] = []
     for term in parse_terms(filters.text or ""):
         fields = ["prompt", "description"]

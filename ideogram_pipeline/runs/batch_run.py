@@ -161,8 +161,6 @@ class BatchRun:
         self.last_transport_error = ""
         #: The first full disk the run met (out_of_space.py): it stops the run.
         self.no_space: NoSpaceLeft | None = None
-        #: Source record id -> the text ``describe`` gave it, set on the record at the end.
-        self.descriptions: dict[str, str] = {}
 
     def close(self) -> None:
         self.pools.close()
@@ -418,8 +416,8 @@ class BatchRun:
         latency_ms: float,
     ) -> None:
         """``describe`` answers with text: its record keeps the text and the fee (billed per
-        input), and the source record gets the text as its ``description`` once this run's
-        records are written (:meth:`run`)."""
+        input); the source record gets the text as its ``description`` once this run's
+        records are written (:meth:`_describe_sources`)."""
         text = "\n".join(line for line in response.descriptions if line)
         record = self.records.record(
             request,
@@ -433,8 +431,18 @@ class BatchRun:
             latency_ms=latency_ms,
         )
         await self.recorder.add(record)
-        if request.source is not None and request.source.record_id is not None:
-            self.descriptions[request.source.record_id] = text
+
+    async def _describe_sources(self) -> None:
+        """Copy each describe record's text onto its source record (in place, in
+        ``generations``), from the history: what a killed run left undone is done too."""
+        if not any(row.operation == "describe" for row in self.batch.requests):
+            return
+        from ideogram_pipeline.history.descriptions import sync_descriptions
+        from ideogram_pipeline.history.record_ids import RecordIdError
+
+        # (a source deleted meanwhile keeps its describe record only)
+        with contextlib.suppress(RecordIdError):
+            await asyncio.to_thread(sync_descriptions, self.recorder.history, self.batch.key)
 
     # -- the run -------------------------------------------------------------------------
 
@@ -488,10 +496,12 @@ class BatchRun:
                     raise
                 await self.recorder.flush()
                 await self.book.all_replicated()
+                await self._describe_sources()
                 self.summary.seconds = time.monotonic() - clock
                 raise BatchAborted(f"batch {self.batch.key} stopped: {exc}", self.summary) from exc
             await self.recorder.flush()
             await self.book.all_replicated()
+            await self._describe_sources()
             if self.no_space is not None:  # records may be unwritten: the ledger stays whole
                 raise self._out_of_space_error(self.no_space, clock)
             await asyncio.to_thread(self.ledger.prune, self.recorder.finished_rows())
