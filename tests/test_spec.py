@@ -109,7 +109,7 @@ def test_derive_rewrites_openapi_idioms() -> None:
         },
     }
     openapi["components"]["schemas"]["Kind"] = {"type": "string", "enum": ["A"], "nullable": True}
-    derived = derive(openapi, limits=())
+    derived = derive(openapi, limits=(), image_parts=())
     assert derived["x-model-limits"] == {}
     defs = derived["$defs"]
     request = defs["GenerateImageRequestV3"]
@@ -135,7 +135,7 @@ def test_prose_limits_are_kept_as_data_and_checked_against_the_words() -> None:
             }
         },
     }
-    assert script.derive(openapi, limits=(limit,))["x-model-limits"] == {
+    assert script.derive(openapi, limits=(limit,), image_parts=())["x-model-limits"] == {
         limit.field: {
             "models": list(limit.models),
             "described_at": limit.described_at,
@@ -146,7 +146,7 @@ def test_prose_limits_are_kept_as_data_and_checked_against_the_words() -> None:
         "description": "Available for every model."
     }
     with pytest.raises(ValueError, match="no longer says"):
-        script.derive(openapi, limits=(limit,))
+        script.derive(openapi, limits=(limit,), image_parts=())
     # The shipped file carries them, and the reader hands them out as tuples.
     assert spec.model_limits() == {
         "negative_prompt": ("V_1", "V_1_TURBO", "V_2", "V_2_TURBO"),
