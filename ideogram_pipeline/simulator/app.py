@@ -41,6 +41,7 @@ from ideogram_pipeline.simulator.images import (
     render_png,
     render_transparent_png,
 )
+from ideogram_pipeline.simulator.jobs import Job
 from ideogram_pipeline.simulator.multipart import read_body, reference_errors
 from ideogram_pipeline.simulator.state import (
     SimulatorConfig,
@@ -206,25 +207,32 @@ class _SimulatedApi:
     async def _generate(
         self, request: Request, fields: dict[str, Any], model: str, body: Any, legacy: bool
     ) -> Response:
-        prompt: str = fields["prompt"]
         num_images = int(fields.get("num_images", 1))
-        triggers = Triggers.from_prompt(prompt)
-        attempt = self.attempts[prompt] = self.attempts.get(prompt, 0) + 1
+        path = request.url.path
+        job = Job(
+            trigger_text=fields["prompt"],
+            attempt_key=fields["prompt"],
+            slots=num_images,
+            build=lambda triggers: self._success(
+                request, fields, model, num_images, triggers, legacy
+            ),
+            bill=lambda payload: self._bill(fields, model, payload, body, path),
+        )
+        return await self.serve(job)
+
+    async def serve(self, job: Job) -> Response:
+        """Answer ``job`` synchronously with the generation's fault switches: scripted and
+        random failures, the in-flight limit held for the whole latency, then a billed 200."""
+        triggers = job.triggers
+        attempt = self.attempts[job.attempt_key] = self.attempts.get(job.attempt_key, 0) + 1
         # Draw every random choice up front, in a fixed order, so triggers do not shift them.
         server_error = self.rng.random() < self.config.server_error_rate
         server_status = self.rng.choice((500, 503))
         safety_reject = self.rng.random() < self.config.safety_reject_rate
         scripted = triggers.failure_for_attempt(attempt)
 
-        if scripted == 429 or not self.stats.try_acquire(num_images, self.config.max_inflight):
-            self.stats.record_response(429)
-            return _error(
-                429,
-                _STATUS_ERRORS[429],
-                reject_reason="inflight_limit",
-                max_inflight_requests=self.config.max_inflight,
-                task_completion_speed="fast",
-            )
+        if scripted == 429 or not self.stats.try_acquire(job.slots, self.config.max_inflight):
+            return self.rate_limited()
         try:
             delay = self.config.latency_s + (self.config.slow_latency_s if triggers.slow else 0)
             if delay:
@@ -237,12 +245,23 @@ class _SimulatedApi:
             if status is not None:
                 self.stats.record_response(status)
                 return _error(status, _STATUS_ERRORS[status])
-            payload = self._success(request, fields, model, num_images, triggers, legacy)
+            payload = job.build(triggers)
         finally:
-            self.stats.release(num_images)
+            self.stats.release(job.slots)
         self.stats.record_response(200)
-        self._bill(fields, model, payload, body)
+        job.bill(payload)
         return JSONResponse(payload)
+
+    def rate_limited(self) -> Response:
+        """Ideogram's 429 for the in-flight limit (not billed)."""
+        self.stats.record_response(429)
+        return _error(
+            429,
+            _STATUS_ERRORS[429],
+            reject_reason="inflight_limit",
+            max_inflight_requests=self.config.max_inflight,
+            task_completion_speed="fast",
+        )
 
     def _success(
         self,
@@ -264,14 +283,7 @@ class _SimulatedApi:
         shown_prompt = magic_prompt(
             prompt, fields.get("magic_prompt_option" if legacy else "magic_prompt")
         )
-        base_url = str(request.base_url).rstrip("/")
-        # Whole seconds, rounded up, so a URL is never valid for less than url_ttl_s.
-        now = time.time()
-        expires = (
-            math.floor(now) - 1 if triggers.expired else math.ceil(now + self.config.url_ttl_s)
-        )
-        if len(self.images) > _MAX_REMEMBERED_IMAGES:
-            self._forget_expired(now)
+        expires = self.expiry(triggers)
         data = []
         for index in range(num_images):
             draw = self.rng.random()  # drawn even when a trigger decides, to keep the sequence
@@ -285,10 +297,7 @@ class _SimulatedApi:
                 "style_type": style_type,
             }
             if unsafe:
-                form = self.unsafe_counter % 3
-                self.unsafe_counter += 1
-                if form < 2:
-                    item["url"] = None if form == 0 else ""
+                self.withhold(item)
             else:
                 key = ImageKey(
                     model=model,
@@ -299,30 +308,60 @@ class _SimulatedApi:
                     negative_prompt=fields.get("negative_prompt"),
                     index=index,
                 )
-                self.images[image_id] = (key, expires, triggers.corrupt)
-                item["url"] = self._signed_url(base_url, image_id, expires)
-                if self.image_host is not None:
-                    hosted = HostedImage(image_id, shown_prompt)
-                    item["url"] = self.image_host.image_url(item["url"], hosted)
+                item["url"] = self.host(request, image_id, key, expires, triggers.corrupt)
             data.append(item)
         return {"created": datetime.now(UTC).isoformat(timespec="seconds"), "data": data}
+
+    def expiry(self, triggers: Triggers) -> int:
+        """When the URLs of one answer expire (already past for ``[sim:expired]``)."""
+        # Whole seconds, rounded up, so a URL is never valid for less than url_ttl_s.
+        now = time.time()
+        if len(self.images) > _MAX_REMEMBERED_IMAGES:
+            self._forget_expired(now)
+        if triggers.expired:
+            return math.floor(now) - 1
+        return math.ceil(now + self.config.url_ttl_s)
+
+    def withhold(self, item: dict[str, Any]) -> None:
+        """An unsafe image's url: null, "" or absent, in rotation (clients must accept all)."""
+        form = self.unsafe_counter % 3
+        self.unsafe_counter += 1
+        if form < 2:
+            item["url"] = None if form == 0 else ""
+
+    def host(
+        self, request: Request, image_id: str, key: ImageKey, expires: int, corrupt: bool
+    ) -> str:
+        """Remember ``key`` under ``image_id`` and return its signed, expiring URL (as the
+        image host, if any, rewrites it)."""
+        self.images[image_id] = (key, expires, corrupt)
+        url = self._signed_url(str(request.base_url).rstrip("/"), image_id, expires)
+        if self.image_host is not None:
+            url = self.image_host.image_url(url, HostedImage(image_id, key.prompt))
+        return url
+
+    def new_id(self) -> str:
+        """A fresh 22-character image or generation id from the simulator's generator."""
+        return self._new_id()
 
     def _forget_expired(self, now: float) -> None:
         """Bound memory in a long-running simulator: expired links can never be served."""
         for image_id in [i for i, (_, exp, _) in self.images.items() if exp < now]:
             del self.images[image_id]
 
-    def _bill(self, fields: dict[str, Any], model: str, payload: dict[str, Any], body: Any) -> None:
+    def _bill(
+        self, fields: dict[str, Any], model: str, payload: dict[str, Any], body: Any, route: str
+    ) -> None:
         images = payload["data"]
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
         price = price_per_image(model, fields.get("rendering_speed"))
         self.stats.record_billing(
             prompt=fields["prompt"],
             seed=images[0]["seed"],
             images=len(images),
             unsafe=sum(1 for item in images if not item["is_image_safe"]),
-            body_hash=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
+            body_hash=body_hash(body),
             usd=price * len(images),
+            route=route,
         )
 
     def _new_id(self) -> str:
@@ -366,7 +405,11 @@ class _SimulatedApi:
             if answer is not None:
                 self.stats.record_download(answer.status_code)
                 return answer
-        width, height = pixel_size(key.resolution, self.config.image_scale)
+        width, height = (
+            pixel_size(key.pixels)
+            if key.pixels
+            else pixel_size(key.resolution, self.config.image_scale)
+        )
         render = render_transparent_png if is_transparent_model(key.model) else render_png
         data = render(key, width, height)
         if corrupt:
@@ -383,6 +426,13 @@ class _SimulatedApi:
     async def reset_endpoint(self, request: Request) -> Response:
         self.stats.reset()
         return JSONResponse({"reset": True})
+
+
+def body_hash(body: Any) -> str:
+    """SHA-256 of a request body in canonical JSON (file parts are placeholders carrying
+    their bytes' hash), for ``stats.billed_by_body_hash``."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _resolution(fields: dict[str, Any], legacy: bool) -> str:
