@@ -456,6 +456,9 @@ def build_app(
     ``image_host`` may rewrite image URLs and answer downloads (see
     :mod:`ideogram_pipeline.simulator.hooks`); without one the host behaves.
     """
+    # Imported here: the operations module builds on this one (issue 19).
+    from ideogram_pipeline.simulator.operations import SimulatedOps
+
     api = _SimulatedApi(config or SimulatorConfig(), stats or SimulatorStats(), image_host)
     v2 = SimulatedV2(api, poll_limit=api.config.poll_limit_per_10s)
     app = Starlette(
@@ -469,6 +472,7 @@ def build_app(
                 methods=["POST"],
             ),
             Route("/generate", api.generate_legacy, methods=["POST"]),
+            *SimulatedOps(api, v2).routes(),
             Route("/api/images/ephemeral/{image_id}.png", api.download, methods=["GET"]),
             Route("/sim/stats", api.stats_endpoint, methods=["GET"]),
             Route("/sim/reset", api.reset_endpoint, methods=["POST"]),
