@@ -312,3 +312,20 @@ def test_validate_response() -> None:
     assert spec.validate_response(body, legacy=True) == []
     assert spec.validate_response({"data": []})
     assert spec.validate_response({**body, "data": [{**item, "resolution": "1x1"}]})
+
+
+def test_image_part_limits_are_the_specs_words() -> None:
+    script = _load_script()
+    openapi = {
+        "info": {},
+        "components": {"schemas": {name: {"type": "object"} for name in script.ROOTS}},
+    }
+    with pytest.raises(ValueError, match="no longer says"):
+        script.derive(openapi, limits=())
+    # The shipped file carries every operation's part; remove-background's is hand-written.
+    assert spec.image_part("UpscaleImageRequest") == spec.ImagePart("image_file", 10 * 2**20)
+    assert spec.image_part("RemoveBackgroundRequestV2") == spec.ImagePart("image", 25 * 2**20)
+    hand_written = spec.schema_document()["x-hand-written"]
+    assert set(hand_written) == {name for name in script.HAND_WRITTEN}
+    assert all(url.startswith("https://developer.ideogram.ai/") for url in hand_written.values())
+    assert set(spec.OPERATION_SCHEMAS.values()) <= set(spec.schema_document()["x-image-parts"])
