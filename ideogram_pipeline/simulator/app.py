@@ -33,6 +33,15 @@ from ideogram_pipeline.ideogram.capabilities import (
 )
 from ideogram_pipeline.ideogram.prices import price_per_image
 from ideogram_pipeline.ideogram.references import WIRE_NAMES
+from ideogram_pipeline.simulator.answers import (
+    ASPECT_RESOLUTIONS,
+    AUTO_STYLES,
+    DEFAULT_RESOLUTION,
+    body_hash,
+    hash_text,
+    magic_prompt,
+    nominal_resolution,
+)
 from ideogram_pipeline.simulator.hooks import HostedImage, ImageHost
 from ideogram_pipeline.simulator.images import (
     ImageKey,
@@ -43,6 +52,7 @@ from ideogram_pipeline.simulator.images import (
 )
 from ideogram_pipeline.simulator.jobs import Job
 from ideogram_pipeline.simulator.multipart import read_body, reference_errors
+from ideogram_pipeline.simulator.operations import SimulatedOps
 from ideogram_pipeline.simulator.state import (
     SimulatorConfig,
     SimulatorStats,
@@ -55,32 +65,6 @@ __all__ = ["ASPECT_RESOLUTIONS", "DEFAULT_RESOLUTION", "build_app", "magic_promp
 
 logger = logging.getLogger(__name__)
 
-#: Nominal resolution per aspect ratio (all values are ResolutionV3 members).
-ASPECT_RESOLUTIONS = {
-    "1x1": "1024x1024",
-    "16x9": "1312x736",
-    "9x16": "736x1312",
-    "4x3": "1152x864",
-    "3x4": "864x1152",
-    "3x2": "1248x832",
-    "2x3": "832x1248",
-    "16x10": "1280x800",
-    "10x16": "800x1280",
-    "4x5": "896x1120",
-    "5x4": "1120x896",
-    "2x1": "1408x704",
-    "1x2": "704x1408",
-    "3x1": "1536x512",
-    "1x3": "512x1536",
-}
-DEFAULT_RESOLUTION = "1024x1024"
-_AUTO_STYLES = ("GENERAL", "REALISTIC", "DESIGN", "FICTION")
-_EXPANSIONS = (
-    "cinematic lighting, rich detail, balanced composition, soft depth of field",
-    "vivid colours, crisp focus, dramatic perspective, high dynamic range",
-    "muted palette, gentle morning light, fine textures, editorial photography",
-    "bold graphic shapes, clean lines, studio lighting, striking contrast",
-)
 _STATUS_ERRORS = {
     402: "Insufficient credits to complete the request.",
     422: "Prompt provided failed safety check due to the inclusion of prohibited content.",
@@ -96,18 +80,6 @@ _ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
-
-
-def _hash_text(text: str) -> int:
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big")
-
-
-def magic_prompt(prompt: str, option: str | None) -> str:
-    """The prompt Ideogram reports back: expanded for ON, and for short prompts on AUTO."""
-    mode = (option or "AUTO").upper()
-    if mode == "OFF" or (mode == "AUTO" and len(prompt.split()) >= 12):
-        return prompt
-    return f"{prompt.rstrip(' .')}. {_EXPANSIONS[_hash_text(prompt) % len(_EXPANSIONS)]}"
 
 
 class _SimulatedApi:
@@ -276,10 +248,10 @@ class _SimulatedApi:
         seed = fields.get("seed")
         if seed is None:
             seed = self.rng.randrange(0, spec.SEED_MAX + 1)
-        resolution = _resolution(fields, legacy)
+        resolution = nominal_resolution(fields)
         style_type = fields.get("style_type") or "GENERAL"
         if style_type == "AUTO":
-            style_type = _AUTO_STYLES[_hash_text(prompt) % len(_AUTO_STYLES)]
+            style_type = AUTO_STYLES[hash_text(prompt) % len(AUTO_STYLES)]
         shown_prompt = magic_prompt(
             prompt, fields.get("magic_prompt_option" if legacy else "magic_prompt")
         )
@@ -428,24 +400,6 @@ class _SimulatedApi:
         return JSONResponse({"reset": True})
 
 
-def body_hash(body: Any) -> str:
-    """SHA-256 of a request body in canonical JSON (file parts are placeholders carrying
-    their bytes' hash), for ``stats.billed_by_body_hash``."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def _resolution(fields: dict[str, Any], legacy: bool) -> str:
-    """Nominal ``WxH`` from ``resolution`` or ``aspect_ratio`` (either endpoint's spelling)."""
-    resolution = fields.get("resolution")
-    if resolution:
-        return str(resolution).removeprefix("RESOLUTION_").replace("_", "x")
-    aspect = fields.get("aspect_ratio")
-    if aspect:
-        return ASPECT_RESOLUTIONS[str(aspect).removeprefix("ASPECT_").replace("_", "x")]
-    return DEFAULT_RESOLUTION
-
-
 def build_app(
     config: SimulatorConfig | None = None,
     stats: SimulatorStats | None = None,
@@ -456,9 +410,6 @@ def build_app(
     ``image_host`` may rewrite image URLs and answer downloads (see
     :mod:`ideogram_pipeline.simulator.hooks`); without one the host behaves.
     """
-    # Imported here: the operations module builds on this one (issue 19).
-    from ideogram_pipeline.simulator.operations import SimulatedOps
-
     api = _SimulatedApi(config or SimulatorConfig(), stats or SimulatorStats(), image_host)
     v2 = SimulatedV2(api, poll_limit=api.config.poll_limit_per_10s)
     app = Starlette(

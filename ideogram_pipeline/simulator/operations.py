@@ -44,7 +44,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -54,9 +54,9 @@ from ideogram_pipeline.ideogram import spec
 from ideogram_pipeline.ideogram.prices import operation_price
 from ideogram_pipeline.ideogram.references import WIRE_NAMES
 from ideogram_pipeline.images.png_metadata import read_metadata
-from ideogram_pipeline.simulator.app import (
+from ideogram_pipeline.simulator.answers import (
     ASPECT_RESOLUTIONS,
-    _SimulatedApi,
+    AUTO_STYLES,
     body_hash,
     magic_prompt,
 )
@@ -66,11 +66,13 @@ from ideogram_pipeline.simulator.multipart import RequestBody, image_part_errors
 from ideogram_pipeline.simulator.state import Triggers
 from ideogram_pipeline.simulator.v2 import SimulatedV2, completed_shape, price_quote
 
+if TYPE_CHECKING:
+    from ideogram_pipeline.simulator.app import _SimulatedApi
+
 __all__ = ["OPERATIONS", "REMOVE_BACKGROUND_V2", "UPSCALE_MAX_SIDE", "Operation", "SimulatedOps"]
 
 #: An upscale doubles its source, but its long side stops growing here.
 UPSCALE_MAX_SIDE = 4096
-_V3_STYLES = ("GENERAL", "REALISTIC", "DESIGN", "FICTION")
 _COLOURS = (
     ("red", (200, 40, 40)),
     ("orange", (230, 140, 30)),
@@ -368,7 +370,7 @@ def _picture(call: _Call, index: int) -> tuple[dict[str, Any], ImageKey]:
             )
         style = params.get("style_type") or "GENERAL"
         if style == "AUTO":
-            style = _V3_STYLES[int(call.digest[8:12], 16) % len(_V3_STYLES)]
+            style = AUTO_STYLES[int(call.digest[8:12], 16) % len(AUTO_STYLES)]
         item = {"prompt": shown, "resolution": resolution, "seed": seed, "style_type": style}
     key = ImageKey(
         model=op.product,
