@@ -177,6 +177,9 @@ def test_output_follows_source_bytes_and_parameters(client: httpx.Client) -> Non
     upscale = {"image_request": {"detail": 10}}
     one = download(client, ok(send(client, UPSCALE, source, upscale), "upscale"))
     assert download(client, ok(send(client, UPSCALE, source, upscale), "upscale")) == one
+    # Remove-background on v1, v2 and v2 async: one picture per source.
+    cut = download(client, ok(send(client, REMOVE, source), "remove_background"))
+    assert download(client, send(client, REMOVE_V2, source).json()) == cut
 
 
 # -- bad requests: 400 naming the part or field, never billed ------------------------------

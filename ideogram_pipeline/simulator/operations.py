@@ -212,7 +212,8 @@ class _Call:
 def _call(op: Operation, read: RequestBody) -> _Call:
     part = spec.image_part(op.schema).name
     source = SourceImage.read(read.files[part][0])
-    params = {k: v for k, v in read.fields.items() if k != part}
+    # How the answer is delivered (v2's async, private) is not what the picture depends on.
+    params = {k: v for k, v in read.fields.items() if k not in (part, "async", "private")}
     if op.name == "upscale":
         params = dict(read.fields["image_request"])
     canonical = json.dumps(
