@@ -370,3 +370,19 @@ def test_v2_remove_background_dry_run_quotes_without_billing(
     assert sim.stats.billed_requests == 0
     bad = client.post(f"{REMOVE_V2}?dry_run=true", files={"image": ("a.png", b"nope")})
     assert bad.status_code == 400 and "image:" in bad.json()["error"]
+
+
+def test_simulator_routes_agree_with_the_clients_operation_table() -> None:
+    from ideogram_pipeline.ideogram.operations import operation
+    from ideogram_pipeline.simulator.operations import OPERATIONS, REMOVE_BACKGROUND_V2
+
+    for served in OPERATIONS:
+        sent = operation(served.name)
+        part = spec.image_part(served.schema)
+        assert (served.path, part.name, part.max_bytes) == (
+            sent.path,
+            sent.image_part,
+            sent.max_image_bytes,
+        )
+        assert spec.OPERATION_SCHEMAS[served.name] == served.schema
+    assert operation("remove_background").v2_path == REMOVE_BACKGROUND_V2.path

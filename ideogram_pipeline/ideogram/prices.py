@@ -17,11 +17,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHARACTER_PRICE_BY_SPEED_USD",
-    "OPERATION_PRICE_USD",
     "PRICE_PER_IMAGE_USD",
     "TRANSPARENT_PRICE_USD",
     "has_priced_controls",
-    "operation_price",
     "price_per_image",
     "quote_key",
     "request_price",
@@ -97,32 +95,6 @@ def price_per_image(model: str, rendering_speed: str | None = None) -> float:
     if model in V2_PRICE_USD:
         return V2_PRICE_USD[model].get(speed, V2_PRICE_USD[model]["DEFAULT"])
     return PRICE_PER_IMAGE_USD[model]
-
-
-#: USD per output image of the operations on stored images (issue 19), by speed where the
-#: operation takes one; describe bills per described image. Remix, reframe and replace
-#: background bill as 3.0 generation (ideogram.ai/features/api-pricing: "These rates apply
-#: to ... Remix, ... Reframe, Replace Background"); remove-background $0.01 (v2 notes §6 and
-#: the pricing blog). Upscale $0.06 and describe $0.01 are the legacy API price list's,
-#: not restated on the current pages.
-OPERATION_PRICE_USD: dict[str, dict[str, float]] = {
-    "upscale": {"DEFAULT": 0.06},
-    "describe": {"DEFAULT": 0.01},
-    "remix": V3_PRICE_BY_SPEED_USD,
-    "reframe": V3_PRICE_BY_SPEED_USD,
-    "replace_background": V3_PRICE_BY_SPEED_USD,
-    "remove_background": {"DEFAULT": 0.01},
-}
-
-
-def operation_price(
-    operation: str, rendering_speed: str | None = None, *, character: bool = False
-) -> float:
-    """Price of one output image of ``operation`` (one described image for ``describe``);
-    a remix with a character reference bills at the character price."""
-    speed = (rendering_speed or "DEFAULT").upper()
-    table = CHARACTER_PRICE_BY_SPEED_USD if character else OPERATION_PRICE_USD[operation]
-    return table.get(speed, table["DEFAULT"])
 
 
 def has_priced_controls(request: GenerationRequest) -> bool:

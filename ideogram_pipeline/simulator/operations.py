@@ -32,7 +32,8 @@ Faults and billing are the generation's (:class:`~ideogram_pipeline.simulator.jo
 ``[sim:...]`` triggers are read from the request's prompt, the prompt recorded in the source
 PNG's text chunks (an image this pipeline stored) and the image part's filename; attempts
 are counted per route, source image and prompt. Every output image of a 200 is billed at
-:func:`~ideogram_pipeline.ideogram.prices.operation_price`; a describe bills its one input.
+the client's price (:func:`unit_price`, from :mod:`ideogram_pipeline.ideogram.operations`);
+a describe bills its one input.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ideogram_pipeline.ideogram import operations as priced
 from ideogram_pipeline.ideogram import spec
-from ideogram_pipeline.ideogram.prices import operation_price
+from ideogram_pipeline.ideogram.prices import CHARACTER_PRICE_BY_SPEED_USD, price_per_image
 from ideogram_pipeline.ideogram.references import WIRE_NAMES
 from ideogram_pipeline.images.png_metadata import read_metadata
 from ideogram_pipeline.simulator.answers import (
@@ -279,7 +281,7 @@ class SimulatedOps:
             return call
         if request.query_params.get("dry_run", "").lower() == "true":
             self.api.stats.record_response(200)
-            price = operation_price("remove_background")
+            price = unit_price("remove_background")
             return JSONResponse(price_quote("ideogram_1_remove_background", price, 1))
         job = self._job(request, call)
         if call.body.get("async"):
@@ -325,9 +327,7 @@ class SimulatedOps:
     def _bill(self, route: str, call: _Call, payload: dict[str, Any]) -> None:
         images = payload.get("data", [])
         count = len(images) if "data" in payload else 1  # describe: its one input image
-        price = operation_price(
-            call.op.name, call.params.get("rendering_speed"), character=call.character
-        )
+        price = unit_price(call.op.name, call.params.get("rendering_speed"), call.character)
         self.api.stats.record_billing(
             prompt=call.prompt or f"{call.op.name} {call.source.sha256}",
             seed=call.seed,
@@ -384,6 +384,16 @@ def _picture(call: _Call, index: int) -> tuple[dict[str, Any], ImageKey]:
         pixels=pixels,
     )
     return item, key
+
+
+def unit_price(name: str, rendering_speed: str | None = None, character: bool = False) -> float:
+    """USD per output image (describe: per described image), from the client's operation
+    table: a flat fee, or a 3.0 image of its speed (a character reference's, if sent)."""
+    speed = (rendering_speed or "DEFAULT").upper()
+    if character:
+        return CHARACTER_PRICE_BY_SPEED_USD.get(speed, CHARACTER_PRICE_BY_SPEED_USD["DEFAULT"])
+    flat = priced.operation(name).flat_price_usd
+    return flat if flat is not None else price_per_image("V_3", speed)
 
 
 def upscaled_size(width: int, height: int) -> str:

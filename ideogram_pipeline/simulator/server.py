@@ -24,8 +24,8 @@ most 4096), a reframe has the requested resolution, remove-background returns ex
 RGBA PNG, a description names the prompt our PNG text chunks record in the source. The
 triggers below apply too, read from the request's prompt, the source's recorded prompt and
 the image part's filename; attempts count per route, source image and prompt. Every output
-image of a 200 is billed (``prices.operation_price``; describe bills its one input), and
-``stats.billed_by_route`` counts billed images per path.
+image of a 200 is billed at the client's price (``ideogram/operations.py``; describe bills
+its one input), and ``stats.billed_by_route`` counts billed images per path.
 
 Behaviour worth knowing:
 
