@@ -16,7 +16,10 @@ table: a crash while one is in flight can leave its row ``unknown``, as for a le
 
 Remix, reframe and replace-background run Ideogram 3.0: their style controls are the
 ``V_3`` generate fields (same names, same spellings) and they bill as a 3.0 image of their
-rendering speed. Upscale, describe and remove-background bill a flat fee per input.
+rendering speed. Upscale, describe and remove-background bill a flat fee per input image
+(Ideogram's pricing page; upscale's ``num_images`` outputs are billed each, as the
+simulator does, which is the same for the usual one). Upscale $0.06 and describe $0.01 are
+the prices Ideogram published for those endpoints; remove-background's $0.01 is its docs'.
 """
 
 from __future__ import annotations
