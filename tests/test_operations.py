@@ -200,3 +200,59 @@ def test_operations_on_s3(s3_server, tmp_path: Path) -> None:  # type: ignore[no
     finally:
         con.close()
     assert count == (4,)
+
+
+def test_apply_is_a_launchable_dagster_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launchpad's ``apply_operation_job``: typed config (Dagster refuses a bad value
+    before the run), and the batch it builds runs as a partition of ``batch_images``."""
+    import dagster as dg
+
+    from ideogram_pipeline.definitions import defs
+
+    monkeypatch.setenv("IDEOGRAM_STORAGE", str(tmp_path / "data"))
+    monkeypatch.setenv("IDEOGRAM_SIMULATOR_LATENCY", "0")
+    monkeypatch.setenv("IDEOGRAM_SIMULATOR_IMAGE_SCALE", "0.25")
+    monkeypatch.delenv("IDEOGRAM_API_KEY", raising=False)
+    csv = tmp_path / "boats.csv"
+    csv.write_text("prompt,seed,tags\nA red boat,1,best\nA blue boat,2,draft\n", encoding="utf-8")
+    job = defs.resolve_job_def("apply_operation_job")
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        instance.add_dynamic_partitions("batches", ["boats"])
+        generated = defs.resolve_job_def("batch_job").execute_in_process(
+            instance=instance,
+            partition_key="boats",
+            run_config={"ops": {"batch_images": {"config": {"csv_path": str(csv)}}}},
+        )
+        assert generated.success
+        with pytest.raises(dg.DagsterInvalidConfigError, match="operation"):
+            job.execute_in_process(
+                instance=instance, run_config=_apply_config(operation="flip", where=BEST)
+            )
+        refused = job.execute_in_process(
+            instance=instance,
+            run_config=_apply_config(operation="upscale", where=BEST, resemblance=500),
+            raise_on_error=False,
+        )
+        assert not refused.success
+        failure = next(e for e in refused.all_events if e.is_step_failure)
+        assert "resemblance: 500 is outside 1..100" in str(failure.step_failure_data)
+        result = job.execute_in_process(
+            instance=instance, run_config=_apply_config(operation="upscale", where=BEST)
+        )
+        assert result.success
+        output = next(e for e in result.all_events if e.is_successful_output)
+        op_metadata = output.step_output_data.metadata
+        assert op_metadata["selected"].value == 1
+        upscale_batch = op_metadata["batch"].value
+        assert str(upscale_batch).startswith("upscale-")
+        assert upscale_batch in instance.get_dynamic_partitions("batches")
+        latest = instance.get_latest_materialization_event(dg.AssetKey("batch_images"))
+        assert latest is not None and latest.dagster_event is not None
+        assert latest.dagster_event.partition == upscale_batch
+        meta = latest.asset_materialization.metadata  # type: ignore[union-attr]
+        assert meta["run_stored"].value == 1
+
+
+def _apply_config(**config: object) -> dict[str, object]:
+    return {"ops": {"apply_operation": {"config": config}}}

@@ -24,7 +24,13 @@ from ideogram_pipeline.ideogram.operations import operation
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore
 
-__all__ = ["OperationSelection", "SelectedBatch", "select_images", "write_selection"]
+__all__ = [
+    "OperationSelection",
+    "SelectedBatch",
+    "option_problem",
+    "select_images",
+    "write_selection",
+]
 
 
 @dataclass(frozen=True)
@@ -96,3 +102,18 @@ def write_selection(
     path = folder / f"{selection.key}.csv"
     path.write_text(out.getvalue(), encoding="utf-8")
     return SelectedBatch(selection.key, path, ids)
+
+
+def option_problem(selected: SelectedBatch) -> tuple[str, str] | None:
+    """``(setting, reason)`` when the options make the selection's rows invalid.
+
+    Every row carries the same options, so one they make invalid is refused before
+    anything runs, in terms of the option rather than of a row (a source that cannot be
+    used is a row's own problem, and stays a rejected row)."""
+    from ideogram_pipeline.batches.files import load_batch
+    from ideogram_pipeline.ideogram.generation import RejectedRow
+
+    for row in load_batch(selected.path, key=selected.key).rows:
+        if isinstance(row, RejectedRow) and row.field != "image":
+            return row.field, row.reason
+    return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
@@ -75,6 +74,7 @@ def apply(
 
     from ideogram_pipeline.batches.selections import (
         OperationSelection,
+        option_problem,
         select_images,
         write_selection,
     )
@@ -93,7 +93,9 @@ def apply(
         return
     folder = ensure_dagster_home() / "selections"
     selected = write_selection(selection, ids, folder)
-    _refuse_bad_options(selected.path, selected.key)
+    if problem := option_problem(selected):
+        setting, reason = problem
+        raise click.ClickException(f"--{setting.replace('_', '-')}: {reason}")
     click.echo(
         f"{operation}: {len(ids)} image(s) selected -> batch {selected.key} ({selected.path})",
         err=True,
@@ -107,16 +109,3 @@ def apply(
     if max_cost is not None:
         config["max_cost_usd"] = max_cost
     run_csv(selected.path, selected.key, config)
-
-
-def _refuse_bad_options(path: Path, key: str) -> None:
-    """Every row carries the same options: one they make invalid is refused before
-    anything runs, in terms of the command line rather than of a row."""
-    from ideogram_pipeline.batches.files import load_batch
-    from ideogram_pipeline.ideogram.generation import RejectedRow
-
-    batch = load_batch(path, key=key)
-    for row in batch.rows:
-        if isinstance(row, RejectedRow) and row.field != "image":
-            option = "--" + row.field.replace("_", "-")
-            raise click.ClickException(f"{option}: {row.reason}")

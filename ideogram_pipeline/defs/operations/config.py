@@ -19,7 +19,8 @@ OperationChoice = enum.Enum(  # type: ignore[misc]
 
 class ApplyConfig(dg.Config):
     """One operation over a selection of stored images. Settings an operation does not
-    take are refused before anything runs, naming the setting."""
+    take, or values out of range, are refused before anything is sent, naming the setting
+    (by the batch rules every row is read with)."""
 
     operation: OperationChoice = Field(description="What to do with each selected image.")
     where: str = Field(
@@ -28,11 +29,11 @@ class ApplyConfig(dg.Config):
     )
     prompt: str = Field(default="", description="remix, replace_background (required); upscale.")
     resemblance: Optional[int] = Field(  # noqa: UP045  (Dagster reads the annotation)
-        default=None, ge=1, le=100, description="upscale: how close to the source."
+        default=None, description="upscale: how close to the source."
     )
-    detail: Optional[int] = Field(default=None, ge=1, le=100, description="upscale: detail.")  # noqa: UP045
+    detail: Optional[int] = Field(default=None, description="upscale: detail.")  # noqa: UP045
     image_weight: Optional[int] = Field(  # noqa: UP045
-        default=None, ge=1, le=100, description="remix: the source's weight."
+        default=None, description="remix: the source's weight."
     )
     resolution: str = Field(default="", description="reframe (required), remix: e.g. 1024x1024.")
     rendering_speed: Optional[RenderingSpeedChoice] = Field(  # noqa: UP045
@@ -40,9 +41,9 @@ class ApplyConfig(dg.Config):
     )
     style_type: Optional[StyleTypeChoice] = Field(default=None, description="remix.")  # noqa: UP045
     style_preset: str = Field(default="", description="remix, reframe, replace_background.")
-    seed: Optional[int] = Field(default=None, ge=0, description="For repeatable results.")  # noqa: UP045
+    seed: Optional[int] = Field(default=None, description="For repeatable results.")  # noqa: UP045
     num_images: Optional[int] = Field(  # noqa: UP045
-        default=None, ge=1, le=8, description="Images per source (not describe/remove_background)."
+        default=None, description="Images per source (not describe/remove_background)."
     )
     max_cost_usd: Optional[float] = Field(  # noqa: UP045
         default=None, description="Refuse the run when the estimate is above this (USD)."

@@ -6,7 +6,6 @@ does: the run gets every guarantee, metadata and check of a batch, and shows as 
 run of the partition.
 """
 
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -27,6 +26,7 @@ def apply_operation(
     """Select the images, write their batch, and run it as a partition of batch_images."""
     from ideogram_pipeline.batches.selections import (
         OperationSelection,
+        option_problem,
         select_images,
         write_selection,
     )
@@ -43,8 +43,12 @@ def apply_operation(
     if not ids:
         context.log.info(f"no stored image matches {config.where!r}; nothing to do")
         return dg.Output(None, metadata={"selected": 0})
-    home = Path(os.environ.get("DAGSTER_HOME") or ".dagster")
+    # Beside the instance's own files, as the CLI's apply writes them.
+    home = Path(context.instance.root_directory)
     selected = write_selection(selection, ids, home / "selections")
+    if problem := option_problem(selected):
+        setting, reason = problem
+        raise dg.Failure(f"{setting}: {reason}")
     context.log.info(f"{len(ids)} image(s) selected -> batch {selected.key}")
     batch_config: dict[str, object] = {"dry_run": config.dry_run}
     if config.max_cost_usd is not None:
