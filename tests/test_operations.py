@@ -103,6 +103,8 @@ def test_keep_the_best_and_upscale_them(sim: Simulator, tmp_path: Path) -> None:
     child = next(r for r in upscaled)
     lineage = _cli(env, "lineage", str(child["id"]), "--format", "json").stdout
     assert str(child["derived_from"]) in lineage and '"upscale"' in lineage
+    shown = _cli(env, "inspect", str(child["id"])).stdout  # the PNG's own text chunks
+    assert "upscale" in shown and str(child["derived_from"]) in shown
 
 
 def test_options_an_operation_does_not_take_are_refused_before_anything_runs(
@@ -122,6 +124,25 @@ def test_options_an_operation_does_not_take_are_refused_before_anything_runs(
     assert bad_sql.returncode != 0 and "--where" in bad_sql.stderr
     nothing = _cli(env, "apply", "upscale", "--where", "false")
     assert "nothing to do" in nothing.stdout
+    assert sim.stats.billed_requests == billed
+
+
+def test_the_cost_guard_prices_operations_and_quotes_only_where_ideogram_documents_it(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    env = simulator_env(sim, tmp_path)
+    _generate(env, tmp_path, rows=2)
+    billed = sim.stats.billed_requests
+    upscale = _cli(env, "apply", "upscale", "--where", "true", "--max-cost", "0.1", ok=False)
+    assert "estimated cost $0.12 for 2 image(s)" in upscale.stderr
+    assert "above max_cost_usd $0.10" in upscale.stderr
+    cut = _cli(env, "apply", "remove_background", "--where", "true", "--max-cost", "0.01", ok=False)
+    assert "priced by Ideogram's quote for remove_background" in cut.stderr
+    assert "estimated cost $0.02" in cut.stderr
+    routes = " ".join(sim.stats.requests_by_route)
+    # One dry_run quote on remove-background's v2 path; nothing at all on /upscale, which
+    # documents no dry_run; nothing billed.
+    assert "/v2/image/remove-background/ideogram-1" in routes and "/upscale" not in routes
     assert sim.stats.billed_requests == billed
 
 
