@@ -101,15 +101,24 @@ def refuse_cells(op: Operation | None, prompt: str, cell: Cell) -> list[CellReje
     return problems
 
 
-def operation_cells(op: Operation | None, cell: Cell) -> dict[str, Any]:
+def operation_cells(
+    op: Operation | None, cell: Cell, report: Callable[[CellRejected], None]
+) -> dict[str, Any]:
     """The request's operation attributes: none for a generation; the operation, the image
-    as named (resolved when the batch runs) and its own settings otherwise."""
+    as named (resolved when the batch runs) and its own settings otherwise.
+
+    Each bad setting goes to ``report`` and is left unset, so a row with a bad
+    ``resemblance`` and a bad ``detail`` is told about both at once.
+    """
     if op is None:
         return {}
     values: dict[str, Any] = {"operation": op.name, "source_text": cell("image")}
     for name in OPERATION_SETTINGS:
         if name in op.fields:
-            values[name] = _percent(name, cell(name))
+            try:
+                values[name] = _percent(name, cell(name))
+            except CellRejected as problem:
+                report(problem)
     return values
 
 

@@ -93,7 +93,9 @@ def _request(
     # Issue 19: an operation on a stored image reads the same cells as a 3.0 generation,
     # restricted to what its endpoint takes (operation_rows.py).
     op = problems.check(lambda: operation_rows.parse_operation(cell("operation")), None)
-    is_generation = op is None and not cell("operation")
+    # ``generate`` spelt out is a generation like an empty cell; an unknown name is not.
+    unknown_operation = any(p.field == "operation" for p in problems.found)
+    is_generation = op is None and not unknown_operation
     problems.check(lambda: fields.check_text("prompt", prompt, required=is_generation), None)
     if op is not None or is_generation:  # (an unknown operation: its own message only)
         for refused in operation_rows.refuse_cells(op, prompt, cell):
@@ -152,10 +154,7 @@ def _request(
         ),
         no_controls,
     )
-    no_operation: dict[str, Any] = {}
-    operation_values = problems.check(
-        lambda: operation_rows.operation_cells(op, cell), no_operation
-    )
+    operation_values = operation_rows.operation_cells(op, cell, problems.add)
     if problems.found:
         return None
     return GenerationRequest(
