@@ -111,7 +111,7 @@ def test_public_urls_everywhere_through_the_cli(simulator: Simulator, tmp_path: 
         assert row["public_url"] == f"{BASE}/{row['image_key']}"
         chunk = read_metadata(Path(row["stored_uri"]).read_bytes())["record"]
         assert chunk is not None and chunk["public_url"] == row["public_url"]
-        assert "operation" not in chunk  # a generation names no operation
+        assert chunk["operation"] == "generate" and "derived_from" not in chunk
     urls = {row["id"]: row["public_url"] for row in stored}
 
     runner = CliRunner()

@@ -59,7 +59,9 @@ _USAGE_COLUMNS = (
     "cost_usd, size_bytes, latency_ms, simulated, coalesce(operation, 'generate') AS operation"
 )
 _COUNTS = (
-    "count(*) AS records, count(*) FILTER (status IN ('stored', 'unsafe')) AS images, "
+    # (describe answers with text: billed, but no image)
+    "count(*) AS records, "
+    "count(*) FILTER (status IN ('stored', 'unsafe') AND operation <> 'describe') AS images, "
     + ", ".join(f"count(*) FILTER (status = '{s}') AS {s}" for s in STATUSES)
     + ", sum(coalesce(cost_usd, 0)) AS cost_usd"
 )
