@@ -198,6 +198,34 @@ def test_a_killed_operation_batch_resumes_without_paying_twice(tmp_path: Path) -
         assert sim.stats.billed_by_route[route] == 6
 
 
+def test_a_synchronous_operation_killed_in_flight_is_unknown_never_paid_twice(
+    tmp_path: Path,
+) -> None:
+    """Upscale has no documented v2 path: a run killed while its requests are in flight
+    cannot know whether Ideogram ran them, so the re-run leaves those rows ``unknown``
+    (possibly billed, resent only when asked) and pays for the rest once."""
+    config = SimulatorConfig(image_scale=0.25, latency_s=1.5, max_inflight=2)
+    with running_simulator(config) as sim:
+        env = simulator_env(sim, tmp_path, IDEOGRAM_MAX_INFLIGHT="2")
+        _generate(env, tmp_path, rows=4)
+        killed = run_and_kill(
+            [*CLI, "apply", "upscale", "--where", "true"],
+            env,
+            lambda: sim.stats.images_inflight >= 2,
+        )
+        assert killed
+        rerun = _cli(env, "apply", "upscale", "--where", "true")
+        assert "possibly billed" in rerun.stdout + rerun.stderr
+        rows = _rows(env, "SELECT status FROM generations WHERE operation = 'upscale' ORDER BY row")
+        statuses = sorted(str(r["status"]) for r in rows)
+        assert statuses.count("unknown") == 2 and statuses.count("stored") == 2
+        time.sleep(config.latency_s)  # the killed requests finish (and bill) server-side
+        assert max(sim.stats.billed_by_body_hash.values()) == 1  # no body paid twice
+        listed = _cli(env, "unknown")
+        assert "upscale" in listed.stdout
+        assert "2 row(s) possibly billed; resending them would cost $0.12" in listed.stderr
+
+
 def test_operations_on_s3(s3_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import new_bucket
 

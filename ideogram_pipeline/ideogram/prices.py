@@ -20,6 +20,7 @@ __all__ = [
     "PRICE_PER_IMAGE_USD",
     "TRANSPARENT_PRICE_USD",
     "has_priced_controls",
+    "operation_price",
     "price_per_image",
     "quote_key",
     "request_price",
@@ -97,6 +98,14 @@ def price_per_image(model: str, rendering_speed: str | None = None) -> float:
     return PRICE_PER_IMAGE_USD[model]
 
 
+def operation_price(name: str, rendering_speed: str | None = None) -> float:
+    """Price of one image of operation ``name``: upscale, describe and remove-background
+    bill a flat fee; remix, reframe and replace-background as a 3.0 image of their speed."""
+    flat = operation(name).flat_price_usd
+    speed = (rendering_speed or "DEFAULT").upper()
+    return flat if flat is not None else V3_PRICE_BY_SPEED_USD[speed]
+
+
 def has_priced_controls(request: GenerationRequest) -> bool:
     """Whether a control changes the product billed beyond what :func:`quote_key` names
     (transparency, a character reference), so a quote of that key misprices it."""
@@ -118,10 +127,7 @@ def request_price(request: GenerationRequest) -> float:
     """
     speed = (request.rendering_speed or "DEFAULT").upper()
     if request.is_operation:
-        # Upscale, describe, remove-background: a flat fee per input; the 3.0 operations
-        # (remix, reframe, replace-background) bill as a 3.0 image of their speed.
-        flat = operation(request.operation).flat_price_usd
-        return flat if flat is not None else V3_PRICE_BY_SPEED_USD[speed]
+        return operation_price(request.operation, speed)
     if request.transparent:
         return TRANSPARENT_PRICE_USD["ideogram-3-transparent"]
     if _has_character(request):
