@@ -27,6 +27,7 @@ __all__ = [
     "ChecksumReport",
     "batch_totals",
     "missing_rows",
+    "recorded_row_keys",
     "recorded_rows",
     "verify_run_checksums",
 ]
@@ -100,6 +101,27 @@ def recorded_rows(
     finally:
         con.close()
     return {batch: {int(row) for row in rows} for batch, rows in found}
+
+
+def recorded_row_keys(
+    settings: Settings, store: ObjectStore, batches: Collection[str]
+) -> dict[str, set[str]]:
+    """The row keys (``row_keys.py``) each batch has a current record of (one query).
+
+    What "this file is already done" must compare: a row is known by its content, so an
+    edited file with as many lines as before is not done because its line numbers are."""
+    if not batches:
+        return {}
+    con = connect(settings, store, views=(GENERATIONS,))
+    try:
+        found = con.execute(
+            "SELECT batch, list(DISTINCT row_key) FROM generations "
+            "WHERE batch IN (SELECT unnest(?)) AND row_key IS NOT NULL GROUP BY batch",
+            [sorted(batches)],
+        ).fetchall()
+    finally:
+        con.close()
+    return {batch: {str(key) for key in keys} for batch, keys in found}
 
 
 def missing_rows(
