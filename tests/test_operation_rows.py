@@ -38,6 +38,7 @@ from ideogram_pipeline.ideogram.prices import request_price
 from ideogram_pipeline.lifecycle.policy import RetentionPolicy
 from ideogram_pipeline.lifecycle.retention import run_cleanup
 from ideogram_pipeline.runs.cost_guard import estimate_cost, quote_unit_prices
+from ideogram_pipeline.runs.engine import BatchSummary, run_batch
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.simulator.multipart import parse_multipart
 from ideogram_pipeline.simulator.server import Simulator
@@ -712,6 +713,49 @@ def test_remove_background_is_quoted_by_the_simulator(made: History, tmp_path: P
 
     prices = asyncio.run(quote())
     assert prices == {("remove_background", None): 0.01}
+
+
+@pytest.mark.parametrize("api_mode", ["sync", "async"])
+def test_a_source_gone_after_resolution_fails_its_row_only(
+    made: History, simulator: Simulator, tmp_path: Path, api_mode: str
+) -> None:
+    """Deleted between resolution and send (a concurrent cleanup, an outage): the row is
+    ``failed`` naming the image, nothing is sent for it, and the other rows still run."""
+    (tmp_path / "gone.png").write_bytes(_png((1, 2, 3)))
+    batch = replace(
+        _parse(
+            _row(operation="remove_background", image="gone.png"),
+            _row(operation="remove_background", image=made.cat),
+            folder=tmp_path,
+        ),
+        key=f"gone-{api_mode}",
+    )
+    batch = resolve_sources(batch, made.root.settings, made.root.store)
+    gone, kept = batch.requests
+    assert gone.source is not None and kept.source is not None
+    made.root.store.delete([gone.source.key])
+    routes_before = sum(simulator.stats.requests_by_route.values())
+
+    async def go() -> BatchSummary:
+        async with IdeogramClient(simulator.base_url, simulator.api_key) as client:
+            client.read_reference = made.root.store.get_bytes
+            return await run_batch(
+                batch,
+                client,
+                made.root.store,
+                api_mode=api_mode,
+                history=HistoryTables(made.root.settings),
+            )
+
+    summary = asyncio.run(go())
+    assert (summary.failed, summary.stored) == (1, 1)
+    assert sum(simulator.stats.requests_by_route.values()) == routes_before + 1
+    (failed,) = made.root.query(
+        "SELECT status, failure_kind, error FROM generations WHERE batch = ? AND row = 1",
+        [batch.key],
+    )
+    assert failed[:2] == ("failed", "source")
+    assert gone.source.key in failed[2] and "nothing was sent" in failed[2]
 
 
 # -- 6. apply's selection -------------------------------------------------------------------

@@ -103,7 +103,8 @@ class GenerationRecord:
     attempt_id: str | None = field(default=None, metadata=_arrow(pa.string()))
     #: The last error retried on the way (None: first try).
     last_error: str | None = field(default=None, metadata=_arrow(pa.string()))
-    #: Failed records: safety, generation, expired, download, storage; unknown: answer_lost.
+    #: Failed records: safety, generation, source (an image to send was unreadable), expired,
+    #: download, storage; unknown: answer_lost.
     failure_kind: str | None = field(default=None, metadata=_arrow(pa.string()))
     #: Ideogram's id, when the API gave one.
     generation_id: str | None = field(default=None, metadata=_arrow(pa.string()))

@@ -23,6 +23,7 @@ from ideogram_pipeline.ideogram.downloads import fetch_image
 from ideogram_pipeline.ideogram.errors import (
     GenerationFailed,
     IdeogramError,
+    ImageUnreadable,
     RateLimited,
     ResponseLost,
     TransportError,
@@ -269,6 +270,9 @@ class IdeogramClient:
         trace and a sent one always does.
         """
         hook = before_send
+        # Stored image bytes (an operation's source, reference images) are read once, off
+        # the event loop, before the intent: a failed read sends nothing and leaves no trace.
+        parts = await asyncio.to_thread(self._image_parts, request)
 
         async def once() -> GenerationResponse:
             nonlocal hook
@@ -278,10 +282,7 @@ class IdeogramClient:
                     run_hook, hook = hook, None
                     await run_hook()
                 with translate_transport_errors(paid_request=True):
-                    if request.is_operation:  # the source image: stored bytes
-                        parts = await asyncio.to_thread(
-                            operation_parts, request, self.read_reference
-                        )
+                    if request.is_operation:
                         response = await self._http.post(operation_path(request), files=parts)
                     elif request.is_legacy:
                         response = await self._http.post(LEGACY_PATH, json=legacy_body(request))
@@ -290,19 +291,44 @@ class IdeogramClient:
                             v2_path(request), json=v2_body(request, asynchronous=False)
                         )
                     else:
-                        if request.references:  # stored bytes: read off the event loop
-                            parts = await asyncio.to_thread(
-                                v3_multipart, request, self.read_reference
-                            )
-                        else:
-                            parts = v3_multipart(request)
-                        response = await self._http.post(v3_path(request), files=parts)
+                        response = await self._http.post(
+                            v3_path(request), files=parts or v3_multipart(request)
+                        )
             if response.status_code != 200:
                 raise self._error(response)
             return GenerationResponse.from_api(response.json())
 
         result, attempts = await self._with_retries(once, stoppable=True)
         return replace(result, attempts=attempts)
+
+    def _image_parts(self, request: GenerationRequest) -> list[Any] | None:
+        """The multipart parts of a synchronous request that carries stored images (None:
+        a body that reads nothing). Called on a worker thread."""
+        if request.is_operation:
+            return self._reading(operation_parts, request)
+        if request.references and not request.is_legacy and request.model not in V2_ONLY_MODELS:
+            return self._reading(v3_multipart, request)
+        return None
+
+    def _reading(
+        self, build: Callable[..., list[Any]], request: GenerationRequest, **options: Any
+    ) -> list[Any]:
+        """``build(request, read_reference)``; a failed read is :class:`ImageUnreadable`
+        (this row fails, the run goes on), never a crash of the whole batch."""
+        read = self.read_reference
+
+        def read_or_refuse(key: str) -> bytes:
+            if read is None:
+                raise ImageUnreadable(f"row {request.row}: nothing to read {key} with")
+            try:
+                return read(key)
+            except Exception as exc:  # the store's error, whichever store it is
+                raise ImageUnreadable(
+                    f"row {request.row}: the image {key} could not be read from the storage "
+                    f"root ({type(exc).__name__}: {exc}); nothing was sent"
+                ) from exc
+
+        return build(request, read_or_refuse, **options)
 
     # -- v2, asynchronous ----------------------------------------------------------------------
 
@@ -313,13 +339,13 @@ class IdeogramClient:
         with translate_transport_errors():
             if request.is_operation:
                 parts = await asyncio.to_thread(
-                    operation_parts, request, self.read_reference, asynchronous=False
+                    self._reading, operation_parts, request, asynchronous=False
                 )
                 path = operation_path(request, asynchronous=True)
                 response = await self._http.post(path, files=parts, params=params)
             elif request.references:
                 parts = await asyncio.to_thread(
-                    v2_multipart, request, self.read_reference, asynchronous=False
+                    self._reading, v2_multipart, request, asynchronous=False
                 )
                 response = await self._http.post(v2_path(request), files=parts, params=params)
             else:
@@ -359,10 +385,10 @@ class IdeogramClient:
         Image bytes (an operation's source, reference images) are read here, before the
         intent."""
         if request.is_operation:
-            parts = operation_parts(request, self.read_reference, asynchronous=True)
+            parts = self._reading(operation_parts, request, asynchronous=True)
             return operation_path(request, asynchronous=True), parts
         if request.references:
-            return v2_path(request), v2_multipart(request, self.read_reference)
+            return v2_path(request), self._reading(v2_multipart, request)
         return v2_path(request), None
 
     async def _submit(

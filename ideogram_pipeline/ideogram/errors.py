@@ -37,6 +37,7 @@ __all__ = [
     "GenerationFailed",
     "IdeogramError",
     "ImageTooLarge",
+    "ImageUnreadable",
     "InvalidRequest",
     "LinkExpired",
     "OutOfCredits",
@@ -129,6 +130,11 @@ class GenerationFailed(IdeogramError):
     """An asynchronous generation ended ``failed``: not billed, so sending again is safe."""
 
     retryable = True
+
+
+class ImageUnreadable(IdeogramError):
+    """An image the request must carry (an operation's source, a reference image) could not
+    be read from the storage root: nothing was sent, and only this row fails."""
 
 
 class DownloadError(IdeogramError):

@@ -22,6 +22,7 @@ from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import LAST_RETRY_ERROR, IdeogramClient
 from ideogram_pipeline.ideogram.errors import (
     IdeogramError,
+    ImageUnreadable,
     ResponseLost,
     SafetyRejected,
     TransportError,
@@ -332,11 +333,14 @@ class BatchRun:
         if isinstance(exc, TransportError):
             self.transport_failures += 1
             self.last_transport_error = str(exc)
-        reason = (
-            "prompt failed Ideogram's safety check (HTTP 422, not billed)"
-            if safety
-            else f"generation failed after {exc.attempts} attempt(s): {exc}"
-        )
+        unreadable = isinstance(exc, ImageUnreadable)
+        if safety:
+            reason = "prompt failed Ideogram's safety check (HTTP 422, not billed)"
+        elif unreadable:  # its message names the row already
+            reason = str(exc).removeprefix(f"row {request.row}: ")
+        else:
+            reason = f"generation failed after {exc.attempts} attempt(s): {exc}"
+        kind = "safety" if safety else "source" if unreadable else "generation"
         record = self.records.record(
             request,
             "failed",
@@ -344,7 +348,7 @@ class BatchRun:
             attempt_id,
             error=f"row {request.row}: {reason}",
             attempts=exc.attempts,
-            failure_kind="safety" if safety else "generation",
+            failure_kind=kind,
             last_error=LAST_RETRY_ERROR.get(),
         )
         await self.recorder.add(record)
