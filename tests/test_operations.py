@@ -83,6 +83,13 @@ def test_keep_the_best_and_upscale_them(sim: Simulator, tmp_path: Path) -> None:
     again = _cli(env, "apply", "upscale", "--where", BEST, "--resemblance", "60")
     assert sim.stats.billed_requests == requests_before, again.stdout
     assert "skipped already done   2" in again.stdout
+    # Selecting everything selects the 4 originals and the other command's 2 upscales,
+    # never this command's own results: run again, it selects the same 6 and pays nothing.
+    every = _cli(env, "apply", "upscale", "--where", "true")
+    assert "6 image(s) selected" in every.stderr
+    twice = _cli(env, "apply", "upscale", "--where", "true")
+    assert "6 image(s) selected" in twice.stderr and "skipped already done   6" in twice.stdout
+    requests_before = sim.stats.billed_requests
     estimate = _cli(env, "apply", "upscale", "--where", BEST, "--resemblance", "60", "--dry-run")
     assert "rows to send           0" in estimate.stdout
 

@@ -69,18 +69,26 @@ class SelectedBatch:
 
 
 def select_images(
-    settings: Settings, where: str, store: ObjectStore | None = None
+    settings: Settings,
+    where: str,
+    store: ObjectStore | None = None,
+    *,
+    made_by: str | None = None,
 ) -> tuple[str, ...]:
     """Ids of the stored images ``where`` selects, oldest first.
 
     ``where`` is the user's SQL, run inside the query sandbox (read-only, limited) like
-    ``query``; only records with an image object can be worked on.
+    ``query``; only records with an image object can be worked on. ``made_by`` (the
+    selection's own batch key) leaves out the images that batch made: the same command run
+    again must not select its own results (``--where true`` would upscale the upscales).
     """
     from ideogram_pipeline.history.sandbox import query_rows
+    from ideogram_pipeline.safe_output import sql_literal
 
+    own = f"AND batch <> {sql_literal(made_by)} " if made_by else ""
     sql = (
         "SELECT id FROM generations WHERE status = 'stored' AND image_key IS NOT NULL "
-        f"AND ({where}) ORDER BY created_at, id"
+        f"{own}AND ({where}) ORDER BY created_at, id"
     )
     _columns, rows = query_rows(settings, sql, store)
     return tuple(str(row[0]) for row in rows)

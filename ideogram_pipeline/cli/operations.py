@@ -85,7 +85,7 @@ def apply(
     chosen = {name: value for name, value in setting_values.items() if value is not None}
     selection = OperationSelection(operation, where, prompt, chosen)
     try:
-        ids = select_images(settings, where)
+        ids = select_images(settings, where, made_by=selection.key)
     except (QueryRefused, QueryLimitReached, duckdb.Error) as exc:
         raise click.ClickException(f"--where: {exc}") from None
     if not ids:

@@ -37,7 +37,9 @@ def apply_operation(
         config.operation.value, config.where, config.prompt, config.settings()
     )
     try:
-        ids = select_images(settings, config.where, storage.open(settings))
+        ids = select_images(
+            settings, config.where, storage.open(settings), made_by=selection.key
+        )
     except Exception as exc:  # the user's SQL: refused, failed or over its limits
         raise dg.Failure(f"where: {type(exc).__name__}: {exc}") from None
     if not ids:
