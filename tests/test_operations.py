@@ -112,6 +112,9 @@ def test_keep_the_best_and_upscale_them(sim: Simulator, tmp_path: Path) -> None:
     assert str(child["derived_from"]) in lineage and '"upscale"' in lineage
     shown = _cli(env, "inspect", str(child["id"])).stdout  # the PNG's own text chunks
     assert "upscale" in shown and str(child["derived_from"]) in shown
+    refused = _cli(env, "reproduce", str(child["id"]), ok=False)
+    assert refused.returncode != 0 and "was made by upscale" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_options_an_operation_does_not_take_are_refused_before_anything_runs(
@@ -146,6 +149,9 @@ def test_the_cost_guard_prices_operations_and_quotes_only_where_ideogram_documen
     cut = _cli(env, "apply", "remove_background", "--where", "true", "--max-cost", "0.01", ok=False)
     assert "priced by Ideogram's quote for remove_background" in cut.stderr
     assert "estimated cost $0.02" in cut.stderr
+    estimate = _cli(env, "apply", "remove_background", "--where", "true", "--dry-run")
+    assert "quoted by Ideogram     remove_background (dry_run)" in estimate.stdout
+    assert "estimated cost         $0.02" in estimate.stdout
     routes = " ".join(sim.stats.requests_by_route)
     # One dry_run quote on remove-background's v2 path; nothing at all on /upscale, which
     # documents no dry_run; nothing billed.

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ideogram_pipeline.batches.files import Batch
+from ideogram_pipeline.history.record_ids import MIN_ID_PREFIX
 from ideogram_pipeline.ideogram.generation import GenerationRequest, RejectedRow
 from ideogram_pipeline.ideogram.operations import SourceImage, operation
 from ideogram_pipeline.ideogram.references import REFERENCE_PREFIX, sniff_image
@@ -29,8 +30,8 @@ from ideogram_pipeline.storage.base import StorageError
 
 __all__ = ["SourceProblem", "resolve_sources"]
 
-#: A record id or prefix as people paste it: hex, at least 8 digits (ids are 32).
-_ID_RE = re.compile(r"[0-9a-f]{8,32}")
+#: A record id or prefix as people paste it: hex, as long as other commands take (ids are 32).
+_ID_RE = re.compile(rf"[0-9a-f]{{{MIN_ID_PREFIX},32}}")
 
 
 class SourceProblem(ValueError):
@@ -46,12 +47,17 @@ class _Stored:
     sha256: str | None
 
 
-def resolve_sources(batch: Batch, settings: Settings, store: ObjectStore) -> Batch:
+def resolve_sources(
+    batch: Batch, settings: Settings, store: ObjectStore, *, write: bool = True
+) -> Batch:
     """``batch`` with every operation row's source resolved; a row whose source cannot be
-    used becomes a :class:`RejectedRow` naming the ``image`` column."""
+    used becomes a :class:`RejectedRow` naming the ``image`` column.
+
+    ``write=False`` (an estimate) resolves the same sources without storing a file's bytes
+    under ``references/``: the request hashes are the same, nothing is written."""
     if not any(r.source_text for r in batch.requests):
         return batch
-    finder = _Finder(batch, settings, store)
+    finder = _Finder(batch, settings, store, write=write)
     rows = tuple(
         finder.resolve(row) if isinstance(row, GenerationRequest) and row.source_text else row
         for row in batch.rows
@@ -60,15 +66,18 @@ def resolve_sources(batch: Batch, settings: Settings, store: ObjectStore) -> Bat
 
 
 class _Finder:
-    def __init__(self, batch: Batch, settings: Settings, store: ObjectStore) -> None:
+    def __init__(
+        self, batch: Batch, settings: Settings, store: ObjectStore, *, write: bool
+    ) -> None:
         self.base = Path(batch.source).resolve().parent
         self.settings = settings
         self.store = store
+        self.write = write
         self._stored: list[_Stored] | None = None
         self._deleted: dict[str, str] | None = None
-        #: Storage key -> the source it resolved to (a selection names each image once
-        #: per operation, but a batch may name one image in many rows).
-        self._by_key: dict[str, SourceImage] = {}
+        #: (storage key, size limit) -> the source it resolved to: a batch may name one
+        #: image in many rows, and operations differ in the largest image they take.
+        self._by_key: dict[tuple[str, int], SourceImage] = {}
 
     def resolve(self, request: GenerationRequest) -> GenerationRequest | RejectedRow:
         text = request.source_text
@@ -117,15 +126,15 @@ class _Finder:
         raise SourceProblem("is neither a file nor the id of a stored image")
 
     def _from_key(self, key: str, record_id: str | None, limit: int) -> SourceImage:
-        if key in self._by_key:
-            return self._by_key[key]
+        if (key, limit) in self._by_key:
+            return self._by_key[(key, limit)]
         try:
             data = self.store.get_bytes(key)
         except StorageError as exc:
             raise SourceProblem(f"cannot be read from the storage root: {exc}") from exc
         media_type = _check(data, limit)
         source = SourceImage(hashlib.sha256(data).hexdigest(), key, media_type, record_id)
-        self._by_key[key] = source
+        self._by_key[(key, limit)] = source
         return source
 
     def _from_file(self, path: Path, limit: int) -> SourceImage:
@@ -141,7 +150,7 @@ class _Finder:
             return SourceImage(digest, record.image_key, media_type, record.record_id)
         extension = media_type.rsplit("/", 1)[-1].replace("jpeg", "jpg")
         key = f"{REFERENCE_PREFIX}{digest}.{extension}"
-        if self.store.head(key) is None:
+        if self.write and self.store.head(key) is None:
             self.store.put_bytes(key, data, content_type=media_type, create_only=True)
         return SourceImage(digest, key, media_type, None)
 

@@ -52,6 +52,8 @@ def print_estimate(csv: Path, batch: str | None, max_cost: float | None) -> None
     click.echo(f"  {'estimated cost':<22} ${estimate.usd:.2f}")
     if estimate.unpriced_models:
         click.echo(f"  {'no price for':<22} {', '.join(estimate.unpriced_models)}")
+    if estimate.quoted_models:
+        click.echo(f"  {'quoted by Ideogram':<22} {', '.join(estimate.quoted_models)} (dry_run)")
     try:
         check_budget(estimate, max_cost)
     except CostLimitExceeded as exc:

@@ -60,9 +60,11 @@ def materialize_batch(
     key: str,
     config: dict[str, Any] | None = None,
     instance: dg.DagsterInstance | None = None,
+    resources: Mapping[str, Any] | None = None,
 ) -> LaunchResult:
     """``config``: further ``BatchConfig`` fields for this run (e.g. ``max_cost_usd``);
-    ``instance``: the one to record in (a job's op passes its own), else DAGSTER_HOME's."""
+    ``instance``: the one to record in (a job's op passes its own), else DAGSTER_HOME's;
+    ``resources``: the batch asset's (a job's op passes its own), else the environment's."""
     instance = instance or _instance()
     if not instance.has_dynamic_partition(BATCH_PARTITIONS, key):
         instance.add_dynamic_partitions(BATCH_PARTITIONS, [key])
@@ -70,7 +72,7 @@ def materialize_batch(
         [batch_images],
         instance=instance,
         partition_key=key,
-        resources=build_resources(),
+        resources=dict(resources) if resources is not None else build_resources(),
         run_config={
             "ops": {"batch_images": {"config": {"csv_path": str(csv_path), **(config or {})}}},
             "loggers": {"console": {"config": {"log_level": "INFO"}}},

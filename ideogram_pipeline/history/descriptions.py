@@ -126,13 +126,18 @@ def sync_descriptions(tables: HistoryTables, batch: str) -> int:
 
     con = connect(tables.settings, views=(GENERATIONS,))
     try:
+        # The newest describe of each source this batch described, whichever batch made
+        # it: re-running an older describe batch never writes its older text back.
         rows = con.execute(
-            "SELECT d.derived_from, arg_max(d.description, d.created_at) FROM generations d "
-            "JOIN generations s ON s.id = d.derived_from "
-            "WHERE d.batch = ? AND d.operation = 'describe' AND d.status = 'stored' "
-            "AND d.description IS NOT NULL "
-            "GROUP BY d.derived_from, s.description "
-            "HAVING s.description IS DISTINCT FROM arg_max(d.description, d.created_at)",
+            "WITH described AS (SELECT DISTINCT derived_from FROM generations "
+            "  WHERE batch = ? AND operation = 'describe' AND status = 'stored'), "
+            "newest AS (SELECT d.derived_from AS id, "
+            "  arg_max(d.description, d.created_at) AS text FROM generations d "
+            "  WHERE d.derived_from IN (SELECT derived_from FROM described) "
+            "  AND d.operation = 'describe' AND d.status = 'stored' "
+            "  AND d.description IS NOT NULL GROUP BY d.derived_from) "
+            "SELECT n.id, n.text FROM newest n JOIN generations s ON s.id = n.id "
+            "WHERE s.description IS DISTINCT FROM n.text",
             [batch],
         ).fetchall()
     finally:

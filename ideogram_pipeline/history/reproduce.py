@@ -119,7 +119,14 @@ def _fetch(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]) -> lis
     # they then read as unset (``record.get``).
     cursor = con.execute(f"SELECT * FROM generation_records WHERE {where}", params)
     names = [column[0] for column in cursor.description or ()]
-    wanted = {*_SOURCE_COLUMNS, *CONTROL_FIELDS, "reference_sha256s", "reference_roles"}
+    wanted = {
+        *_SOURCE_COLUMNS,
+        *CONTROL_FIELDS,
+        "reference_sha256s",
+        "reference_roles",
+        "operation",
+        "derived_from",
+    }
     return [
         {name: value for name, value in zip(names, row, strict=True) if name in wanted}
         for row in cursor.fetchall()
@@ -210,6 +217,7 @@ def plan(
         if not_stored:
             r = not_stored[0]
             raise ReproduceError(f"record {r['id']} is {r['status']}: there is no image to compare")
+    _refuse_operations(chosen)
     clean_tags = tuple(dict.fromkeys(validate_tag(tag) for tag in tags))
     groups: dict[tuple[Any, ...], dict[int, dict[str, Any]]] = defaultdict(dict)
     for record in chosen:
@@ -234,6 +242,20 @@ def plan(
         request = replace(original, row=number, seed=first["seed"], tags=clean_tags)
         planned.append(PlannedRequest(request, dict(by_index), exact))
     return planned
+
+
+def _refuse_operations(chosen: list[dict[str, Any]]) -> None:
+    """Reproduce sends a generation again; an image an operation made (an upscale, a remix)
+    is reproduced by running that operation on its source, which ``apply`` does."""
+    for record in chosen:
+        operation = record.get("operation")
+        if operation not in (None, "generate"):
+            source = record.get("derived_from")
+            raise ReproduceError(
+                f"record {record['id']} was made by {operation} from {source}: reproduce "
+                f"regenerates generations; run the operation again with `ideogram-pipeline "
+                f"apply {operation} --where \"id = '{source}'\"`"
+            )
 
 
 def _group_order(item: tuple[tuple[Any, ...], dict[int, dict[str, Any]]]) -> tuple[Any, ...]:

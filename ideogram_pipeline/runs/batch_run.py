@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -60,6 +61,8 @@ from ideogram_pipeline.runs.will_send import ledger_is_open
 from ideogram_pipeline.storage import NoSpaceLeft, ObjectStore
 
 __all__ = ["BatchRun"]
+
+logger = logging.getLogger(__name__)
 
 
 def operation_makes_images(request: GenerationRequest) -> bool:
@@ -442,11 +445,11 @@ class BatchRun:
         if not any(row.operation == "describe" for row in self.batch.requests):
             return
         from ideogram_pipeline.history.descriptions import sync_descriptions
-        from ideogram_pipeline.history.record_ids import RecordIdError
 
-        # (a source deleted meanwhile keeps its describe record only)
-        with contextlib.suppress(RecordIdError):
+        try:
             await asyncio.to_thread(sync_descriptions, self.recorder.history, self.batch.key)
+        except Exception as exc:  # the paid work is recorded; the next run copies the text
+            logger.warning(f"batch {self.batch.key}: descriptions not copied yet: {exc}")
 
     # -- the run -------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from ideogram_pipeline.batches.sources import resolve_sources
 from ideogram_pipeline.history.duplicates import existing_images
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import POLL_RATE_PER_S, IdeogramClient
+from ideogram_pipeline.ideogram.operations import operation
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy
 from ideogram_pipeline.runs.cost_guard import (
     CostEstimate,
@@ -281,7 +282,7 @@ def estimate_batch(
     store.preflight()
     # An operation's request is its source's bytes: unresolved, no row would match the
     # history, and a re-run would be priced as new work.
-    batch = resolve_sources(batch, settings, store)
+    batch = resolve_sources(batch, settings, store, write=False)
     matched = match_rows(settings, store, batch, write=False)
     previous, _ = state_for_run(matched.previous, simulated=settings.simulated)
     existing = existing_images(
@@ -295,7 +296,36 @@ def estimate_batch(
         duplicates=existing.keys(),
         max_inflight=settings.batch_inflight,
     )
-    return estimate_cost(batch, previous, max_inflight=settings.batch_inflight, plan=plan)
+    prices = _operation_quotes(batch, settings, store)
+    return estimate_cost(
+        batch, previous, max_inflight=settings.batch_inflight, plan=plan, unit_prices=prices
+    )
+
+
+def _operation_quotes(
+    batch: Batch, settings: Settings, store: ObjectStore
+) -> dict[tuple[str, str | None], float]:
+    """Ideogram's ``dry_run`` quotes for the batch's operations that document one
+    (remove-background's v2 path), as a run with ``--max-cost`` asks; none otherwise, and
+    nothing is sent to an endpoint that documents no ``dry_run``."""
+    quotable = [
+        row
+        for row in batch.requests
+        if row.is_operation and row.source is not None and operation(row.operation).v2_path
+    ]
+    if not quotable:
+        return {}
+    with api_endpoint(settings) as endpoint:
+
+        async def go() -> dict[tuple[str, str | None], float]:
+            policy = UrlPolicy.from_settings(settings, endpoint.base_url)
+            async with IdeogramClient(
+                endpoint.base_url, endpoint.api_key, url_policy=policy
+            ) as client:
+                client.read_reference = store.get_bytes
+                return await quote_unit_prices(client, quotable)
+
+        return asyncio.run(go())
 
 
 def execute_csv(path: str, settings: Settings, key: str | None = None) -> BatchSummary:

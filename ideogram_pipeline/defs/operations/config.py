@@ -17,6 +17,12 @@ OperationChoice = enum.Enum(  # type: ignore[misc]
 )
 
 
+#: Magic Prompt, as the operations that take it spell it.
+MagicPromptChoice = enum.Enum(  # type: ignore[misc]
+    "MagicPromptChoice", {name: name for name in ("AUTO", "ON", "OFF")}, type=str
+)
+
+
 class ApplyConfig(dg.Config):
     """One operation over a selection of stored images. Settings an operation does not
     take, or values out of range, are refused before anything is sent, naming the setting
@@ -41,6 +47,17 @@ class ApplyConfig(dg.Config):
     )
     style_type: Optional[StyleTypeChoice] = Field(default=None, description="remix.")  # noqa: UP045
     style_preset: str = Field(default="", description="remix, reframe, replace_background.")
+    style_codes: str = Field(
+        default="", description="remix, reframe, replace_background: 8-digit hex, |-separated."
+    )
+    color_palette: str = Field(
+        default="", description="remix, reframe, replace_background: a preset or #RRGGBB|..."
+    )
+    aspect_ratio: str = Field(default="", description="remix: e.g. 16x9.")
+    magic_prompt: Optional[MagicPromptChoice] = Field(  # noqa: UP045
+        default=None, description="upscale, remix, replace_background."
+    )
+    negative_prompt: str = Field(default="", description="remix: what to leave out.")
     seed: Optional[int] = Field(default=None, description="For repeatable results.")  # noqa: UP045
     num_images: Optional[int] = Field(  # noqa: UP045
         default=None, description="Images per source (not describe/remove_background)."
@@ -60,6 +77,11 @@ class ApplyConfig(dg.Config):
             "rendering_speed": self.rendering_speed.value if self.rendering_speed else None,
             "style_type": self.style_type.value if self.style_type else None,
             "style_preset": self.style_preset or None,
+            "style_codes": self.style_codes or None,
+            "color_palette": self.color_palette or None,
+            "aspect_ratio": self.aspect_ratio or None,
+            "magic_prompt": self.magic_prompt.value if self.magic_prompt else None,
+            "negative_prompt": self.negative_prompt or None,
             "seed": self.seed,
             "num_images": self.num_images,
         }

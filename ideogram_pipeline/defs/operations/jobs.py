@@ -37,9 +37,7 @@ def apply_operation(
         config.operation.value, config.where, config.prompt, config.settings()
     )
     try:
-        ids = select_images(
-            settings, config.where, storage.open(settings), made_by=selection.key
-        )
+        ids = select_images(settings, config.where, storage.open(settings), made_by=selection.key)
     except Exception as exc:  # the user's SQL: refused, failed or over its limits
         raise dg.Failure(f"where: {type(exc).__name__}: {exc}") from None
     if not ids:
@@ -55,7 +53,14 @@ def apply_operation(
     batch_config: dict[str, object] = {"dry_run": config.dry_run}
     if config.max_cost_usd is not None:
         batch_config["max_cost_usd"] = config.max_cost_usd
-    result = materialize_batch(selected.path, selected.key, batch_config, context.instance)
+    # The batch runs with this job's own resources, so it stores where the selection read.
+    result = materialize_batch(
+        selected.path,
+        selected.key,
+        batch_config,
+        context.instance,
+        resources={"pipeline": pipeline, "storage": storage},
+    )
     if not result.success:
         raise dg.Failure(f"batch {selected.key}: {result.error}")
     return dg.Output(
