@@ -789,6 +789,12 @@ def test_the_selection_key_ignores_whitespace_and_follows_the_options() -> None:
     assert OperationSelection("replace_background", "true", "x").key.startswith(
         "replace-background-"
     )
+    # The same request spelt two ways is one batch (it would otherwise be paid twice).
+    spellings = [
+        OperationSelection("remix", "true", "x", {"rendering_speed": speed, "aspect_ratio": ratio})
+        for speed, ratio in (("turbo", "16:9"), ("TURBO", "16x9"))
+    ]
+    assert spellings[0].key == spellings[1].key
 
 
 def test_write_selection_is_read_back_as_the_operation_rows(made: History, tmp_path: Path) -> None:

@@ -45,18 +45,35 @@ class OperationSelection:
 
     @property
     def key(self) -> str:
-        """The batch key: the operation and a hash of what selects and configures it."""
+        """The batch key: the operation and a hash of what selects and configures it.
+
+        The settings are hashed as a row reads them (``turbo`` is ``TURBO``, ``16:9`` is
+        ``16x9``), so the same request spelt two ways is one batch, not two that pay twice.
+        """
         canonical = json.dumps(
             {
                 "operation": self.operation,
                 "where": " ".join(self.where.split()),
-                "prompt": self.prompt,
-                "settings": dict(sorted(self.settings.items())),
+                "request": self._canonical_request(),
             },
             sort_keys=True,
+            default=str,
         )
         digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
         return f"{self.operation.replace('_', '-')}-{digest}"
+
+
+    def _canonical_request(self) -> dict[str, object]:
+        """What one row of the selection asks, in canonical forms (its image aside); the
+        options as given when they are invalid (the batch then refuses them by name)."""
+        from ideogram_pipeline.batches.rows import validate_cells
+        from ideogram_pipeline.ideogram.generation import GenerationRequest
+
+        cells = {"operation": self.operation, "image": "-", "prompt": self.prompt}
+        row = validate_cells(1, {**cells, **self.settings})
+        if not isinstance(row, GenerationRequest):
+            return {"prompt": self.prompt, **dict(sorted(self.settings.items()))}
+        return row.parameters()
 
 
 @dataclass(frozen=True)
