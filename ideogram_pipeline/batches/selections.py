@@ -62,7 +62,6 @@ class OperationSelection:
         digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
         return f"{self.operation.replace('_', '-')}-{digest}"
 
-
     def _canonical_request(self) -> dict[str, object]:
         """What one row of the selection asks, in canonical forms (its image aside); the
         options as given when they are invalid (the batch then refuses them by name)."""

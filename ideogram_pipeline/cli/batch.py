@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ideogram_pipeline.cli.common import main, settings_or_exit
+from ideogram_pipeline.cli.common import main, max_cost_option, settings_or_exit
 
 if TYPE_CHECKING:
     from ideogram_pipeline.settings import Settings
@@ -163,13 +163,7 @@ def _announce_resend(key: str, max_cost: float | None) -> None:
 @click.option(
     "--batch", help="Batch key (default: the file name without its .csv, .xlsx or .xls ending)."
 )
-@click.option(
-    "--max-cost",
-    type=click.FloatRange(min=0),
-    default=None,
-    metavar="USD",
-    help="Refuse to start when the estimated cost of the rows to send is above USD.",
-)
+@max_cost_option
 @click.option(
     "--dry-run",
     is_flag=True,

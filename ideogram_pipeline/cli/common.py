@@ -6,7 +6,7 @@ import click
 
 from ideogram_pipeline.settings import Settings, SettingsError, load_settings
 
-__all__ = ["main", "settings_or_exit"]
+__all__ = ["main", "max_cost_option", "settings_or_exit"]
 
 
 def settings_or_exit() -> Settings:
@@ -21,3 +21,13 @@ def settings_or_exit() -> Settings:
 @click.version_option(package_name="ideogram-pipeline")
 def main() -> None:
     """Batch Ideogram image generation: CSV in, stored images and queryable metadata out."""
+
+
+#: ``--max-cost USD``: the cost guard of every command that spends (``run``, ``apply``).
+max_cost_option = click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="USD",
+    help="Refuse to start when the estimated cost of what would be sent is above USD.",
+)

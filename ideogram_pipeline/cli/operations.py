@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ideogram_pipeline.cli.common import main, settings_or_exit
+from ideogram_pipeline.cli.common import main, max_cost_option, settings_or_exit
 from ideogram_pipeline.ideogram.operations import OPERATIONS
 
 #: The operations' settings as options: ``--image-weight 40`` is the column ``image_weight``.
@@ -48,13 +48,7 @@ def _setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--prompt", default="", help="The prompt (remix, replace_background; upscale).")
 @_setting_options
 @click.option("--dry-run", is_flag=True, help="Print the cost estimate only; send nothing.")
-@click.option(
-    "--max-cost",
-    type=click.FloatRange(min=0),
-    default=None,
-    metavar="USD",
-    help="Refuse to start when the estimated cost of the images to send is above USD.",
-)
+@max_cost_option
 def apply(
     operation: str,
     where: str,
