@@ -36,6 +36,7 @@ from ideogram_pipeline.ideogram.generation import (
 from ideogram_pipeline.ideogram.prices import request_price
 from ideogram_pipeline.ideogram.requests import fits_v2
 from ideogram_pipeline.ideogram.stop import SendsStopped
+from ideogram_pipeline.images.contact_sheets import SheetTiles
 from ideogram_pipeline.runs.bookkeeping import LedgerWriter
 from ideogram_pipeline.runs.journal import Journal, journal_directory
 from ideogram_pipeline.runs.ledger import Ledger, LedgerEntry, new_attempt_id
@@ -81,6 +82,7 @@ class BatchRun:
         api_mode: str = "async",
         resend_unknown: bool = False,
         storage_retry: StorageRetry = STORAGE_RETRY,
+        tiles: SheetTiles | None = None,
     ) -> None:
         self.batch = batch
         self.client = client
@@ -136,6 +138,7 @@ class BatchRun:
             on_retry=self._image_store_retried,
             retry=storage_retry,
             on_no_space=self._out_of_space,
+            tiles=tiles,
         )
         self.book = LedgerWriter(
             self.ledger,

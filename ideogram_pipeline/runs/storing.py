@@ -11,6 +11,7 @@ from dataclasses import replace
 from ideogram_pipeline.history.schema import GenerationRecord
 from ideogram_pipeline.ideogram.client import LAST_RETRY_ERROR, IdeogramClient
 from ideogram_pipeline.ideogram.errors import IdeogramError, LinkExpired
+from ideogram_pipeline.images.contact_sheets import SheetTiles
 from ideogram_pipeline.images.png_metadata import prepare_for_storage
 from ideogram_pipeline.runs.ledger import attempt_day
 from ideogram_pipeline.runs.pools import RunPools
@@ -42,6 +43,7 @@ class ImageKeeper:
         on_retry: Callable[[BaseException], None],
         retry: StorageRetry = STORAGE_RETRY,
         on_no_space: Callable[[NoSpaceLeft], None] | None = None,
+        tiles: SheetTiles | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -50,6 +52,9 @@ class ImageKeeper:
         self.on_retry = on_retry
         self.retry = retry
         self.on_no_space = on_no_space
+        #: Contact-sheet thumbnails, made here while other requests wait on Ideogram so the
+        #: sheet drawn after the last image need not read these images back.
+        self.tiles = tiles
         #: Set once the store is full: later images are not even tried (each would only
         #: take space the journal's answers need), and go to the next run from the ledger.
         self.full: NoSpaceLeft | None = None
@@ -70,6 +75,8 @@ class ImageKeeper:
                 )
                 key = image_key(record.id, attempt_day(record.attempt_id or ""))
             data, digest = await self._store_with_retries(key, data, digest, record)
+            if self.tiles is not None and self.tiles.wanted(record.row, record.image_index):
+                await self.pools.run(self.pools.cpu, self.tiles.add, key, data)
         except LinkExpired as exc:
             outcome = replace(
                 record,

@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NoReturn
 
@@ -30,6 +31,7 @@ from ideogram_pipeline.defs.resources import (
     StorageResource,
     prompts_dir,
 )
+from ideogram_pipeline.images.contact_sheets import SheetTiles
 from ideogram_pipeline.settings import Settings, SettingsError
 from ideogram_pipeline.storage import ObjectStore, StorageError
 from ideogram_pipeline.storage.keys import batch_key_for, is_safe_key
@@ -155,6 +157,8 @@ def batch_images(
                 f"cost ${s.cost_usd:.2f}"
             )
 
+    # The contact sheet's thumbnails are made as the images are stored (contact_sheets.py).
+    tiles = SheetTiles(row.row for row in batch.rows)
     context.log.info(f"batch {key}: {len(batch.rows)} rows from {path} ({settings.api_label})")
     if not overrides.empty:
         context.log.info(f"run overrides: {overrides.describe()}")
@@ -170,6 +174,7 @@ def batch_images(
             force=config.force,
             resend_unknown=config.resend_unknown,
             on_takeover=lambda dead: fail_dead_runs(context, key, dead.run_id, dead.describe()),
+            tiles=tiles,
         )
     except CostLimitExceeded as exc:
         raise dg.Failure(str(exc), metadata=exc.estimate.as_dict()) from None
@@ -211,13 +216,22 @@ def batch_images(
             },
         )
         return
-    sheet = contact_sheet_metadata(settings, store, key, run_id, context.log)
-    totals = _totals(settings, store, key, context.log)
-    yield dg.MaterializeResult(
-        asset_key=ASSET, metadata={**totals, **run_metadata(summary), **sheet}
-    )
     selected = {check.name for check in context.selected_asset_check_keys}
-    if ROWS_CHECK in selected:
-        yield rows_check(settings, store, key, [row.row for row in batch.rows])
-    if CHECKSUM_CHECK in selected:
-        yield checksum_check(settings, store, key, run_id)
+    # The checksum check reads back and hashes up to 500 images (I/O and hashing release
+    # the GIL): it runs beside the sheet, the totals and the rows check, not after them.
+    # Everything it reads is final once the batch has run.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="checksum-check") as beside:
+        checksums = (
+            beside.submit(checksum_check, settings, store, key, run_id)
+            if CHECKSUM_CHECK in selected
+            else None
+        )
+        sheet = contact_sheet_metadata(settings, store, key, run_id, context.log, tiles)
+        totals = _totals(settings, store, key, context.log)
+        yield dg.MaterializeResult(
+            asset_key=ASSET, metadata={**totals, **run_metadata(summary), **sheet}
+        )
+        if ROWS_CHECK in selected:
+            yield rows_check(settings, store, key, [row.row for row in batch.rows])
+        if checksums is not None:
+            yield checksums.result()
