@@ -71,6 +71,10 @@ class Settings:
     #: Server-side encryption of S3 uploads: ``AES256`` (SSE-S3) or ``aws:kms`` (SSE-KMS).
     s3_sse: str | None = None
     s3_sse_kms_key_id: str | None = None
+    #: ``IDEOGRAM_PUBLIC_BASE_URL``: a CDN or public-bucket domain in front of the storage
+    #: root, without a trailing slash. Set, every stored image's ``public_url`` is this plus
+    #: its object key; unset, nothing public is implied (``share`` hands out one image).
+    public_base_url: str | None = None
 
     @property
     def batch_inflight(self) -> int:
@@ -154,6 +158,28 @@ def _sse(env: Mapping[str, str]) -> tuple[str | None, str | None]:
     return ("aws:kms" if key_id else mode), key_id
 
 
+def _public_base_url(env: Mapping[str, str]) -> str | None:
+    """An http(s) URL with a host and no query or fragment, trailing slashes dropped (keys
+    are joined with one ``/``); unset or blank is None."""
+    from urllib.parse import urlsplit
+
+    raw = env.get("IDEOGRAM_PUBLIC_BASE_URL", "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(
+            "IDEOGRAM_PUBLIC_BASE_URL must be an http:// or https:// URL with a host, e.g. "
+            f"https://cdn.example.com/images-root; got {raw!r}"
+        )
+    if parts.query or parts.fragment or any(ch.isspace() for ch in raw):
+        raise SettingsError(
+            "IDEOGRAM_PUBLIC_BASE_URL may not hold spaces, a query (?) or a fragment (#): "
+            f"object keys are appended to it; got {raw!r}"
+        )
+    return raw.rstrip("/")
+
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
 
@@ -206,6 +232,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_image_bytes=_positive_int(env, "IDEOGRAM_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES),
         s3_sse=sse,
         s3_sse_kms_key_id=sse_kms_key_id,
+        public_base_url=_public_base_url(env),
         api_mode=api_mode,
         flush_every=_positive_int(env, "IDEOGRAM_FLUSH_EVERY", DEFAULT_FLUSH_EVERY),
         concurrent_batches=_positive_int(env, "IDEOGRAM_CONCURRENT_BATCHES", 1),

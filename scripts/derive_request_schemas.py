@@ -16,8 +16,15 @@ examples, titles and vendor extensions dropped. The output is deterministic (spe
 
 Three facts the spec states only in prose (which legacy models take ``negative_prompt``,
 ``style_type`` and ``resolution``) are kept as data under ``x-model-limits``, each with the
-spec's own words. Derivation fails when those words are no longer in the spec, so a changed
+spec's own words; so is the size limit of each operation's image part (issue 19: "max size
+10MB" on ``/upscale``, ``/describe``, remix, reframe, replace-background), under
+``x-image-parts``. Derivation fails when those words are no longer in the spec, so a changed
 rule is read by a person instead of being copied silently.
+
+Remove-background is not in the bundled spec. Its request and response schemas are written
+by hand in :data:`HAND_WRITTEN` from Ideogram's current documentation (each carries a
+``$comment`` with the page it was read from) and merged into ``$defs``; ``x-hand-written``
+lists them, so nobody mistakes them for derived facts.
 """
 
 from __future__ import annotations
@@ -45,7 +52,68 @@ ROOTS = (
     "ImageGenerationResponseV3",
     "GenerateImageResponse",
     "GenerateImageSafetyError",
+    # Issue 19: operations on stored images (multipart, with an image part) and their answers.
+    "UpscaleImageRequest",
+    "DescribeRequest",
+    "DescribeResponse",
+    "RemixImageRequestV3",
+    "ReframeImageRequestV3",
+    "ReplaceBackgroundRequestV3",
 )
+
+_V1_REMOVE_BACKGROUND = "https://developer.ideogram.ai/v1/api-reference/tools/remove-background"
+_V2_REMOVE_BACKGROUND = (
+    "https://developer.ideogram.ai/api-reference/images/remove-background/ideogram-1"
+)
+_MB = 1024 * 1024
+
+#: Schemas the bundled spec lacks, written by hand from Ideogram's documentation (issue 19).
+HAND_WRITTEN: dict[str, dict[str, Any]] = {
+    # POST /v1/remove-background: "a multipart form containing a file", image (file, required)
+    "RemoveBackgroundRequest": {
+        "$comment": f"Not in the bundled spec: written by hand from {_V1_REMOVE_BACKGROUND}",
+        "type": "object",
+        "properties": {"image": {"type": "string"}},
+        "required": ["image"],
+    },
+    # POST /v2/image/remove-background/ideogram-1: image, private, async (dry_run: query).
+    "RemoveBackgroundRequestV2": {
+        "$comment": f"Not in the bundled spec: written by hand from {_V2_REMOVE_BACKGROUND}",
+        "type": "object",
+        "properties": {
+            "image": {"type": "string"},
+            "private": {"type": "boolean"},
+            "async": {"type": "boolean"},
+        },
+        "required": ["image"],
+    },
+    # "A list containing the single foreground image. The endpoint always returns exactly
+    # one entry." The item's fields beyond url and is_image_safe are not documented.
+    "RemoveBackgroundImageObject": {
+        "$comment": f"Not in the bundled spec: written by hand from {_V1_REMOVE_BACKGROUND}",
+        "type": "object",
+        "properties": {
+            "url": {"type": ["string", "null"], "format": "uri"},
+            "resolution": {"type": "string", "pattern": "^\\d{2,5}x\\d{2,5}$"},
+            "is_image_safe": {"type": "boolean"},
+        },
+        "required": ["is_image_safe"],
+    },
+    "RemoveBackgroundResponse": {
+        "$comment": f"Not in the bundled spec: written by hand from {_V1_REMOVE_BACKGROUND}",
+        "type": "object",
+        "properties": {
+            "created": {"type": "string", "format": "date-time"},
+            "data": {
+                "type": "array",
+                "items": {"$ref": "#/$defs/RemoveBackgroundImageObject"},
+                "minItems": 1,
+                "maxItems": 1,
+            },
+        },
+        "required": ["created", "data"],
+    },
+}
 
 #: Keywords that carry validation meaning; everything else (description, example, ...) goes.
 KEPT_KEYWORDS = frozenset(
@@ -113,6 +181,35 @@ MODEL_LIMITS = (
         "Resolution",
         ("V_2", "V_2_TURBO"),
         "(For model_version for 2.0 only, cannot be used in conjunction with aspect_ratio)",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ImagePartLimit:
+    """The image file part of an operation's request and its size limit, as the spec words it."""
+
+    schema: str
+    part: str
+    max_bytes: int
+    spec_says: str
+
+
+_TEN_MB_WORDS = "(max size 10MB); only JPEG, WebP and PNG formats are supported"
+
+#: The spec's prose limits on each operation's image part (see the module docstring).
+IMAGE_PARTS = (
+    ImagePartLimit("UpscaleImageRequest", "image_file", 10 * _MB, _TEN_MB_WORDS),
+    ImagePartLimit("DescribeRequest", "image_file", 10 * _MB, _TEN_MB_WORDS),
+    ImagePartLimit("RemixImageRequestV3", "image", 10 * _MB, _TEN_MB_WORDS),
+    ImagePartLimit("ReframeImageRequestV3", "image", 10 * _MB, _TEN_MB_WORDS),
+    ImagePartLimit("ReplaceBackgroundRequestV3", "image", 10 * _MB, _TEN_MB_WORDS),
+)
+#: The hand-written schemas' image parts, in the documentation's words (not checked).
+HAND_WRITTEN_IMAGE_PARTS = (
+    ImagePartLimit("RemoveBackgroundRequest", "image", 25 * _MB, "(max size 25MB)"),
+    ImagePartLimit(
+        "RemoveBackgroundRequestV2", "image", 25 * _MB, "JPEG, PNG, or WebP, up to 25MB"
     ),
 )
 
@@ -185,10 +282,32 @@ def _model_limits(components: dict[str, Any], wanted: tuple[ModelLimit, ...]) ->
     return limits
 
 
+def _image_parts(components: dict[str, Any], wanted: tuple[ImagePartLimit, ...]) -> dict[str, Any]:
+    """``x-image-parts``: each operation's image part and size limit, the spec's words checked
+    (the hand-written ones are taken as written)."""
+    parts: dict[str, Any] = {}
+    for limit in (*wanted, *HAND_WRITTEN_IMAGE_PARTS):
+        described_at = f"{limit.schema}.{limit.part}"
+        checked = limit not in HAND_WRITTEN_IMAGE_PARTS
+        if checked and limit.spec_says not in _description(components, described_at):
+            raise ValueError(
+                f"the spec no longer says {limit.spec_says!r} at {described_at}: "
+                "re-read it and update IMAGE_PARTS"
+            )
+        parts[limit.schema] = {
+            "part": limit.part,
+            "max_bytes": limit.max_bytes,
+            "described_at": described_at,
+            "spec_says": limit.spec_says,
+        }
+    return parts
+
+
 def derive(
     openapi: dict[str, Any],
     source_sha256: str | None = None,
     limits: tuple[ModelLimit, ...] = MODEL_LIMITS,
+    image_parts: tuple[ImagePartLimit, ...] = IMAGE_PARTS,
 ) -> dict[str, Any]:
     """Return the trimmed, self-contained JSON Schema document for :data:`ROOTS`."""
     components = openapi["components"]["schemas"]
@@ -203,6 +322,7 @@ def derive(
         found: set[str] = set()
         defs[name] = _convert(components[name], found)
         pending.extend(sorted(found - defs.keys()))
+    defs.update(HAND_WRITTEN)
     info = openapi.get("info", {})
     source: dict[str, Any] = {
         "document": "ideogram-openapi.json",
@@ -217,6 +337,11 @@ def derive(
         "$comment": "Generated by scripts/derive_request_schemas.py; do not edit by hand.",
         "x-derived-from": source,
         "x-model-limits": _model_limits(components, limits),
+        "x-image-parts": _image_parts(components, image_parts),
+        "x-hand-written": {
+            name: schema["$comment"].removeprefix("Not in the bundled spec: written by hand from ")
+            for name, schema in HAND_WRITTEN.items()
+        },
         "$defs": dict(sorted(defs.items())),
     }
 

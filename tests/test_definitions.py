@@ -211,11 +211,16 @@ def test_first_sensor_tick_does_not_rerun_a_batch_already_run(
     done.write_text("prompt,seed\nA quiet harbour,1\nA bad seed,-5\n", encoding="utf-8")
     grown = prompts / "grown.csv"
     grown.write_text("prompt,seed\nA lantern,2\n", encoding="utf-8")
+    edited = prompts / "edited.csv"
+    edited.write_text("prompt,seed\nA cat,4\n", encoding="utf-8")
     (tmp_path / "cli_home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "cli_home")) as cli_instance:
         assert _run_batch(cli_instance, "done", done).success  # row 2 is rejected: recorded
         assert _run_batch(cli_instance, "grown", grown).success
+        assert _run_batch(cli_instance, "edited", edited).success
     grown.write_text("prompt,seed\nA lantern,2\nA second lantern,3\n", encoding="utf-8")
+    # As many rows as before, other content: rows are known by content, so it is new work.
+    edited.write_text("prompt,seed\nA dog,4\n", encoding="utf-8")
     (prompts / "new.csv").write_text("prompt\nA kettle\n", encoding="utf-8")
 
     (tmp_path / "dev_home").mkdir()
@@ -223,12 +228,13 @@ def test_first_sensor_tick_does_not_rerun_a_batch_already_run(
         first = _evaluate(instance, None)
         assert sorted(first.dynamic_partitions_requests[0].partition_keys) == [
             "done",
+            "edited",
             "grown",
             "new",
         ]
-        assert sorted(r.partition_key for r in first.run_requests) == ["grown", "new"]
+        assert sorted(r.partition_key for r in first.run_requests) == ["edited", "grown", "new"]
         # Later ticks judge by the cursor: an edit of the finished file runs it again.
-        for key in ("done", "grown", "new"):
+        for key in ("done", "edited", "grown", "new"):
             instance.add_dynamic_partitions("batches", [key])
         done.write_text("prompt,seed\nA quiet harbour,1\nA good seed,5\n", encoding="utf-8")
         later = _evaluate(instance, first.cursor)

@@ -109,7 +109,7 @@ def test_derive_rewrites_openapi_idioms() -> None:
         },
     }
     openapi["components"]["schemas"]["Kind"] = {"type": "string", "enum": ["A"], "nullable": True}
-    derived = derive(openapi, limits=())
+    derived = derive(openapi, limits=(), image_parts=())
     assert derived["x-model-limits"] == {}
     defs = derived["$defs"]
     request = defs["GenerateImageRequestV3"]
@@ -135,7 +135,7 @@ def test_prose_limits_are_kept_as_data_and_checked_against_the_words() -> None:
             }
         },
     }
-    assert script.derive(openapi, limits=(limit,))["x-model-limits"] == {
+    assert script.derive(openapi, limits=(limit,), image_parts=())["x-model-limits"] == {
         limit.field: {
             "models": list(limit.models),
             "described_at": limit.described_at,
@@ -146,7 +146,7 @@ def test_prose_limits_are_kept_as_data_and_checked_against_the_words() -> None:
         "description": "Available for every model."
     }
     with pytest.raises(ValueError, match="no longer says"):
-        script.derive(openapi, limits=(limit,))
+        script.derive(openapi, limits=(limit,), image_parts=())
     # The shipped file carries them, and the reader hands them out as tuples.
     assert spec.model_limits() == {
         "negative_prompt": ("V_1", "V_1_TURBO", "V_2", "V_2_TURBO"),
@@ -312,3 +312,20 @@ def test_validate_response() -> None:
     assert spec.validate_response(body, legacy=True) == []
     assert spec.validate_response({"data": []})
     assert spec.validate_response({**body, "data": [{**item, "resolution": "1x1"}]})
+
+
+def test_image_part_limits_are_the_specs_words() -> None:
+    script = _load_script()
+    openapi = {
+        "info": {},
+        "components": {"schemas": {name: {"type": "object"} for name in script.ROOTS}},
+    }
+    with pytest.raises(ValueError, match="no longer says"):
+        script.derive(openapi, limits=())
+    # The shipped file carries every operation's part; remove-background's is hand-written.
+    assert spec.image_part("UpscaleImageRequest") == spec.ImagePart("image_file", 10 * 2**20)
+    assert spec.image_part("RemoveBackgroundRequestV2") == spec.ImagePart("image", 25 * 2**20)
+    hand_written = spec.schema_document()["x-hand-written"]
+    assert set(hand_written) == {name for name in script.HAND_WRITTEN}
+    assert all(url.startswith("https://developer.ideogram.ai/") for url in hand_written.values())
+    assert set(spec.OPERATION_SCHEMAS.values()) <= set(spec.schema_document()["x-image-parts"])

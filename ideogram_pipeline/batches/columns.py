@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from ideogram_pipeline.ideogram.generation import CONTROL_SETTINGS
+from ideogram_pipeline.ideogram.generation import CONTROL_SETTINGS, OPERATION_SETTINGS
 
 __all__ = [
     "COLUMNS",
@@ -44,6 +44,10 @@ NATIVE_COLUMNS = (
     "num_images",
     "tags",
     *CONTROL_SETTINGS,  # issue 18's controls (batches/controls.py)
+    # Issue 19: an operation on a stored image, its source, its settings (operation_rows.py).
+    "operation",
+    "image",
+    *OPERATION_SETTINGS,
 )
 IDEOGRAM_UI_COLUMNS = (
     "prompt",

@@ -108,7 +108,7 @@ def parse_batch(data: bytes, *, source: str = "<bytes>", key: str = "batch") -> 
         raise ValueError("batch key must not be empty")
     header, body = _records(data, source)
     columns = _column_index(header, source)
-    if "prompt" not in columns:
+    if "prompt" not in columns and "operation" not in columns:  # describe needs no prompt
         # repr() exposes invisible characters such as a zero-width space in "prompt\u200b".
         found = ", ".join(n if n.isprintable() else repr(n) for n in columns) or "none"
         raise BatchFileError(f"{source}: no 'prompt' column (columns found: {found})")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from ideogram_pipeline.batches import controls, fields
+from ideogram_pipeline.batches import controls, fields, operation_rows
 from ideogram_pipeline.batches.fields import CellRejected
 from ideogram_pipeline.ideogram.capabilities import EXCLUSIVE_FIELDS
 from ideogram_pipeline.ideogram.generation import GenerationRequest, RejectedRow
@@ -73,9 +73,12 @@ class _Problems:
         try:
             return parse()
         except CellRejected as problem:
-            if all(seen.field != problem.field for seen in self.found):
-                self.found.append(problem)
+            self.add(problem)
             return default
+
+    def add(self, problem: CellRejected) -> None:
+        if all(seen.field != problem.field for seen in self.found):
+            self.found.append(problem)
 
 
 def _request(
@@ -87,8 +90,18 @@ def _request(
     the model itself is bad only the checks that do not need it run (their messages would
     be guesses otherwise).
     """
-    problems.check(lambda: fields.check_text("prompt", prompt, required=True), None)
-    parsed: str | None = problems.check(lambda: fields.parse_model(cell("model")), None)
+    # Issue 19: an operation on a stored image reads the same cells as a 3.0 generation,
+    # restricted to what its endpoint takes (operation_rows.py).
+    op = problems.check(lambda: operation_rows.parse_operation(cell("operation")), None)
+    # ``generate`` spelt out is a generation like an empty cell; an unknown name is not.
+    unknown_operation = any(p.field == "operation" for p in problems.found)
+    is_generation = op is None and not unknown_operation
+    problems.check(lambda: fields.check_text("prompt", prompt, required=is_generation), None)
+    if op is not None or is_generation:  # (an unknown operation: its own message only)
+        for refused in operation_rows.refuse_cells(op, prompt, cell):
+            problems.add(refused)
+    model_cell = "" if op is not None else cell("model")  # refuse_cells checked it
+    parsed: str | None = problems.check(lambda: fields.parse_model(model_cell), None)
     negative_prompt = cell("negative_prompt")
     if negative_prompt:
         problems.check(
@@ -141,6 +154,7 @@ def _request(
         ),
         no_controls,
     )
+    operation_values = operation_rows.operation_cells(op, cell, problems.add)
     if problems.found:
         return None
     return GenerationRequest(
@@ -157,4 +171,5 @@ def _request(
         seed=seed,
         tags=tags,
         **extra,
+        **operation_values,
     )

@@ -10,7 +10,9 @@ from ideogram_pipeline.cli import (  # noqa: F401  (registers the commands)
     explore,
     history,
     lifecycle,
+    lineage,
     migrate,
+    operations,
     share,
     unknown,
 )

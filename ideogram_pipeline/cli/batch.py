@@ -28,7 +28,7 @@ SUMMARY_FIELDS = (
 )
 
 
-def _ensure_dagster_home() -> Path:
+def ensure_dagster_home() -> Path:
     home = os.environ.get("DAGSTER_HOME")
     if not home:
         home = str(Path(".dagster").resolve())
@@ -102,7 +102,7 @@ def run_csv(csv: Path, batch: str | None, config: dict[str, Any] | None = None) 
         raise click.ClickException(str(exc)) from None
     click.echo(f"batch {key}: {len(loaded.rows)} rows from {csv} [{settings.api_label}]", err=True)
     _refuse_unmigrated(settings)
-    _ensure_dagster_home()
+    ensure_dagster_home()
     from ideogram_pipeline.cli.launch import materialize_batch
     from ideogram_pipeline.runs.runner import tune_process_memory
 

@@ -64,9 +64,10 @@ def search(
 ) -> None:
     """Find generations by prompt words, seed, model, style, tag, batch, status or date.
 
-    TEXT holds words and "quoted phrases"; each must appear as whole words in the prompt,
-    in any case (a trailing * matches a prefix: fox* finds foxes). Newest first, with the
-    stored location of each image.
+    TEXT holds words and "quoted phrases"; each must appear as whole words in the prompt
+    or the image's description (from `describe`), in any case (a trailing * matches a
+    prefix: fox* finds foxes). Newest first, with the stored location of each image and,
+    when IDEOGRAM_PUBLIC_BASE_URL is set, its public URL.
 
     Example: ideogram-pipeline search 'fox "fresh snow"' --since 2024-01-01 --tag keep
     """
@@ -100,9 +101,10 @@ def search(
             limit=limit or None,
         )
         view = view_searched(filters)
-        con = history.connect(settings_or_exit(), views=(view,), file_rows_only=True)
+        settings = settings_or_exit()
+        con = history.connect(settings, views=(view,), file_rows_only=True)
         try:
-            rows = run_search(con, filters)
+            rows = run_search(con, filters, public_base_url=settings.public_base_url)
         finally:
             con.close()
     except (SearchError, StorageError) as exc:
@@ -150,11 +152,14 @@ def _looks_like_id(text: str) -> bool:
     return bool(value) and all(ch in "0123456789abcdef" for ch in value) and not Path(text).exists()
 
 
-def _record_image(record_id: str) -> bytes:
-    """The stored image of record ``record_id`` (a full id or a unique prefix)."""
+def _record_image(record_id: str) -> tuple[bytes, dict[str, str | None]]:
+    """The stored image of record ``record_id`` (a full id or a unique prefix), and where
+    it is: ``stored_uri`` and ``public_url`` (the recorded one, or the public base plus its
+    key for an image stored before ``IDEOGRAM_PUBLIC_BASE_URL`` was set; None unset)."""
     from ideogram_pipeline import history
     from ideogram_pipeline.history.record_ids import RecordIdError, resolve_ids
     from ideogram_pipeline.storage import StorageError, open_store
+    from ideogram_pipeline.storage.public_urls import public_url
 
     settings = settings_or_exit()
     try:
@@ -163,7 +168,7 @@ def _record_image(record_id: str) -> bytes:
         try:
             (full_id,) = resolve_ids(con, [record_id])
             row = con.execute(
-                "SELECT any_value(image_key) FROM generation_records "
+                "SELECT any_value(image_key), max(public_url) FROM generation_records "
                 "WHERE id = ? AND status = 'stored' AND image_key IS NOT NULL",
                 [full_id],
             ).fetchone()
@@ -176,7 +181,11 @@ def _record_image(record_id: str) -> bytes:
                 f"the image of record {full_id} ({store.uri(row[0])}) no longer exists "
                 "(deleted by retention?)"
             )
-        return store.get_bytes(row[0])
+        location = {
+            "stored_uri": store.uri(row[0]),
+            "public_url": row[1] or public_url(settings.public_base_url, row[0]),
+        }
+        return store.get_bytes(row[0]), location
     except (RecordIdError, StorageError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -197,11 +206,17 @@ def inspect(file: str, fmt: str) -> None:
     FILE is a path, an s3:// URI, or a record id (or a unique prefix of at least 6
     characters) whose stored image is read from the storage root. Every image the pipeline
     stores carries a human-readable `parameters` text chunk and an `ideogram-pipeline` JSON
-    chunk with the full record. An image the simulator made says SIMULATED first.
+    chunk with the full record (a derived image names its operation and derived_from; with
+    IDEOGRAM_PUBLIC_BASE_URL set, its public_url). An image the simulator made says
+    SIMULATED first. Given a record id, where the image is stored is shown too.
     """
     from ideogram_pipeline.images.png_metadata import PngError, read_metadata
 
-    data = _record_image(file) if _looks_like_id(file) else _read_image(file)
+    location: dict[str, str | None] | None = None
+    if _looks_like_id(file):
+        data, location = _record_image(file)
+    else:
+        data = _read_image(file)
     try:
         meta = read_metadata(data)
     except PngError as exc:
@@ -209,7 +224,8 @@ def inspect(file: str, fmt: str) -> None:
     if meta["parameters"] is None and meta["record"] is None:
         raise click.ClickException(f"{file} carries no generation parameters")
     if fmt == "json":
-        click.echo(json.dumps(meta, indent=2, ensure_ascii=False))
+        shown = meta if location is None else {**meta, "location": location}
+        click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
         return
     if (meta["record"] or {}).get("simulated"):
         click.echo("SIMULATED: made by the simulator, not by Ideogram")
@@ -221,6 +237,11 @@ def inspect(file: str, fmt: str) -> None:
         click.echo("record:")
         for key, value in meta["record"].items():
             click.echo(f"  {key + ':':<18} {terminal_text(value)}")
+    if location is not None:
+        click.echo("location:")
+        for key, value in location.items():
+            if value:
+                click.echo(f"  {key + ':':<18} {terminal_text(value)}")
 
 
 DUPLICATE_COLUMNS = (

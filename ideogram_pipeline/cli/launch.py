@@ -56,10 +56,14 @@ def _instance() -> dg.DagsterInstance:
 
 
 def materialize_batch(
-    csv_path: Path, key: str, config: dict[str, Any] | None = None
+    csv_path: Path,
+    key: str,
+    config: dict[str, Any] | None = None,
+    instance: dg.DagsterInstance | None = None,
 ) -> LaunchResult:
-    """``config``: further ``BatchConfig`` fields for this run (e.g. ``max_cost_usd``)."""
-    instance = _instance()
+    """``config``: further ``BatchConfig`` fields for this run (e.g. ``max_cost_usd``);
+    ``instance``: the one to record in (a job's op passes its own), else DAGSTER_HOME's."""
+    instance = instance or _instance()
     if not instance.has_dynamic_partition(BATCH_PARTITIONS, key):
         instance.add_dynamic_partitions(BATCH_PARTITIONS, [key])
     result = dg.materialize(

@@ -31,6 +31,7 @@ __all__ = [
     "ChecksumReport",
     "batch_totals",
     "missing_rows",
+    "recorded_row_keys",
     "recorded_rows",
     "verify_run_checksums",
 ]
@@ -103,6 +104,27 @@ def recorded_rows(
     return {batch: {int(row) for row in rows} for batch, rows in found}
 
 
+def recorded_row_keys(
+    settings: Settings, store: ObjectStore, batches: Collection[str]
+) -> dict[str, set[str]]:
+    """The row keys (``row_keys.py``) each batch has a current record of (one query).
+
+    What "this file is already done" must compare: a row is known by its content, so an
+    edited file with as many lines as before is not done because its line numbers are."""
+    if not batches:
+        return {}
+    con = connect(settings, store, views=(GENERATIONS,))
+    try:
+        found = con.execute(
+            "SELECT batch, list(DISTINCT row_key) FROM generations "
+            f"WHERE batch IN (SELECT unnest({sql_list(sorted(batches))})) "
+            "AND row_key IS NOT NULL GROUP BY batch"
+        ).fetchall()
+    finally:
+        con.close()
+    return {batch: {str(key) for key in keys} for batch, keys in found}
+
+
 def missing_rows(
     settings: Settings, store: ObjectStore, batch: str, rows: Collection[int]
 ) -> list[int]:
@@ -139,7 +161,7 @@ def verify_run_checksums(
         images: Sequence[tuple[str, str, str]] = con.execute(
             "SELECT id, image_key, sha256 FROM generations "
             f"WHERE batch = {sql_literal(batch)} AND run_id = {sql_literal(run_id)} "
-            "AND status = 'stored' ORDER BY id"
+            "AND status = 'stored' AND image_key IS NOT NULL ORDER BY id"
         ).fetchall()
     finally:
         con.close()

@@ -7,7 +7,9 @@
   included, so each file still describes itself), checked against the recorded SHA-256;
   records linked as duplicates share their original's file;
 - ``metadata.parquet`` and ``metadata.csv``: every selected record (any status) plus an
-  ``export_path`` column naming its file in the export (empty when it has none). CSV cells
+  ``export_path`` column naming its file in the export (empty when it has none), and its
+  ``public_url`` (with ``IDEOGRAM_PUBLIC_BASE_URL`` set, also for images stored before it
+  was: the base plus the key). CSV cells
   go through :func:`~ideogram_pipeline.safe_output.neutralise_csv_cell`, so a prompt
   starting with ``=`` cannot run as a spreadsheet formula; lists are joined with ``|``;
 - ``export.json``: what was asked (the condition), when, from which storage root, counts.
@@ -155,6 +157,24 @@ def _csv_bytes(table: pa.Table) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
+def _with_public_urls(table: pa.Table, base: str | None) -> pa.Table:
+    """``public_url`` filled for stored images that lack one (recorded before the base)."""
+    import pyarrow as pa
+
+    from ideogram_pipeline.storage.public_urls import public_url
+
+    if base is None or "public_url" not in table.column_names:
+        return table
+    rows = table.select(["status", "image_key", "public_url"]).to_pylist()
+    urls = [
+        row["public_url"]
+        or (public_url(base, row["image_key"]) if row["status"] == "stored" else None)
+        for row in rows
+    ]
+    position = table.schema.get_field_index("public_url")
+    return table.set_column(position, "public_url", pa.array(urls, pa.string()))
+
+
 def export(settings: Settings, store: ObjectStore, where: str, target: Path) -> ExportResult:
     """Export the records matching ``where`` (and their images) to ``target``."""
     import pyarrow as pa
@@ -164,6 +184,7 @@ def export(settings: Settings, store: ObjectStore, where: str, target: Path) -> 
     table = _select(settings, store, where)
     if table.num_rows == 0:
         raise ExportError("no records match the --where condition; nothing exported")
+    table = _with_public_urls(table, settings.public_base_url)
     rows = table.select(["status", "image_key", "sha256"]).to_pylist()
     files: dict[str, str] = {}  # image key -> path in the export
     expected: dict[str, str] = {}

@@ -50,9 +50,9 @@ ROW_KEY = ("batch", "row_key", "image_index")
 LEGACY_ROW_KEY = ("batch", "row", "image_index")
 
 #: Why a record was appended to ``generation_records``: a generation outcome, a change a
-#: person made afterwards, or the orphan sweep marking a missing image (the record then
-#: holds the row as it was after the change).
-EVENTS = ("generate", "tag", "pin", "unpin", "sweep")
+#: person made afterwards, a description set in place after a ``describe``, or the orphan
+#: sweep marking a missing image (the record then holds the row as it was after the change).
+EVENTS = ("generate", "tag", "pin", "unpin", "describe", "sweep")
 
 _UTC_MICROS = pa.timestamp("us", tz="UTC")
 

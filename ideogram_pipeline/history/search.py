@@ -6,8 +6,13 @@ week. :func:`search` turns such filters into one DuckDB query over the ``generat
 parameter; the SQL text is assembled only from fixed fragments.
 
 Prompt text: words and ``"quoted phrases"``, each of which must appear as whole words,
-case-insensitively (Unicode-aware), in the prompt (and optionally the Magic-Prompt
-expansion). A trailing ``*`` matches a word prefix: ``fox*`` finds "foxes".
+case-insensitively (Unicode-aware), in the prompt or the image's description (Ideogram's
+``describe`` text, issue 19), and optionally the Magic-Prompt expansion. A trailing ``*``
+matches a word prefix: ``fox*`` finds "foxes".
+
+Each result names where its image is: ``stored_uri``, and ``public_url`` when the storage
+root has a public base (``IDEOGRAM_PUBLIC_BASE_URL``): the recorded one, or for a record
+stored before the base was set, the base plus its key.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ideogram_pipeline.history.record_ids import MIN_ID_PREFIX
 from ideogram_pipeline.ideogram.generation import MODELS, STATUSES
+from ideogram_pipeline.storage.public_urls import public_url
 
 if TYPE_CHECKING:
     import duckdb
@@ -53,8 +59,15 @@ RESULT_COLUMNS = (
     "style_type",
     "tags",
     "prompt",
+    # Issue 19: what made the image (None: a generation), and Ideogram's description of it.
+    "operation",
+    "derived_from",
+    "description",
     "stored_uri",
+    "public_url",
 )
+#: Read with the results to work out a missing ``public_url``; not shown.
+_KEY_COLUMN = "image_key"
 _WORD_EDGE = r"[^\pL\pN_]"
 _REFERENCE = re.compile(rf"[0-9a-f]{{{MIN_ID_PREFIX},64}}")
 _RATIO = re.compile(r"^\s*(\d{1,5})\s*[x:X×]\s*(\d{1,5})\s*$")
@@ -180,10 +193,14 @@ def view_searched(filters: SearchFilters) -> str:
 
 def build_query(filters: SearchFilters) -> tuple[str, list[Any]]:
     """The SQL (fixed fragments only) and its bound parameters."""
-    where: list[str] = []
+    # A describe's own record is the fee and an audit copy of the text, not an image: the
+    # image it describes carries the text and is what a search finds.
+    where: list[str] = ["operation IS DISTINCT FROM 'describe'"]
     params: list[Any] = []
     for term in parse_terms(filters.text or ""):
-        fields = ["prompt", "expanded_prompt"] if filters.include_expanded else ["prompt"]
+        fields = ["prompt", "description"]
+        if filters.include_expanded:
+            fields.append("expanded_prompt")
         matches = [_term_sql(term, field) for field in fields]
         where.append("(" + " OR ".join(f"({sql})" for sql, _params in matches) + ")")
         params.extend(param for _sql, field_params in matches for param in field_params)
@@ -237,7 +254,7 @@ def build_query(filters: SearchFilters) -> tuple[str, list[Any]]:
             "WHERE starts_with(src.id, ?) AND src.sha256 IS NOT NULL))"
         )
         params.extend([value, value, value])
-    columns = ", ".join(f'"{name}"' for name in RESULT_COLUMNS)
+    columns = ", ".join(f'"{name}"' for name in (*RESULT_COLUMNS, _KEY_COLUMN))
     condition = " WHERE " + " AND ".join(where) if where else ""
     order = ' ORDER BY created_at DESC, batch, "row", image_index, id'
     if filters.limit is None:
@@ -255,8 +272,16 @@ def build_query(filters: SearchFilters) -> tuple[str, list[Any]]:
     return sql, [*params, filters.limit]
 
 
-def search(con: duckdb.DuckDBPyConnection, filters: SearchFilters) -> list[dict[str, Any]]:
-    """Matching records, newest first, as dicts of :data:`RESULT_COLUMNS`."""
+def search(
+    con: duckdb.DuckDBPyConnection,
+    filters: SearchFilters,
+    *,
+    public_base_url: str | None = None,
+) -> list[dict[str, Any]]:
+    """Matching records, newest first, as dicts of :data:`RESULT_COLUMNS`.
+
+    ``public_base_url`` (``Settings.public_base_url``) fills ``public_url`` for a stored
+    image recorded before the base was set; without it, the recorded value is shown."""
     import duckdb
 
     sql, params = build_query(filters)
@@ -267,4 +292,11 @@ def search(con: duckdb.DuckDBPyConnection, filters: SearchFilters) -> list[dict[
             return []  # a history written before reference images: none was made from one
         raise
     names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    rows = []
+    for values in cursor.fetchall():
+        row = dict(zip(names, values, strict=True))
+        key = row.pop(_KEY_COLUMN)
+        if row["public_url"] is None and row["status"] == "stored":
+            row["public_url"] = public_url(public_base_url, key)
+        rows.append(row)
+    return rows

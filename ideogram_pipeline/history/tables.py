@@ -181,16 +181,16 @@ class HistoryTables:
     def _evolved(self, name: str, table: Any) -> Any:
         """``table`` with every column of :data:`TABLE_SCHEMA` it lacks added (nullable).
 
-        A table written before a column existed (issue 18's controls) gains it here, on a
-        writer's first use, so MERGE and append see one schema; old rows read as null.
+        A table written before a column existed (issue 18's controls, issue 19's lineage;
+        ``usage_rollup``'s ``operation``) gains it here, on a writer's first use, so MERGE
+        and append see one schema; old rows read as null.
         """
         from deltalake import DeltaTable, Schema
         from deltalake.exceptions import CommitFailedError, DeltaError
 
-        if name == USAGE:
-            return table
+        schema = USAGE_SCHEMA if name == USAGE else TABLE_SCHEMA
         present = set(table.schema().to_arrow().names)
-        missing = [f for f in TABLE_SCHEMA if f.name not in present]
+        missing = [f for f in schema if f.name not in present]
         if not missing:
             return table
         # Another writer may evolve it first: the reload below sees its columns.
@@ -420,7 +420,9 @@ class HistoryTables:
         return list(removed)
 
 
-#: What a deleted record leaves behind for reports: usage, never prompt text or URLs.
+#: What a deleted record leaves behind for reports: usage, never prompt text or URLs. Its
+#: ``operation`` and ``derived_from`` (an id) keep the cost by operation and the lineage
+#: (a deleted ancestor shown as deleted) after the record is gone.
 USAGE_COLUMNS = (
     "id",
     "created_at",
@@ -434,6 +436,8 @@ USAGE_COLUMNS = (
     "size_bytes",
     "latency_ms",
     "simulated",
+    "operation",
+    "derived_from",
 )
 USAGE_SCHEMA = pa.schema(
     [METADATA_SCHEMA.field(name) for name in USAGE_COLUMNS]

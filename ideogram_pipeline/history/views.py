@@ -55,8 +55,6 @@ __all__ = [
 
 #: The history views a connection can have (``connect(views=...)`` picks some).
 VIEWS = (RECORDS, GENERATIONS, GENERATIONS_ALL)
-#: Columns added by issue 17 that a table of an earlier release lacks until ``migrate``.
-ROW_KEY_COLUMNS = {"row_key": "VARCHAR", "in_file": "BOOLEAN"}
 #: What ``generations`` shows people: the rows of each batch's latest file.
 IN_FILE = "in_file IS NOT FALSE"
 #: Where releases before the Delta tables wrote the history (append-only Parquet).
@@ -173,8 +171,7 @@ def connect(
                 # (a prompt regex, an id) into an attached table's scan.
                 uri = sql_literal(table_uri(settings, name))
                 con.execute(f"ATTACH {uri} AS {name} (TYPE delta)")
-                if name == RECORDS:
-                    _add_row_key_columns(con, name, uri)
+                _add_missing_columns(con, name, uri)
         if GENERATIONS in wanted and not table_exists(store, GENERATIONS):
             con.execute(f"CREATE OR REPLACE VIEW {GENERATIONS_ALL} AS SELECT * FROM {GENERATIONS}")
     except BaseException:
@@ -183,16 +180,18 @@ def connect(
     return con
 
 
-def _add_row_key_columns(con: duckdb.DuckDBPyConnection, name: str, uri: str) -> None:
-    """A table of an earlier release lacks ``row_key`` and ``in_file`` until ``migrate``:
-    reattach it under another name behind a view that adds them as nulls, so queries that
-    name them read (nulls, as for any row not yet keyed) instead of failing."""
+def _add_missing_columns(con: duckdb.DuckDBPyConnection, name: str, uri: str) -> None:
+    """A table written before a column existed (issue 17's ``row_key`` and ``in_file``
+    until ``migrate``; issue 18's controls and 19's lineage until its next write) lacks it:
+    reattach it under another name behind a view that adds such columns as nulls, so
+    queries that name them read (nulls, as for a row written before them) instead of
+    failing."""
+    from ideogram_pipeline.history.schema import TABLE_SCHEMA
+    from ideogram_pipeline.history.tables import USAGE_SCHEMA
+
+    schema = USAGE_SCHEMA if name == USAGE else TABLE_SCHEMA
     names = {d[0] for d in con.execute(f"SELECT * FROM {name} LIMIT 0").description or ()}
-    missing = [
-        f"NULL::{kind} AS {column}"
-        for column, kind in ROW_KEY_COLUMNS.items()
-        if column not in names
-    ]
+    missing = [f'NULL::{duckdb_type(f.type)} AS "{f.name}"' for f in schema if f.name not in names]
     if not missing:
         return
     con.execute(f"DETACH {name}")
@@ -208,7 +207,7 @@ def _attach_generations(
     inlines a view, so a predicate on it is pushed through like one on the table."""
     uri = sql_literal(table_uri(settings, GENERATIONS))
     con.execute(f"ATTACH {uri} AS {GENERATIONS_ALL} (TYPE delta)")
-    _add_row_key_columns(con, GENERATIONS_ALL, uri)
+    _add_missing_columns(con, GENERATIONS_ALL, uri)
     where = f" WHERE {IN_FILE}" if file_rows_only else ""
     con.execute(f"CREATE OR REPLACE VIEW {GENERATIONS} AS SELECT * FROM {GENERATIONS_ALL}{where}")
 

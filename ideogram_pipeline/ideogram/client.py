@@ -34,6 +34,7 @@ from ideogram_pipeline.ideogram.generation import (
     GenerationResponse,
 )
 from ideogram_pipeline.ideogram.limiter import InflightLimiter
+from ideogram_pipeline.ideogram.operation_requests import operation_parts, operation_path
 from ideogram_pipeline.ideogram.polling import (
     DEFAULT_POLL_RATE_PER_S,
     LatencyTracker,
@@ -277,7 +278,12 @@ class IdeogramClient:
                     run_hook, hook = hook, None
                     await run_hook()
                 with translate_transport_errors(paid_request=True):
-                    if request.is_legacy:
+                    if request.is_operation:  # the source image: stored bytes
+                        parts = await asyncio.to_thread(
+                            operation_parts, request, self.read_reference
+                        )
+                        response = await self._http.post(operation_path(request), files=parts)
+                    elif request.is_legacy:
                         response = await self._http.post(LEGACY_PATH, json=legacy_body(request))
                     elif request.model in V2_ONLY_MODELS:  # no v1 path: v2, synchronously
                         response = await self._http.post(
@@ -305,7 +311,13 @@ class IdeogramClient:
         multipart/form-data when it carries reference images, read off the event loop."""
         params = {"dry_run": "true"}
         with translate_transport_errors():
-            if request.references:
+            if request.is_operation:
+                parts = await asyncio.to_thread(
+                    operation_parts, request, self.read_reference, asynchronous=False
+                )
+                path = operation_path(request, asynchronous=True)
+                response = await self._http.post(path, files=parts, params=params)
+            elif request.references:
                 parts = await asyncio.to_thread(
                     v2_multipart, request, self.read_reference, asynchronous=False
                 )
@@ -329,18 +341,29 @@ class IdeogramClient:
         """One submission, on a submit thread: the intent, the POST, and the id, with
         nothing of ours in between (see :meth:`generate_async`). Reference images (stored
         bytes, as multipart/form-data) are read first, outside that span."""
-        parts = v2_multipart(request, self.read_reference) if request.references else None
+        path, parts = self._submission(request)
         self.stop.check()
         if on_intent is not None:
             on_intent()
         with translate_transport_errors(paid_request=True):
             if parts is not None:
-                response = self._submits.post(v2_path(request), files=parts)
+                response = self._submits.post(path, files=parts)
             else:
-                response = self._submits.post(v2_path(request), json=v2_body(request))
+                response = self._submits.post(path, json=v2_body(request))
         if response.status_code == 200:
             on_submitted(str(response.json()["generation_id"]))
         return response
+
+    def _submission(self, request: GenerationRequest) -> tuple[str, list[Any] | None]:
+        """Where an asynchronous submission goes, and its multipart parts (None: JSON).
+        Image bytes (an operation's source, reference images) are read here, before the
+        intent."""
+        if request.is_operation:
+            parts = operation_parts(request, self.read_reference, asynchronous=True)
+            return operation_path(request, asynchronous=True), parts
+        if request.references:
+            return v2_path(request), v2_multipart(request, self.read_reference)
+        return v2_path(request), None
 
     async def _submit(
         self, request: GenerationRequest, on_intent: OnIntent | None, on_submitted: OnSubmitted

@@ -23,6 +23,7 @@ from ideogram_pipeline.ideogram.capabilities import (
     V2_ONLY_MODELS,
     V3_MODEL,
 )
+from ideogram_pipeline.ideogram.operations import GENERATE, SourceImage
 from ideogram_pipeline.ideogram.references import ReferenceImage
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "CONTROL_SETTINGS",
     "LEGACY_MODELS",
     "MODELS",
+    "OPERATION_SETTINGS",
     "STATUSES",
     "V2_ONLY_MODELS",
     "V3_MODEL",
@@ -55,6 +57,9 @@ CONTROL_SETTINGS = (
 #: Request attributes added by issue 18; omitted from :meth:`GenerationRequest.parameters`
 #: (and so from request hashes) while unset.
 CONTROL_FIELDS = (*CONTROL_SETTINGS, "references")
+#: Issue 19's operation settings, a batch column and request attribute each; omitted from
+#: :meth:`GenerationRequest.parameters` while unset, so generation hashes are unchanged.
+OPERATION_SETTINGS = ("image_weight", "resemblance", "detail")
 
 Status = Literal["stored", "unsafe", "rejected", "failed", "unknown"]
 #: ``unknown``: a request was sent but no answer was recorded before a crash, so it may have
@@ -97,19 +102,40 @@ class GenerationRequest:
     #: :func:`ideogram_pipeline.batches.references.resolve_references` reads and stores
     #: them; never part of :meth:`parameters` (the bytes are, through ``references``).
     reference_sources: tuple[tuple[str, str], ...] = ()
+    # Issue 19: an operation on a stored image (ideogram/operations.py) instead of a
+    # generation. ``source`` is the image, resolved; ``source_text`` how the batch named it,
+    # until :func:`ideogram_pipeline.batches.sources.resolve_sources` finds it (never part
+    # of :meth:`parameters`: the bytes are, through ``source``).
+    operation: str = GENERATE
+    source: SourceImage | None = None
+    source_text: str = ""
+    image_weight: int | None = None  # remix: 1..100
+    resemblance: int | None = None  # upscale: 1..100
+    detail: int | None = None  # upscale: 1..100
 
     @property
     def is_legacy(self) -> bool:
         return self.model in LEGACY_MODELS
 
+    @property
+    def is_operation(self) -> bool:
+        """Whether this row works on a stored image rather than generating one."""
+        return self.operation != GENERATE
+
     def parameters(self) -> dict[str, Any]:
         """The fields that determine what Ideogram generates (no row number, no tags)."""
         data = asdict(self)
-        for key in ("row", "tags", "reference_sources"):
+        for key in ("row", "tags", "reference_sources", "source_text"):
             data.pop(key)
-        for key in CONTROL_FIELDS:
+        for key in (*CONTROL_FIELDS, *OPERATION_SETTINGS, "source"):
             if data[key] is None:
                 del data[key]
+        if self.operation == GENERATE:
+            del data["operation"]
+        if self.source is not None:
+            # The bytes are the request; where they are kept and which record they came
+            # from are not (the same image named by path or by id is the same work).
+            data["source"] = self.source.sha256
         if self.references:
             # The bytes (and their role) are the request; the file ending is only storage.
             data["references"] = [[image.role, image.sha256] for image in self.references]
@@ -178,12 +204,16 @@ class GenerationResponse:
     images: tuple[GeneratedImage, ...] = field(default_factory=tuple)
     attempts: int = 1
     generation_id: str | None = None
+    #: ``describe``'s answer: one text per description Ideogram gave (no images).
+    descriptions: tuple[str, ...] = ()
 
     @classmethod
     def from_api(cls, body: dict[str, Any]) -> GenerationResponse:
         data = body.get("data") or []
+        described = body.get("descriptions") or []
         return cls(
             created=body.get("created"),
             images=tuple(GeneratedImage.from_api(item) for item in data),
             generation_id=body.get("generation_id"),
+            descriptions=tuple(str(item.get("text") or "") for item in described),
         )

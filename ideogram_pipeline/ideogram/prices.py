@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ideogram_pipeline.ideogram.operations import operation
+
 if TYPE_CHECKING:
     from ideogram_pipeline.ideogram.generation import GenerationRequest
 
@@ -18,6 +20,7 @@ __all__ = [
     "PRICE_PER_IMAGE_USD",
     "TRANSPARENT_PRICE_USD",
     "has_priced_controls",
+    "operation_price",
     "price_per_image",
     "quote_key",
     "request_price",
@@ -95,6 +98,14 @@ def price_per_image(model: str, rendering_speed: str | None = None) -> float:
     return PRICE_PER_IMAGE_USD[model]
 
 
+def operation_price(name: str, rendering_speed: str | None = None) -> float:
+    """Price of one image of operation ``name``: upscale, describe and remove-background
+    bill a flat fee; remix, reframe and replace-background as a 3.0 image of their speed."""
+    flat = operation(name).flat_price_usd
+    speed = (rendering_speed or "DEFAULT").upper()
+    return flat if flat is not None else V3_PRICE_BY_SPEED_USD[speed]
+
+
 def has_priced_controls(request: GenerationRequest) -> bool:
     """Whether a control changes the product billed beyond what :func:`quote_key` names
     (transparency, a character reference), so a quote of that key misprices it."""
@@ -102,7 +113,10 @@ def has_priced_controls(request: GenerationRequest) -> bool:
 
 
 def quote_key(request: GenerationRequest) -> tuple[str, str | None]:
-    """What a v2 ``dry_run`` quote depends on: the model and its speed or 4.5 quality tier."""
+    """What a v2 ``dry_run`` quote depends on: the model and its speed or 4.5 quality tier
+    (an operation: its name; flat-priced, its options do not change the fee)."""
+    if request.is_operation:
+        return request.operation, None
     return request.model, request.quality or request.rendering_speed
 
 
@@ -112,6 +126,8 @@ def request_price(request: GenerationRequest) -> float:
     A ``KeyError`` for a model without a published price, as :func:`price_per_image`.
     """
     speed = (request.rendering_speed or "DEFAULT").upper()
+    if request.is_operation:
+        return operation_price(request.operation, speed)
     if request.transparent:
         return TRANSPARENT_PRICE_USD["ideogram-3-transparent"]
     if _has_character(request):

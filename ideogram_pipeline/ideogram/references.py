@@ -30,6 +30,7 @@ __all__ = [
     "WIRE_NAMES",
     "ReferenceImage",
     "Role",
+    "image_dimensions",
     "limit_errors",
     "sniff_image",
 ]
@@ -93,7 +94,8 @@ class ReferenceImage:
         return WIRE_NAMES[self.role]
 
 
-def _dimensions(data: bytes) -> tuple[int, int] | None:
+def image_dimensions(data: bytes) -> tuple[int, int] | None:
+    """Width and height of image bytes Pillow can open; ``None`` when it cannot."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -110,7 +112,7 @@ def limit_errors(images: Mapping[Role, Sequence[bytes]]) -> list[tuple[Role, str
         for number, data in enumerate(images.get(role, ()), start=1):
             if sniff_image(data) is None:
                 errors.append((role, f"image {number} is not PNG, JPEG or WebP"))
-            elif _dimensions(data) is None:
+            elif image_dimensions(data) is None:
                 errors.append((role, f"image {number} is not a readable image"))
     for role in ("style", "character"):
         total = sum(len(data) for data in images.get(role, ()))
@@ -133,7 +135,7 @@ def limit_errors(images: Mapping[Role, Sequence[bytes]]) -> list[tuple[Role, str
             )
         )
     for number, (mask, image) in enumerate(zip(masks, characters, strict=False), start=1):
-        mask_size, image_size = _dimensions(mask), _dimensions(image)
+        mask_size, image_size = image_dimensions(mask), image_dimensions(image)
         if mask_size and image_size and mask_size != image_size:
             errors.append(
                 (

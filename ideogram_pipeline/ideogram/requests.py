@@ -27,7 +27,9 @@ __all__ = [
     "LEGACY_PATH",
     "V2_MODEL_PATHS",
     "V3_PATH",
+    "Part",
     "fits_v2",
+    "form_parts",
     "legacy_body",
     "v2_body",
     "v2_multipart",
@@ -155,7 +157,7 @@ def v3_fields(request: GenerationRequest) -> dict[str, Any]:
 Part = tuple[str, tuple[None, str] | tuple[str, bytes, str]]
 
 
-def _form_parts(
+def form_parts(
     fields: dict[str, Any],
     request: GenerationRequest,
     read_reference: Callable[[str], bytes] | None,
@@ -191,8 +193,8 @@ def v3_multipart(
     request: GenerationRequest, read_reference: Callable[[str], bytes] | None = None
 ) -> list[Part]:
     """The v3 fields as multipart/form-data parts (the endpoint's documented encoding),
-    reference images as file parts (see :func:`_form_parts`)."""
-    return _form_parts(v3_fields(request), request, read_reference)
+    reference images as file parts (see :func:`form_parts`)."""
+    return form_parts(v3_fields(request), request, read_reference)
 
 
 def v2_multipart(
@@ -206,7 +208,7 @@ def v2_multipart(
     and spellings as :func:`v2_body`, ``async`` a form field, and the images as file parts
     named as on v1 (``style_reference_images``, ``character_reference_images[_mask]``)."""
     fields = {**_wire_fields(request, _v2_route(request)), "async": asynchronous}
-    return _form_parts(fields, request, read_reference)
+    return form_parts(fields, request, read_reference)
 
 
 def legacy_body(request: GenerationRequest) -> dict[str, Any]:

@@ -13,7 +13,8 @@ mailed around or opened months later in an image viewer. Two text chunks are add
 The chunks are inserted just before ``IEND`` by rewriting the chunk list: the image data is
 never decoded or recompressed, so the pixels are exactly what Ideogram sent. Chunks with our
 keywords already present are replaced, so embedding twice gives the same bytes. Mutable
-facts (tags, pins) and the expiring, signed download URL are deliberately left out.
+facts (tags, pins, descriptions) and the expiring, signed download URL are deliberately
+left out; the stable public URL (``IDEOGRAM_PUBLIC_BASE_URL`` + key) is in.
 """
 
 from __future__ import annotations
@@ -81,6 +82,12 @@ RECORD_FIELDS = (
     "enable_copyright_detection",
     "reference_sha256s",
     "reference_roles",
+    # Issue 19: what made a derived image (upscale, remix, ...) and from which record, and
+    # where anyone can fetch it (a CDN base + its key; absent without a public base). The
+    # description is left out: it changes in place, like tags.
+    "operation",
+    "derived_from",
+    "public_url",
 )
 
 
@@ -172,6 +179,9 @@ def parameters_text(record: Mapping[str, Any], batch: str | None = None) -> str:
         ("Transparent", record.get("transparent") or None),
         ("Quality", record.get("quality")),
         ("References", _references_text(record)),
+        # A generation says nothing here; a derived image names what made it and from what.
+        ("Operation", _operation(record)),
+        ("Derived from", record.get("derived_from")),
         ("Batch", batch if batch is not None else record.get("batch")),
         ("Row", record.get("row")),
         ("Record", record.get("id")),
@@ -179,6 +189,11 @@ def parameters_text(record: Mapping[str, Any], batch: str | None = None) -> str:
     ]
     lines.append(", ".join(f"{key}: {_format_value(v)}" for key, v in pairs if v not in (None, "")))
     return "\n".join(lines)
+
+
+def _operation(record: Mapping[str, Any]) -> str | None:
+    operation = record.get("operation")
+    return None if operation in (None, "", "generate") else str(operation)
 
 
 def _references_text(record: Mapping[str, Any]) -> str | None:

@@ -231,7 +231,8 @@ def verify_stored_objects(
     try:
         con.execute(
             f"CREATE TEMP TABLE _stored AS SELECT id, image_key, size_bytes FROM ({LATEST_SQL}) "
-            "WHERE status = 'stored'"
+            # (a describe's record is stored text: no object)
+            "WHERE status = 'stored' AND image_key IS NOT NULL"
         )
         total = con.execute("SELECT count(*) FROM _stored").fetchone()[0]  # type: ignore[index]
         sample = (

@@ -31,6 +31,7 @@ TITLES = {
     "style": "By style",
     "batch": "By batch",
     "product": "By product (transparent, character reference, 4.5 quality tier)",
+    "operation": "By operation (generate, upscale, describe, remix, ...)",
 }
 
 

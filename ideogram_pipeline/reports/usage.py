@@ -42,6 +42,8 @@ DIMENSIONS = {
     "style": "style_type",
     "batch": "batch",
     "product": "product",
+    # Issue 19: generations and operations on stored images (upscale, describe, ...) apart.
+    "operation": "operation",
 }
 #: What a record was billed as (issue 18's controls change the product, prices.py).
 _PRODUCT_SQL = (
@@ -54,10 +56,12 @@ _PRODUCT_SQL = (
 _PRODUCT_COLUMNS = {"transparent", "reference_roles", "quality"}
 _USAGE_COLUMNS = (
     "id, date, batch, created_at, model, rendering_speed, style_type, status, error, "
-    "cost_usd, size_bytes, latency_ms, simulated"
+    "cost_usd, size_bytes, latency_ms, simulated, coalesce(operation, 'generate') AS operation"
 )
 _COUNTS = (
-    "count(*) AS records, count(*) FILTER (status IN ('stored', 'unsafe')) AS images, "
+    # (describe answers with text: billed, but no image)
+    "count(*) AS records, "
+    "count(*) FILTER (status IN ('stored', 'unsafe') AND operation <> 'describe') AS images, "
     + ", ".join(f"count(*) FILTER (status = '{s}') AS {s}" for s in STATUSES)
     + ", sum(coalesce(cost_usd, 0)) AS cost_usd"
 )

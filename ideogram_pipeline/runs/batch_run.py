@@ -33,6 +33,7 @@ from ideogram_pipeline.ideogram.generation import (
     GenerationResponse,
     RejectedRow,
 )
+from ideogram_pipeline.ideogram.operations import operation
 from ideogram_pipeline.ideogram.prices import request_price
 from ideogram_pipeline.ideogram.requests import fits_v2
 from ideogram_pipeline.ideogram.stop import SendsStopped
@@ -59,6 +60,11 @@ from ideogram_pipeline.runs.will_send import ledger_is_open
 from ideogram_pipeline.storage import NoSpaceLeft, ObjectStore
 
 __all__ = ["BatchRun"]
+
+
+def operation_makes_images(request: GenerationRequest) -> bool:
+    """Whether the answer to ``request`` is images (everything but ``describe``)."""
+    return not request.is_operation or operation(request.operation).makes_images
 
 
 class BatchRun:
@@ -139,6 +145,8 @@ class BatchRun:
             retry=storage_retry,
             on_no_space=self._out_of_space,
             tiles=tiles,
+            # The public base fronts the storage root, so it travels with the root's settings.
+            public_base_url=history.settings.public_base_url,
         )
         self.book = LedgerWriter(
             self.ledger,
@@ -189,6 +197,9 @@ class BatchRun:
 
     def _mode(self, request: GenerationRequest) -> str:
         """Asynchronous (v2) wherever the model has a v2 path and the mode allows it."""
+        if request.is_operation:  # only remove-background documents a v2 path
+            has_v2 = operation(request.operation).v2_path is not None
+            return "async" if self.api_mode == "async" and has_v2 else "sync"
         if request.model in V2_ONLY_MODELS:
             return "async" if self.api_mode == "async" else "sync-v2"
         if self.api_mode == "async" and fits_v2(request):
@@ -255,6 +266,10 @@ class BatchRun:
             await self._generation_failed(request, attempt_id, exc)
             return
         latency_ms = (time.monotonic() - started) * 1000
+        if not operation_makes_images(request):
+            await self._described(request, attempt_id, response, latency_ms)
+            self.row_done()
+            return
         await asyncio.gather(
             *(
                 self._keep_image(request, index, image, response, attempt_id, latency_ms)
@@ -396,6 +411,42 @@ class BatchRun:
         self.repeats.seen(record)
         await self.recorder.add(record)
 
+    async def _described(
+        self,
+        request: GenerationRequest,
+        attempt_id: str,
+        response: GenerationResponse,
+        latency_ms: float,
+    ) -> None:
+        """``describe`` answers with text: its record keeps the text and the fee (billed per
+        input); the source record gets the text as its ``description`` once this run's
+        records are written (:meth:`_describe_sources`)."""
+        text = "\n".join(line for line in response.descriptions if line)
+        record = self.records.record(
+            request,
+            "stored",
+            0,
+            attempt_id,
+            generation_id=response.generation_id,
+            description=text,
+            cost_usd=request_price(request),
+            attempts=response.attempts,
+            latency_ms=latency_ms,
+        )
+        await self.recorder.add(record)
+
+    async def _describe_sources(self) -> None:
+        """Copy each describe record's text onto its source record (in place, in
+        ``generations``), from the history: what a killed run left undone is done too."""
+        if not any(row.operation == "describe" for row in self.batch.requests):
+            return
+        from ideogram_pipeline.history.descriptions import sync_descriptions
+        from ideogram_pipeline.history.record_ids import RecordIdError
+
+        # (a source deleted meanwhile keeps its describe record only)
+        with contextlib.suppress(RecordIdError):
+            await asyncio.to_thread(sync_descriptions, self.recorder.history, self.batch.key)
+
     # -- the run -------------------------------------------------------------------------
 
     async def run(self, workers: int) -> BatchSummary:
@@ -448,10 +499,12 @@ class BatchRun:
                     raise
                 await self.recorder.flush()
                 await self.book.all_replicated()
+                await self._describe_sources()
                 self.summary.seconds = time.monotonic() - clock
                 raise BatchAborted(f"batch {self.batch.key} stopped: {exc}", self.summary) from exc
             await self.recorder.flush()
             await self.book.all_replicated()
+            await self._describe_sources()
             if self.no_space is not None:  # records may be unwritten: the ledger stays whole
                 raise self._out_of_space_error(self.no_space, clock)
             await asyncio.to_thread(self.ledger.prune, self.recorder.finished_rows())

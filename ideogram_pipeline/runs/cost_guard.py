@@ -24,6 +24,7 @@ billed. Retried 5xx are not billed either, so retries never raise the real cost 
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from ideogram_pipeline.history.schema import RowState
 from ideogram_pipeline.ideogram.client import IdeogramClient
 from ideogram_pipeline.ideogram.errors import IdeogramError
 from ideogram_pipeline.ideogram.generation import GenerationRequest
+from ideogram_pipeline.ideogram.operations import operation
 from ideogram_pipeline.ideogram.prices import has_priced_controls, quote_key, request_price
 from ideogram_pipeline.ideogram.requests import V2_MODEL_PATHS
 from ideogram_pipeline.runs.will_send import SendPlan, plan_sends
@@ -148,15 +150,17 @@ def estimate_cost(
             continue
         rows_to_send += 1
         images += row.num_images
+        # An operation is its own product (upscale, remix, ...), whatever model runs it.
+        product = row.operation if row.is_operation else row.model
         quote = unit_prices.get(quote_key(row))
         if quote is not None and not has_priced_controls(row):
-            by_model[row.model] += quote * row.num_images
-            quoted[row.model] = None
+            by_model[product] += quote * row.num_images
+            quoted[product] = None
             continue
         try:
-            by_model[row.model] += request_price(row) * row.num_images
+            by_model[product] += request_price(row) * row.num_images
         except KeyError:
-            unpriced[row.model] = None
+            unpriced[product] = None
     return CostEstimate(
         batch=batch.key,
         rows=len(batch.rows),
@@ -182,10 +186,21 @@ async def quote_unit_prices(
     Only models on the v2 API can be quoted; a quote that fails leaves the table's price.
     """
     prices: dict[tuple[str, str | None], float] = {}
+    rows = list(requests)
+    # An operation with a documented v2 path (remove-background) is quoted with its first
+    # row as it is (the quote needs the image); the others have no dry_run to ask.
+    for row in rows:
+        quotable = row.is_operation and operation(row.operation).v2_path is not None
+        if quotable and row.source is not None and quote_key(row) not in prices:
+            with contextlib.suppress(IdeogramError):
+                prices[quote_key(row)] = await client.quote_usd(row)
     kinds = {
         quote_key(r)
-        for r in requests
-        if r.model in V2_MODEL_PATHS and not has_priced_controls(r) and not r.references
+        for r in rows
+        if r.model in V2_MODEL_PATHS
+        and not has_priced_controls(r)
+        and not r.references
+        and not r.is_operation
     }
     for model, speed in sorted(kinds, key=str):
         # 4.5's quality tiers are quoted as themselves (issue 18), speeds as speeds.

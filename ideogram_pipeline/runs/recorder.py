@@ -15,6 +15,7 @@ from ideogram_pipeline.runs.ledger import Ledger
 from ideogram_pipeline.runs.pools import RunPools
 from ideogram_pipeline.runs.summary import BatchSummary
 from ideogram_pipeline.storage import StorageError
+from ideogram_pipeline.storage.public_urls import with_public_url
 from ideogram_pipeline.storage.space import NoSpaceLeft, no_space_left
 
 __all__ = ["Recorder", "RowKey"]
@@ -72,6 +73,9 @@ class Recorder:
             self.in_progress.discard(key)
 
     async def add(self, record: GenerationRecord) -> None:
+        # Every stored image a run records, kept, linked or derived, gets its public URL
+        # here, from its key (``IDEOGRAM_PUBLIC_BASE_URL`` set; else it stays None).
+        record = with_public_url(record, self.history.settings.public_base_url)
         if record.request_hash:
             row_key = (record.row, record.request_hash)
             if record.status == "unknown" or record.failure_kind == "storage":

@@ -18,6 +18,7 @@ from ideogram_pipeline.ideogram.generation import (
     RejectedRow,
     Status,
 )
+from ideogram_pipeline.ideogram.operations import operation
 
 __all__ = ["ExtraFields", "RecordMaker", "already_done", "state_for_run"]
 
@@ -85,7 +86,10 @@ class RecordMaker:
         columns.update(self.extra_fields.get((row.row, index), {}))
         if isinstance(row, GenerationRequest):
             columns.update(
-                model=row.model,
+                # Upscale, describe, remove-background name no model of ours.
+                model=row.model if _runs_a_model(row) else None,
+                operation=row.operation,
+                derived_from=row.source.record_id if row.source is not None else None,
                 negative_prompt=row.negative_prompt,
                 style_type=row.style_type,
                 aspect_ratio=row.aspect_ratio,
@@ -148,6 +152,11 @@ def already_done(row: GenerationRequest | RejectedRow, previous: Mapping[int, Ro
         and bool(before.statuses & {"stored", "unsafe"})
         and len(before.indexes or (0,)) >= row.num_images
     )
+
+
+def _runs_a_model(request: GenerationRequest) -> bool:
+    """Whether the request runs one of the models (a generation, or a 3.0 operation)."""
+    return not request.is_operation or operation(request.operation).flat_price_usd is None
 
 
 def _reference_column(request: GenerationRequest, attribute: str) -> tuple[str, ...] | None:

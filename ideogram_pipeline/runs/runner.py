@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ideogram_pipeline.batches.files import Batch, load_batch
 from ideogram_pipeline.batches.references import resolve_references
+from ideogram_pipeline.batches.sources import resolve_sources
 from ideogram_pipeline.history.duplicates import existing_images
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import POLL_RATE_PER_S, IdeogramClient
@@ -189,6 +190,8 @@ def _execute_leased(
     stops the run should the lease be taken over (this runner fell silent too long)."""
     # Reference images are read, checked and stored before anything is sent (issue 18).
     batch = resolve_references(batch, settings, store)
+    # So are the images operation rows work on (issue 19): a source gone is a rejected row.
+    batch = resolve_sources(batch, settings, store)
     # Rows are matched to the history by content, not line (row_matching.py).
     matched = match_rows(settings, store, batch, write=not dry_run)
     previous, simulated_rows = state_for_run(matched.previous, simulated=settings.simulated)
@@ -282,6 +285,9 @@ def estimate_batch(
     """What running ``batch`` now would cost, given what the storage root already holds."""
     store = store or open_store(settings)
     store.preflight()
+    # An operation's request is its source's bytes: unresolved, no row would match the
+    # history, and a re-run would be priced as new work.
+    batch = resolve_sources(batch, settings, store)
     matched = match_rows(settings, store, batch, write=False)
     previous, _ = state_for_run(matched.previous, simulated=settings.simulated)
     existing = existing_images(

@@ -19,6 +19,7 @@ from ideogram_pipeline.runs.retrying import STORAGE_RETRY, StorageRetry, retry_s
 from ideogram_pipeline.storage import ObjectStore, StorageError
 from ideogram_pipeline.storage.base import ObjectExists
 from ideogram_pipeline.storage.keys import image_key
+from ideogram_pipeline.storage.public_urls import public_url
 from ideogram_pipeline.storage.space import NoSpaceLeft, no_space_left
 
 __all__ = ["IMAGE_CACHE_CONTROL", "ImageKeeper", "StorageUnavailable"]
@@ -44,6 +45,7 @@ class ImageKeeper:
         retry: StorageRetry = STORAGE_RETRY,
         on_no_space: Callable[[NoSpaceLeft], None] | None = None,
         tiles: SheetTiles | None = None,
+        public_base_url: str | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -55,6 +57,8 @@ class ImageKeeper:
         #: Contact-sheet thumbnails, made here while other requests wait on Ideogram so the
         #: sheet drawn after the last image need not read these images back.
         self.tiles = tiles
+        #: ``IDEOGRAM_PUBLIC_BASE_URL``: the image's public URL goes into its JSON chunk.
+        self.public_base_url = public_base_url
         #: Set once the store is full: later images are not even tried (each would only
         #: take space the journal's answers need), and go to the next run from the ledger.
         self.full: NoSpaceLeft | None = None
@@ -68,12 +72,15 @@ class ImageKeeper:
                 raise StorageUnavailable(str(self.full))
             async with self.download_slots:
                 data, download_attempts = await self.client.download(url)
+                # The key is known before the upload, so the JSON chunk can carry the
+                # image's public URL (None without a public base).
+                key = image_key(record.id, attempt_day(record.attempt_id or ""))
+                record = replace(record, public_url=public_url(self.public_base_url, key))
                 # Text chunks in, download sha256 and phash recorded (png_metadata.py), and
                 # the stored bytes' checksum: all off the event loop.
                 record, data, digest = await self.pools.run(
                     self.pools.cpu, _prepare, data, record, self.batch_key
                 )
-                key = image_key(record.id, attempt_day(record.attempt_id or ""))
             data, digest = await self._store_with_retries(key, data, digest, record)
             if self.tiles is not None and self.tiles.wanted(record.row, record.image_index):
                 await self.pools.run(self.pools.cpu, self.tiles.add, key, data)
@@ -109,6 +116,8 @@ class ImageKeeper:
                 stored_uri=self.store.uri(key),
                 attempts=(record.attempts or 0) + download_attempts - 1,
             )
+        if outcome.status != "stored":
+            outcome = replace(outcome, public_url=None)  # nothing stored, nothing to serve
         return replace(outcome, last_error=LAST_RETRY_ERROR.get())
 
     async def _store_with_retries(

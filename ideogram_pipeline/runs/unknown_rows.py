@@ -16,13 +16,14 @@ from typing import Any
 
 import duckdb
 
-from ideogram_pipeline.ideogram.prices import price_per_image
+from ideogram_pipeline.ideogram.operations import GENERATE
+from ideogram_pipeline.ideogram.prices import operation_price, price_per_image
 
 __all__ = ["UnknownRow", "find_unknown", "resend_cost"]
 
 _QUERY = """
 SELECT batch, "row", prompt, model, rendering_speed, coalesce(num_images, 1) AS num_images,
-       attempt_id, created_at, error
+       attempt_id, created_at, error, coalesce(operation, 'generate') AS operation
 FROM generations
 WHERE status = 'unknown' {where}
 ORDER BY batch, "row"
@@ -62,8 +63,10 @@ def _sent_at(attempt_id: str | None, fallback: datetime | None) -> datetime | No
         return fallback
 
 
-def _price(model: str, speed: str | None, images: int) -> float | None:
+def _price(model: str, speed: str | None, images: int, operation: str) -> float | None:
     try:
+        if operation != GENERATE:  # upscale, remix, ...: priced by the operation
+            return round(operation_price(operation, speed) * images, 6)
         return round(price_per_image(model, speed) * images, 6)
     except KeyError:
         return None
@@ -78,13 +81,13 @@ def find_unknown(con: duckdb.DuckDBPyConnection, batch: str | None = None) -> li
             batch=str(key),
             row=int(row),
             prompt=str(prompt or ""),
-            model=str(model or ""),
+            model=str(model or operation),
             num_images=int(images),
             sent_at=_sent_at(attempt_id, created_at),
-            resend_usd=_price(str(model or ""), speed, int(images)),
+            resend_usd=_price(str(model or ""), speed, int(images), str(operation)),
             error=str(error or ""),
         )
-        for key, row, prompt, model, speed, images, attempt_id, created_at, error in rows
+        for key, row, prompt, model, speed, images, attempt_id, created_at, error, operation in rows
     ]
 
 

@@ -33,6 +33,15 @@ from ideogram_pipeline.ideogram.capabilities import (
 )
 from ideogram_pipeline.ideogram.prices import price_per_image
 from ideogram_pipeline.ideogram.references import WIRE_NAMES
+from ideogram_pipeline.simulator.answers import (
+    ASPECT_RESOLUTIONS,
+    AUTO_STYLES,
+    DEFAULT_RESOLUTION,
+    body_hash,
+    hash_text,
+    magic_prompt,
+    nominal_resolution,
+)
 from ideogram_pipeline.simulator.hooks import HostedImage, ImageHost
 from ideogram_pipeline.simulator.images import (
     ImageKey,
@@ -41,7 +50,9 @@ from ideogram_pipeline.simulator.images import (
     render_png,
     render_transparent_png,
 )
+from ideogram_pipeline.simulator.jobs import Job
 from ideogram_pipeline.simulator.multipart import read_body, reference_errors
+from ideogram_pipeline.simulator.operations import SimulatedOps
 from ideogram_pipeline.simulator.state import (
     SimulatorConfig,
     SimulatorStats,
@@ -54,32 +65,6 @@ __all__ = ["ASPECT_RESOLUTIONS", "DEFAULT_RESOLUTION", "build_app", "magic_promp
 
 logger = logging.getLogger(__name__)
 
-#: Nominal resolution per aspect ratio (all values are ResolutionV3 members).
-ASPECT_RESOLUTIONS = {
-    "1x1": "1024x1024",
-    "16x9": "1312x736",
-    "9x16": "736x1312",
-    "4x3": "1152x864",
-    "3x4": "864x1152",
-    "3x2": "1248x832",
-    "2x3": "832x1248",
-    "16x10": "1280x800",
-    "10x16": "800x1280",
-    "4x5": "896x1120",
-    "5x4": "1120x896",
-    "2x1": "1408x704",
-    "1x2": "704x1408",
-    "3x1": "1536x512",
-    "1x3": "512x1536",
-}
-DEFAULT_RESOLUTION = "1024x1024"
-_AUTO_STYLES = ("GENERAL", "REALISTIC", "DESIGN", "FICTION")
-_EXPANSIONS = (
-    "cinematic lighting, rich detail, balanced composition, soft depth of field",
-    "vivid colours, crisp focus, dramatic perspective, high dynamic range",
-    "muted palette, gentle morning light, fine textures, editorial photography",
-    "bold graphic shapes, clean lines, studio lighting, striking contrast",
-)
 _STATUS_ERRORS = {
     402: "Insufficient credits to complete the request.",
     422: "Prompt provided failed safety check due to the inclusion of prohibited content.",
@@ -95,18 +80,6 @@ _ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
-
-
-def _hash_text(text: str) -> int:
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big")
-
-
-def magic_prompt(prompt: str, option: str | None) -> str:
-    """The prompt Ideogram reports back: expanded for ON, and for short prompts on AUTO."""
-    mode = (option or "AUTO").upper()
-    if mode == "OFF" or (mode == "AUTO" and len(prompt.split()) >= 12):
-        return prompt
-    return f"{prompt.rstrip(' .')}. {_EXPANSIONS[_hash_text(prompt) % len(_EXPANSIONS)]}"
 
 
 class _SimulatedApi:
@@ -206,25 +179,32 @@ class _SimulatedApi:
     async def _generate(
         self, request: Request, fields: dict[str, Any], model: str, body: Any, legacy: bool
     ) -> Response:
-        prompt: str = fields["prompt"]
         num_images = int(fields.get("num_images", 1))
-        triggers = Triggers.from_prompt(prompt)
-        attempt = self.attempts[prompt] = self.attempts.get(prompt, 0) + 1
+        path = request.url.path
+        job = Job(
+            trigger_text=fields["prompt"],
+            attempt_key=fields["prompt"],
+            slots=num_images,
+            build=lambda triggers: self._success(
+                request, fields, model, num_images, triggers, legacy
+            ),
+            bill=lambda payload: self._bill(fields, model, payload, body, path),
+        )
+        return await self.serve(job)
+
+    async def serve(self, job: Job) -> Response:
+        """Answer ``job`` synchronously with the generation's fault switches: scripted and
+        random failures, the in-flight limit held for the whole latency, then a billed 200."""
+        triggers = job.triggers
+        attempt = self.attempts[job.attempt_key] = self.attempts.get(job.attempt_key, 0) + 1
         # Draw every random choice up front, in a fixed order, so triggers do not shift them.
         server_error = self.rng.random() < self.config.server_error_rate
         server_status = self.rng.choice((500, 503))
         safety_reject = self.rng.random() < self.config.safety_reject_rate
         scripted = triggers.failure_for_attempt(attempt)
 
-        if scripted == 429 or not self.stats.try_acquire(num_images, self.config.max_inflight):
-            self.stats.record_response(429)
-            return _error(
-                429,
-                _STATUS_ERRORS[429],
-                reject_reason="inflight_limit",
-                max_inflight_requests=self.config.max_inflight,
-                task_completion_speed="fast",
-            )
+        if scripted == 429 or not self.stats.try_acquire(job.slots, self.config.max_inflight):
+            return self.rate_limited()
         try:
             delay = self.config.latency_s + (self.config.slow_latency_s if triggers.slow else 0)
             if delay:
@@ -237,12 +217,23 @@ class _SimulatedApi:
             if status is not None:
                 self.stats.record_response(status)
                 return _error(status, _STATUS_ERRORS[status])
-            payload = self._success(request, fields, model, num_images, triggers, legacy)
+            payload = job.build(triggers)
         finally:
-            self.stats.release(num_images)
+            self.stats.release(job.slots)
         self.stats.record_response(200)
-        self._bill(fields, model, payload, body)
+        job.bill(payload)
         return JSONResponse(payload)
+
+    def rate_limited(self) -> Response:
+        """Ideogram's 429 for the in-flight limit (not billed)."""
+        self.stats.record_response(429)
+        return _error(
+            429,
+            _STATUS_ERRORS[429],
+            reject_reason="inflight_limit",
+            max_inflight_requests=self.config.max_inflight,
+            task_completion_speed="fast",
+        )
 
     def _success(
         self,
@@ -257,21 +248,14 @@ class _SimulatedApi:
         seed = fields.get("seed")
         if seed is None:
             seed = self.rng.randrange(0, spec.SEED_MAX + 1)
-        resolution = _resolution(fields, legacy)
+        resolution = nominal_resolution(fields)
         style_type = fields.get("style_type") or "GENERAL"
         if style_type == "AUTO":
-            style_type = _AUTO_STYLES[_hash_text(prompt) % len(_AUTO_STYLES)]
+            style_type = AUTO_STYLES[hash_text(prompt) % len(AUTO_STYLES)]
         shown_prompt = magic_prompt(
             prompt, fields.get("magic_prompt_option" if legacy else "magic_prompt")
         )
-        base_url = str(request.base_url).rstrip("/")
-        # Whole seconds, rounded up, so a URL is never valid for less than url_ttl_s.
-        now = time.time()
-        expires = (
-            math.floor(now) - 1 if triggers.expired else math.ceil(now + self.config.url_ttl_s)
-        )
-        if len(self.images) > _MAX_REMEMBERED_IMAGES:
-            self._forget_expired(now)
+        expires = self.expiry(triggers)
         data = []
         for index in range(num_images):
             draw = self.rng.random()  # drawn even when a trigger decides, to keep the sequence
@@ -285,10 +269,7 @@ class _SimulatedApi:
                 "style_type": style_type,
             }
             if unsafe:
-                form = self.unsafe_counter % 3
-                self.unsafe_counter += 1
-                if form < 2:
-                    item["url"] = None if form == 0 else ""
+                self.withhold(item)
             else:
                 key = ImageKey(
                     model=model,
@@ -299,30 +280,60 @@ class _SimulatedApi:
                     negative_prompt=fields.get("negative_prompt"),
                     index=index,
                 )
-                self.images[image_id] = (key, expires, triggers.corrupt)
-                item["url"] = self._signed_url(base_url, image_id, expires)
-                if self.image_host is not None:
-                    hosted = HostedImage(image_id, shown_prompt)
-                    item["url"] = self.image_host.image_url(item["url"], hosted)
+                item["url"] = self.host(request, image_id, key, expires, triggers.corrupt)
             data.append(item)
         return {"created": datetime.now(UTC).isoformat(timespec="seconds"), "data": data}
+
+    def expiry(self, triggers: Triggers) -> int:
+        """When the URLs of one answer expire (already past for ``[sim:expired]``)."""
+        # Whole seconds, rounded up, so a URL is never valid for less than url_ttl_s.
+        now = time.time()
+        if len(self.images) > _MAX_REMEMBERED_IMAGES:
+            self._forget_expired(now)
+        if triggers.expired:
+            return math.floor(now) - 1
+        return math.ceil(now + self.config.url_ttl_s)
+
+    def withhold(self, item: dict[str, Any]) -> None:
+        """An unsafe image's url: null, "" or absent, in rotation (clients must accept all)."""
+        form = self.unsafe_counter % 3
+        self.unsafe_counter += 1
+        if form < 2:
+            item["url"] = None if form == 0 else ""
+
+    def host(
+        self, request: Request, image_id: str, key: ImageKey, expires: int, corrupt: bool
+    ) -> str:
+        """Remember ``key`` under ``image_id`` and return its signed, expiring URL (as the
+        image host, if any, rewrites it)."""
+        self.images[image_id] = (key, expires, corrupt)
+        url = self._signed_url(str(request.base_url).rstrip("/"), image_id, expires)
+        if self.image_host is not None:
+            url = self.image_host.image_url(url, HostedImage(image_id, key.prompt))
+        return url
+
+    def new_id(self) -> str:
+        """A fresh 22-character image or generation id from the simulator's generator."""
+        return self._new_id()
 
     def _forget_expired(self, now: float) -> None:
         """Bound memory in a long-running simulator: expired links can never be served."""
         for image_id in [i for i, (_, exp, _) in self.images.items() if exp < now]:
             del self.images[image_id]
 
-    def _bill(self, fields: dict[str, Any], model: str, payload: dict[str, Any], body: Any) -> None:
+    def _bill(
+        self, fields: dict[str, Any], model: str, payload: dict[str, Any], body: Any, route: str
+    ) -> None:
         images = payload["data"]
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
         price = price_per_image(model, fields.get("rendering_speed"))
         self.stats.record_billing(
             prompt=fields["prompt"],
             seed=images[0]["seed"],
             images=len(images),
             unsafe=sum(1 for item in images if not item["is_image_safe"]),
-            body_hash=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
+            body_hash=body_hash(body),
             usd=price * len(images),
+            route=route,
         )
 
     def _new_id(self) -> str:
@@ -366,7 +377,11 @@ class _SimulatedApi:
             if answer is not None:
                 self.stats.record_download(answer.status_code)
                 return answer
-        width, height = pixel_size(key.resolution, self.config.image_scale)
+        width, height = (
+            pixel_size(key.pixels)
+            if key.pixels
+            else pixel_size(key.resolution, self.config.image_scale)
+        )
         render = render_transparent_png if is_transparent_model(key.model) else render_png
         data = render(key, width, height)
         if corrupt:
@@ -383,17 +398,6 @@ class _SimulatedApi:
     async def reset_endpoint(self, request: Request) -> Response:
         self.stats.reset()
         return JSONResponse({"reset": True})
-
-
-def _resolution(fields: dict[str, Any], legacy: bool) -> str:
-    """Nominal ``WxH`` from ``resolution`` or ``aspect_ratio`` (either endpoint's spelling)."""
-    resolution = fields.get("resolution")
-    if resolution:
-        return str(resolution).removeprefix("RESOLUTION_").replace("_", "x")
-    aspect = fields.get("aspect_ratio")
-    if aspect:
-        return ASPECT_RESOLUTIONS[str(aspect).removeprefix("ASPECT_").replace("_", "x")]
-    return DEFAULT_RESOLUTION
 
 
 def build_app(
@@ -419,6 +423,7 @@ def build_app(
                 methods=["POST"],
             ),
             Route("/generate", api.generate_legacy, methods=["POST"]),
+            *SimulatedOps(api, v2).routes(),
             Route("/api/images/ephemeral/{image_id}.png", api.download, methods=["GET"]),
             Route("/sim/stats", api.stats_endpoint, methods=["GET"]),
             Route("/sim/reset", api.reset_endpoint, methods=["POST"]),

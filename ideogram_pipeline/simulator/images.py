@@ -66,7 +66,11 @@ class ImageKey:
     """Everything that determines an image's bytes; equal keys give identical PNGs.
 
     ``index`` is the image's position in its response: the images of one request share a
-    seed but are different pictures, as at Ideogram.
+    seed but are different pictures, as at Ideogram. An operation on a stored image (issue
+    19) adds ``source``, a digest of the source image's bytes and the operation's
+    parameters, and may fix the pixel size (``pixels``, ``WxH``: an upscale is twice its
+    source, whatever ``image_scale``); both are left out of the digest when unset, so
+    generated images keep their bytes.
     """
 
     model: str
@@ -76,9 +80,13 @@ class ImageKey:
     style_type: str | None = None
     negative_prompt: str | None = None
     index: int = 0
+    source: str | None = None
+    pixels: str | None = None
 
     def digest(self) -> bytes:
-        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        fields = {k: v for k, v in asdict(self).items() if k not in ("source", "pixels")}
+        fields.update({k: v for k in ("source", "pixels") if (v := getattr(self, k)) is not None})
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).digest()
 
 

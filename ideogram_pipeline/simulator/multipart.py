@@ -27,9 +27,14 @@ from starlette.requests import Request
 
 from ideogram_pipeline.ideogram import spec
 from ideogram_pipeline.ideogram.capabilities import Route
-from ideogram_pipeline.ideogram.references import WIRE_NAMES, limit_errors
+from ideogram_pipeline.ideogram.references import (
+    WIRE_NAMES,
+    image_dimensions,
+    limit_errors,
+    sniff_image,
+)
 
-__all__ = ["RequestBody", "parse_multipart", "read_body", "reference_errors"]
+__all__ = ["RequestBody", "image_part_errors", "parse_multipart", "read_body", "reference_errors"]
 
 #: The file parts Ideogram takes: the reference image fields.
 _IMAGE_FIELDS = frozenset(WIRE_NAMES.values())
@@ -79,10 +84,13 @@ def parse_multipart(
     return form, files
 
 
-def _coerce(form: Mapping[str, str | list[str]], route: Route | None) -> dict[str, Any]:
-    """Form strings typed by the 3.0 request schema (whose field names the 3.0 v2 paths
-    share), then ``route``'s own booleans, such as v2's ``async`` form field."""
-    fields = spec.coerce_multipart_fields(form)
+def _coerce(
+    form: Mapping[str, str | list[str]], route: Route | None, schema: str
+) -> dict[str, Any]:
+    """Form strings typed by the request schema ``schema`` (by default 3.0 generate's, whose
+    field names the 3.0 v2 paths share), then ``route``'s own booleans, such as v2's
+    ``async`` form field."""
+    fields = spec.coerce_multipart_fields(form, schema)
     for rule in route.rules if route is not None else ():
         value = fields.get(rule.wire_name)
         if rule.kind == "boolean" and isinstance(value, str):
@@ -92,10 +100,12 @@ def _coerce(form: Mapping[str, str | list[str]], route: Route | None) -> dict[st
     return fields
 
 
-async def read_body(request: Request, route: Route | None = None) -> RequestBody:
+async def read_body(
+    request: Request, route: Route | None = None, schema: str = "GenerateImageRequestV3"
+) -> RequestBody:
     """The body of ``request`` as JSON, multipart/form-data or urlencoded; form fields are
-    typed by the schema (and by ``route``'s booleans). A ``ValueError`` (or
-    ``UnicodeDecodeError``) says why it could not be read."""
+    typed by the request schema ``schema`` (and by ``route``'s booleans). A ``ValueError``
+    (or ``UnicodeDecodeError``) says why it could not be read."""
     content_type = request.headers.get("content-type", "")
     raw = await request.body()
     media = content_type.split(";", 1)[0].strip().lower()
@@ -103,11 +113,11 @@ async def read_body(request: Request, route: Route | None = None) -> RequestBody
         return RequestBody(json.loads(raw))
     if media == "multipart/form-data":
         form, files = parse_multipart(raw, content_type)
-        return RequestBody(_coerce(form, route), files)
+        return RequestBody(_coerce(form, route, schema), files)
     if media == "application/x-www-form-urlencoded":
         parsed = parse_qs(raw.decode("utf-8"), keep_blank_values=True)
         form = {k: v[0] if len(v) == 1 else v for k, v in parsed.items()}
-        return RequestBody(_coerce(form, route))
+        return RequestBody(_coerce(form, route, schema))
     raise ValueError(
         f"unsupported Content-Type {media or '(none)'!r}: send multipart/form-data or "
         "application/json"
@@ -143,3 +153,34 @@ def reference_errors(body: RequestBody) -> list[str]:
 
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
+
+
+def image_part_errors(body: RequestBody, part: spec.ImagePart) -> list[str]:
+    """Why an operation's source image part is refused (issue 19), each error naming it.
+
+    The part must be there, as one file (a text value, as JSON would send, is refused), a
+    PNG, JPEG or WebP that really opens, within the size limit the spec states for that
+    endpoint (10 MB; 25 MB for remove-background). Any other file parts are reference
+    images, checked by :func:`reference_errors`.
+    """
+    name, files = part.name, body.files.get(part.name, [])
+    errors: list[str] = []
+    if not files:
+        sent_text = body.fields.get(name) is not None
+        errors.append(
+            f"{name}: must be an image file part, not text"
+            if sent_text
+            else f"{name}: required (the source image, as a file part)"
+        )
+    elif len(files) > 1:
+        errors.append(f"{name}: one image file part, got {len(files)}")
+    else:
+        data = files[0]
+        if len(data) > part.max_bytes:
+            errors.append(f"{name}: {len(data):,} bytes; the limit is {part.max_bytes:,}")
+        elif sniff_image(data) is None:
+            errors.append(f"{name}: not a PNG, JPEG or WebP image")
+        elif image_dimensions(data) is None:
+            errors.append(f"{name}: not a readable image")
+    others = {field: data for field, data in body.files.items() if field != name}
+    return errors + reference_errors(RequestBody(body.fields, others))

@@ -11,6 +11,22 @@ It also serves Ideogram's current v2 API (``POST /v2/image/generate/{model}`` wi
 ``async``, ``GET /v2/generations/{id}``, ``?dry_run=true`` quotes); see
 :mod:`ideogram_pipeline.simulator.v2` and its ``[sim:failed]`` trigger.
 
+Operations on stored images (issue 19; :mod:`ideogram_pipeline.simulator.operations`):
+``POST /upscale`` (``image_file`` + JSON part ``image_request``), ``POST /describe``
+(``image_file``), ``POST /v1/ideogram-v3/remix``, ``/reframe``, ``/replace-background``
+(``image``), ``POST /v1/remove-background`` and ``POST /v2/image/remove-background/ideogram-1``
+(``image``; ``async`` polled at ``GET /v2/generations/{id}``, ``?dry_run=true`` quotes
+$0.01). All multipart; the image part is refused with a 400 naming it when missing, not
+a PNG/JPEG/WebP, unreadable or over its limit (10 MB; 25 MB for remove-background), other
+fields by the schema. Outputs are deterministic in the source bytes and the parameters (a
+missing seed is derived from them): an upscale is twice its source in pixels (long side at
+most 4096), a reframe has the requested resolution, remove-background returns exactly one
+RGBA PNG, a description names the prompt our PNG text chunks record in the source. The
+triggers below apply too, read from the request's prompt, the source's recorded prompt and
+the image part's filename; attempts count per route, source image and prompt. Every output
+image of a 200 is billed at the client's price (``ideogram/operations.py``; describe bills
+its one input), and ``stats.billed_by_route`` counts billed images per path.
+
 Behaviour worth knowing:
 
 * Legacy ``/generate`` serves V_1, V_1_TURBO, V_2, V_2_TURBO, V_2A, V_2A_TURBO (V_2 when

@@ -131,6 +131,8 @@ class SimulatorStats:
         self.billed_usd = 0.0
         self.billed_by_prompt_seed: Counter[tuple[str, int]] = Counter()
         self.billed_by_body_hash: Counter[str] = Counter()
+        #: Billed images by request path (a describe bills its one input image).
+        self.billed_by_route: Counter[str] = Counter()
         self.unsafe_images = 0
         self.max_images_inflight_seen = 0
         self.rate_limited = 0
@@ -170,9 +172,19 @@ class SimulatorStats:
             self.images_inflight -= images
 
     def record_billing(
-        self, *, prompt: str, seed: int, images: int, unsafe: int, body_hash: str, usd: float
+        self,
+        *,
+        prompt: str,
+        seed: int,
+        images: int,
+        unsafe: int,
+        body_hash: str,
+        usd: float,
+        route: str = "",
     ) -> None:
         with self._lock:
+            if route:
+                self.billed_by_route[route] += images
             self.billed_requests += 1
             self.billed_images += images
             self.billed_usd = round(self.billed_usd + usd, 6)
@@ -207,6 +219,7 @@ class SimulatorStats:
                 "billed_usd": self.billed_usd,
                 "unsafe_images": self.unsafe_images,
                 "billed_by_body_hash": dict(self.billed_by_body_hash),
+                "billed_by_route": dict(sorted(self.billed_by_route.items())),
                 "images_inflight": self.images_inflight,
                 "max_images_inflight_seen": self.max_images_inflight_seen,
                 "rate_limited": self.rate_limited,

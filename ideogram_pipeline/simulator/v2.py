@@ -41,13 +41,14 @@ from starlette.responses import JSONResponse, Response
 from ideogram_pipeline.ideogram.capabilities import V2_CHARACTER, V2_ROUTES
 from ideogram_pipeline.ideogram.prices import price_per_image
 from ideogram_pipeline.ideogram.references import WIRE_NAMES
+from ideogram_pipeline.simulator.jobs import Job
 from ideogram_pipeline.simulator.multipart import RequestBody, read_body, reference_errors
 from ideogram_pipeline.simulator.state import Triggers
 
 if TYPE_CHECKING:
     from ideogram_pipeline.simulator.app import _SimulatedApi
 
-__all__ = ["SimulatedV2"]
+__all__ = ["SimulatedV2", "completed_shape", "price_quote"]
 
 _FAILED = re.compile(r"\[sim:failed(?:x(\d+))?\]")
 
@@ -111,16 +112,26 @@ class SimulatedV2:
             if response.status_code != 200:
                 return response
             payload = json.loads(bytes(response.body))
-            return JSONResponse(_completed_shape(uuid.uuid4().hex, payload))
-        return await self._submit(request, model, body, fields)
-
-    async def _submit(
-        self, request: Request, model: str, body: dict[str, Any], fields: dict[str, Any]
-    ) -> Response:
-        api = self.api
+            return JSONResponse(completed_shape(uuid.uuid4().hex, payload))
         num_images = int(fields.get("num_images", 1))
-        triggers = Triggers.from_prompt(fields["prompt"])
-        attempt = api.attempts[fields["prompt"]] = api.attempts.get(fields["prompt"], 0) + 1
+        path = request.url.path
+        job = Job(
+            trigger_text=fields["prompt"],
+            attempt_key=fields["prompt"],
+            slots=num_images,
+            build=lambda triggers: api._success(
+                request, fields, model, num_images, triggers, False
+            ),
+            bill=lambda payload: api._bill(fields, model, payload, body, path),
+        )
+        return await self.submit(model, body, job)
+
+    async def submit(self, model: str, body: dict[str, Any], job: Job) -> Response:
+        """Accept ``job`` asynchronously: ``{"generation_id"}`` at once, or the error a
+        synchronous call would have got (scripted, random, 422, the in-flight limit)."""
+        api = self.api
+        triggers = job.triggers
+        attempt = api.attempts[job.attempt_key] = api.attempts.get(job.attempt_key, 0) + 1
         scripted = triggers.failure_for_attempt(attempt)
         # The same random faults as v1, drawn in the same order.
         server_error = api.rng.random() < api.config.server_error_rate
@@ -128,19 +139,10 @@ class SimulatedV2:
         safety_reject = api.rng.random() < api.config.safety_reject_rate
         if scripted is None and server_error:
             scripted = server_status
-        if scripted == 429 or not api.stats.try_acquire(num_images, api.config.max_inflight):
-            api.stats.record_response(429)
-            return JSONResponse(
-                {
-                    "error": "Too many requests in flight for this organization.",
-                    "reject_reason": "inflight_limit",
-                    "max_inflight_requests": api.config.max_inflight,
-                    "task_completion_speed": "fast",
-                },
-                status_code=429,
-            )
+        if scripted == 429 or not api.stats.try_acquire(job.slots, api.config.max_inflight):
+            return api.rate_limited()
         if scripted is not None or triggers.safety_reject or safety_reject:
-            api.stats.release(num_images)
+            api.stats.release(job.slots)
             status = scripted or 422
             api.stats.record_response(status)
             return JSONResponse({"error": f"simulated HTTP {status}"}, status_code=status)
@@ -152,32 +154,29 @@ class SimulatedV2:
         )
         self.generations[generation.id] = generation
         api.stats.record_response(200)
-        task = asyncio.create_task(self._complete(request, generation, fields, triggers))
+        task = asyncio.create_task(self._complete(generation, job, triggers))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return JSONResponse({"generation_id": generation.id})
 
-    async def _complete(
-        self, request: Request, generation: _Generation, fields: dict[str, Any], triggers: Triggers
-    ) -> None:
+    async def _complete(self, generation: _Generation, job: Job, triggers: Triggers) -> None:
         api = self.api
-        num_images = int(fields.get("num_images", 1))
         try:
             delay = api.config.latency_s + (api.config.slow_latency_s if triggers.slow else 0)
             await asyncio.sleep(delay)
-            match = _FAILED.search(fields["prompt"])
+            match = _FAILED.search(job.trigger_text)
             if match:
-                self.failed_attempts[fields["prompt"]] += 1
-                if self.failed_attempts[fields["prompt"]] <= int(match.group(1) or 1):
+                self.failed_attempts[job.attempt_key] += 1
+                if self.failed_attempts[job.attempt_key] <= int(match.group(1) or 1):
                     generation.status = "failed"
                     generation.failure_reason = "simulated generation failure"
                     return
-            payload = api._success(request, fields, generation.model, num_images, triggers, False)
-            api._bill(fields, generation.model, payload, generation.body)
-            generation.payload = _completed_shape(generation.id, payload)
+            payload = job.build(triggers)
+            job.bill(payload)
+            generation.payload = completed_shape(generation.id, payload)
             generation.status = "completed"
         finally:
-            api.stats.release(num_images)
+            api.stats.release(job.slots)
 
     async def poll(self, request: Request) -> Response:
         api = self.api
@@ -226,23 +225,30 @@ def _as_v1_fields(model: str, body: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _completed_shape(generation_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+def completed_shape(generation_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """A v1-style answer (``created``, ``data``) as v2 reports a completed generation."""
     data = [{**item, "object_type": "image"} for item in payload["data"]]
     return {
         "generation_id": generation_id,
         "generation_kind": "sampling",
         "response_type": "url",
-        "seed": data[0]["seed"] if data else None,
+        "seed": data[0].get("seed") if data else None,
         "data": data,
     }
 
 
 def _quote(model: str, fields: dict[str, Any]) -> dict[str, Any]:
     quantity = int(fields.get("num_images", 1))
-    micros = round(price_per_image(model, fields.get("rendering_speed")) * 1_000_000) * quantity
+    price = price_per_image(model, fields.get("rendering_speed"))
+    return price_quote(f"{model.replace('-', '_')}_generate", price, quantity)
+
+
+def price_quote(billing_identifier: str, price_usd: float, quantity: int) -> dict[str, Any]:
+    """A ``dry_run`` answer (v2 notes §3): exact, and never billed."""
+    micros = round(price_usd * 1_000_000) * quantity
     return {
         "object": "price_quote",
-        "billing_identifier": f"{model.replace('-', '_')}_generate",
+        "billing_identifier": billing_identifier,
         "quantity": quantity,
         "usd_micros": micros,
         "credit_millis": micros // 100,

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ideogram_pipeline.history.batch_audit import BatchTotals
     from ideogram_pipeline.runs.engine import BatchSummary
 
-__all__ = ["RUN_PREFIX", "batch_totals_metadata", "run_metadata"]
+__all__ = ["RUN_PREFIX", "batch_totals_metadata", "public_url_metadata", "run_metadata"]
 
 #: Prefix of this run's counts (the CLI prints them without it).
 RUN_PREFIX = "run_"
@@ -25,15 +25,34 @@ RUN_PREFIX = "run_"
 MetadataDict = dict[str, Any]
 
 
+#: Public URLs listed in the metadata (a sample: the history holds every one).
+PUBLIC_URL_SAMPLE = 5
+
+
 def _first_rows_markdown(summary: "BatchSummary") -> str:
-    lines = ["| row | status | model | seed | prompt | stored |", "|---|---|---|---|---|---|"]
+    public = any(record.public_url for record in summary.first_records)
+    header = "| row | status | model | seed | prompt | stored |" + (" public |" if public else "")
+    lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for record in summary.first_records:
         prompt = escape_markdown_cell(record.prompt, limit=80)
-        lines.append(
+        line = (
             f"| {record.row} | {record.status} | {record.model or ''} | "
             f"{record.seed or ''} | {prompt} | {record.stored_uri or ''} |"
         )
+        lines.append(line + (f" {record.public_url or ''} |" if public else ""))
     return "\n".join(lines)
+
+
+def public_url_metadata(summary: "BatchSummary") -> MetadataDict:
+    """With ``IDEOGRAM_PUBLIC_BASE_URL`` set: a few of this run's public URLs (the first a
+    clickable link). Unset, nothing: no key implies that anything is public."""
+    urls = [r.public_url for r in summary.first_records if r.public_url][:PUBLIC_URL_SAMPLE]
+    if not urls:
+        return {}
+    return {
+        "public_url_first": dg.MetadataValue.url(urls[0]),
+        "public_url_sample": dg.MetadataValue.json(urls),
+    }
 
 
 def batch_totals_metadata(totals: "BatchTotals") -> MetadataDict:
@@ -70,6 +89,7 @@ def run_metadata(summary: "BatchSummary") -> MetadataDict:
         "storage_root": dg.MetadataValue.path(summary.storage_root),
         "history_commits": len(summary.history_commits),
         "first_rows": dg.MetadataValue.md(_first_rows_markdown(summary)),
+        **public_url_metadata(summary),
         **(
             {
                 "estimated_cost_usd": dg.MetadataValue.float(

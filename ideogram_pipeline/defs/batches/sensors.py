@@ -60,18 +60,20 @@ def _already_recorded(
     storage: StorageResource,
     log: logging.Logger,
 ) -> set[str]:
-    """The batch keys among ``files`` whose every row has a record in the history.
+    """The batch keys among ``files`` whose every row (by its key: its content and
+    occurrence) has a record in the history.
 
     One history query for all of them. When the history cannot be read (no storage yet,
     a bad setting, an unmigrated root), none is: the runs are requested as before and fail,
     or pay nothing, where the UI shows it.
     """
     from ideogram_pipeline.batches.files import BatchFileError, load_batch
-    from ideogram_pipeline.history.batch_audit import recorded_rows
+    from ideogram_pipeline.history.batch_audit import recorded_row_keys
+    from ideogram_pipeline.history.row_keys import row_keys
 
     try:
         settings = storage.resolve(pipeline.settings())
-        recorded = recorded_rows(settings, storage.open(settings), list(files))
+        recorded = recorded_row_keys(settings, storage.open(settings), list(files))
     except Exception as exc:
         log.warning(f"history not read, every new file runs: {type(exc).__name__}: {exc}")
         return set()
@@ -80,10 +82,11 @@ def _already_recorded(
         if key not in recorded:
             continue
         try:
-            rows = {row.row for row in load_batch(path, key=key).rows}
+            # By content, not line: an edited file of as many rows is new work.
+            keys = set(row_keys(load_batch(path, key=key).rows).values())
         except BatchFileError:
             continue  # its run will fail and say why
-        if rows <= recorded[key]:
+        if keys <= recorded[key]:
             done.add(key)
     return done
 
