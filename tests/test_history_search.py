@@ -189,3 +189,35 @@ def test_contact_sheet_of_a_batch(known: Root) -> None:
     assert image.width >= 5 * 160 and image.height >= 160
     assert Image.open(io.BytesIO(sheet.preview_jpeg)).format == "JPEG"
     assert save_contact_sheet(known.settings, known.store, "no-such-batch", "r") is None
+
+
+def test_contact_sheet_tiles_are_made_as_a_run_stores_its_images(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    """The run makes the tiles of the file's first rows as it stores their images, and the
+    sheet drawn afterwards uses them instead of reading those images back."""
+    from ideogram_pipeline.batches.files import parse_batch
+    from ideogram_pipeline.images.contact_sheets import MAX_TILES, TILE, TITLE, SheetTiles
+
+    root = make_root("local", simulator, None, tmp_path)
+    batch = parse_batch(SPRING.encode("utf-8"), source="tiles.csv", key="tiles")
+    tiles = SheetTiles(row.row for row in batch.rows)
+    assert root.run("tiles", SPRING, tiles=tiles).stored == 4
+    stored = root.records("batch = 'tiles' AND status = 'stored' ORDER BY \"row\"")
+    assert len(stored) == 4 and all(tiles.get(r["image_key"]) is not None for r in stored)
+    first_row = min(row.row for row in batch.rows)
+    assert tiles.wanted(first_row, 0) and not tiles.wanted(first_row, MAX_TILES)
+    assert not tiles.wanted(first_row + MAX_TILES, 0)
+
+    # Images gone from the store: the sheet still shows them from the tiles.
+    root.store.delete([r["image_key"] for r in stored])
+    centre = (TILE // 2, TITLE + TILE // 2)  # the first row's tile (a stored image)
+    with_tiles = save_contact_sheet(root.settings, root.store, "tiles", "r1", tiles)
+    without = save_contact_sheet(root.settings, root.store, "tiles", "r2")
+    assert with_tiles is not None and without is not None
+    tile = tiles.get(stored[0]["image_key"])
+    assert tile is not None
+    drawn = Image.open(io.BytesIO(with_tiles.png)).convert("RGB").getpixel(centre)
+    assert drawn == tile.getpixel((tile.width // 2, tile.height // 2))
+    placeholder = Image.open(io.BytesIO(without.png)).convert("RGB").getpixel(centre)
+    assert placeholder == (60, 60, 66) != drawn

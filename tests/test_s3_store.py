@@ -105,6 +105,20 @@ def test_round_trip(store: ObjectStore) -> None:
     assert store.uri("metadata/x.parquet").endswith("/metadata/x.parquet")
 
 
+def test_delete_many_at_once(store: ObjectStore) -> None:
+    """A ledger prune deletes hundreds of keys in one call (locally, from several threads),
+    some of them already gone; a key outside the root is refused."""
+    keys = [f"ledger/b/{i:06d}-x/a.{e}-intent.json" for i in range(60) for e in range(3)]
+    for key in keys[::2]:
+        store.put_bytes(key, b"{}")
+    store.put_bytes("ledger/b/kept.json", b"{}")
+    store.delete(keys)
+    assert [o.key for o in store.list("ledger/")] == ["ledger/b/kept.json"]
+    if isinstance(store, LocalStore):
+        with pytest.raises(StorageError, match="escapes the storage root"):
+            store.delete([*keys, "../outside.json"])
+
+
 def test_create_only_never_overwrites(store: ObjectStore) -> None:
     store.put_bytes("images/a.png", b"first", create_only=True)
     store.put_bytes("images/a.png", b"first", create_only=True)  # a retry: success

@@ -39,6 +39,7 @@ from ideogram_pipeline.ideogram.operations import operation
 from ideogram_pipeline.ideogram.prices import request_price
 from ideogram_pipeline.ideogram.requests import fits_v2
 from ideogram_pipeline.ideogram.stop import SendsStopped
+from ideogram_pipeline.images.contact_sheets import SheetTiles
 from ideogram_pipeline.runs.bookkeeping import LedgerWriter
 from ideogram_pipeline.runs.journal import Journal, journal_directory
 from ideogram_pipeline.runs.ledger import Ledger, LedgerEntry, new_attempt_id
@@ -91,6 +92,7 @@ class BatchRun:
         api_mode: str = "async",
         resend_unknown: bool = False,
         storage_retry: StorageRetry = STORAGE_RETRY,
+        tiles: SheetTiles | None = None,
     ) -> None:
         self.batch = batch
         self.client = client
@@ -146,6 +148,7 @@ class BatchRun:
             on_retry=self._image_store_retried,
             retry=storage_retry,
             on_no_space=self._out_of_space,
+            tiles=tiles,
             # The public base fronts the storage root, so it travels with the root's settings.
             public_base_url=history.settings.public_base_url,
         )

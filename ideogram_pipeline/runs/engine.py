@@ -28,6 +28,7 @@ from ideogram_pipeline.batches.files import Batch
 from ideogram_pipeline.history.schema import RowState
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import IdeogramClient
+from ideogram_pipeline.images.contact_sheets import SheetTiles
 from ideogram_pipeline.runs.batch_run import BatchRun
 from ideogram_pipeline.runs.records import ExtraFields, already_done
 from ideogram_pipeline.runs.retrying import STORAGE_RETRY, StorageRetry
@@ -61,6 +62,7 @@ async def run_batch(
     resend_unknown: bool = False,
     history: HistoryTables | None = None,
     storage_retry: StorageRetry = STORAGE_RETRY,
+    tiles: SheetTiles | None = None,
 ) -> BatchSummary:
     """Run every row of ``batch``; return the summary, or raise :class:`BatchAborted`.
 
@@ -76,7 +78,8 @@ async def run_batch(
     ``resend_unknown``. ``api_mode`` ``async`` uses Ideogram's v2 asynchronous API where the
     model has it; ``sync`` keeps the v1 endpoints. ``history`` is where records go (by
     default the tables under a local ``store``'s root). ``storage_retry`` is how long a
-    storage outage is waited out.
+    storage outage is waited out. ``tiles`` receives the contact-sheet thumbnails of the
+    images stored for the file's first rows, as they are stored.
 
     Only storage and transport errors are retried around storage; any other exception (a
     bug) propagates at once with its traceback.
@@ -96,6 +99,7 @@ async def run_batch(
         api_mode=api_mode,
         resend_unknown=resend_unknown,
         storage_retry=storage_retry,
+        tiles=tiles,
     )
     try:
         return await run.run(_worker_count(client.limiter.max_images))

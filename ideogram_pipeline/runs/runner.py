@@ -22,6 +22,7 @@ from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.ideogram.client import POLL_RATE_PER_S, IdeogramClient
 from ideogram_pipeline.ideogram.operations import operation
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy
+from ideogram_pipeline.images.contact_sheets import SheetTiles
 from ideogram_pipeline.runs.cost_guard import (
     CostEstimate,
     check_budget,
@@ -116,6 +117,7 @@ def execute_batch(
     extra_fields: ExtraFields | None = None,
     resend_unknown: bool = False,
     on_takeover: Callable[[LeaseHolder], None] | None = None,
+    tiles: SheetTiles | None = None,
 ) -> BatchSummary:
     """Preflight the store, then generate every row of ``batch`` that is not done yet.
 
@@ -128,7 +130,8 @@ def execute_batch(
     moved in the file keeps what it was paid for, and ``generations`` follows the file.
     Rows whose exact request (explicit seed) is already stored anywhere in the history are
     linked to it instead of paid again, unless ``force`` (see ``duplicates.py``);
-    ``extra_fields`` adds columns to records by ``(row, image_index)`` (``reproduce.py``).
+    ``extra_fields`` adds columns to records by ``(row, image_index)`` (``reproduce.py``);
+    ``tiles`` receives contact-sheet thumbnails as images are stored (``run_batch``).
 
     The cost of the rows that will be sent (``will_send.py``: not those the ledger
     recovers or a duplicate links) is estimated first (``summary.estimated_cost_usd``). With
@@ -165,6 +168,7 @@ def execute_batch(
             force=force,
             extra_fields=extra_fields,
             resend_unknown=resend_unknown,
+            tiles=tiles,
         )
 
 
@@ -181,6 +185,7 @@ def _execute_leased(
     force: bool,
     extra_fields: ExtraFields | None,
     resend_unknown: bool,
+    tiles: SheetTiles | None = None,
 ) -> BatchSummary:
     """:func:`execute_batch` once the batch is this runner's: ``on_lost`` receives what
     stops the run should the lease be taken over (this runner fell silent too long)."""
@@ -266,6 +271,7 @@ def _execute_leased(
                     flush_every=settings.flush_every,
                     resend_unknown=resend_unknown,
                     history=HistoryTables(settings),
+                    tiles=tiles,
                 )
                 summary.estimated_cost_usd = estimate.usd
                 summary.simulated_rows_redone = redone

@@ -11,6 +11,7 @@ from dataclasses import replace
 from ideogram_pipeline.history.schema import GenerationRecord
 from ideogram_pipeline.ideogram.client import LAST_RETRY_ERROR, IdeogramClient
 from ideogram_pipeline.ideogram.errors import IdeogramError, LinkExpired
+from ideogram_pipeline.images.contact_sheets import SheetTiles
 from ideogram_pipeline.images.png_metadata import prepare_for_storage
 from ideogram_pipeline.runs.ledger import attempt_day
 from ideogram_pipeline.runs.pools import RunPools
@@ -43,6 +44,7 @@ class ImageKeeper:
         on_retry: Callable[[BaseException], None],
         retry: StorageRetry = STORAGE_RETRY,
         on_no_space: Callable[[NoSpaceLeft], None] | None = None,
+        tiles: SheetTiles | None = None,
         public_base_url: str | None = None,
     ) -> None:
         self.client = client
@@ -52,6 +54,9 @@ class ImageKeeper:
         self.on_retry = on_retry
         self.retry = retry
         self.on_no_space = on_no_space
+        #: Contact-sheet thumbnails, made here while other requests wait on Ideogram so the
+        #: sheet drawn after the last image need not read these images back.
+        self.tiles = tiles
         #: ``IDEOGRAM_PUBLIC_BASE_URL``: the image's public URL goes into its JSON chunk.
         self.public_base_url = public_base_url
         #: Set once the store is full: later images are not even tried (each would only
@@ -77,6 +82,8 @@ class ImageKeeper:
                     self.pools.cpu, _prepare, data, record, self.batch_key
                 )
             data, digest = await self._store_with_retries(key, data, digest, record)
+            if self.tiles is not None and self.tiles.wanted(record.row, record.image_index):
+                await self.pools.run(self.pools.cpu, self.tiles.add, key, data)
         except LinkExpired as exc:
             outcome = replace(
                 record,

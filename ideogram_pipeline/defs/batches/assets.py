@@ -1,7 +1,7 @@
 """The batch asset: one partition per CSV file, one op per batch."""
 
-import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NoReturn
 
@@ -25,18 +25,18 @@ from ideogram_pipeline.defs.batches.metadata import (
     run_metadata,
 )
 from ideogram_pipeline.defs.batches.partitions import batch_partitions, csv_for_partition
+from ideogram_pipeline.defs.batches.progress import progress_lines
 from ideogram_pipeline.defs.resources import (
     PipelineSettingsResource,
     StorageResource,
     prompts_dir,
 )
+from ideogram_pipeline.images.contact_sheets import SheetTiles
 from ideogram_pipeline.settings import Settings, SettingsError
 from ideogram_pipeline.storage import ObjectStore, StorageError
 from ideogram_pipeline.storage.keys import batch_key_for, is_safe_key
 
 __all__ = ["batch_images"]
-
-PROGRESS_EVERY_S = 2.0
 
 
 def _totals(
@@ -120,7 +120,7 @@ def batch_images(
     # The engine (httpx, pyarrow, DuckDB, Pillow) is imported when a batch runs, not when
     # the code location loads: the UI, sensors and schedules never need it.
     from ideogram_pipeline.runs.cost_guard import CostLimitExceeded
-    from ideogram_pipeline.runs.engine import BatchAborted, BatchInterrupted, Progress
+    from ideogram_pipeline.runs.engine import BatchAborted, BatchInterrupted
     from ideogram_pipeline.runs.lease import BatchLeased
     from ideogram_pipeline.runs.runner import execute_batch, tune_process_memory
 
@@ -140,37 +140,28 @@ def batch_images(
     except (BatchFileError, SettingsError, OverrideError) as exc:
         raise dg.Failure(str(exc)) from None
 
-    last_report = 0.0
-
-    def report(progress: Progress) -> None:
-        nonlocal last_report
-        now = time.monotonic()
-        if progress.done_rows == progress.total_rows or now - last_report >= PROGRESS_EVERY_S:
-            last_report = now
-            s = progress.summary
-            context.log.info(
-                f"{progress.done_rows}/{progress.total_rows} rows: stored {s.stored}, "
-                f"unsafe {s.unsafe}, rejected {s.rejected}, failed {s.failed}, "
-                f"skipped {s.skipped}, "
-                f"cost ${s.cost_usd:.2f}"
-            )
-
+    # The contact sheet's thumbnails are made as the images are stored (contact_sheets.py).
+    tiles = SheetTiles(row.row for row in batch.rows)
     context.log.info(f"batch {key}: {len(batch.rows)} rows from {path} ({settings.api_label})")
     if not overrides.empty:
         context.log.info(f"run overrides: {overrides.describe()}")
     try:
-        summary = execute_batch(
-            batch,
-            settings,
-            store=store,
-            run_id=run_id,
-            progress=report,
-            max_cost_usd=config.max_cost_usd,
-            dry_run=config.dry_run,
-            force=config.force,
-            resend_unknown=config.resend_unknown,
-            on_takeover=lambda dead: fail_dead_runs(context, key, dead.run_id, dead.describe()),
-        )
+        # Progress is logged from a thread of its own (progress.py); every line is written
+        # before the run's outcome is handled below.
+        with progress_lines(context.log) as report:
+            summary = execute_batch(
+                batch,
+                settings,
+                store=store,
+                run_id=run_id,
+                progress=report,
+                max_cost_usd=config.max_cost_usd,
+                dry_run=config.dry_run,
+                force=config.force,
+                resend_unknown=config.resend_unknown,
+                on_takeover=lambda dead: fail_dead_runs(context, key, dead.run_id, dead.describe()),
+                tiles=tiles,
+            )
     except CostLimitExceeded as exc:
         raise dg.Failure(str(exc), metadata=exc.estimate.as_dict()) from None
     except BatchLeased as exc:  # another runner has this batch: nothing was sent
@@ -211,13 +202,22 @@ def batch_images(
             },
         )
         return
-    sheet = contact_sheet_metadata(settings, store, key, run_id, context.log)
-    totals = _totals(settings, store, key, context.log)
-    yield dg.MaterializeResult(
-        asset_key=ASSET, metadata={**totals, **run_metadata(summary), **sheet}
-    )
     selected = {check.name for check in context.selected_asset_check_keys}
-    if ROWS_CHECK in selected:
-        yield rows_check(settings, store, key, [row.row for row in batch.rows])
-    if CHECKSUM_CHECK in selected:
-        yield checksum_check(settings, store, key, run_id)
+    # The checksum check reads back and hashes up to 500 images (I/O and hashing release
+    # the GIL): it runs beside the sheet, the totals and the rows check, not after them.
+    # Everything it reads is final once the batch has run.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="checksum-check") as beside:
+        checksums = (
+            beside.submit(checksum_check, settings, store, key, run_id)
+            if CHECKSUM_CHECK in selected
+            else None
+        )
+        sheet = contact_sheet_metadata(settings, store, key, run_id, context.log, tiles)
+        totals = _totals(settings, store, key, context.log)
+        yield dg.MaterializeResult(
+            asset_key=ASSET, metadata={**totals, **run_metadata(summary), **sheet}
+        )
+        if ROWS_CHECK in selected:
+            yield rows_check(settings, store, key, [row.row for row in batch.rows])
+        if checksums is not None:
+            yield checksums.result()

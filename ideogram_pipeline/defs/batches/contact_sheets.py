@@ -10,7 +10,7 @@ from typing import Any
 
 import dagster as dg
 
-from ideogram_pipeline.images.contact_sheets import save_contact_sheet
+from ideogram_pipeline.images.contact_sheets import SheetTiles, save_contact_sheet
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore
 
@@ -18,15 +18,21 @@ __all__ = ["contact_sheet_metadata"]
 
 
 def contact_sheet_metadata(
-    settings: Settings, store: ObjectStore, batch: str, run_id: str, log: Any
+    settings: Settings,
+    store: ObjectStore,
+    batch: str,
+    run_id: str,
+    log: Any,
+    tiles: SheetTiles | None = None,
 ) -> dict[str, Any]:
     """Metadata entries for the batch's contact sheet; empty (and a warning) if it fails.
+    ``tiles``: the thumbnails the run made as it stored its images.
 
     A contact sheet is a convenience: failing to draw one must never fail a batch whose
     images are already stored and paid for.
     """
     try:
-        sheet = save_contact_sheet(settings, store, batch, run_id)
+        sheet = save_contact_sheet(settings, store, batch, run_id, tiles)
     except Exception as exc:
         log.warning(f"contact sheet for batch {batch} not made: {type(exc).__name__}: {exc}")
         return {}
