@@ -37,6 +37,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -59,36 +61,58 @@ def _stored_images(storage: Path) -> list[Path]:
     return sorted((storage / "images").rglob("*.png"))
 
 
+#: One multipart part: ``(name, (filename or None, content, media type?))``.
+Part = tuple[str, tuple[str | None, str | bytes] | tuple[str | None, str | bytes, str]]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request of the minimal client: where it goes, its parts, where its image goes."""
+
+    path: str
+    parts: list[Part]
+    out: Path
+
+
 async def _each_in_slot(
-    base_url: str,
-    api_key: str,
-    inflight: int,
-    jobs: list[Callable[[httpx.AsyncClient], Awaitable[tuple[str, list, Path]]]],  # type: ignore[type-arg]
+    base_url: str, api_key: str, inflight: int, calls: list[Callable[[], Awaitable[Call]]]
 ) -> None:
-    """Per job: build its body, POST it holding one of ``inflight`` slots, download the
-    first image of the answer and write it where the job says."""
+    """Per call: build its body, POST it holding one of ``inflight`` slots, download the
+    first image of the answer and write it where the call says."""
     slots = asyncio.Semaphore(inflight)
     limits = httpx.Limits(max_connections=inflight * 2)
     async with httpx.AsyncClient(
         base_url=base_url, headers={"Api-Key": api_key}, timeout=60, limits=limits
     ) as http:
 
-        async def one(
-            job: Callable[[httpx.AsyncClient], Awaitable[tuple[str, list, Path]]],
-        ) -> None:  # type: ignore[type-arg]
+        async def one(build: Callable[[], Awaitable[Call]]) -> None:
             async with slots:
-                path, files, out = await job(http)
+                call = await build()
                 while True:
-                    answer = await http.post(path, files=files)
+                    answer = await http.post(call.path, files=call.parts)
                     if answer.status_code != 429:
                         break
                     await asyncio.sleep(0.05)
             answer.raise_for_status()
             image = await http.get(answer.json()["data"][0]["url"])
             image.raise_for_status()
-            await asyncio.to_thread(out.write_bytes, image.content)
+            await asyncio.to_thread(call.out.write_bytes, image.content)
 
-        await asyncio.gather(*(one(job) for job in jobs))
+        await asyncio.gather(*(one(build) for build in calls))
+
+
+async def _generate_call(n: int, out: Path) -> Call:
+    parts: list[Part] = [("prompt", (None, _prompt(n))), ("seed", (None, str(n)))]
+    return Call("/v1/ideogram-v3/generate", parts, out / f"{n}.png")
+
+
+async def _operation_call(operation: str, source: Path, out: Path) -> Call:
+    """The operation on ``source``: its bytes are read here, inside the slot, as sent."""
+    path, image_part, form = OPERATION_FORMS[operation]
+    data = await asyncio.to_thread(source.read_bytes)
+    parts: list[Part] = [(name, (None, value)) for name, value in form]
+    parts.append((image_part, (source.name, data, "image/png")))
+    return Call(path, parts, out / source.name)
 
 
 def _minimal(args: argparse.Namespace) -> None:
@@ -96,29 +120,13 @@ def _minimal(args: argparse.Namespace) -> None:
     every image stored under the storage root."""
     url, key, out_dir = args.minimal_client
     out = Path(out_dir)
-    jobs = []
+    calls: list[Callable[[], Awaitable[Call]]]
     if args.operation == "generate":
-        for n in range(args.rows):
-
-            async def generate(_http: httpx.AsyncClient, n: int = n) -> tuple[str, list, Path]:  # type: ignore[type-arg]
-                fields = [("prompt", (None, _prompt(n))), ("seed", (None, str(n)))]
-                return "/v1/ideogram-v3/generate", fields, out / f"{n}.png"
-
-            jobs.append(generate)
+        calls = [partial(_generate_call, n, out) for n in range(args.rows)]
     else:
-        path, image_part, form = OPERATION_FORMS[args.operation]
-        for source in _stored_images(Path(args.storage)):
-
-            async def apply(
-                _http: httpx.AsyncClient, source: Path = source
-            ) -> tuple[str, list, Path]:  # type: ignore[type-arg]
-                data = await asyncio.to_thread(source.read_bytes)
-                files = [(name, (None, value)) for name, value in form]
-                files.append((image_part, (source.name, data, "image/png")))
-                return path, files, out / source.name
-
-            jobs.append(apply)
-    asyncio.run(_each_in_slot(url, key, args.inflight, jobs))
+        sources = _stored_images(Path(args.storage))
+        calls = [partial(_operation_call, args.operation, source, out) for source in sources]
+    asyncio.run(_each_in_slot(url, key, args.inflight, calls))
 
 
 def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
