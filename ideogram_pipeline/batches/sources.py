@@ -74,6 +74,7 @@ class _Finder:
         self.store = store
         self.write = write
         self._stored: list[_Stored] | None = None
+        self._by_id: dict[str, _Stored] | None = None
         self._deleted: dict[str, str] | None = None
         #: (storage key, size limit) -> the source it resolved to: a batch may name one
         #: image in many rows, and operations differ in the largest image they take.
@@ -111,6 +112,10 @@ class _Finder:
         raise SourceProblem(f"no such file (looked for {path}) and not a record id")
 
     def _record(self, prefix: str) -> _Stored:
+        # A whole id (what ``apply`` writes) is a dict look-up: scanning the history once
+        # per row would make a selection of n rows cost n x history-size comparisons.
+        if (exact := self._stored_by_id().get(prefix)) is not None:
+            return exact
         matches = {s.record_id: s for s in self._stored_images() if s.record_id.startswith(prefix)}
         if len(matches) == 1:
             return next(iter(matches.values()))
@@ -164,6 +169,12 @@ class _Finder:
             )
             self._stored = [_Stored(str(i), str(k), s) for i, k, s in found]
         return self._stored
+
+    def _stored_by_id(self) -> dict[str, _Stored]:
+        """:meth:`_stored_images` by record id, built once."""
+        if self._by_id is None:
+            self._by_id = {s.record_id: s for s in self._stored_images()}
+        return self._by_id
 
     def _deleted_ids(self) -> dict[str, str]:
         """Ids retention deleted, with when (its roll-up keeps them for the reports)."""
