@@ -179,9 +179,16 @@ class _SimulatedApi:
     async def _generate(
         self, request: Request, fields: dict[str, Any], model: str, body: Any, legacy: bool
     ) -> Response:
+        return await self.serve(self.generation_job(request, fields, model, body, legacy))
+
+    def generation_job(
+        self, request: Request, fields: dict[str, Any], model: str, body: Any, legacy: bool
+    ) -> Job:
+        """A generate request as a :class:`Job`: served now (v1, sync v2) or submitted
+        (async v2), with the same images, faults and billing either way."""
         num_images = int(fields.get("num_images", 1))
         path = request.url.path
-        job = Job(
+        return Job(
             trigger_text=fields["prompt"],
             attempt_key=fields["prompt"],
             slots=num_images,
@@ -190,7 +197,6 @@ class _SimulatedApi:
             ),
             bill=lambda payload: self._bill(fields, model, payload, body, path),
         )
-        return await self.serve(job)
 
     async def serve(self, job: Job) -> Response:
         """Answer ``job`` synchronously with the generation's fault switches: scripted and

@@ -113,17 +113,7 @@ class SimulatedV2:
                 return response
             payload = json.loads(bytes(response.body))
             return JSONResponse(completed_shape(uuid.uuid4().hex, payload))
-        num_images = int(fields.get("num_images", 1))
-        path = request.url.path
-        job = Job(
-            trigger_text=fields["prompt"],
-            attempt_key=fields["prompt"],
-            slots=num_images,
-            build=lambda triggers: api._success(
-                request, fields, model, num_images, triggers, False
-            ),
-            bill=lambda payload: api._bill(fields, model, payload, body, path),
-        )
+        job = api.generation_job(request, fields, model, body, legacy=False)
         return await self.submit(model, body, job)
 
     async def submit(self, model: str, body: dict[str, Any], job: Job) -> Response:
