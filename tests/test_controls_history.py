@@ -111,3 +111,42 @@ def test_records_carry_the_controls_and_reproduce_sends_them_again(
     [again] = root.records("id = ?", [new[fox["id"]]])
     assert again["request_hash"] == fox["request_hash"]
     assert again["style_codes"] == fox["style_codes"]
+
+
+#: Issue 19's columns, which a table written before it lacks.
+ISSUE_19_COLUMNS = ("operation", "derived_from", "description", "public_url")
+
+
+def test_a_table_written_before_issue_19_reads_and_evolves(tmp_path: Path) -> None:
+    """No ``migrate`` step for operations: an older table reads with the new columns null
+    (search and lineage work on it) and gains them on its next write."""
+    from click.testing import CliRunner
+
+    from ideogram_pipeline.cli import main
+
+    settings = load_settings({"IDEOGRAM_STORAGE": str(tmp_path / "root")})
+    tables = HistoryTables(settings)
+    older = pa.schema([f for f in TABLE_SCHEMA if f.name not in ISSUE_19_COLUMNS])
+    old = records_table([_record(1)], DAY).select(older.names).cast(older)
+    for name in (GENERATIONS, RECORDS):
+        DeltaTable.create(tables.uri(name), schema=older, partition_by=["date", "batch"])
+        write_deltalake(tables.uri(name), old, mode="append", partition_by=["date", "batch"])
+    source = "brand-1".ljust(32, "0")
+    env = {"IDEOGRAM_STORAGE": str(tmp_path / "root")}
+    found = CliRunner().invoke(main, ["search", "poster", "--format", "json"], env=env)
+    assert found.exit_code == 0, found.output
+    assert '"operation": null' in found.output
+    shown = CliRunner().invoke(main, ["lineage", source[:10]], env=env)
+    assert shown.exit_code == 0, shown.output
+
+    derived = _record(2, operation="upscale", derived_from=source)
+    tables.write("brand", [derived])
+    con = history.connect(settings)
+    try:
+        rows = con.execute(
+            "SELECT row, operation, derived_from FROM generations ORDER BY row"
+        ).fetchall()
+    finally:
+        con.close()
+    assert rows == [(1, None, None), (2, "upscale", source)]
+    assert "upscale" in CliRunner().invoke(main, ["lineage", source[:10]], env=env).output
