@@ -138,20 +138,21 @@ class _Reader:
 
     def find(self, ids: Sequence[str], depth: int) -> dict[str, LineageNode]:
         """The nodes of ``ids``, wherever they are (``missing`` when nowhere)."""
-        wanted = sql_list(ids)
         found: dict[str, LineageNode] = {}
-        for row in self._rows(
-            f"SELECT {_COLUMNS} FROM {GENERATIONS_ALL} WHERE id IN (SELECT unnest({wanted})) "
-            f"{_NEWEST}"
-        ):
-            found[row[0]] = _node(row, depth, "current", self.base)
-        rest = [i for i in ids if i not in found]
-        if rest:
+        # Current rows first, then records a later attempt replaced, then deleted ones.
+        places: tuple[tuple[str, NodeState], ...] = (
+            (GENERATIONS_ALL, "current"),
+            (RECORDS, "superseded"),
+        )
+        for table, state in places:
+            rest = [i for i in ids if i not in found]
+            if not rest:
+                break
             for row in self._rows(
-                f"SELECT {_COLUMNS} FROM {RECORDS} WHERE id IN (SELECT unnest({sql_list(rest)})) "
+                f"SELECT {_COLUMNS} FROM {table} WHERE id IN (SELECT unnest({sql_list(rest)})) "
                 f"{_NEWEST}"
             ):
-                found[row[0]] = _node(row, depth, "superseded", self.base)
+                found[row[0]] = _node(row, depth, state, self.base)
         rest = [i for i in ids if i not in found]
         if rest:
             found.update(self._deleted(f"id IN (SELECT unnest({sql_list(rest)}))", depth))
