@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ideogram_pipeline.cli.common import main, settings_or_exit
-from ideogram_pipeline.cli.output import FORMAT_OPTION, emit, terminal_text
+from ideogram_pipeline.cli.output import FORMAT_OPTION, emit, terminal_text, text_or_json_option
 from ideogram_pipeline.ideogram.generation import STATUSES
 
 
@@ -192,14 +192,7 @@ def _record_image(record_id: str) -> tuple[bytes, dict[str, str | None]]:
 
 @main.command()
 @click.argument("file")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="text: the parameters and the record; json: every text chunk, parsed.",
-)
+@text_or_json_option("text: the parameters and the record; json: every text chunk, parsed.")
 def inspect(file: str, fmt: str) -> None:
     """Show the generation parameters embedded in a stored PNG.
 

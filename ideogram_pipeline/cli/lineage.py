@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ideogram_pipeline.cli.common import main, settings_or_exit
-from ideogram_pipeline.cli.output import terminal_text
+from ideogram_pipeline.cli.output import terminal_text, text_or_json_option
 
 if TYPE_CHECKING:
     from ideogram_pipeline.history.lineage import LineageNode
@@ -22,14 +22,7 @@ def _line(node: LineageNode, indent: int) -> str:
 
 @main.command()
 @click.argument("record_id", metavar="ID")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="text: one line per image; json: the record, ancestors and descendants.",
-)
+@text_or_json_option("text: one line per image; json: the record, ancestors and descendants.")
 def lineage(record_id: str, fmt: str) -> None:
     """Show where an image came from and what was made from it.
 

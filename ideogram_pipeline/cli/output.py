@@ -12,16 +12,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from ideogram_pipeline.safe_output import csv_cell
 
-__all__ = ["FORMAT_OPTION", "TABLE_WIDTHS", "emit", "terminal_text"]
+__all__ = ["FORMAT_OPTION", "TABLE_WIDTHS", "emit", "terminal_text", "text_or_json_option"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 FORMAT_OPTION = click.option(
     "--format",
@@ -31,6 +33,20 @@ FORMAT_OPTION = click.option(
     show_default=True,
     help="Output format.",
 )
+
+
+def text_or_json_option(help_text: str) -> Callable[[F], F]:
+    """``--format text|json`` for commands that show one thing (``inspect``, ``lineage``)."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help=help_text,
+    )
+
+
 #: Search tables cut these columns to this width; CSV and JSON carry full values.
 TABLE_WIDTHS = {"id": 12, "prompt": 48, "tags": 24, "created_at": 16}
 
