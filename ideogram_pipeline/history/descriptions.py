@@ -123,22 +123,25 @@ def sync_descriptions(tables: HistoryTables, batch: str) -> int:
     """
     from ideogram_pipeline.history.layout import GENERATIONS
     from ideogram_pipeline.history.views import connect
+    from ideogram_pipeline.safe_output import sql_literal
 
     con = connect(tables.settings, views=(GENERATIONS,))
     try:
+        # A literal, not a bound parameter: binding one makes DuckDB import pandas
+        # (0.4 s), as the run's other history reads avoid (BENCHMARKS.md section 8).
         # The newest describe of each source this batch described, whichever batch made
         # it: re-running an older describe batch never writes its older text back.
         rows = con.execute(
             "WITH described AS (SELECT DISTINCT derived_from FROM generations "
-            "  WHERE batch = ? AND operation = 'describe' AND status = 'stored'), "
+            f"  WHERE batch = {sql_literal(batch)} AND operation = 'describe' "
+            "  AND status = 'stored'), "
             "newest AS (SELECT d.derived_from AS id, "
             "  arg_max(d.description, d.created_at) AS text FROM generations d "
             "  WHERE d.derived_from IN (SELECT derived_from FROM described) "
             "  AND d.operation = 'describe' AND d.status = 'stored' "
             "  AND d.description IS NOT NULL GROUP BY d.derived_from) "
             "SELECT n.id, n.text FROM newest n JOIN generations s ON s.id = n.id "
-            "WHERE s.description IS DISTINCT FROM n.text",
-            [batch],
+            "WHERE s.description IS DISTINCT FROM n.text"
         ).fetchall()
     finally:
         con.close()
