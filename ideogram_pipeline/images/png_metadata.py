@@ -301,15 +301,12 @@ def prepare_for_storage(png: bytes, record: dict[str, Any], batch: str) -> bytes
     """The engine's one hook: the bytes to store for a downloaded image.
 
     Sets ``record["download_sha256"]`` (the bytes as Ideogram sent them, which is what a
-    reproduction compares) and ``record["phash"]`` (perceptual hash, or ``None`` when the
-    image cannot be decoded safely), and returns ``png`` with the text chunks embedded. A
-    PNG whose chunks cannot be parsed is stored exactly as downloaded: a paid image is
-    never dropped for want of metadata.
+    reproduction compares) and returns ``png`` with the text chunks embedded. A PNG whose
+    chunks cannot be parsed is stored exactly as downloaded: a paid image is never dropped
+    for want of metadata. The perceptual hash is not in the chunks: the engine computes it
+    beside this, in a process of its own (``runs/fingerprinting.py``).
     """
-    from ideogram_pipeline.images.fingerprints import perceptual_hash
-
     record["download_sha256"] = hashlib.sha256(png).hexdigest()
-    record["phash"] = perceptual_hash(png)
     try:
         return embed_metadata(png, record, batch)
     except PngError:

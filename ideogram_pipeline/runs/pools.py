@@ -11,6 +11,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from ideogram_pipeline.runs.fingerprinting import Fingerprinter
+
 __all__ = ["MAX_IO_THREADS", "RunPools"]
 
 T = TypeVar("T")
@@ -21,7 +23,7 @@ MAX_IO_THREADS = 16
 
 
 class RunPools:
-    """Three pools of this run's own, not the loop's default executor (min(32, cpus + 4)
+    """Three thread pools of this run's own, not the loop's default executor (min(32, cpus + 4)
     threads shared by everything): a ledger intent, written while its request holds
     in-flight slots, must never queue behind image hashing or uploads. Hashing decodes
     whole images (Pillow releases the GIL while decoding), so it gets one thread per core.
@@ -35,6 +37,8 @@ class RunPools:
             min(max(max_images * 2, 4), MAX_IO_THREADS), thread_name_prefix="ideogram-io"
         )
         self.cpu = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="ideogram-cpu")
+        #: Perceptual hashes: a process of their own, started now (fingerprinting.py).
+        self.fingerprints = Fingerprinter(self.cpu)
 
     @staticmethod
     async def run(pool: Executor, fn: Callable[..., T], *args: Any) -> T:
@@ -46,3 +50,4 @@ class RunPools:
     def close(self) -> None:
         for pool in (self.ledger, self.io, self.cpu):
             pool.shutdown(wait=False, cancel_futures=True)
+        self.fingerprints.close()

@@ -76,14 +76,25 @@ class ImageKeeper:
                 # image's public URL (None without a public base).
                 key = image_key(record.id, attempt_day(record.attempt_id or ""))
                 record = replace(record, public_url=public_url(self.public_base_url, key))
-                # Text chunks in, download sha256 and phash recorded (png_metadata.py), and
-                # the stored bytes' checksum: all off the event loop.
-                record, data, digest = await self.pools.run(
-                    self.pools.cpu, _prepare, data, record, self.batch_key
-                )
-            data, digest = await self._store_with_retries(key, data, digest, record)
-            if self.tiles is not None and self.tiles.wanted(record.row, record.image_index):
-                await self.pools.run(self.pools.cpu, self.tiles.add, key, data)
+                # The perceptual hash comes from the worker process while the image is
+                # stored (fingerprinting.py): it goes in the record, not in the file.
+                phash = asyncio.ensure_future(self.pools.fingerprints.phash(data))
+                try:
+                    # Text chunks in, download sha256 recorded (png_metadata.py), and the
+                    # stored bytes' checksum: off the event loop.
+                    record, data, digest = await self.pools.run(
+                        self.pools.cpu, _prepare, data, record, self.batch_key
+                    )
+                except BaseException:
+                    phash.cancel()
+                    raise
+            try:
+                data, digest = await self._store_with_retries(key, data, digest, record)
+                if self.tiles is not None and self.tiles.wanted(record.row, record.image_index):
+                    await self.pools.run(self.pools.cpu, self.tiles.add, key, data)
+                record = replace(record, phash=await phash)
+            finally:
+                phash.cancel()  # a no-op once done; an image not stored needs no hash
         except LinkExpired as exc:
             outcome = replace(
                 record,
@@ -182,7 +193,5 @@ def _prepare(
     :func:`prepare_for_storage`) and their SHA-256."""
     columns = record.as_row()
     stored = prepare_for_storage(data, columns, batch)
-    fingerprinted = replace(
-        record, download_sha256=columns["download_sha256"], phash=columns["phash"]
-    )
+    fingerprinted = replace(record, download_sha256=columns["download_sha256"])
     return fingerprinted, stored, hashlib.sha256(stored).hexdigest()
