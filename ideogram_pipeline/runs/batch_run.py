@@ -59,7 +59,7 @@ from ideogram_pipeline.runs.summary import (
     ProgressCallback,
 )
 from ideogram_pipeline.runs.will_send import ledger_is_open
-from ideogram_pipeline.storage import NoSpaceLeft, ObjectStore
+from ideogram_pipeline.storage import LocalStore, NoSpaceLeft, ObjectStore
 
 __all__ = ["BatchRun"]
 
@@ -101,8 +101,14 @@ class BatchRun:
         # Rows are known by their content (history/row_keys.py): records and ledger events
         # carry the row's key, so a row that moves to another line keeps both.
         keys = row_keys(batch.rows)
+        # On a local root the journal lies in the root itself, so it is the ledger while
+        # the run lasts: only the events of rows the run leaves open are copied at its end.
         self.ledger = Ledger(
-            store, batch.key, Journal(journal_directory(store), batch.key), row_keys=keys
+            store,
+            batch.key,
+            Journal(journal_directory(store), batch.key),
+            row_keys=keys,
+            defer_replicas=isinstance(store, LocalStore),
         )
         self.ledger_state: dict[tuple[int, str], LedgerEntry] = {}
         self.api_mode = api_mode
@@ -510,7 +516,8 @@ class BatchRun:
                 self.summary.seconds = time.monotonic() - clock
                 raise BatchAborted(f"batch {self.batch.key} stopped: {exc}", self.summary) from exc
             await self.recorder.flush()
-            await self.book.all_replicated()
+            # Every row has ended: those with all records written need no ledger entries.
+            await self.book.all_replicated(concluded=self.recorder.finished_rows())
             await self._describe_sources()
             if self.no_space is not None:  # records may be unwritten: the ledger stays whole
                 raise self._out_of_space_error(self.no_space, clock)

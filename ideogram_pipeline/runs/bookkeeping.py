@@ -12,16 +12,30 @@ record of an intent, nothing may be sent. A full disk is never waited out: it is
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ideogram_pipeline.ideogram.generation import GenerationRequest
+from ideogram_pipeline.runs.journal import Journal
 from ideogram_pipeline.runs.ledger import Ledger, LedgerEvent
 from ideogram_pipeline.runs.pools import RunPools
 from ideogram_pipeline.runs.retrying import StorageRetry, retry_storage
 from ideogram_pipeline.storage import LocalStore, NoSpaceLeft
 
-__all__ = ["LedgerWriter"]
+__all__ = ["JOURNAL_SYNC_S", "LedgerWriter"]
+
+logger = logging.getLogger(__name__)
+
+#: Longest a journaled event that is not copied to the store waits for an ``fdatasync``.
+JOURNAL_SYNC_S = 0.2
+
+
+def _sync_quietly(journal: Journal) -> None:
+    try:
+        journal.sync()
+    except OSError as exc:  # the events are still in the page cache: a kill loses nothing
+        logger.warning(f"journal {journal.path} not flushed to disk: {exc}")
 
 
 class LedgerWriter:
@@ -44,6 +58,7 @@ class LedgerWriter:
         self.on_no_space = on_no_space
         self._no_space = no_space
         self.replicas: dict[str, list[asyncio.Task[None]]] = {}
+        self._sync_due = False
 
     async def write(self, write: Callable[..., None], *args: Any) -> None:
         """One blocking ledger write in the ledger's pool, outages waited out."""
@@ -72,8 +87,26 @@ class LedgerWriter:
             self.on_no_space(journal.full)
         if self._no_space() is not None and isinstance(self.ledger.store, LocalStore):
             return
+        if self.ledger.deferred is not None:
+            self.ledger.defer(body)  # copied at the end if its row is left open
+            self._sync_soon()
+            return
         replica = asyncio.ensure_future(self.write(self.ledger.replicate, body))
         self.replicas.setdefault(attempt_id, []).append(replica)
+
+    def _sync_soon(self) -> None:
+        """Journal events that are not copied to the store reach the disk within
+        :data:`JOURNAL_SYNC_S` (one ``fdatasync`` for all of them), as the copies did."""
+        if self._sync_due or self.ledger.journal is None:
+            return
+        self._sync_due = True
+        journal = self.ledger.journal
+
+        def sync() -> None:
+            self._sync_due = False
+            self.pools.ledger.submit(_sync_quietly, journal)
+
+        asyncio.get_running_loop().call_later(JOURNAL_SYNC_S, sync)
 
     def journal_from_thread(
         self,
@@ -108,10 +141,28 @@ class LedgerWriter:
                 if isinstance(outcome, BaseException) and not isinstance(outcome, NoSpaceLeft):
                     raise outcome
 
-    async def all_replicated(self, timeout_s: float | None = None) -> None:
+    async def all_replicated(
+        self,
+        timeout_s: float | None = None,
+        *,
+        concluded: Iterable[tuple[int, str]] | None = None,
+    ) -> None:
         """Wait for the store's copies of the journal; once all are written, the journals
         go. Copies still missing after ``timeout_s`` (a forced stop) leave the journal in
-        place: the next run on this machine copies them."""
+        place: the next run on this machine copies them.
+
+        Deferred events (a local root) are copied now, except those of the ``concluded``
+        rows (every record written). Without ``concluded`` (a run cut short, whose rows
+        may be half recorded) nothing is copied and the journal stays, as after a kill.
+        """
+        if self.ledger.deferred is not None:
+            if concluded is None:
+                return
+            if self._no_space() is None:
+                for body in self.ledger.take_deferred(concluded):
+                    self.replicas.setdefault(str(body["attempt_id"]), []).append(
+                        asyncio.ensure_future(self.write(self.ledger.replicate, body))
+                    )
         pending = [task for tasks in self.replicas.values() for task in tasks]
         self.replicas.clear()
         if pending:

@@ -98,6 +98,8 @@ class Ledger:
         batch: str,
         journal: Journal | None = None,
         row_keys: Mapping[int, str] | None = None,
+        *,
+        defer_replicas: bool = False,
     ) -> None:
         self.store = store
         self.batch = batch
@@ -111,6 +113,13 @@ class Ledger:
         # by key instead of listing the whole ledger after each metadata flush.
         self._known: dict[str, set[str]] = defaultdict(set)
         self._lock = threading.Lock()
+        #: With ``defer_replicas`` (a local root, whose journal lies in the root itself),
+        #: events stay in the journal only, by row folder, until the run ends: then those of
+        #: rows it left open are copied to the store and the rest are dropped, instead of
+        #: three files written (and fsynced) and deleted per row while slots wait.
+        self.deferred: dict[str, list[LedgerEvent]] | None = (
+            defaultdict(list) if defer_replicas and journal is not None else None
+        )
 
     @staticmethod
     def _folder(row: int, request_hash: str) -> str:
@@ -155,6 +164,25 @@ class Ledger:
         )
         self._remember(key)
 
+    def defer(self, body: LedgerEvent) -> None:
+        """Keep journaled ``body`` for :meth:`take_deferred` instead of copying it now."""
+        assert self.deferred is not None
+        folder = self._folder(int(body["row"]), str(body["request_hash"]))
+        with self._lock:
+            self.deferred[folder].append(body)
+
+    def take_deferred(self, concluded: Iterable[tuple[int, str]] = ()) -> list[LedgerEvent]:
+        """The deferred events still to copy to the store: those of rows not in
+        ``concluded`` (whose records are written, so their entries may go)."""
+        if self.deferred is None:
+            return []
+        with self._lock:
+            for row, request_hash in concluded:
+                self.deferred.pop(self._folder(row, request_hash), None)
+            bodies = [body for events in self.deferred.values() for body in events]
+            self.deferred.clear()
+        return bodies
+
     def journal_event(
         self, request: GenerationRequest, attempt_id: str, event: str, **data: Any
     ) -> LedgerEvent:
@@ -175,6 +203,11 @@ class Ledger:
         replica is written, so the deletion cannot come first.)"""
         if self.journal is not None:
             self.journal.append(self._body(request, attempt_id, WITHDRAWN), use_reserve=True)
+        if self.deferred is not None:
+            folder = self._folder(request.row, request.request_hash())
+            with self._lock:
+                kept = [e for e in self.deferred.get(folder, []) if e["attempt_id"] != attempt_id]
+                self.deferred[folder] = kept
         self.store.delete([self._key(request, attempt_id, "intent")])
 
     def finish_journal(self) -> None:
@@ -209,7 +242,11 @@ class Ledger:
                 for row, request_hash in concluded
                 for key in self._known.pop(self._folder(row, request_hash), ())
             ]
-        self.store.delete(sorted(doomed))
+            if self.deferred is not None:  # never copied, nothing to delete
+                for row, request_hash in concluded:
+                    self.deferred.pop(self._folder(row, request_hash), None)
+        if doomed:
+            self.store.delete(sorted(doomed))
         return len(doomed)
 
     def _journaled(self, stored: set[str]) -> list[LedgerEvent]:
