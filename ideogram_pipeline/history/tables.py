@@ -53,6 +53,7 @@ __all__ = [
     "USAGE",
     "HistoryTables",
     "delta_storage_options",
+    "import_writers",
     "retry_commit",
     "table_uri",
 ]
@@ -138,6 +139,17 @@ class WriteResult:
     records: int
     generations_version: int
     records_version: int
+
+
+def import_writers() -> None:
+    """Import what the first write needs: deltalake, and pandas, which pyarrow imports the
+    first time it builds an array from Python values (0.7 s, holding the GIL). A run calls
+    this in a thread as it starts, while its first requests wait on Ideogram, so the import
+    does not land at its first flush, mid-run, starving the event loop that keeps the
+    account's slots busy."""
+    import deltalake  # noqa: F401
+
+    pa.array([0])
 
 
 class HistoryTables:

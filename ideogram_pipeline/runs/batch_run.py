@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -19,7 +20,7 @@ from ideogram_pipeline.batches.files import Batch
 from ideogram_pipeline.history.duplicates import link_records
 from ideogram_pipeline.history.row_keys import row_keys
 from ideogram_pipeline.history.schema import RowState
-from ideogram_pipeline.history.tables import HistoryTables
+from ideogram_pipeline.history.tables import HistoryTables, import_writers
 from ideogram_pipeline.ideogram.client import LAST_RETRY_ERROR, IdeogramClient
 from ideogram_pipeline.ideogram.errors import (
     IdeogramError,
@@ -463,6 +464,8 @@ class BatchRun:
     # -- the run -------------------------------------------------------------------------
 
     async def run(self, workers: int) -> BatchSummary:
+        # The history writers' imports, while the first requests wait (tables.py).
+        threading.Thread(target=import_writers, name="import-writers", daemon=True).start()
         try:  # copying a killed run's journal to the ledger needs space too
             self.ledger_state = await asyncio.to_thread(self.ledger.load)
         except NoSpaceLeft as full:
