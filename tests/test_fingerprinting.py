@@ -6,12 +6,17 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import signal
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from PIL import Image
 
 from ideogram_pipeline.images.fingerprints import perceptual_hash
-from ideogram_pipeline.runs.fingerprinting import WORKER_NICENESS, Fingerprinter
+from ideogram_pipeline.runs.fingerprinting import PARENT_CHECK_S, WORKER_NICENESS, Fingerprinter
 
 
 def _png(seed: int) -> bytes:
@@ -75,3 +80,42 @@ def test_a_worker_that_dies_costs_no_hash() -> None:
                 fingerprints.close()
 
     assert asyncio.run(after_kill()) == (perceptual_hash(data), perceptual_hash(data))
+
+
+def test_ctrl_c_is_left_to_the_run_and_the_worker_goes_with_it(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches the whole process group: the worker ignores it (the run
+    stops cleanly and still hashes). A run killed with SIGKILL takes the worker with it."""
+    script = (
+        "import asyncio, os, sys\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "from ideogram_pipeline.runs.fingerprinting import Fingerprinter\n"
+        "async def main():\n"
+        "    fingerprints = Fingerprinter(ThreadPoolExecutor(1))\n"
+        "    await fingerprints.phash(b'warm')\n"
+        "    (pid,) = list(fingerprints._pool._processes)\n"
+        "    os.kill(pid, signal.SIGINT)\n"
+        "    await asyncio.sleep(0.5)\n"
+        "    assert (await fingerprints.phash(sys.stdin.buffer.read())) is not None\n"
+        "    assert list(fingerprints._pool._processes) == [pid]\n"
+        "    print(pid, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "import signal\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], input=_png(2), capture_output=True, timeout=60
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    worker = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 10 * PARENT_CHECK_S
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

@@ -171,6 +171,9 @@ class BatchRun:
         # Attempts whose intent is in the ledger: withdrawn if the run stops before sending.
         self.intents_written: set[str] = set()
         self.rows_sent = 0  # rows that reached the API (or tried to)
+        #: Rows whose every step ended (not cut by a stop): with their records written,
+        #: their ledger events may go even when the run is cut short.
+        self.rows_ended: set[tuple[int, str]] = set()
         self.transport_failures = 0  # of those, rows failed on transport after retries
         self.last_transport_error = ""
         #: The first full disk the run met (out_of_space.py): it stops the run.
@@ -492,6 +495,7 @@ class BatchRun:
             while (row := await queue.get()) is not None:
                 with self.recorder.working(row):
                     await self.generate(row)
+                self.rows_ended.add((row.row, row.request_hash()))
 
         tasks = [asyncio.create_task(produce())]
         tasks += [asyncio.create_task(work()) for _ in range(workers)]
@@ -507,14 +511,19 @@ class BatchRun:
             except BaseException as exc:
                 cut()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                # A row cut mid-way may be half recorded (one image of four): its ledger
+                # entries stay, so the next run finishes it from them without paying.
+                self.recorder.keep_entries(self.recorder.concluded - self.rows_ended)
                 if signals.forced and isinstance(exc, asyncio.CancelledError):
                     await self.recorder.flush()
-                    await self.book.all_replicated(timeout_s=2.0)
+                    await self.book.all_replicated(
+                        timeout_s=2.0, concluded=self.recorder.finished_rows()
+                    )
                     raise self._stopped_run(signals, clock) from None
                 if not isinstance(exc, IdeogramError):
                     raise
                 await self.recorder.flush()
-                await self.book.all_replicated()
+                await self.book.all_replicated(concluded=self.recorder.finished_rows())
                 await self._describe_sources()
                 self.summary.seconds = time.monotonic() - clock
                 raise BatchAborted(f"batch {self.batch.key} stopped: {exc}", self.summary) from exc
@@ -550,6 +559,7 @@ class BatchRun:
                 continue
             with self.recorder.working(row):
                 await self.generate(row)
+            self.rows_ended.add((row.row, row.request_hash()))
 
     def _out_of_space(self, full: NoSpaceLeft) -> None:
         """A full disk stops the run as a clean stop does: no new request leaves, requests

@@ -12,6 +12,7 @@ record of an intent, nothing may be sent. A full disk is never waited out: it is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -104,7 +105,8 @@ class LedgerWriter:
 
         def sync() -> None:
             self._sync_due = False
-            self.pools.ledger.submit(_sync_quietly, journal)
+            with contextlib.suppress(RuntimeError):  # the run's pools are shut: it ended
+                self.pools.ledger.submit(_sync_quietly, journal)
 
         asyncio.get_running_loop().call_later(JOURNAL_SYNC_S, sync)
 

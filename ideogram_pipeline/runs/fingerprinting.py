@@ -9,11 +9,12 @@ polls and submissions that keep the account's slots busy) needs, and its first c
 imported SciPy mid-run.
 
 So one worker process computes them: it imports Pillow, imagehash and SciPy while the run
-starts, and runs ``nice``\\ d, so the kernel gives the cores to the run and the simulator or
-the network first and the hashes take what is left. A pHash is not in the PNG's chunks,
-only in the record, so the image is stored while its hash is computed; the record waits
-for it. A fingerprint is never worth an image: if the worker cannot be started or dies,
-the hash is computed in a thread as before, and an undecodable image gets ``None``.
+starts, and runs at a lower priority (``nice``), so the kernel gives the cores to the run
+(and the simulator, or the network) first and the hashes take what is left. A pHash is not
+in the PNG's chunks, only in the record, so the image is stored while its hash is computed;
+the record waits for it. A fingerprint is never worth an image: if the worker cannot be
+started or dies, the hash is computed in a thread as before, and an undecodable image gets
+``None``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ import importlib
 import logging
 import multiprocessing
 import os
-from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor
+import signal
+import threading
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor
 
 from ideogram_pipeline.images.fingerprints import perceptual_hash
 
@@ -36,15 +40,28 @@ logger = logging.getLogger(__name__)
 WORKER_NICENESS = 10
 #: Images waiting for their hash at once: each holds its bytes (1-2 MB) in the queue.
 MAX_PENDING = 32
+#: How often the worker checks that the run's process is still there.
+PARENT_CHECK_S = 1.0
 
 
 def _start_worker() -> None:
-    """In the worker: step back in priority, and import what a hash needs before the
-    first image arrives."""
+    """In the worker: step back in priority, leave Ctrl-C to the run (a terminal sends it to
+    the whole process group; the run stops cleanly, the worker must not die mid-hash), go
+    when the run's process does (a SIGKILLed run would otherwise leave it waiting on its
+    queue for good), and import what a hash needs before the first image arrives."""
     with contextlib.suppress(OSError):  # not permitted: the hashes come at the run's priority
         os.nice(WORKER_NICENESS)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     for module in ("imagehash", "scipy.fftpack", "PIL.PngImagePlugin"):
         importlib.import_module(module)
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
 
 
 def _warm() -> None:
@@ -78,7 +95,7 @@ class Fingerprinter:
             if self._pool is not None:
                 try:
                     return await asyncio.wrap_future(self._pool.submit(perceptual_hash, data))
-                except (BrokenExecutor, RuntimeError) as exc:  # the worker died, or shut down
+                except Exception as exc:  # the worker died (BrokenExecutor) or was shut down
                     logger.warning(f"perceptual hash worker lost ({exc}); hashing in threads")
                     self._pool = None
             return await loop.run_in_executor(self.fallback, perceptual_hash, data)

@@ -7,7 +7,10 @@ never wrote down. So the two events that guard money, the *intent* (before a req
 leaves) and the *generation id* (the moment Ideogram accepts a submission), are first
 appended to a local journal on the submitting task's own path, with one ``write(2)`` to a
 file opened ``O_APPEND`` (no thread, no queue; the page cache makes it survive the process
-being killed), and then copied to the store's ledger in the background (the replica).
+being killed), and then copied to the store's ledger in the background (the replica). On a
+local root the journal lies in the root itself and is the ledger while the run lasts:
+replicas are made at the run's end for the rows it leaves open only, and the journal is
+flushed with ``fdatasync`` every 0.2 s meanwhile (``bookkeeping.py``).
 
 A run's journal is one JSON-lines file: ``<root>/journal/<batch>/<run>.jsonl`` for a local
 root; for an S3 root, the same under this machine's state folder
@@ -157,9 +160,10 @@ class Journal:
         return events
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._lock:  # never while an append or a sync takes its copy of the descriptor
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def remove(self, paths: list[Path]) -> None:
         """Delete journals whose every event is in the store's ledger (and this run's own)."""

@@ -13,9 +13,12 @@ downloads. A later run reads the ledger and:
 
 Each event is one small JSON object written whole through the :class:`ObjectStore`, so the
 ledger lives beside the images (it survives the machine) and a crash can never leave half an
-entry. The intent and the generation id are first appended to a local journal
-(``journal.py``) on the submitting task's own path, so they are durable in microseconds,
-and copied here in the background; :meth:`Ledger.load` merges both. Layout::
+entry. Every event is first appended to a local journal (``journal.py``) on the
+submitting task's own path, so it is durable in microseconds; :meth:`Ledger.load` merges
+both. On an S3 root each event is copied here in the background. On a local root the
+journal lies in the root itself, so events stay there while the run lasts
+(``defer_replicas``) and only those of rows the run leaves open are copied at its end.
+Layout::
 
     ledger/<batch>/<row>-<request hash>/<attempt id>.<n>-<event>.json
 

@@ -125,6 +125,11 @@ class Recorder:
                 with contextlib.suppress(StorageError):
                     await self.pools.run(self.pools.io, self.ledger.prune, ready)
 
+    def keep_entries(self, rows: set[RowKey]) -> None:
+        """Keep the ledger entries of ``rows`` whatever they recorded (rows a stop cut
+        mid-way: a multi-image row may have recorded only some of its images)."""
+        self.unfinished |= rows
+
     def finished_rows(self) -> set[RowKey]:
         """Rows whose ledger entries can go once the last flush is written."""
         return self.concluded - self.unfinished
