@@ -4,8 +4,11 @@ The two events that guard money (the intent before a request leaves, the generat
 moment Ideogram accepts it) are appended to the local journal (``journal.py``) on the
 sending path itself, from the event loop or from a submit thread (``ideogram/client.py``),
 and copied to the store's ledger (``ledger.py``) in the background, off the in-flight
-slots. Other ledger writes wait out storage outages like image uploads do: without the
-record of an intent, nothing may be sent. A full disk is never waited out: it is handed to
+slots. On a local root the journal lies in the root and is the ledger while the run lasts:
+events are flushed to disk every :data:`JOURNAL_SYNC_S`, and
+:meth:`LedgerWriter.all_replicated` copies those of the rows left open at the run's end.
+Other ledger writes wait out storage outages like image uploads do: without the record of
+an intent, nothing may be sent. A full disk is never waited out: it is handed to
 ``on_no_space``, which stops the run (``out_of_space.py``).
 """
 
