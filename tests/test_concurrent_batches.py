@@ -21,10 +21,15 @@ from tests.conftest import make_env
 from tests.support.cli_runs import RUN
 
 LIMIT = 4
+#: Rows per batch, at 0.5 s each: 3 s of generation per batch at the limit, longer than
+#: the two processes' start-ups ever differ, so the control case (each batch alone fills
+#: the account) really sends at once (with 16 rows at 0.2 s, 0.8 s each, a slow start of
+#: one process let the other finish first and the control saw no 429).
+ROWS = 24
 
 
 def _batch(path: Path, name: str) -> Path:
-    lines = ["prompt,seed"] + [f'"{name} poster number {n}",{n}' for n in range(16)]
+    lines = ["prompt,seed"] + [f'"{name} poster number {n}",{n}' for n in range(ROWS)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -33,7 +38,7 @@ def _batch(path: Path, name: str) -> Path:
 @pytest.mark.slow
 def test_two_batches_share_the_account(tmp_path: Path, concurrent_batches: int) -> None:
     (tmp_path / "home").mkdir()
-    config = SimulatorConfig(latency_s=0.2, max_inflight=LIMIT, image_scale=0.25)
+    config = SimulatorConfig(latency_s=0.5, max_inflight=LIMIT, image_scale=0.25)
     with running_simulator(config) as sim:
         env = make_env(
             storage=str(tmp_path / "storage"),
@@ -64,8 +69,8 @@ def test_two_batches_share_the_account(tmp_path: Path, concurrent_batches: int) 
     ).fetchall()
     con.close()
     assert [(batch, stored) for batch, _start, _end, stored in spans] == [
-        ("alpha", 16),
-        ("beta", 16),
+        ("alpha", ROWS),
+        ("beta", ROWS),
     ]
     (_, a_start, a_end, _), (_, b_start, b_end, _) = spans
     assert a_start < b_end and b_start < a_end  # the two batches really overlapped
