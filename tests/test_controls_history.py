@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -21,7 +22,7 @@ from ideogram_pipeline.history.schema import TABLE_SCHEMA, GenerationRecord, rec
 from ideogram_pipeline.history.tables import HistoryTables
 from ideogram_pipeline.history.views import read_rows
 from ideogram_pipeline.ideogram.generation import CONTROL_FIELDS
-from ideogram_pipeline.settings import load_settings
+from ideogram_pipeline.settings import Settings, load_settings
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig, running_simulator
 from tests.history_support import make_root
 
@@ -46,6 +47,15 @@ def _record(row: int, **extra: object) -> GenerationRecord:
     )
 
 
+def _generations(settings: Settings, columns: str) -> list[tuple[Any, ...]]:
+    """``row`` and ``columns`` of every current record, by row, through the history views."""
+    con = history.connect(settings)
+    try:
+        return con.execute(f"SELECT row, {columns} FROM generations ORDER BY row").fetchall()
+    finally:
+        con.close()
+
+
 def test_a_table_written_before_the_controls_evolves_and_keeps_its_rows(tmp_path: Path) -> None:
     settings = load_settings({"IDEOGRAM_STORAGE": str(tmp_path / "root")})
     tables = HistoryTables(settings)
@@ -59,13 +69,7 @@ def test_a_table_written_before_the_controls_evolves_and_keeps_its_rows(tmp_path
 
     styled = _record(2, style_codes=("AAFF5733", "0133FF57"), color_palette="EMBER")
     tables.write("brand", [styled])
-    con = history.connect(settings)
-    try:
-        rows = con.execute(
-            "SELECT row, style_codes, color_palette, transparent FROM generations ORDER BY row"
-        ).fetchall()
-    finally:
-        con.close()
+    rows = _generations(settings, "style_codes, color_palette, transparent")
     assert rows == [(1, None, None, None), (2, ["AAFF5733", "0133FF57"], "EMBER", None)]
 
 
@@ -141,12 +145,6 @@ def test_a_table_written_before_issue_19_reads_and_evolves(tmp_path: Path) -> No
 
     derived = _record(2, operation="upscale", derived_from=source)
     tables.write("brand", [derived])
-    con = history.connect(settings)
-    try:
-        rows = con.execute(
-            "SELECT row, operation, derived_from FROM generations ORDER BY row"
-        ).fetchall()
-    finally:
-        con.close()
+    rows = _generations(settings, "operation, derived_from")
     assert rows == [(1, None, None), (2, "upscale", source)]
     assert "upscale" in CliRunner().invoke(main, ["lineage", source[:10]], env=env).output
