@@ -55,6 +55,20 @@ def test_first_poll_settles_on_the_latency() -> None:
         assert 0.97 < tracker.estimate_s < 1.05
 
 
+def test_a_late_first_poll_never_teaches_a_longer_latency() -> None:
+    """A generation already complete at its first poll only bounds the latency from above:
+    polls a busy loop sent late (0.75 s for 0.5 s generations) leave the estimate where it
+    was, while one still pending at its first poll and seen at 10 s still teaches 10 s."""
+    tracker = LatencyTracker(0.5)
+    for _ in range(3):  # the warm-up, every first poll late
+        tracker.observe(0.75, caught_by_first_poll=True)
+    assert tracker.estimate_s == pytest.approx(0.5)
+    tracker.observe(1.4, caught_by_first_poll=True)  # a stall after the warm-up
+    assert tracker.estimate_s < 0.5
+    tracker.observe(10.0, caught_by_first_poll=False)  # a slower API: still learnt at once
+    assert tracker.estimate_s == pytest.approx(9.0)
+
+
 def test_later_polls_back_off_to_a_tenth_of_the_latency() -> None:
     gaps = [next_interval(n, 10.0) for n in range(1, 30)]
     assert gaps == sorted(gaps) and gaps[0] == pytest.approx(0.01) and gaps[-1] == 1.0
