@@ -167,6 +167,12 @@ def test_a_killed_runners_lease_is_taken_over_after_expiry_and_resumed(tmp_path:
         while sim.stats.billed_images < 6:
             assert process.poll() is None and time.monotonic() < deadline
             time.sleep(0.005)
+        # The batch starts before its Dagster run exists (recorded_run.py): killed earlier,
+        # it would leave no run to mark; its rows would still be resumed as below.
+        with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+            while not instance.get_runs():
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.01)
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
 

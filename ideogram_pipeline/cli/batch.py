@@ -13,6 +13,7 @@ from ideogram_pipeline.cli.common import main, max_cost_option, settings_or_exit
 
 if TYPE_CHECKING:
     from ideogram_pipeline.settings import Settings
+    from ideogram_pipeline.storage import ObjectStore
 
 SUMMARY_FIELDS = (
     "rows",
@@ -68,9 +69,9 @@ def _print_summary(metadata: dict[str, Any], run_id: str) -> None:
     click.echo(f"  {'dagster run':<22} {run_id}")
 
 
-def _refuse_unmigrated(settings: Settings) -> None:
-    """Stop before Dagster starts when the root's history is in the old layout, or the
-    root cannot be written (one line naming why, not a Dagster step failure)."""
+def _open_migrated_store(settings: Settings) -> ObjectStore:
+    """The storage root, or one line naming why a batch cannot run there (not a Dagster
+    step failure): the history is in the old layout, or the root cannot be written."""
     from ideogram_pipeline.history.views import needs_migration
     from ideogram_pipeline.storage import StorageError, open_store
 
@@ -84,10 +85,12 @@ def _refuse_unmigrated(settings: Settings) -> None:
             )
     except StorageError as exc:
         raise click.ClickException(str(exc)) from None
+    return store
 
 
 def run_csv(csv: Path, batch: str | None, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate, then materialize through Dagster; shared by ``run`` and ``demo``.
+    """Validate, then run the batch recorded as a Dagster run (``recorded_run.py``: it
+    sends while Dagster starts beside it); shared by ``run``, ``apply`` and ``demo``.
 
     ``config`` holds further ``BatchConfig`` fields for this run (``max_cost_usd``, ...).
     """
@@ -101,16 +104,16 @@ def run_csv(csv: Path, batch: str | None, config: dict[str, Any] | None = None) 
     except BatchFileError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"batch {key}: {len(loaded.rows)} rows from {csv} [{settings.api_label}]", err=True)
-    _refuse_unmigrated(settings)
+    store = _open_migrated_store(settings)
     ensure_dagster_home()
-    from ideogram_pipeline.cli.launch import materialize_batch
+    from ideogram_pipeline.cli.recorded_run import run_recorded
     from ideogram_pipeline.runs.runner import tune_process_memory
 
     tune_process_memory()  # an entry point: the batch runs in this process (in-process run)
 
     try:
-        result = materialize_batch(csv.resolve(), key, config or {})
-    except KeyboardInterrupt:  # before or after the batch step: nothing of it was running
+        result = run_recorded(csv.resolve(), loaded, settings, store, config or {})
+    except KeyboardInterrupt:  # before or after the batch: nothing of it was running
         raise click.ClickException(f"batch {key}: interrupted") from None
     if result.metadata:
         _print_summary(result.metadata, result.run_id)

@@ -22,6 +22,9 @@ from ideogram_pipeline.defs.resources import build_resources
 
 __all__ = ["LaunchResult", "materialize_batch"]
 
+#: The job a CLI run is recorded under: the name `dg.materialize` gives its own, as before.
+BATCH_JOB_NAME = "__ephemeral_asset_job__"
+
 
 @dataclass(frozen=True)
 class LaunchResult:
@@ -61,23 +64,30 @@ def materialize_batch(
     config: dict[str, Any] | None = None,
     instance: dg.DagsterInstance | None = None,
     resources: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> LaunchResult:
     """``config``: further ``BatchConfig`` fields for this run (e.g. ``max_cost_usd``);
     ``instance``: the one to record in (a job's op passes its own), else DAGSTER_HOME's;
-    ``resources``: the batch asset's (a job's op passes its own), else the environment's."""
+    ``resources``: the batch asset's (a job's op passes its own), else the environment's;
+    ``run_id``: the run's id when the batch was started before it (``runs/handoff.py``)."""
     instance = instance or _instance()
     if not instance.has_dynamic_partition(BATCH_PARTITIONS, key):
         instance.add_dynamic_partitions(BATCH_PARTITIONS, [key])
-    result = dg.materialize(
-        [batch_images],
-        instance=instance,
-        partition_key=key,
+    # What `dg.materialize` builds, which takes no run id: one job of the batch asset.
+    defs = dg.Definitions(
+        jobs=[dg.define_asset_job(name=BATCH_JOB_NAME)],
+        assets=[batch_images],
         resources=dict(resources) if resources is not None else build_resources(),
+    )
+    result = defs.resolve_job_def(BATCH_JOB_NAME).execute_in_process(
         run_config={
             "ops": {"batch_images": {"config": {"csv_path": str(csv_path), **(config or {})}}},
             "loggers": {"console": {"config": {"log_level": "INFO"}}},
         },
+        instance=instance,
+        partition_key=key,
         raise_on_error=False,
+        run_id=run_id,
     )
     metadata: dict[str, Any] = {}
     for event in result.get_asset_materialization_events():

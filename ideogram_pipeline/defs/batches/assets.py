@@ -73,9 +73,13 @@ def fail_dead_runs(context: dg.AssetExecutionContext, key: str, run_id: str, who
     Lease holders name runs by the first 12 characters of the run id.
     """
     instance = context.instance
-    started = instance.get_runs(
-        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING])
-    )
+    # NOT_STARTED too: a CLI run's batch starts before its Dagster run does (recorded_run.py).
+    alive = [
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+    ]
+    started = instance.get_runs(filters=dg.RunsFilter(statuses=alive))
     for run in started:
         if run.run_id.startswith(run_id) and run.run_id != context.run_id:
             instance.report_run_failed(
@@ -121,47 +125,64 @@ def batch_images(
     # the code location loads: the UI, sensors and schedules never need it.
     from ideogram_pipeline.runs.cost_guard import CostLimitExceeded
     from ideogram_pipeline.runs.engine import BatchAborted, BatchInterrupted
-    from ideogram_pipeline.runs.lease import BatchLeased
+    from ideogram_pipeline.runs.handoff import adopt
+    from ideogram_pipeline.runs.lease import BatchLeased, LeaseHolder
     from ideogram_pipeline.runs.runner import execute_batch, tune_process_memory
 
     tune_process_memory()  # the op's process runs the batch: an entry point may do this
     key = context.partition_key
     run_id = context.run_id[:12]  # the history's run_id column
+    # A CLI `run` started this batch before Dagster was up (handoff.py): adopt it.
+    started = adopt(context.run_id)
     if not is_safe_key(key):  # partitions can be added by hand in the UI: keys are paths
         raise dg.Failure(f"batch {key!r} is not a safe key; name it like {batch_key_for(key)!r}")
     path = Path(config.csv_path) if config.csv_path else csv_for_partition(prompts_dir(), key)
     if path is None:
         raise dg.Failure(f"no batch file (.csv, .xlsx, .xls) for batch {key!r} in {prompts_dir()}")
-    try:
-        settings = storage.resolve(pipeline.settings())
-        store = storage.open(settings)
-        overrides = config.overrides()
-        batch = apply_overrides(load_batch(path, key=key), overrides)
-    except (BatchFileError, SettingsError, OverrideError) as exc:
-        raise dg.Failure(str(exc)) from None
-
-    # The contact sheet's thumbnails are made as the images are stored (contact_sheets.py).
-    tiles = SheetTiles(row.row for row in batch.rows)
+    overrides = config.overrides()
+    if started is not None:
+        settings, store, batch, tiles = (
+            started.settings,
+            started.store,
+            started.batch,
+            started.tiles,
+        )
+    else:
+        try:
+            settings = storage.resolve(pipeline.settings())
+            store = storage.open(settings)
+            batch = apply_overrides(load_batch(path, key=key), overrides)
+        except (BatchFileError, SettingsError, OverrideError) as exc:
+            raise dg.Failure(str(exc)) from None
+        # The contact sheet's thumbnails are made as the images are stored (contact_sheets.py).
+        tiles = SheetTiles(row.row for row in batch.rows)
     context.log.info(f"batch {key}: {len(batch.rows)} rows from {path} ({settings.api_label})")
     if not overrides.empty:
         context.log.info(f"run overrides: {overrides.describe()}")
+
+    def on_takeover(dead: LeaseHolder) -> None:
+        fail_dead_runs(context, key, dead.run_id, dead.describe())
+
     try:
         # Progress is logged from a thread of its own (progress.py); every line is written
         # before the run's outcome is handled below.
         with progress_lines(context.log) as report:
-            summary = execute_batch(
-                batch,
-                settings,
-                store=store,
-                run_id=run_id,
-                progress=report,
-                max_cost_usd=config.max_cost_usd,
-                dry_run=config.dry_run,
-                force=config.force,
-                resend_unknown=config.resend_unknown,
-                on_takeover=lambda dead: fail_dead_runs(context, key, dead.run_id, dead.describe()),
-                tiles=tiles,
-            )
+            if started is not None:  # the batch runs in the command's main thread
+                summary = started.follow(report, on_takeover)
+            else:
+                summary = execute_batch(
+                    batch,
+                    settings,
+                    store=store,
+                    run_id=run_id,
+                    progress=report,
+                    max_cost_usd=config.max_cost_usd,
+                    dry_run=config.dry_run,
+                    force=config.force,
+                    resend_unknown=config.resend_unknown,
+                    on_takeover=on_takeover,
+                    tiles=tiles,
+                )
     except CostLimitExceeded as exc:
         raise dg.Failure(str(exc), metadata=exc.estimate.as_dict()) from None
     except BatchLeased as exc:  # another runner has this batch: nothing was sent
