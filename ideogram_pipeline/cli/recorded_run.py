@@ -35,6 +35,9 @@ __all__ = ["LOOP_SWITCH_INTERVAL_S", "run_recorded"]
 
 #: The interpreter's thread switch interval while the batch runs beside Dagster's start-up.
 LOOP_SWITCH_INTERVAL_S = 0.0005
+#: The ``BatchConfig`` fields the engine takes from a CLI run (overrides and dry runs are
+#: the launchpad's: a CLI dry run only estimates, and never reaches Dagster).
+ENGINE_CONFIG = frozenset({"max_cost_usd", "force", "resend_unknown"})
 
 
 class _Recording(threading.Thread):
@@ -91,19 +94,21 @@ def run_recorded(
     """
     from ideogram_pipeline.runs.runner import execute_batch
 
+    if unknown := set(config) - ENGINE_CONFIG:  # the engine must run what Dagster records
+        raise ValueError(f"run_recorded takes only {sorted(ENGINE_CONFIG)}, not {sorted(unknown)}")
     run_id = str(uuid.uuid4())
     tiles = SheetTiles(row.row for row in batch.rows)
     started = StartedBatch(run_id, batch, settings, store, tiles)
-    hand_over(started)
     recording = _Recording(csv_path, batch.key, config, run_id)
     # Dagster's import and start-up hold the GIL for seconds beside the batch's first
     # requests, and Python makes a thread that wants the GIL wait up to the switch interval
     # (5 ms) for it: the event loop waited that long at each wake-up (an answer, a poll's
     # moment). A shorter interval lets the loop in promptly (BENCHMARKS.md section 8).
     switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(LOOP_SWITCH_INTERVAL_S)
-    recording.start()
+    hand_over(started)
     try:
+        sys.setswitchinterval(LOOP_SWITCH_INTERVAL_S)
+        recording.start()
         summary = execute_batch(
             batch,
             settings,
@@ -128,6 +133,8 @@ def run_recorded(
         started.outcome.set_result(summary)
     finally:
         sys.setswitchinterval(switch_interval)
+        if not started.outcome.done():  # SystemExit, a cancellation, a second Ctrl-C above
+            started.outcome.set_exception(RuntimeError(f"batch {batch.key} did not end"))
     recording.wait()
     if adopt(run_id) is None and recording.result is not None:
         return recording.result

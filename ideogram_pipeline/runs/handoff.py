@@ -72,19 +72,28 @@ class StartedBatch:
 
     def follow(self, report: ProgressCallback, on_takeover: TakeoverCallback) -> BatchSummary:
         """Attach the asset's progress log and takeover handler, then wait for the batch:
-        its summary, or the exception it ended with, raised here as if the batch ran here."""
-        with self._lock:
-            self._report, self._on_takeover = report, on_takeover
-            latest, self._latest = self._latest, None
-            takeovers, self._takeovers = self._takeovers, []
-        for dead in takeovers:
-            on_takeover(dead)
-        if latest is not None:
-            report(latest)
+        its summary, or the exception it ended with, raised here as if the batch ran here.
+
+        What came before is passed on first, in order, and only then are the handlers
+        published to the engine's threads, so a newer line never precedes an older one.
+        Whatever happens here, they are detached on the way out: the asset's log closes
+        after this, and the engine may still be running.
+        """
         try:
+            while True:
+                with self._lock:
+                    latest, self._latest = self._latest, None
+                    takeovers, self._takeovers = self._takeovers, []
+                    if latest is None and not takeovers:
+                        self._report, self._on_takeover = report, on_takeover
+                        break
+                for dead in takeovers:
+                    on_takeover(dead)
+                if latest is not None:
+                    report(latest)
             return self.outcome.result()
         finally:
-            with self._lock:  # the asset's log closes after this: nothing may reach it later
+            with self._lock:
                 self._report = self._on_takeover = None
 
 

@@ -161,7 +161,12 @@ def batch_images(
         context.log.info(f"run overrides: {overrides.describe()}")
 
     def on_takeover(dead: LeaseHolder) -> None:
-        fail_dead_runs(context, key, dead.run_id, dead.describe())
+        # Bookkeeping of a run already dead: failing it must not stop this one, which may
+        # be sending already (a CLI run adopted above).
+        try:
+            fail_dead_runs(context, key, dead.run_id, dead.describe())
+        except Exception as exc:
+            context.log.warning(f"the dead runner's run ({dead.describe()}) not marked: {exc}")
 
     try:
         # Progress is logged from a thread of its own (progress.py); every line is written
