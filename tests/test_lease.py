@@ -154,10 +154,10 @@ def test_two_cli_runs_of_one_batch_pay_once(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_killed_runners_lease_is_taken_over_after_expiry_and_resumed(tmp_path: Path) -> None:
-    rows = 24
+    rows = 40  # 10 s of generation at 1 s, 4 in flight: still running once Dagster is up
     csv = _csv(tmp_path / "whales.csv", rows)
     storage = tmp_path / "storage"
-    config = SimulatorConfig(latency_s=0.3, max_inflight=4, image_scale=0.25)
+    config = SimulatorConfig(latency_s=1.0, max_inflight=4, image_scale=0.25)
     with running_simulator(config) as sim:
         env = _env(sim, tmp_path)
         process = subprocess.Popen(
@@ -173,6 +173,7 @@ def test_a_killed_runners_lease_is_taken_over_after_expiry_and_resumed(tmp_path:
             while not instance.get_runs():
                 assert process.poll() is None and time.monotonic() < deadline
                 time.sleep(0.01)
+        assert sim.stats.billed_images < rows  # killed mid-batch, or the test proves nothing
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
 
