@@ -16,16 +16,17 @@ import pytest
 from ideogram_pipeline import history
 from ideogram_pipeline.settings import load_settings
 from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
+from ideogram_pipeline.simulator.state import SimulatorStats
 from tests.support.cli_runs import RUN, simulator_env, write_batch
 
 ROWS = 12
 
 
-def _first_request_while(process: subprocess.Popen[str], requests: object) -> float | None:
+def _first_request_while(process: subprocess.Popen[str], stats: SimulatorStats) -> float | None:
     """The wall-clock moment the simulator first saw a request, watched until exit."""
     first = None
     while process.poll() is None:
-        if first is None and getattr(requests, "requests_total", 0) > 0:
+        if first is None and stats.requests_total > 0:
             first = time.time()
         time.sleep(0.002)
     return first

@@ -35,8 +35,9 @@ __all__ = ["LOOP_SWITCH_INTERVAL_S", "run_recorded"]
 
 #: The interpreter's thread switch interval while the batch runs beside Dagster's start-up.
 LOOP_SWITCH_INTERVAL_S = 0.0005
-#: The ``BatchConfig`` fields the engine takes from a CLI run (overrides and dry runs are
-#: the launchpad's: a CLI dry run only estimates, and never reaches Dagster).
+#: The ``BatchConfig`` fields the engine takes from a CLI run, named as ``execute_batch``'s
+#: keywords (overrides and dry runs are the launchpad's: a CLI dry run only estimates, and
+#: never reaches Dagster).
 ENGINE_CONFIG = frozenset({"max_cost_usd", "force", "resend_unknown"})
 
 
@@ -62,8 +63,7 @@ class _Recording(threading.Thread):
 
     def wait(self) -> None:
         try:
-            while self.is_alive():
-                self.join(0.1)
+            self.join()  # a lock wait: Ctrl-C interrupts it
         except KeyboardInterrupt:
             raise click.ClickException(
                 f"batch {self.key}: interrupted while Dagster recorded run {self.run_id}; "
@@ -115,11 +115,9 @@ def run_recorded(
             store=store,
             run_id=run_id[:12],  # the history's run_id column, as the asset would pass it
             progress=started.report,
-            max_cost_usd=config.get("max_cost_usd"),
-            force=bool(config.get("force")),
-            resend_unknown=bool(config.get("resend_unknown")),
             on_takeover=started.took_over,
             tiles=tiles,
+            **config,  # ENGINE_CONFIG: the fields are execute_batch's keywords
         )
     except KeyboardInterrupt:
         # Ctrl-C while the batch's event loop did not hold the signals: while the history
