@@ -113,6 +113,28 @@ def test_ctrl_c_is_left_to_the_run_and_the_worker_goes_with_it(tmp_path: Path) -
     assert not _alive(worker)
 
 
+def test_a_run_killed_while_its_worker_starts_leaves_no_worker() -> None:
+    """Killed before the worker's start-up ran, the run has already left the worker to
+    init: the worker must not take init for the run and wait for it for good (found by
+    hand: workers of runs killed in their first second were still there 14 min later)."""
+    script = (
+        "import os, signal\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "from ideogram_pipeline.runs.fingerprinting import Fingerprinter\n"
+        "fingerprints = Fingerprinter(ThreadPoolExecutor(1))\n"
+        "(pid,) = list(fingerprints._pool._processes)\n"
+        "print(pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    worker = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 30  # its start-up (imports) and then one parent check
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker)
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split()[2]

@@ -44,16 +44,17 @@ MAX_PENDING = 32
 PARENT_CHECK_S = 1.0
 
 
-def _start_worker() -> None:
+def _start_worker(run_pid: int) -> None:
     """In the worker: step back in priority, leave Ctrl-C to the run (a terminal sends it to
     the whole process group; the run stops cleanly, the worker must not die mid-hash), go
-    when the run's process does (a SIGKILLed run would otherwise leave it waiting on its
-    queue for good), and import what a hash needs before the first image arrives."""
+    when the run's process ``run_pid`` does (a SIGKILLed run would otherwise leave it
+    waiting on its queue for good), and import what a hash needs before the first image
+    arrives. The run names itself: a run killed while the worker was still starting has
+    already left it to init, whose pid the worker would otherwise take for the run's."""
     with contextlib.suppress(OSError):  # not permitted: the hashes come at the run's priority
         os.nice(WORKER_NICENESS)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    threading.Thread(target=_exit_with, args=(run_pid,), daemon=True).start()
     for module in ("imagehash", "scipy.fftpack", "PIL.PngImagePlugin"):
         importlib.import_module(module)
 
@@ -82,7 +83,9 @@ class Fingerprinter:
             # Spawned, not forked: the run's process has threads (Dagster's, the run's own)
             # whose locks a fork would copy mid-use.
             context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(1, mp_context=context, initializer=_start_worker)
+            self._pool = ProcessPoolExecutor(
+                1, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
+            )
             self._pool.submit(_warm)
         except (OSError, ImportError, RuntimeError) as exc:  # no semaphores, no spawning
             logger.info(f"perceptual hashes computed in threads (no worker process: {exc})")
