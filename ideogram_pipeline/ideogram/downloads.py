@@ -77,15 +77,19 @@ async def _read_png(response: httpx.Response, max_bytes: int) -> bytes:
         raise ImageTooLarge(
             f"image is {declared} bytes, over the {max_bytes}-byte cap (IDEOGRAM_MAX_IMAGE_BYTES)"
         )
-    body = bytearray()
+    # The chunks are joined once at the end: growing one buffer copied the image again at
+    # each resize, and copying it into bytes once more, all in the event loop's thread.
+    chunks: list[bytes] = []
+    received = 0
     async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > max_bytes:
+        chunks.append(chunk)
+        received += len(chunk)
+        if received > max_bytes:
             raise ImageTooLarge(
                 f"image download passed the {max_bytes}-byte cap (IDEOGRAM_MAX_IMAGE_BYTES); "
                 "aborted"
             )
-    data = bytes(body)
+    data = b"".join(chunks)
     if declared is not None and declared != len(data):
         raise CorruptImage(f"truncated download: {len(data)} of {declared} bytes")
     try:

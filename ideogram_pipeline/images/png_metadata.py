@@ -95,10 +95,16 @@ class PngError(ValueError):
     """The bytes are not a well-formed PNG (bad signature, truncated chunk, bad CRC)."""
 
 
-def _chunks(png: bytes) -> Iterator[tuple[bytes, bytes, int, int]]:
-    """Yield ``(type, data, start, end)`` for each chunk; ``end`` is past the CRC."""
+def _chunks(png: bytes) -> Iterator[tuple[bytes, memoryview, int, int]]:
+    """Yield ``(type, data, start, end)`` for each chunk; ``end`` is past the CRC.
+
+    ``data`` is a view into ``png``, not a copy: an image's pixel chunks are megabytes,
+    and copying them (with the page faults of each new buffer) held the GIL that the event
+    loop needs.
+    """
     if not png.startswith(PNG_SIGNATURE):
         raise PngError("not a PNG (bad signature)")
+    view = memoryview(png)
     pos = len(PNG_SIGNATURE)
     while pos < len(png):
         if pos + 8 > len(png):
@@ -108,7 +114,7 @@ def _chunks(png: bytes) -> Iterator[tuple[bytes, bytes, int, int]]:
         end = pos + 12 + length
         if length > 2**31 - 1 or end > len(png):
             raise PngError(f"chunk {kind!r} at byte {pos} runs past the end of the file")
-        yield kind, png[pos + 8 : pos + 8 + length], pos, end
+        yield kind, view[pos + 8 : pos + 8 + length], pos, end
         if kind == b"IEND":
             return
         pos = end
@@ -225,15 +231,16 @@ def embed_metadata(png: bytes, record: Mapping[str, Any], batch: str | None = No
     ``batch`` overrides ``record["batch"]`` (the engine's records carry the batch only as
     a partition key). Raises :class:`PngError` when ``png`` is malformed.
     """
-    kept: list[bytes] = []
+    view = memoryview(png)  # the kept chunks are copied once, by the join
+    kept: list[memoryview] = []
     iend: bytes | None = None
     for kind, data, start, end in _chunks(png):
         if kind == b"IEND":
             iend = png[start:end]
-        elif kind in _TEXT_TYPES and _keyword(data) in _OUR_KEYWORDS:
+        elif kind in _TEXT_TYPES and _keyword(bytes(data)) in _OUR_KEYWORDS:
             continue
         else:
-            kept.append(png[start:end])
+            kept.append(view[start:end])
     assert iend is not None  # _chunks raises when IEND is missing
     return b"".join(
         [
@@ -285,7 +292,7 @@ def read_metadata(png: bytes) -> dict[str, Any]:
         (crc,) = struct.unpack(">I", png[end - 4 : end])
         if zlib.crc32(png[start + 4 : end - 4]) != crc:
             raise PngError(f"{kind.decode()} chunk at byte {start} has a bad CRC")
-        name, value = _decode_text(kind, data)
+        name, value = _decode_text(kind, bytes(data))
         text.setdefault(name, value)
     record: dict[str, Any] | None = None
     if JSON_KEYWORD in text:
