@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 
@@ -13,6 +14,23 @@ from tests.support.seaweed import SeaweedServer, running_seaweedfs
 
 #: Variables a developer's shell may set that would leak into subprocesses under test.
 _PROJECT_PREFIXES = ("IDEOGRAM_", "AWS_", "DAGSTER_")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the session the default Ctrl-C and SIGTERM, whoever started it.
+
+    A shell without job control starts background commands with SIGINT ignored. Dagster's
+    in-process runs in this process's main thread then copy SIGINT's handler to SIGTERM
+    (``dagster._utils.interrupts``), so SIGTERM is ignored too, and every CLI run started
+    afterwards inherits that: Dagster's compute-log ``tail`` processes in it no longer die
+    when terminated, outlive the run and hold its output pipes open, and the test reading
+    them waits for ever (a suite started with ``bash .ci/run &`` hung on its first failed
+    CLI run).
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")
