@@ -27,7 +27,6 @@ import multiprocessing
 import os
 import signal
 import threading
-import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 
 from ideogram_pipeline.images.fingerprints import perceptual_hash
@@ -40,29 +39,29 @@ logger = logging.getLogger(__name__)
 WORKER_NICENESS = 10
 #: Images waiting for their hash at once: each holds its bytes (1-2 MB) in the queue.
 MAX_PENDING = 32
-#: How often the worker checks that the run's process is still there.
-PARENT_CHECK_S = 1.0
 
 
-def _start_worker(run_pid: int) -> None:
+def _start_worker() -> None:
     """In the worker: step back in priority, leave Ctrl-C to the run (a terminal sends it to
     the whole process group; the run stops cleanly, the worker must not die mid-hash), go
-    when the run's process ``run_pid`` does (a SIGKILLed run would otherwise leave it
-    waiting on its queue for good), and import what a hash needs before the first image
-    arrives. The run names itself: a run killed while the worker was still starting has
-    already left it to init, whose pid the worker would otherwise take for the run's."""
+    when the run's process does (a SIGKILLed run would otherwise leave it waiting on its
+    queue for good), and import what a hash needs before the first image arrives."""
     with contextlib.suppress(OSError):  # not permitted: the hashes come at the run's priority
         os.nice(WORKER_NICENESS)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with, args=(run_pid,), daemon=True).start()
+    threading.Thread(target=_exit_with_run, daemon=True).start()
     for module in ("imagehash", "scipy.fftpack", "PIL.PngImagePlugin"):
         importlib.import_module(module)
 
 
-def _exit_with(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(PARENT_CHECK_S)
-    os._exit(0)
+def _exit_with_run() -> None:
+    """Wait on the run's sentinel (a pipe multiprocessing closes when the run's process
+    ends, however it ends) and go. Unlike watching the parent pid, it has no window: a run
+    killed while this worker was still starting is seen at once."""
+    run = multiprocessing.parent_process()
+    if run is not None:
+        run.join()
+        os._exit(0)
 
 
 def _warm() -> None:
@@ -83,9 +82,7 @@ class Fingerprinter:
             # Spawned, not forked: the run's process has threads (Dagster's, the run's own)
             # whose locks a fork would copy mid-use.
             context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(
-                1, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
-            )
+            self._pool = ProcessPoolExecutor(1, mp_context=context, initializer=_start_worker)
             self._pool.submit(_warm)
         except (OSError, ImportError, RuntimeError) as exc:  # no semaphores, no spawning
             logger.info(f"perceptual hashes computed in threads (no worker process: {exc})")
