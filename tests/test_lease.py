@@ -160,6 +160,11 @@ def test_a_killed_runners_lease_is_taken_over_after_expiry_and_resumed(tmp_path:
     config = SimulatorConfig(latency_s=1.0, max_inflight=4, image_scale=0.25)
     with running_simulator(config) as sim:
         env = _env(sim, tmp_path)
+        # The instance's tables exist before the runner and this test both open it: created
+        # by two processes at once, a new SQLite instance can get two schema versions, and
+        # every later run's Dagster refuses it ("more than one head").
+        with dg.DagsterInstance.from_config(str(tmp_path / "home")):
+            pass
         process = subprocess.Popen(
             [*RUN, str(csv)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
