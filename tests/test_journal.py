@@ -54,7 +54,7 @@ def test_a_torn_last_line_and_a_withdrawn_intent_leave_no_entry(tmp_path: Path) 
     first = _ledger(store)
     attempt = new_attempt_id()
     first.journal_event(REQUEST, attempt, "intent", mode="sync")
-    first.replicate(first._body(REQUEST, attempt, "intent", mode="sync"))
+    first.replicate(first.event_body(REQUEST, attempt, "intent", mode="sync"))
     first.withdraw_intent(REQUEST, attempt)  # stopped before sending
     assert first.journal is not None
     first.journal.close()

@@ -1,15 +1,16 @@
-"""Twelve SIGKILLs across six asynchronous batches: the crash window is the round trip.
+"""Twelve SIGKILLs across six asynchronous 120-row batches: the crash window is the round trip.
 
 Real processes, real faults: each batch runs through the CLI (Dagster in-process, in a
-subprocess) against the simulator in this process, is killed with SIGKILL twice at
-random moments while it is paying, and is then run to its end. A row
-ends ``unknown`` only when a kill lands between the journal's append of its intent and
-that of its generation id: the submission's round trip, made on a thread of its own
-(client.py), a few milliseconds here. How often a random kill lands in such a window is
-that span times the submission rate (in-flight limit over generation latency), so the
-simulator takes 1.5 s per generation (Ideogram takes several): at 3 in flight, about 1%
-of a kill's chances. At most one ``unknown`` row in all twelve kills, and no image is
-ever paid twice. The test prints the windows it saw in the killed runs' journals.
+subprocess) against the simulator in this process, at the account's default 10 in flight
+and 0.5 s a generation (20 submissions a second, the run's busiest), is killed with
+SIGKILL twice while it is paying, and is then run to its end. Three batches are killed 2 s
+and 3.5 s after their run started (Dagster still importing beside the first requests),
+three at random moments. A row ends ``unknown`` only when a kill lands between the
+journal's append of its intent and that of its generation id. Those appends bracket the
+POST in the run's submitting process (``submit_process.py``), which finishes the POSTs it
+has made when the run is killed, so a kill of the run alone leaves none. At most one
+``unknown`` row in all twelve kills, and no image is ever paid twice. The test prints the
+windows it saw in the killed runs' journals.
 """
 
 from __future__ import annotations
@@ -34,29 +35,32 @@ from tests.conftest import make_env
 from tests.support.cli_runs import RUN
 
 BATCHES = 6
-ROWS = 18
-LIMIT = 3
-LATENCY_S = 1.5
+ROWS = 120
+LIMIT = 10
+LATENCY_S = 0.5
+#: Seconds after its start at which a run of the first three batches is killed.
+FIXED_KILLS = (2.0, 3.5)
 
 
-def _kill_at_random(
-    cmd: list[str], env: dict[str, str], sent: Callable[[], int], rng: random.Random
-) -> bool:
-    """Start ``cmd``; once it has sent its first request, SIGKILL it at a random moment
-    within the next 1.5 s (uncorrelated with any answer, as a person's kill or a lost
-    machine is). ``sent`` counts submissions: billing is not a sign of this process's
-    spending, since the generations a killed run left behind complete and bill while the
-    next run is still starting."""
+def _kill(cmd: list[str], env: dict[str, str], sent: Callable[[], int], at: float | None) -> bool:
+    """Start ``cmd`` and SIGKILL it ``at`` seconds after its start, or, with ``at`` None,
+    at a random moment within 1.5 s of its first request (uncorrelated with any answer, as
+    a person's kill or a lost machine is). ``sent`` counts submissions: billing is not a
+    sign of this process's spending, since the generations a killed run left behind
+    complete and bill while the next run is still starting."""
+    started = time.monotonic()
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     start = sent()
-    deadline = time.monotonic() + 90
     try:
-        while sent() == start:
+        if at is not None:
+            time.sleep(max(0.0, started + at - time.monotonic()))
+        while at is None and sent() == start:
             if process.poll() is not None:
                 return False
-            assert time.monotonic() < deadline, "the batch never sent a request"
+            assert time.monotonic() < started + 90, "the batch never sent a request"
             time.sleep(0.002)
-        time.sleep(rng.uniform(0.0, 1.5))
+        if at is None:
+            time.sleep(random.uniform(0.0, 1.5))
         if process.poll() is not None:
             return False
         os.kill(process.pid, signal.SIGKILL)
@@ -91,8 +95,8 @@ def _windows(journals: Path) -> dict[tuple[str, str], float]:
 def test_twelve_kills_leave_at_most_one_unknown_row_and_nothing_paid_twice(
     tmp_path: Path,
 ) -> None:
-    rng = random.Random(os.getpid())
-    config = SimulatorConfig(latency_s=LATENCY_S, max_inflight=LIMIT, image_scale=0.25)
+    random.seed(os.getpid())
+    config = SimulatorConfig(latency_s=LATENCY_S, max_inflight=LIMIT)
     unknown = 0
     kills = 0
     windows: dict[tuple[str, str], float] = {}
@@ -112,9 +116,10 @@ def test_twelve_kills_leave_at_most_one_unknown_row_and_nothing_paid_twice(
                 f'"Batch {number} porcelain bird {n}",{n}' for n in range(ROWS)
             ]
             csv.write_text("\n".join(lines) + "\n", encoding="utf-8")
-            for _ in range(2):  # two kills per batch, at random moments mid-spend
-                kills += _kill_at_random(
-                    [*RUN, str(csv)], env, lambda: sum(sim.stats.requests_by_route.values()), rng
+            for kill in range(2):  # two kills per batch, mid-spend
+                at = FIXED_KILLS[kill] if number < BATCHES // 2 else None
+                kills += _kill(
+                    [*RUN, str(csv)], env, lambda: sum(sim.stats.requests_by_route.values()), at
                 )
                 windows.update(_windows(tmp_path / "storage" / "journal"))
             rerun = subprocess.run(

@@ -53,6 +53,7 @@ from ideogram_pipeline.ideogram.requests import (
     v3_path,
 )
 from ideogram_pipeline.ideogram.stop import SendsStopped, StopSwitch
+from ideogram_pipeline.ideogram.submit_channel import ChannelGone, SubmitChannel, SubmitLines
 from ideogram_pipeline.ideogram.url_policy import UrlPolicy
 
 __all__ = ["LAST_RETRY_ERROR", "IdeogramClient", "RetryPolicy", "translate_transport_errors"]
@@ -165,6 +166,7 @@ class IdeogramClient:
         poll_rate_per_s: float = POLL_RATE_PER_S,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.generate_timeout_s = generate_timeout_s
         # Which image URLs may be fetched (hosts, addresses, size); see url_policy.py.
         self.url_policy = url_policy or UrlPolicy(api_base_url=self.base_url)
         self.limiter = InflightLimiter(max_inflight)
@@ -175,6 +177,9 @@ class IdeogramClient:
         self.read_reference: Callable[[str], bytes] | None = None
         #: Thrown by the run on SIGINT/SIGTERM: no paid send leaves after it (stop.py).
         self.stop = StopSwitch()
+        #: Where async submissions go with their journal lines when set (the run's
+        #: submitting process, ``runs/submit_process.py``); closed with the client.
+        self.channel: SubmitChannel | None = None
         # When to first look for an async result, learnt per (model, speed) from completed
         # generations; every poll draws on one budget (polling.py).
         self._latency: dict[tuple[str, str | None], LatencyTracker] = {}
@@ -216,6 +221,13 @@ class IdeogramClient:
             verify=tls,
         )
 
+    def use_channel(self, channel: SubmitChannel | None) -> None:
+        """Send async submissions through ``channel`` (None: from this process's threads),
+        which hears of a stop as soon as the switch is thrown and is closed with us."""
+        self.channel = channel
+        if channel is not None:
+            self.stop.on_throw(channel.stop)
+
     async def __aenter__(self) -> IdeogramClient:
         return self
 
@@ -228,6 +240,8 @@ class IdeogramClient:
         # Nothing is waiting on a submission by now, except after a forced stop, which
         # must not wait for one: its thread still writes the id if the answer comes.
         self._submit_threads.shutdown(wait=False, cancel_futures=True)
+        if self.channel is not None:
+            self.channel.close()
         self._submits.close()
 
     def _error(self, response: httpx.Response) -> IdeogramError:
@@ -399,18 +413,47 @@ class IdeogramClient:
         return v2_path(request), None
 
     async def _submit(
-        self, request: GenerationRequest, on_intent: OnIntent | None, on_submitted: OnSubmitted
+        self,
+        request: GenerationRequest,
+        on_intent: OnIntent | None,
+        on_submitted: OnSubmitted,
+        lines: SubmitLines | None = None,
     ) -> tuple[str, int]:
-        """Submit with retries; the intent goes with the first attempt only."""
+        """Submit with retries; the intent goes with the first attempt only. With ``lines``
+        and a usable :attr:`channel`, the POST and both journal lines are the channel's."""
         loop = asyncio.get_running_loop()
         hook = on_intent
+        first_line = lines.intent if lines is not None else None
+
+        async def through_channel(channel: SubmitChannel, lines: SubmitLines) -> httpx.Response:
+            nonlocal hook, first_line
+            self.stop.check()
+            if request.is_operation or request.references:  # stored bytes: read off the loop
+                path, parts = await asyncio.to_thread(self._submission, request)
+            else:
+                path, parts = self._submission(request)
+            body = v2_body(request) if parts is None else None
+            response = await channel.post(path, body, parts, replace(lines, intent=first_line))
+            hook = first_line = None
+            return response
 
         async def once() -> str:
-            nonlocal hook
-            run_hook, hook = hook, None
-            response = await loop.run_in_executor(
-                self._submit_threads, self._submit_now, request, run_hook, on_submitted
-            )
+            nonlocal hook, first_line
+            response = None
+            if lines is not None and (channel := self.channel) is not None and channel.usable:
+                try:
+                    response = await through_channel(channel, lines)
+                except ChannelGone:
+                    pass  # nothing was sent: from the threads below
+                except BaseException:
+                    hook = first_line = None  # the intent may be written
+                    raise
+            if response is None:
+                run_hook, hook = hook, None
+                first_line = None
+                response = await loop.run_in_executor(
+                    self._submit_threads, self._submit_now, request, run_hook, on_submitted
+                )
             if response.status_code != 200:
                 raise self._error(response)
             return str(response.json()["generation_id"])
@@ -424,6 +467,7 @@ class IdeogramClient:
         *,
         resume_generation_id: str | None = None,
         on_intent: OnIntent | None = None,
+        lines: SubmitLines | None = None,
     ) -> GenerationResponse:
         """Submit with ``async: true``, record the id via ``on_submitted``, then poll.
 
@@ -432,22 +476,28 @@ class IdeogramClient:
         killed between the two leaves a generation that may be billed and whose id we
         never wrote, so that span must be the network round trip, never a wait for the
         event loop (busy with downloads and hashing). Keep both quick and thread-safe:
-        the engine appends to a local journal. A later run polls the recorded id instead
-        of paying again. With ``resume_generation_id`` nothing is submitted unless that
+        the engine appends to a local journal. With ``lines`` and a :attr:`channel` (the
+        run's submitting process), the channel makes the POST and writes those lines
+        instead, out of reach of this process's GIL. A later run polls the recorded id
+        instead of paying again. With ``resume_generation_id`` nothing is submitted unless that
         generation failed. The images' in-flight slots are held until the generation
         completes, because that is how long Ideogram counts them.
         """
         generation_id = resume_generation_id
         attempts = 0
         intent = on_intent if generation_id is None else None
+        if lines is not None and generation_id is not None:
+            lines = replace(lines, intent=None)
         latency = self._latency.setdefault(
             (request.model, request.rendering_speed), LatencyTracker()
         )
         async with self.limiter.slots(request.num_images):
             while True:
                 if generation_id is None:
-                    generation_id, tries = await self._submit(request, intent, on_submitted)
+                    generation_id, tries = await self._submit(request, intent, on_submitted, lines)
                     intent = None
+                    if lines is not None:
+                        lines = replace(lines, intent=None)
                     attempts += tries
                 try:
                     result = await self._wait(

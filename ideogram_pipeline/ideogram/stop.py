@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 __all__ = ["SendsStopped", "StopSwitch"]
 
@@ -40,6 +41,14 @@ class StopSwitch:
         self.thrown = False
         self.reason = ""
         self._event: asyncio.Event | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_throw(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` when the switch is thrown (at once if it already is): for
+        senders outside the event loop, such as the submitting process."""
+        self._listeners.append(listener)
+        if self.thrown:
+            listener()
 
     def _ensure_event(self) -> asyncio.Event:
         if self._event is None:
@@ -53,6 +62,8 @@ class StopSwitch:
         if not self.thrown:
             self.thrown = True
             self.reason = reason
+            for listener in self._listeners:
+                listener()
         if self._event is not None:
             self._event.set()
 

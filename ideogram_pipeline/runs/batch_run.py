@@ -251,6 +251,7 @@ class BatchRun:
                     request,
                     self.book.on_submitted(request, attempt_id),
                     resume_generation_id=entry.generation_id,
+                    lines=self.book.submit_lines(request, attempt_id),
                 )
                 await self._record_result(request, attempt_id, response)
                 self.summary.resumed += 1
@@ -304,8 +305,19 @@ class BatchRun:
                 self.intents_written.add(attempt_id)
                 self.book.journal_from_thread(loop, request, attempt_id, "intent", mode=mode)
 
+            # The submitting process writes both lines when there is one (its own journal
+            # file); the callbacks write them from a thread of this process otherwise.
+            lines = self.book.submit_lines(
+                request,
+                attempt_id,
+                intent={"mode": mode},
+                on_intent=lambda: self.intents_written.add(attempt_id),
+            )
             response = await self.client.generate_async(
-                request, self.book.on_submitted(request, attempt_id), on_intent=intent_now
+                request,
+                self.book.on_submitted(request, attempt_id),
+                on_intent=intent_now,
+                lines=lines,
             )
         else:
 

@@ -2,8 +2,9 @@
 
 The two events that guard money (the intent before a request leaves, the generation id the
 moment Ideogram accepts it) are appended to the local journal (``journal.py``) on the
-sending path itself, from the event loop or from a submit thread (``ideogram/client.py``),
-and copied to the store's ledger (``ledger.py``) in the background, off the in-flight
+sending path itself: by the run's submitting process (``submit_process.py``) for async
+submissions, else from the event loop or a submit thread (``ideogram/client.py``); they
+are copied to the store's ledger (``ledger.py``) in the background, off the in-flight
 slots. On a local root the journal lies in the root and is the ledger while the run lasts:
 events are flushed to disk every :data:`JOURNAL_SYNC_S`, and
 :meth:`LedgerWriter.all_replicated` copies those of the rows left open at the run's end.
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ideogram_pipeline.ideogram.generation import GenerationRequest
+from ideogram_pipeline.ideogram.submit_channel import JournalLine, SubmitLines
 from ideogram_pipeline.runs.journal import Journal
 from ideogram_pipeline.runs.ledger import Ledger, LedgerEvent
 from ideogram_pipeline.runs.pools import RunPools
@@ -126,6 +128,33 @@ class LedgerWriter:
         since the thread's answer is queued behind it)."""
         body = self.ledger.journal_event(request, attempt_id, event, **data)
         loop.call_soon_threadsafe(self.replicate_later, attempt_id, body)
+
+    def submit_lines(
+        self,
+        request: GenerationRequest,
+        attempt_id: str,
+        *,
+        intent: dict[str, Any] | None = None,
+        on_intent: Callable[[], None] | None = None,
+    ) -> SubmitLines | None:
+        """The journal lines a submitting process writes around this attempt's POST: the
+        intent (its ``intent`` data; None when resuming a recorded id) and the id. Each
+        comes back here once durable, to be copied to the store like any journal event."""
+        ledger, journal = self.ledger, self.ledger.journal
+        if journal is None:
+            return None
+
+        def written(line: JournalLine) -> None:
+            if line["event"] == "intent" and on_intent is not None:
+                on_intent()
+            self.replicate_later(attempt_id, line)
+
+        return SubmitLines(
+            journal.submits_path,
+            None if intent is None else ledger.event_body(request, attempt_id, "intent", **intent),
+            ledger.event_body(request, attempt_id, "submitted"),
+            written,
+        )
 
     def on_submitted(self, request: GenerationRequest, attempt_id: str) -> Callable[[str], None]:
         """The generation id's journal entry, written on the submitting thread."""

@@ -12,8 +12,10 @@ local root the journal lies in the root itself and is the ledger while the run l
 replicas are made at the run's end for the rows it leaves open only, and the journal is
 flushed with ``fdatasync`` every 0.2 s meanwhile (``bookkeeping.py``).
 
-A run's journal is one JSON-lines file: ``<root>/journal/<batch>/<run>.jsonl`` for a local
-root; for an S3 root, the same under this machine's state folder
+A run's journal is a JSON-lines file, ``<root>/journal/<batch>/<run>.jsonl`` for a local
+root, plus ``<run>.submits.jsonl`` beside it, where the run's submitting process
+(``submit_process.py``) appends the intent and the generation id around each POST; for an
+S3 root, the same under this machine's state folder
 (``$XDG_STATE_HOME/ideogram-pipeline/journal/<root digest>/``), since the journal must be
 local to be fast. The next run on the machine reads the journals it finds, copies what
 their replicas missed into the store, and deletes them; a run that ends normally deletes
@@ -62,9 +64,9 @@ def journal_directory(store: ObjectStore) -> Path:
 class Journal:
     """One run's append-only journal for one batch, plus the journals earlier runs left."""
 
-    def __init__(self, directory: Path, batch: str) -> None:
+    def __init__(self, directory: Path, batch: str, name: str | None = None) -> None:
         self.folder = directory / batch
-        self.path = self.folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
+        self.path = self.folder / (name or f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl")
         self.reserve = SpaceReserve(directory / RESERVE_NAME)
         self._fd: int | None = None
         # Submit threads append too (client.py): one appender at a time, for the few
@@ -75,6 +77,16 @@ class Journal:
         #: Set once an append found the disk full: from then on only the answers to
         #: requests already sent are written (into the reserve's space).
         self.full: NoSpaceLeft | None = None
+
+    @classmethod
+    def at(cls, path: Path) -> Journal:
+        """The journal file ``path`` (of a batch's folder), opened by another process."""
+        return cls(path.parent.parent, path.parent.name, path.name)
+
+    @property
+    def submits_path(self) -> Path:
+        """Where this run's submitting process journals the POSTs it makes."""
+        return self.path.with_suffix(".submits.jsonl")
 
     def append(self, body: dict[str, Any], *, use_reserve: bool = False) -> None:
         """Make ``body`` durable against a process kill: one ``write(2)``, no queue (safe
@@ -133,19 +145,25 @@ class Journal:
         """Flush the journal to the disk (``fdatasync``): a process kill never needed it,
         a power cut does. Called behind the appends, never on a sending path."""
         with self._lock:  # a copy of the descriptor: appends never wait for the disk
-            if self._fd is None:
-                return
-            fd = os.dup(self._fd)
-        try:
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
+            fd = None if self._fd is None else os.dup(self._fd)
+        if fd is not None:
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        with contextlib.suppress(FileNotFoundError):  # nothing submitted from a process yet
+            submits = os.open(self.submits_path, os.O_RDONLY)
+            try:
+                os.fdatasync(submits)
+            finally:
+                os.close(submits)
 
     def earlier(self) -> list[Path]:
         """Journals other runs left for this batch (killed before they could delete them)."""
         if not self.folder.is_dir():
             return []
-        return sorted(p for p in self.folder.glob("*.jsonl") if p != self.path)
+        own = {self.path, self.submits_path}
+        return sorted(p for p in self.folder.glob("*.jsonl") if p not in own)
 
     @staticmethod
     def read(path: Path) -> list[dict[str, Any]]:
@@ -168,6 +186,6 @@ class Journal:
     def remove(self, paths: list[Path]) -> None:
         """Delete journals whose every event is in the store's ledger (and this run's own)."""
         self.close()
-        for path in [*paths, self.path]:
+        for path in [*paths, self.path, self.submits_path]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -137,7 +137,7 @@ class Ledger:
         with self._lock:
             self._known[folder].add(key)
 
-    def _body(
+    def event_body(
         self, request: GenerationRequest, attempt_id: str, event: str, **data: Any
     ) -> LedgerEvent:
         body: LedgerEvent = {
@@ -191,7 +191,7 @@ class Ledger:
     ) -> LedgerEvent:
         """Append ``event`` to the journal at once (microseconds, on the caller's own path)
         and return it for :meth:`replicate`; without a journal, write it to the store."""
-        body = self._body(request, attempt_id, event, **data)
+        body = self.event_body(request, attempt_id, event, **data)
         if self.journal is None:
             self.replicate(body)
         else:
@@ -205,7 +205,7 @@ class Ledger:
         next run sends the row instead of reporting it ``unknown``. (Call once the intent's
         replica is written, so the deletion cannot come first.)"""
         if self.journal is not None:
-            self.journal.append(self._body(request, attempt_id, WITHDRAWN), use_reserve=True)
+            self.journal.append(self.event_body(request, attempt_id, WITHDRAWN), use_reserve=True)
         if self.deferred is not None:
             folder = self._folder(request.row, request.request_hash())
             with self._lock:

@@ -34,6 +34,7 @@ from ideogram_pipeline.runs.lease import LeaseHolder, acquire_lease
 from ideogram_pipeline.runs.malloc_tuning import pin_mmap_threshold, use_system_allocator_for_arrow
 from ideogram_pipeline.runs.records import ExtraFields, state_for_run
 from ideogram_pipeline.runs.row_matching import match_rows, send_plan
+from ideogram_pipeline.runs.submit_process import SubmitProcess
 from ideogram_pipeline.runs.summary import BatchSummary, ProgressCallback
 from ideogram_pipeline.settings import Settings
 from ideogram_pipeline.storage import ObjectStore, open_store
@@ -216,6 +217,15 @@ def _execute_leased(
                 url_policy=UrlPolicy.from_settings(settings, endpoint.base_url),
             ) as client:
                 client.read_reference = store.get_bytes
+                if settings.api_mode == "async":  # up while the batch is read and planned
+                    client.use_channel(
+                        SubmitProcess.start(
+                            endpoint.base_url,
+                            endpoint.api_key,
+                            timeout_s=client.generate_timeout_s,
+                            connections=max(settings.batch_inflight * 2, 20),
+                        )
+                    )
                 loop = asyncio.get_running_loop()
                 on_lost.append(
                     lambda: loop.call_soon_threadsafe(

@@ -38,6 +38,9 @@ class SimulatorConfig:
     latency_s: float = 0.0
     slow_latency_s: float = 2.0
     download_latency_s: float = 0.0
+    #: How long an asynchronous submission takes to answer with its id (Ideogram: a
+    #: network round trip); the generation is accepted, and billed, before the answer.
+    submit_latency_s: float = 0.0
     server_error_rate: float = 0.0
     unsafe_rate: float = 0.0
     safety_reject_rate: float = 0.0
@@ -55,7 +58,7 @@ class SimulatorConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"SimulatorConfig.{name} must be within 0..1, got {value}")
-        for name in ("latency_s", "slow_latency_s", "download_latency_s"):
+        for name in ("latency_s", "slow_latency_s", "download_latency_s", "submit_latency_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SimulatorConfig.{name} must not be negative")
         if self.max_inflight < 1:

@@ -147,6 +147,7 @@ class SimulatedV2:
         task = asyncio.create_task(self._complete(generation, job, triggers))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        await asyncio.sleep(api.config.submit_latency_s)  # accepted: the answer is on its way
         return JSONResponse({"generation_id": generation.id})
 
     async def _complete(self, generation: _Generation, job: Job, triggers: Triggers) -> None:
