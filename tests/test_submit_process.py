@@ -158,23 +158,28 @@ def _gone(pid: int) -> bool:
 def test_a_killed_run_s_process_journals_the_ids_of_posts_on_the_wire(tmp_path: Path) -> None:
     """SIGKILL the run once its three intents are journaled and before Ideogram answers
     (each answer takes 1 s): the submitting process still journals the three ids, so the
-    next run polls them instead of reporting the rows ``unknown``, and then exits."""
+    next run (which waits for it to let go of the journal) polls them instead of reporting
+    the rows ``unknown``; then it exits."""
     journal = _journal(tmp_path)
     config = SimulatorConfig(submit_latency_s=1.0)
     with Simulator(config) as sim:
-        run = subprocess.run(
+        run = subprocess.Popen(
             [sys.executable, "-c", KILLED_RUN, sim.base_url, sim.api_key, str(journal)],
-            capture_output=True,
+            stdout=subprocess.PIPE,
             text=True,
-            timeout=60,
         )
-        assert run.returncode == -signal.SIGKILL, run.stderr
-        worker = int(run.stdout.split()[0])
-        deadline = time.monotonic() + 15
+        assert run.stdout is not None
+        worker = int(run.stdout.readline())
+        assert run.wait(timeout=60) == -signal.SIGKILL
+        run.stdout.close()
+        # What a run taking the batch over does first: wait for the killed run's writers.
+        assert [line["event"] for line in Journal.read(journal)] == ["intent"] * 3
+        assert Journal.wait_for_writers(journal, timeout_s=15)
+        lines = Journal.read(journal)
+        deadline = time.monotonic() + 5
         while not _gone(worker) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert _gone(worker), "the submitting process outlived its POSTs"
-        lines = Journal.read(journal)
         submitted = {
             line["row"]: line["generation_id"] for line in lines if "generation_id" in line
         }
@@ -187,3 +192,16 @@ def test_a_killed_run_s_process_journals_the_ids_of_posts_on_the_wire(tmp_path: 
             assert answer.status_code == 200, answer.text
     assert [line["event"] for line in lines].count("intent") == 3
     assert json.dumps(lines).count(sim.api_key) == 0
+
+
+def test_a_journal_held_open_is_waited_for_until_its_writer_lets_go(tmp_path: Path) -> None:
+    path = _journal(tmp_path)
+    writer = Journal.at(path)
+    writer.hold_open()
+    writer.append({"event": "intent", "row": 1, "attempt_id": "a"})
+    started = time.monotonic()
+    assert not Journal.wait_for_writers(path, timeout_s=0.3)
+    assert time.monotonic() - started >= 0.3
+    writer.close()  # as the kernel does when the writer's process ends
+    assert Journal.wait_for_writers(path, timeout_s=0.3)
+    assert Journal.wait_for_writers(tmp_path / "no-such.jsonl", timeout_s=0.3)

@@ -32,8 +32,10 @@ frees the reserve and is written into the space it gave back.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -45,6 +47,8 @@ from ideogram_pipeline.storage import LocalStore, ObjectStore
 from ideogram_pipeline.storage.space import NoSpaceLeft, SpaceReserve, no_space_left
 
 __all__ = ["JOURNAL_PREFIX", "RESERVE_NAME", "Journal", "journal_directory"]
+
+logger = logging.getLogger(__name__)
 
 JOURNAL_PREFIX = "journal"
 #: The space held aside for answers when the disk fills (one per journal directory).
@@ -157,6 +161,46 @@ class Journal:
                 os.fdatasync(submits)
             finally:
                 os.close(submits)
+
+    def hold_open(self) -> None:
+        """Open the file and hold an exclusive lock on it for as long as this process lives
+        (a submitting process does): the lock says "answers may still come" to a run that
+        wants to read it (:meth:`wait_for_writers`); the kernel drops it however we end."""
+        with self._lock:
+            if self._fd is None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._hold_reserve(use_reserve=False)  # NoSpaceLeft: no intent can be written
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    @staticmethod
+    def wait_for_writers(path: Path, timeout_s: float) -> bool:
+        """Wait until no process holds ``path`` open for writing (:meth:`hold_open`): a
+        killed run's submitting process journals the ids of the POSTs it had made before
+        it lets go. False if it still held on after ``timeout_s``."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return True
+        try:
+            deadline = time.monotonic() + timeout_s
+            told = False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        return False
+                    if not told:
+                        logger.warning(
+                            f"waiting up to {timeout_s:.0f} s for a killed run's submissions "
+                            f"to be answered ({path.name})"
+                        )
+                        told = True
+                    time.sleep(0.05)
+        finally:
+            os.close(fd)
 
     def earlier(self) -> list[Path]:
         """Journals other runs left for this batch (killed before they could delete them)."""

@@ -63,6 +63,9 @@ _EVENTS = {"intent": 1, "submitted": 2, "result": 3}
 WITHDRAWN = "withdrawn"
 #: Parallel reads when loading a large ledger (one GET per event on S3).
 LOAD_THREADS = 16
+#: Longest a run waits for a killed run's submitting process to journal the ids of the
+#: POSTs it had made (milliseconds, as a rule; a row whose id is still missing is unknown).
+ANSWER_WAIT_S = 60.0
 
 
 #: One ledger event as written: ``event``, ``row``, ``request_hash``, ``attempt_id``, ``at``...
@@ -259,6 +262,8 @@ class Ledger:
         if self.journal is None:
             return []
         self.earlier_journals = self.journal.earlier()
+        for path in self.earlier_journals:  # a killed run's POSTs on the wire: their ids
+            Journal.wait_for_writers(path, ANSWER_WAIT_S)
         events = [body for path in self.earlier_journals for body in Journal.read(path)]
         withdrawn = {
             (body["row"], body["request_hash"], body["attempt_id"])

@@ -67,6 +67,7 @@ class SubmitProcess:
                 [sys.executable, "-c", ENTRY, str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,  # it prints nothing; its errors go to stderr
             )
         finally:
             theirs.close()
@@ -186,6 +187,8 @@ class SubmitProcess:
             waiting.future.set_exception(SendsStopped("not sent: the run is stopping"))
         elif kind == "no_space":
             waiting.future.set_exception(NoSpaceLeft(rest[0]))
+        elif kind == "unwritable":
+            waiting.future.set_exception(OSError(f"the journal refused an intent: {rest[0]}"))
         elif kind == "failed":
             waiting.future.set_exception(_translated(_httpx_error(*rest)))
         elif waiting.intent_written:  # the process died mid-POST: only Ideogram knows

@@ -8,7 +8,8 @@ first (the API key never goes on a command line), then :class:`SubmitJob`\\ s, `
 (send nothing new) or ``None`` (no more work). From it: ``("ready",)``, then for each job
 ``("intent", id, line)`` once its intent is durable, and one outcome:
 ``("answer", id, status, headers, content, line)``, ``("stopped", id)``,
-``("no_space", id, folder)`` or ``("failed", id, httpx error type, text)``.
+``("no_space", id, folder)``, ``("unwritable", id, text)`` (the journal refused the
+intent: nothing sent) or ``("failed", id, httpx error type, text)``.
 """
 
 from __future__ import annotations
@@ -72,8 +73,13 @@ class _Served:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def journal(self, path: str) -> Journal:
+        """The run's journal file at ``path``, held open (and locked) until this process
+        ends, so that a run taking over after a kill waits for the ids still to come."""
         with self.lock:
-            return self.journals.setdefault(path, Journal.at(Path(path)))
+            if path not in self.journals:
+                journal = self.journals[path] = Journal.at(Path(path))
+                journal.hold_open()
+            return self.journals[path]
 
 
 def _now() -> str:
@@ -81,19 +87,30 @@ def _now() -> str:
 
 
 def _submit(served: _Served, job: SubmitJob) -> None:
+    """One job, answered whatever happens: the run waits on every job it sent."""
+    try:
+        _intent_post_id(served, job)
+    except Exception as exc:  # a bug of ours, after the intent maybe: the run says unknown
+        served.reply(("failed", job.job_id, "RemoteProtocolError", f"{type(exc).__name__}: {exc}"))
+
+
+def _intent_post_id(served: _Served, job: SubmitJob) -> None:
     """Intent, POST, id, with nothing else of this process's in between."""
     if served.stopped.is_set():
         served.reply(("stopped", job.job_id))
         return
-    journal = served.journal(job.journal)
-    if job.intent is not None:
-        line = {**job.intent, "at": _now()}
-        try:
+    try:
+        journal = served.journal(job.journal)
+        if job.intent is not None:
+            line = {**job.intent, "at": _now()}
             journal.append(line)
-        except NoSpaceLeft:
-            served.reply(("no_space", job.job_id, str(journal.folder)))
-            return
-        served.reply(("intent", job.job_id, line))
+            served.reply(("intent", job.job_id, line))
+    except NoSpaceLeft as full:
+        served.reply(("no_space", job.job_id, str(full.where)))
+        return
+    except OSError as exc:  # the journal cannot be written: nothing may be sent
+        served.reply(("unwritable", job.job_id, str(exc)))
+        return
     try:
         if job.parts is not None:
             response = served.http.post(job.path, files=job.parts)
@@ -110,8 +127,8 @@ def _submit(served: _Served, job: SubmitJob) -> None:
         if submitted is not None:
             try:  # money spent: the journal's reserve may take it
                 journal.append(submitted, use_reserve=True)
-            except NoSpaceLeft:
-                served.reply(("no_space", job.job_id, str(journal.folder)))
+            except NoSpaceLeft as full:
+                served.reply(("no_space", job.job_id, str(full.where)))
                 return
     headers = list(response.headers.multi_items())
     served.reply(("answer", job.job_id, response.status_code, headers, response.content, submitted))
