@@ -197,9 +197,10 @@ class IdeogramClient:
             transport=transport,
             verify=tls,
         )
-        # Asynchronous submissions leave from threads of their own with a blocking client,
-        # so the moment between writing the intent, Ideogram's answer and writing its id
-        # is the round trip, never a wait behind image work on the event loop.
+        # Without a channel (below), asynchronous submissions leave from threads of their
+        # own with a blocking client, so the moment between writing the intent, Ideogram's
+        # answer and writing its id never waits behind image work on the event loop (it
+        # still waits for the GIL: the run's submitting process does not).
         self._submits = httpx.Client(
             base_url=self.base_url,
             headers={"Api-Key": api_key},
