@@ -10,6 +10,7 @@ control shows the 429s that sharing prevents.
 from __future__ import annotations
 
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ import pytest
 from ideogram_pipeline import history
 from ideogram_pipeline.settings import load_settings
 from ideogram_pipeline.simulator.server import SimulatorConfig, running_simulator
+from ideogram_pipeline.storage.base import StorageError
+from ideogram_pipeline.storage.local import LocalStore
 from tests.conftest import make_env
 from tests.support.cli_runs import RUN
 
@@ -60,7 +63,8 @@ def test_two_batches_share_the_account(tmp_path: Path, concurrent_batches: int) 
         ]
         outputs = [run.communicate(timeout=180) for run in runs]
         stats = sim.stats
-    assert [run.returncode for run in runs] == [0, 0], outputs
+    for (out, err), run in zip(outputs, runs, strict=True):
+        assert run.returncode == 0, f"exit {run.returncode}\nstdout:\n{out}\nstderr:\n{err}"
 
     con = history.connect(load_settings(env))
     spans = con.execute(
@@ -80,3 +84,26 @@ def test_two_batches_share_the_account(tmp_path: Path, concurrent_batches: int) 
         assert stats.rate_limited == 0
     else:
         assert stats.rate_limited > 0  # each batch alone fills the account: 429s (retried)
+
+
+def test_runs_starting_together_each_prove_the_root(tmp_path: Path) -> None:
+    """Each run's preflight writes, reads back and deletes a probe of its own: with one
+    shared probe name a run starting beside another read "no object at .preflight/probe"
+    (the other had deleted it) and failed before sending anything (seen in CI)."""
+    errors: list[Exception] = []
+
+    def prove_root_repeatedly() -> None:
+        store = LocalStore(tmp_path / "storage")
+        for _ in range(200):
+            try:
+                store.preflight()
+            except StorageError as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=prove_root_repeatedly) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert list((tmp_path / "storage" / ".preflight").iterdir()) == []

@@ -6,6 +6,7 @@ import contextlib
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -143,7 +144,9 @@ class LocalStore:
         return removed
 
     def preflight(self) -> None:
-        probe = ".preflight/probe"
+        # A probe of its own: two runs starting together on one root must not read or
+        # delete each other's (a shared name failed one of them with "no object").
+        probe = f".preflight/{uuid.uuid4().hex}"
         in_the_way = _file_in_the_way(self.path)
         if in_the_way == self.path:
             raise StoragePreflightError(
