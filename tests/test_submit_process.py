@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from ideogram_pipeline.ideogram.client import IdeogramClient
-from ideogram_pipeline.ideogram.errors import TransportError
+from ideogram_pipeline.ideogram.errors import ResponseLost, TransportError
 from ideogram_pipeline.ideogram.generation import GenerationRequest
 from ideogram_pipeline.ideogram.requests import v2_body, v2_path
 from ideogram_pipeline.ideogram.stop import SendsStopped
@@ -43,7 +44,7 @@ def _journal(tmp_path: Path) -> Path:
 
 def _post(sim_url: str, key: str, lines: SubmitLines, *, stop: bool = False) -> httpx.Response:
     async def go() -> httpx.Response:
-        process = SubmitProcess(sim_url, key, timeout_s=30.0, connections=4)
+        process = SubmitProcess(sim_url, key, timeout_s=30.0, connections=4, threads=4)
         try:
             if stop:
                 process.stop()
@@ -97,7 +98,9 @@ def test_without_its_process_the_client_submits_from_its_threads(tmp_path: Path)
 
         async def go() -> str | None:
             async with IdeogramClient(sim.base_url, sim.api_key) as client:
-                process = SubmitProcess(sim.base_url, sim.api_key, timeout_s=30.0, connections=4)
+                process = SubmitProcess(
+                    sim.base_url, sim.api_key, timeout_s=30.0, connections=4, threads=4
+                )
                 client.use_channel(process)
                 os.kill(process.pid, signal.SIGKILL)
                 deadline = time.monotonic() + 10
@@ -125,7 +128,7 @@ from ideogram_pipeline.runs.submit_process import SubmitProcess
 base_url, key, journal = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 
 async def main():
-    process = SubmitProcess(base_url, key, timeout_s=30.0, connections=4)
+    process = SubmitProcess(base_url, key, timeout_s=30.0, connections=4, threads=4)
     print(process.pid, flush=True)
     intents = []
 
@@ -205,3 +208,63 @@ def test_a_journal_held_open_is_waited_for_until_its_writer_lets_go(tmp_path: Pa
     writer.close()  # as the kernel does when the writer's process ends
     assert Journal.wait_for_writers(path, timeout_s=0.3)
     assert Journal.wait_for_writers(tmp_path / "no-such.jsonl", timeout_s=0.3)
+
+
+def test_a_cancelled_caller_still_gets_its_lines_and_the_journal_waits(tmp_path: Path) -> None:
+    """A row cut mid-POST (a forced stop, an aborted batch): its caller is cancelled, but
+    the process still journals the id when Ideogram answers. The id must reach the run
+    too (it copies it to the store), and the run must not delete the journal until then
+    (``drained``)."""
+    written: list[dict[str, Any]] = []
+    with Simulator(SimulatorConfig(submit_latency_s=1.0)) as sim:
+
+        async def go() -> tuple[bool, bool]:
+            process = SubmitProcess(
+                sim.base_url, sim.api_key, timeout_s=30.0, connections=4, threads=4
+            )
+            try:
+                lines = _lines(_journal(tmp_path), written)
+                post = asyncio.ensure_future(
+                    process.post(v2_path(REQUEST), v2_body(REQUEST), None, lines)
+                )
+                while not written:  # the intent is journaled: the POST is leaving
+                    await asyncio.sleep(0.01)
+                post.cancel()
+                early = await process.drained(0.2)
+                return early, await process.drained(10.0)
+            finally:
+                process.close()
+
+        early, late = asyncio.run(go())
+    assert (early, late) == (False, True)
+    assert [line["event"] for line in written] == ["intent", "submitted"]
+    assert written == Journal.read(_journal(tmp_path))
+
+
+def test_a_retry_cut_off_by_the_process_dying_is_not_sent_again(tmp_path: Path) -> None:
+    """A job without an intent (a retry: its intent went with the first try) whose
+    process dies with the POST on the wire: Ideogram may have it, so the run must report
+    the answer lost (the row ends ``unknown``), never send it again from its threads as
+    if nothing had left (ChannelGone)."""
+    written: list[dict[str, Any]] = []
+    with Simulator(SimulatorConfig(submit_latency_s=5.0)) as sim:
+
+        async def go() -> None:
+            process = SubmitProcess(
+                sim.base_url, sim.api_key, timeout_s=30.0, connections=4, threads=4
+            )
+            try:
+                lines = replace(_lines(_journal(tmp_path), written), intent=None)
+                post = asyncio.ensure_future(
+                    process.post(v2_path(REQUEST), v2_body(REQUEST), None, lines)
+                )
+                while not sim.stats.requests_by_route:
+                    await asyncio.sleep(0.01)
+                os.kill(process.pid, signal.SIGKILL)
+                with pytest.raises(ResponseLost):
+                    await post
+            finally:
+                process.close()
+
+        asyncio.run(go())
+    assert written == []

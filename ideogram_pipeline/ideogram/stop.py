@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 
 __all__ = ["SendsStopped", "StopSwitch"]
+
+logger = logging.getLogger(__name__)
 
 
 class SendsStopped(Exception):
@@ -63,7 +66,10 @@ class StopSwitch:
             self.thrown = True
             self.reason = reason
             for listener in self._listeners:
-                listener()
+                try:
+                    listener()
+                except Exception:  # the stop itself must happen whatever a listener does
+                    logger.exception("a stop listener failed")
         if self._event is not None:
             self._event.set()
 

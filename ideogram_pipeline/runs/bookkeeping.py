@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ideogram_pipeline.ideogram.generation import GenerationRequest
-from ideogram_pipeline.ideogram.submit_channel import JournalLine, SubmitLines
+from ideogram_pipeline.ideogram.submit_channel import JournalLine, SubmitChannel, SubmitLines
 from ideogram_pipeline.runs.journal import Journal
-from ideogram_pipeline.runs.ledger import Ledger, LedgerEvent
+from ideogram_pipeline.runs.ledger import ANSWER_WAIT_S, Ledger, LedgerEvent
 from ideogram_pipeline.runs.pools import RunPools
 from ideogram_pipeline.runs.retrying import StorageRetry, retry_storage
 from ideogram_pipeline.storage import LocalStore, NoSpaceLeft
@@ -56,8 +56,11 @@ class LedgerWriter:
         on_retry: Callable[[BaseException], None],
         on_no_space: Callable[[NoSpaceLeft], None],
         no_space: Callable[[], NoSpaceLeft | None],
+        channel: Callable[[], SubmitChannel | None] = lambda: None,
     ) -> None:
         self.ledger = ledger
+        #: The run's submitting process, which appends to this run's journal too.
+        self.channel = channel
         self.pools = pools
         self.retry = retry
         self.on_retry = on_retry
@@ -188,7 +191,11 @@ class LedgerWriter:
         Deferred events (a local root) are copied now, except those of the ``concluded``
         rows (every record written). Without ``concluded`` (a run cut short, whose rows
         may be half recorded) nothing is copied and the journal stays, as after a kill.
+        So it does while the submitting process may still append to it (a POST whose row
+        was cut is answered later): it holds the journal, and the next run waits for it.
         """
+        channel = self.channel()
+        answered = channel is None or await channel.drained(timeout_s or ANSWER_WAIT_S)
         if self.ledger.deferred is not None:
             if concluded is None:
                 return
@@ -203,7 +210,7 @@ class LedgerWriter:
             done, late = await asyncio.wait(pending, timeout=timeout_s)
             if late or any(task.exception() is not None for task in done):
                 return
-        if self._no_space() is not None:
+        if self._no_space() is not None or not answered:
             return  # some events are in the journal only: it stays for the next run
         # Every event of this run's journal (and of those loaded) is in the store.
         await asyncio.to_thread(self.ledger.finish_journal)

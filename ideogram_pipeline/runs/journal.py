@@ -171,7 +171,13 @@ class Journal:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 self._hold_reserve(use_reserve=False)  # NoSpaceLeft: no intent can be written
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except OSError as exc:  # no locks here (some network filesystems): appends work
+                logger.warning(
+                    f"journal {self.path} cannot be locked ({exc.strerror or exc}): a run "
+                    "taking over after a kill will not wait for its last answers"
+                )
 
     @staticmethod
     def wait_for_writers(path: Path, timeout_s: float) -> bool:
@@ -180,7 +186,7 @@ class Journal:
         it lets go. False if it still held on after ``timeout_s``."""
         try:
             fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
+        except OSError:  # gone (nothing to wait for) or unreadable (read() will say)
             return True
         try:
             deadline = time.monotonic() + timeout_s
@@ -199,6 +205,8 @@ class Journal:
                         )
                         told = True
                     time.sleep(0.05)
+                except OSError:  # no locks here: nobody can say, so nothing is waited for
+                    return True
         finally:
             os.close(fd)
 

@@ -261,10 +261,13 @@ class Ledger:
         the store stays the whole ledger and those journals can be deleted."""
         if self.journal is None:
             return []
-        self.earlier_journals = self.journal.earlier()
-        for path in self.earlier_journals:  # a killed run's POSTs on the wire: their ids
-            Journal.wait_for_writers(path, ANSWER_WAIT_S)
-        events = [body for path in self.earlier_journals for body in Journal.read(path)]
+        found = self.journal.earlier()
+        # A killed run's POSTs on the wire: their ids. A journal whose writer still holds
+        # it after the wait is read now but not deleted at the end: more may come.
+        self.earlier_journals = [
+            path for path in found if Journal.wait_for_writers(path, ANSWER_WAIT_S)
+        ]
+        events = [body for path in found for body in Journal.read(path)]
         withdrawn = {
             (body["row"], body["request_hash"], body["attempt_id"])
             for body in events

@@ -217,13 +217,14 @@ def _execute_leased(
                 url_policy=UrlPolicy.from_settings(settings, endpoint.base_url),
             ) as client:
                 client.read_reference = store.get_bytes
-                if settings.api_mode == "async":  # up while the batch is read and planned
+                if settings.api_mode == "async" and not dry_run:  # up while the batch is planned
                     client.use_channel(
                         SubmitProcess.start(
                             endpoint.base_url,
                             endpoint.api_key,
                             timeout_s=client.generate_timeout_s,
                             connections=max(settings.batch_inflight * 2, 20),
+                            threads=settings.batch_inflight,
                         )
                     )
                 loop = asyncio.get_running_loop()

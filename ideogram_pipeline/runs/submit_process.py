@@ -25,6 +25,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,10 +47,12 @@ START_TIMEOUT_S = 15.0
 
 @dataclass
 class _Waiting:
+    job_id: int
     future: asyncio.Future[httpx.Response]
     loop: asyncio.AbstractEventLoop
     lines: SubmitLines
-    intent_written: bool = False
+    #: The process said its POST may have left (its intent is written, or it is sending).
+    sent: bool = False
 
 
 class SubmitProcess:
@@ -59,7 +62,9 @@ class SubmitProcess:
     from threads of the run's own process, as before.
     """
 
-    def __init__(self, base_url: str, api_key: str, *, timeout_s: float, connections: int) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, *, timeout_s: float, connections: int, threads: int
+    ) -> None:
         ours, theirs = multiprocessing.Pipe()
         self._conn = ours
         try:
@@ -69,12 +74,23 @@ class SubmitProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,  # it prints nothing; its errors go to stderr
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
-        self._conn.send(Settings(base_url, api_key, timeout_s, connections))
+        try:
+            self._conn.send(Settings(base_url, api_key, timeout_s, connections, threads))
+        except BaseException:
+            self._process.kill()
+            self._process.wait()
+            ours.close()
+            raise
         self._ready = threading.Event()
         self._lost = False
         self._waiting: dict[int, _Waiting] = {}
+        #: Jobs whose outcome has not reached the event loop yet (cancelled ones included).
+        self._unsettled: set[int] = set()
         self._lock = threading.Lock()
         self._next_id = 0
         self._reader = threading.Thread(target=self._read, name="submit-answers", daemon=True)
@@ -82,11 +98,13 @@ class SubmitProcess:
 
     @classmethod
     def start(
-        cls, base_url: str, api_key: str, *, timeout_s: float, connections: int
+        cls, base_url: str, api_key: str, *, timeout_s: float, connections: int, threads: int
     ) -> SubmitProcess | None:
         """A started process, or None (logged) where none can be started."""
         try:
-            return cls(base_url, api_key, timeout_s=timeout_s, connections=connections)
+            return cls(
+                base_url, api_key, timeout_s=timeout_s, connections=connections, threads=threads
+            )
         except OSError as exc:
             logger.info(f"submissions leave from the run's threads (no process: {exc})")
             return None
@@ -115,19 +133,35 @@ class SubmitProcess:
                 raise ChannelGone("the submitting process is gone")
             self._next_id += 1
             job_id = self._next_id
-            self._waiting[job_id] = _Waiting(future, loop, lines)
+            self._waiting[job_id] = _Waiting(job_id, future, loop, lines)
+            self._unsettled.add(job_id)
         job = SubmitJob(
             job_id, path, json_body, parts, str(lines.journal), lines.intent, lines.submitted
         )
         try:
             with self._lock:
                 self._conn.send(job)
-        except OSError as exc:
+        except Exception as exc:  # nothing reached the process: the threads send instead
             with self._lock:
                 self._waiting.pop(job_id, None)
-            self._lost = True
+                self._unsettled.discard(job_id)
+            if isinstance(exc, OSError):
+                self._lost = True
+            else:
+                logger.warning(f"a submission could not be handed to the process: {exc!r}")
             raise ChannelGone(f"the submitting process is gone ({exc})") from exc
         return await future
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait until every job sent has its outcome on the event loop, its journal lines
+        handed to the run (a job whose caller was cancelled included): until then the
+        process may still append to the run's journal. False after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while self._unsettled:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     def stop(self) -> None:
         """No new POST leaves from now on (each job checks before its intent)."""
@@ -142,61 +176,77 @@ class SubmitProcess:
             self._conn.send(None)
 
     def _read(self) -> None:
+        try:
+            self._read_answers()
+        except Exception:  # a bug of ours: the jobs waiting end as if the process died
+            logger.exception("reading the submitting process's answers failed")
+        finally:
+            self._lost = True
+            self._ready.set()
+            with self._lock:
+                orphans, self._waiting = list(self._waiting.values()), {}
+                self._conn.close()
+            for waiting in orphans:
+                self._settle_soon(waiting, "gone", [])
+            self._process.wait()
+
+    def _read_answers(self) -> None:
         while True:
             try:
                 message = self._conn.recv()
             except (EOFError, OSError, pickle.UnpicklingError):
-                break  # the process ended (after close) or died
+                return  # the process ended (after close) or died
             kind, *rest = message
             if kind == "ready":
                 self._ready.set()
                 continue
             job_id = rest[0]
             with self._lock:
-                waiting = self._waiting.get(job_id) if kind == "intent" else None
-                if kind != "intent":
+                if kind in ("intent", "sending"):
+                    waiting = self._waiting.get(job_id)
+                else:
                     waiting = self._waiting.pop(job_id, None)
             if waiting is not None:
-                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                    waiting.loop.call_soon_threadsafe(self._settle, waiting, kind, rest[1:])
-        self._lost = True
-        self._ready.set()
-        with self._lock:
-            orphans, self._waiting = list(self._waiting.values()), {}
-        for waiting in orphans:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                waiting.loop.call_soon_threadsafe(self._settle, waiting, "gone", [])
-        self._conn.close()
-        self._process.wait()
+                self._settle_soon(waiting, kind, rest[1:])
 
-    @staticmethod
-    def _settle(waiting: _Waiting, kind: str, rest: list[Any]) -> None:
-        """On the event loop: hand written lines to the run, then end the POST's wait."""
-        if waiting.future.done():
+    def _settle_soon(self, waiting: _Waiting, kind: str, rest: list[Any]) -> None:
+        try:
+            waiting.loop.call_soon_threadsafe(self._settle, waiting, kind, rest)
+        except RuntimeError:  # the loop is closed: nobody waits
+            self._unsettled.discard(waiting.job_id)
+
+    def _settle(self, waiting: _Waiting, kind: str, rest: list[Any]) -> None:
+        """On the event loop: hand written lines to the run (even when its caller was
+        cancelled: they are in the journal, so the store must have them), then end the
+        POST's wait."""
+        if kind in ("intent", "sending"):
+            waiting.sent = True
+            if kind == "intent":
+                waiting.lines.written(rest[0])
             return
-        if kind == "intent":
-            waiting.intent_written = True
-            waiting.lines.written(rest[0])
+        self._unsettled.discard(waiting.job_id)
+        if kind == "answer" and rest[3] is not None:
+            waiting.lines.written(rest[3])
+        future = waiting.future
+        if future.done():
             return
         if kind == "answer":
-            status, headers, content, submitted = rest
-            if submitted is not None:
-                waiting.lines.written(submitted)
-            waiting.future.set_result(httpx.Response(status, headers=headers, content=content))
+            status, headers, content, _submitted = rest
+            future.set_result(httpx.Response(status, headers=headers, content=content))
         elif kind == "stopped":
-            waiting.future.set_exception(SendsStopped("not sent: the run is stopping"))
+            future.set_exception(SendsStopped("not sent: the run is stopping"))
         elif kind == "no_space":
-            waiting.future.set_exception(NoSpaceLeft(rest[0]))
+            future.set_exception(NoSpaceLeft(rest[0]))
         elif kind == "unwritable":
-            waiting.future.set_exception(OSError(f"the journal refused an intent: {rest[0]}"))
+            future.set_exception(OSError(f"the journal refused an intent: {rest[0]}"))
         elif kind == "failed":
-            waiting.future.set_exception(_translated(_httpx_error(*rest)))
-        elif waiting.intent_written:  # the process died mid-POST: only Ideogram knows
-            waiting.future.set_exception(
+            future.set_exception(_translated(_httpx_error(*rest)))
+        elif waiting.sent:  # the process died mid-POST: only Ideogram knows
+            future.set_exception(
                 _translated(httpx.RemoteProtocolError("the submitting process died"))
             )
         else:
-            waiting.future.set_exception(ChannelGone("the submitting process died"))
+            future.set_exception(ChannelGone("the submitting process died"))
 
 
 def _httpx_error(error_type: str, text: str) -> httpx.HTTPError:

@@ -6,7 +6,8 @@ before a run's first request: it starts while the run reads its batch.
 Messages are pickled tuples over one duplex pipe. To the process: a :class:`Settings`
 first (the API key never goes on a command line), then :class:`SubmitJob`\\ s, ``"stop"``
 (send nothing new) or ``None`` (no more work). From it: ``("ready",)``, then for each job
-``("intent", id, line)`` once its intent is durable, and one outcome:
+``("intent", id, line)`` once its intent is durable (``("sending", id)`` instead for a job
+without one, a retry: either says a POST may have left), and one outcome:
 ``("answer", id, status, headers, content, line)``, ``("stopped", id)``,
 ``("no_space", id, folder)``, ``("unwritable", id, text)`` (the journal refused the
 intent: nothing sent) or ``("failed", id, httpx error type, text)``.
@@ -35,8 +36,6 @@ __all__ = ["ENTRY", "Settings", "SubmitJob", "serve"]
 
 #: How the run starts this process: ``python -c ENTRY <pipe descriptor>``.
 ENTRY = "from ideogram_pipeline.runs.submit_worker import main; main()"
-#: Submissions answer in milliseconds: a few threads carry any in-flight limit.
-THREADS = 8
 
 Line = dict[str, Any]
 
@@ -47,6 +46,8 @@ class Settings:
     api_key: str
     timeout_s: float
     connections: int
+    #: One per slot of the run's in-flight limit: a job never waits behind another's POST.
+    threads: int
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,12 @@ class _Served:
         """The run's journal file at ``path``, held open (and locked) until this process
         ends, so that a run taking over after a kill waits for the ids still to come."""
         with self.lock:
-            if path not in self.journals:
-                journal = self.journals[path] = Journal.at(Path(path))
+            journal = self.journals.get(path)
+            if journal is None:  # kept once open: a full disk is tried again next job
+                journal = Journal.at(Path(path))
                 journal.hold_open()
-            return self.journals[path]
+                self.journals[path] = journal
+            return journal
 
 
 def _now() -> str:
@@ -105,6 +108,8 @@ def _intent_post_id(served: _Served, job: SubmitJob) -> None:
             line = {**job.intent, "at": _now()}
             journal.append(line)
             served.reply(("intent", job.job_id, line))
+        else:
+            served.reply(("sending", job.job_id))
     except NoSpaceLeft as full:
         served.reply(("no_space", job.job_id, str(full.where)))
         return
@@ -137,7 +142,8 @@ def _intent_post_id(served: _Served, job: SubmitJob) -> None:
 def serve(conn: Connection) -> None:
     """Read jobs until the run says it is done or is gone; then wait for the POSTs already
     made (their ids are journaled) and exit."""
-    for signum in (signal.SIGINT, signal.SIGTERM):  # the run stops us, after a clean stop
+    # The run stops us, after a clean stop; a closed terminal (SIGHUP) kills the run alone.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     settings: Settings = conn.recv()
     reply_lock = threading.Lock()
@@ -156,7 +162,7 @@ def serve(conn: Connection) -> None:
     )
     served = _Served(http, reply)
     reply(("ready",))
-    with ThreadPoolExecutor(THREADS, thread_name_prefix="submit") as pool:
+    with ThreadPoolExecutor(settings.threads, thread_name_prefix="submit") as pool:
         while True:
             try:
                 message = conn.recv()
