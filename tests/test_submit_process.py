@@ -48,7 +48,8 @@ def _post(sim_url: str, key: str, lines: SubmitLines, *, stop: bool = False) -> 
         try:
             if stop:
                 process.stop()
-            return await process.post(v2_path(REQUEST), v2_body(REQUEST), None, lines)
+            post = process.post(v2_path(REQUEST), v2_body(REQUEST), None, lines)
+            return await asyncio.wait_for(post, timeout=30)
         finally:
             process.close()
 
@@ -268,3 +269,15 @@ def test_a_retry_cut_off_by_the_process_dying_is_not_sent_again(tmp_path: Path) 
 
         asyncio.run(go())
     assert written == []
+
+
+def test_a_compressed_answer_is_read(tmp_path: Path) -> None:
+    """An API behind a CDN may gzip its JSON. The process reads the answer decoded, so it
+    must not pass on the header saying it is compressed: the run's response decoded it
+    again (DecodingError inside the loop's callback) and the submission waited for ever."""
+    written: list[dict[str, Any]] = []
+    with running_simulator(SimulatorConfig(gzip_json=True)) as sim:
+        assert "gzip" in httpx.get(f"{sim.base_url}/sim/stats").headers["content-encoding"]
+        response = _post(sim.base_url, sim.api_key, _lines(_journal(tmp_path), written))
+    generation_id = response.json()["generation_id"]
+    assert [line.get("generation_id") for line in written] == [None, generation_id]

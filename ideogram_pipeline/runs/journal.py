@@ -183,7 +183,8 @@ class Journal:
     def wait_for_writers(path: Path, timeout_s: float) -> bool:
         """Wait until no process holds ``path`` open for writing (:meth:`hold_open`): a
         killed run's submitting process journals the ids of the POSTs it had made before
-        it lets go. False if it still held on after ``timeout_s``."""
+        it lets go. False if it still held on after ``timeout_s`` (or, where the
+        filesystem has no locks, if the file changed within ``timeout_s``: read it, keep it)."""
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:  # gone (nothing to wait for) or unreadable (read() will say)
@@ -205,8 +206,8 @@ class Journal:
                         )
                         told = True
                     time.sleep(0.05)
-                except OSError:  # no locks here: nobody can say, so nothing is waited for
-                    return True
+                except OSError:  # no locks here: a file quiet for timeout_s has no writer
+                    return time.time() - os.fstat(fd).st_mtime >= timeout_s
         finally:
             os.close(fd)
 

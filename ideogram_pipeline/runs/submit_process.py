@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
-import pickle
 import subprocess
 import sys
 import threading
@@ -176,25 +175,31 @@ class SubmitProcess:
             self._conn.send(None)
 
     def _read(self) -> None:
+        ended = "gone"
         try:
             self._read_answers()
-        except Exception:  # a bug of ours: the jobs waiting end as if the process died
+        except Exception:
+            # A bug of ours, or an answer that cannot be read: the process may still be
+            # sending, and what it says now would go unheard. It is stopped, and every job
+            # waiting is taken as sent (its row ends unknown), never handed to the threads.
             logger.exception("reading the submitting process's answers failed")
+            ended = "unheard"
+            self._process.kill()
         finally:
             self._lost = True
             self._ready.set()
             with self._lock:
                 orphans, self._waiting = list(self._waiting.values()), {}
                 self._conn.close()
-            for waiting in orphans:
-                self._settle_soon(waiting, "gone", [])
             self._process.wait()
+            for waiting in orphans:
+                self._settle_soon(waiting, ended, [])
 
     def _read_answers(self) -> None:
         while True:
             try:
                 message = self._conn.recv()
-            except (EOFError, OSError, pickle.UnpicklingError):
+            except (EOFError, OSError):
                 return  # the process ended (after close) or died
             kind, *rest = message
             if kind == "ready":
@@ -224,12 +229,21 @@ class SubmitProcess:
             if kind == "intent":
                 waiting.lines.written(rest[0])
             return
-        self._unsettled.discard(waiting.job_id)
-        if kind == "answer" and rest[3] is not None:
-            waiting.lines.written(rest[3])
+        try:
+            if kind in ("answer", "no_space") and rest[-1] is not None:
+                waiting.lines.written(rest[-1])  # the generation id
+            if not waiting.future.done():
+                self._outcome(waiting, kind, rest)
+        except Exception as exc:  # never leave the POST's caller waiting
+            logger.exception("a submission's answer could not be handed to the run")
+            if not waiting.future.done():
+                waiting.future.set_exception(_translated(httpx.DecodingError(str(exc))))
+        finally:
+            self._unsettled.discard(waiting.job_id)
+
+    @staticmethod
+    def _outcome(waiting: _Waiting, kind: str, rest: list[Any]) -> None:
         future = waiting.future
-        if future.done():
-            return
         if kind == "answer":
             status, headers, content, _submitted = rest
             future.set_result(httpx.Response(status, headers=headers, content=content))
@@ -241,7 +255,7 @@ class SubmitProcess:
             future.set_exception(OSError(f"the journal refused an intent: {rest[0]}"))
         elif kind == "failed":
             future.set_exception(_translated(_httpx_error(*rest)))
-        elif waiting.sent:  # the process died mid-POST: only Ideogram knows
+        elif waiting.sent or kind == "unheard":  # died mid-POST: only Ideogram knows
             future.set_exception(
                 _translated(httpx.RemoteProtocolError("the submitting process died"))
             )

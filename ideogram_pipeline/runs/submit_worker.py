@@ -9,7 +9,7 @@ first (the API key never goes on a command line), then :class:`SubmitJob`\\ s, `
 ``("intent", id, line)`` once its intent is durable (``("sending", id)`` instead for a job
 without one, a retry: either says a POST may have left), and one outcome:
 ``("answer", id, status, headers, content, line)``, ``("stopped", id)``,
-``("no_space", id, folder)``, ``("unwritable", id, text)`` (the journal refused the
+``("no_space", id, folder, line or None)``, ``("unwritable", id, text)`` (the journal refused the
 intent: nothing sent) or ``("failed", id, httpx error type, text)``.
 """
 
@@ -38,6 +38,8 @@ __all__ = ["ENTRY", "Settings", "SubmitJob", "serve"]
 ENTRY = "from ideogram_pipeline.runs.submit_worker import main; main()"
 
 Line = dict[str, Any]
+#: Headers about the body's encoding on the wire, which the answer's decoded body drops.
+WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ def _intent_post_id(served: _Served, job: SubmitJob) -> None:
         else:
             served.reply(("sending", job.job_id))
     except NoSpaceLeft as full:
-        served.reply(("no_space", job.job_id, str(full.where)))
+        served.reply(("no_space", job.job_id, str(full.where), None))
         return
     except OSError as exc:  # the journal cannot be written: nothing may be sent
         served.reply(("unwritable", job.job_id, str(exc)))
@@ -132,10 +134,16 @@ def _intent_post_id(served: _Served, job: SubmitJob) -> None:
         if submitted is not None:
             try:  # money spent: the journal's reserve may take it
                 journal.append(submitted, use_reserve=True)
-            except NoSpaceLeft as full:
-                served.reply(("no_space", job.job_id, str(full.where)))
+            except NoSpaceLeft as full:  # the run may still copy the id to the store
+                served.reply(("no_space", job.job_id, str(full.where), submitted))
                 return
-    headers = list(response.headers.multi_items())
+    # The body is decoded already: headers that describe its encoding on the wire would
+    # have the run's httpx.Response decode it again (a gzip answer raised DecodingError).
+    headers = [
+        (name, value)
+        for name, value in response.headers.multi_items()
+        if name.lower() not in WIRE_HEADERS
+    ]
     served.reply(("answer", job.job_id, response.status_code, headers, response.content, submitted))
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -434,7 +435,14 @@ def build_app(
             Route("/sim/stats", api.stats_endpoint, methods=["GET"]),
             Route("/sim/reset", api.reset_endpoint, methods=["POST"]),
         ],
-        middleware=[Middleware(RouteCounter, stats=api.stats)],
+        middleware=[
+            Middleware(RouteCounter, stats=api.stats),
+            *(
+                [Middleware(GZipMiddleware, minimum_size=0, exclude_content_types=("image/png",))]
+                if api.config.gzip_json
+                else []
+            ),
+        ],
     )
     app.state.stats = api.stats
     app.state.config = api.config

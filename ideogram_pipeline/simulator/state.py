@@ -50,6 +50,9 @@ class SimulatorConfig:
     random_seed: int = 0
     #: ``GET /v2/generations/{id}`` calls allowed per 10 s (Ideogram: 1,000 per organisation).
     poll_limit_per_10s: int = 1000
+    #: Answer JSON gzip-compressed to clients that accept it, as a CDN in front of an API
+    #: may (images stay as they are).
+    gzip_json: bool = False
     #: HMAC key for image URLs; derived from ``random_seed`` when unset.
     url_secret: str | None = field(default=None, repr=False)
 
