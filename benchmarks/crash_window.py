@@ -35,6 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ideogram_pipeline.runs.journal import Journal
 from ideogram_pipeline.simulator.server import Simulator, SimulatorConfig
 
 _PIPELINE = [sys.executable, "-c", "from ideogram_pipeline.cli import main; main()", "run"]
@@ -96,11 +97,7 @@ class TimedApp:
 def journal_windows(folder: Path, started: float) -> list[Window]:
     times: dict[str, dict[str, float]] = {}
     for path in folder.rglob("*.jsonl"):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # torn by the kill
+        for event in Journal.read(path):  # a line torn by the kill is skipped
             at = datetime.fromisoformat(event["at"]).timestamp()
             times.setdefault(event["attempt_id"], {})[event["event"]] = at
     return sorted(

@@ -15,7 +15,6 @@ windows it saw in the killed runs' journals.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -84,11 +83,7 @@ def _windows(journals: Path) -> dict[tuple[str, str], float]:
     for path in journals.rglob("*.jsonl"):
         Journal.wait_for_writers(path, timeout_s=30)
         times: dict[str, dict[str, float]] = {}
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # torn by the kill
+        for event in Journal.read(path):  # a line torn by the kill is skipped
             at = datetime.fromisoformat(event["at"]).timestamp()
             times.setdefault(event["attempt_id"], {})[event["event"]] = at
         for attempt, seen in times.items():
