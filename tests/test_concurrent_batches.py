@@ -24,11 +24,13 @@ from tests.conftest import make_env
 from tests.support.cli_runs import RUN
 
 LIMIT = 4
-#: Rows per batch, at 0.5 s each: 3 s of generation per batch at the limit, longer than
+#: Rows per batch, at LATENCY_S each: 6 s of generation per batch at the limit, longer than
 #: the two processes' start-ups ever differ, so the control case (each batch alone fills
 #: the account) really sends at once (with 16 rows at 0.2 s, 0.8 s each, a slow start of
-#: one process let the other finish first and the control saw no 429).
+#: one process let the other finish first and the control saw no 429; with 24 at 0.5 s,
+#: 3 s each, one process started 5.4 s after the other on a loaded machine).
 ROWS = 24
+LATENCY_S = 1.0
 
 
 def _batch(path: Path, name: str) -> Path:
@@ -41,7 +43,7 @@ def _batch(path: Path, name: str) -> Path:
 @pytest.mark.slow
 def test_two_batches_share_the_account(tmp_path: Path, concurrent_batches: int) -> None:
     (tmp_path / "home").mkdir()
-    config = SimulatorConfig(latency_s=0.5, max_inflight=LIMIT, image_scale=0.25)
+    config = SimulatorConfig(latency_s=LATENCY_S, max_inflight=LIMIT, image_scale=0.25)
     with running_simulator(config) as sim:
         env = make_env(
             storage=str(tmp_path / "storage"),

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.storage.event_log import SqliteEventLogStorage
 
 from ideogram_pipeline.defs.batches.assets import batch_images
 from ideogram_pipeline.defs.batches.metadata import RUN_PREFIX
 from ideogram_pipeline.defs.batches.partitions import BATCH_PARTITIONS
 from ideogram_pipeline.defs.resources import build_resources
 
-__all__ = ["LaunchResult", "materialize_batch"]
+__all__ = ["LaunchResult", "materialize_batch", "open_instance"]
 
 #: The job a CLI run is recorded under: the name `dg.materialize` gives its own, as before.
 BATCH_JOB_NAME = "__ephemeral_asset_job__"
@@ -46,16 +47,34 @@ def _summary(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return {key.removeprefix(RUN_PREFIX): _plain(value) for key, value in metadata.items()}
 
 
-def _instance() -> dg.DagsterInstance:
+def open_instance() -> dg.DagsterInstance:
     """The instance under DAGSTER_HOME, opened under a file lock: two CLI runs starting at
     once against a new SQLite instance would otherwise both try to create its tables."""
     lock_path = Path(os.environ["DAGSTER_HOME"]) / ".ideogram-pipeline.lock"
     with open(lock_path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            return dg.DagsterInstance.get()
+            instance = dg.DagsterInstance.get()
+            _finish_event_index(instance)
+            return instance
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _finish_event_index(instance: dg.DagsterInstance) -> None:
+    """Finish a SQLite event index whose creation a kill cut short.
+
+    Dagster creates ``history/runs/index.db`` table by table, stamps its schema version
+    last, and checks the file only when it is missing: after a run killed in between (its
+    first seconds on a new DAGSTER_HOME), every later run stored its rows but failed to
+    record its Dagster run ("requires the dynamic partitions table"). Dagster's first
+    connection to the index checks the stamp and creates what is missing; on a whole
+    index it finds the stamp and changes nothing.
+    """
+    storage = instance.event_log_storage
+    if isinstance(storage, SqliteEventLogStorage):
+        with storage.index_connection():
+            pass
 
 
 def materialize_batch(
@@ -70,7 +89,7 @@ def materialize_batch(
     ``instance``: the one to record in (a job's op passes its own), else DAGSTER_HOME's;
     ``resources``: the batch asset's (a job's op passes its own), else the environment's;
     ``run_id``: the run's id when the batch was started before it (``runs/handoff.py``)."""
-    instance = instance or _instance()
+    instance = instance or open_instance()
     if not instance.has_dynamic_partition(BATCH_PARTITIONS, key):
         instance.add_dynamic_partitions(BATCH_PARTITIONS, [key])
     # What `dg.materialize` builds, which takes no run id: one job of the batch asset.
