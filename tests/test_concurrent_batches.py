@@ -78,14 +78,16 @@ def test_two_batches_share_the_account(tmp_path: Path, concurrent_batches: int) 
         ("alpha", ROWS),
         ("beta", ROWS),
     ]
-    (_, a_start, a_end, _), (_, b_start, b_end, _) = spans
-    assert a_start < b_end and b_start < a_end  # the two batches really overlapped
-
     assert stats.max_images_inflight_seen <= LIMIT
     if concurrent_batches == 2:
+        (_, a_start, a_end, _), (_, b_start, b_end, _) = spans
+        assert a_start < b_end and b_start < a_end  # the two batches really overlapped
         assert stats.rate_limited == 0
     else:
-        assert stats.rate_limited > 0  # each batch alone fills the account: 429s (retried)
+        # Each batch alone fills the account: 429s (retried), which only sending at the
+        # same time can cause. Their stored spans need not overlap: the batch that got the
+        # slots first can keep them, and the other's retries get in only after it.
+        assert stats.rate_limited > 0
 
 
 def test_runs_starting_together_each_prove_the_root(tmp_path: Path) -> None:
