@@ -97,6 +97,7 @@ class TimedApp:
 def journal_windows(folder: Path, started: float) -> list[Window]:
     times: dict[str, dict[str, float]] = {}
     for path in folder.rglob("*.jsonl"):
+        Journal.wait_for_writers(path, timeout_s=30)  # the ids of POSTs still on the wire
         for event in Journal.read(path):  # a line torn by the kill is skipped
             at = datetime.fromisoformat(event["at"]).timestamp()
             times.setdefault(event["attempt_id"], {})[event["event"]] = at
@@ -162,7 +163,6 @@ def main() -> None:
         run.send_signal(signal.SIGKILL)
         run.wait()
         bare.wait()
-        time.sleep(0.5)  # the run's submitting process journals its last ids
     windows = journal_windows(work / "storage" / "journal", started)
     bare_spans = [(at - started, ms) for at, ms, _status in json.loads(bare_out.read_text())]
     server = [(at - started, ms) for at, ms in timed.spans]

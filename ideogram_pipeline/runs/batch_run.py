@@ -166,7 +166,7 @@ class BatchRun:
             on_retry=self._storage_retried,
             on_no_space=self._out_of_space,
             no_space=lambda: self.no_space,
-            channel=lambda: self.client.channel,
+            channel=client.channel,
         )
         self.done_rows = 0
         # Attempts whose intent is in the ledger: withdrawn if the run stops before sending.

@@ -56,7 +56,7 @@ class LedgerWriter:
         on_retry: Callable[[BaseException], None],
         on_no_space: Callable[[NoSpaceLeft], None],
         no_space: Callable[[], NoSpaceLeft | None],
-        channel: Callable[[], SubmitChannel | None] = lambda: None,
+        channel: SubmitChannel | None = None,
     ) -> None:
         self.ledger = ledger
         #: The run's submitting process, which appends to this run's journal too.
@@ -194,8 +194,7 @@ class LedgerWriter:
         So it does while the submitting process may still append to it (a POST whose row
         was cut is answered later): it holds the journal, and the next run waits for it.
         """
-        channel = self.channel()
-        answered = channel is None or await channel.drained(timeout_s or ANSWER_WAIT_S)
+        answered = self.channel is None or await self.channel.drained(timeout_s or ANSWER_WAIT_S)
         if self.ledger.deferred is not None:
             if concluded is None:
                 return

@@ -87,9 +87,8 @@ class SubmitProcess:
             raise
         self._ready = threading.Event()
         self._lost = False
+        #: Jobs until their outcome is settled on the event loop (cancelled ones included).
         self._waiting: dict[int, _Waiting] = {}
-        #: Jobs whose outcome has not reached the event loop yet (cancelled ones included).
-        self._unsettled: set[int] = set()
         self._lock = threading.Lock()
         self._next_id = 0
         self._reader = threading.Thread(target=self._read, name="submit-answers", daemon=True)
@@ -133,7 +132,6 @@ class SubmitProcess:
             self._next_id += 1
             job_id = self._next_id
             self._waiting[job_id] = _Waiting(job_id, future, loop, lines)
-            self._unsettled.add(job_id)
         job = SubmitJob(
             job_id, path, json_body, parts, str(lines.journal), lines.intent, lines.submitted
         )
@@ -143,7 +141,6 @@ class SubmitProcess:
         except Exception as exc:  # nothing reached the process: the threads send instead
             with self._lock:
                 self._waiting.pop(job_id, None)
-                self._unsettled.discard(job_id)
             if isinstance(exc, OSError):
                 self._lost = True
             else:
@@ -156,7 +153,7 @@ class SubmitProcess:
         handed to the run (a job whose caller was cancelled included): until then the
         process may still append to the run's journal. False after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        while self._unsettled:
+        while self._waiting:
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.01)
@@ -188,8 +185,8 @@ class SubmitProcess:
         finally:
             self._lost = True
             self._ready.set()
-            with self._lock:
-                orphans, self._waiting = list(self._waiting.values()), {}
+            with self._lock:  # outcomes already on their way to the loop settle first
+                orphans = list(self._waiting.values())
                 self._conn.close()
             self._process.wait()
             for waiting in orphans:
@@ -205,12 +202,8 @@ class SubmitProcess:
             if kind == "ready":
                 self._ready.set()
                 continue
-            job_id = rest[0]
             with self._lock:
-                if kind in ("intent", "sending"):
-                    waiting = self._waiting.get(job_id)
-                else:
-                    waiting = self._waiting.pop(job_id, None)
+                waiting = self._waiting.get(rest[0])
             if waiting is not None:
                 self._settle_soon(waiting, kind, rest[1:])
 
@@ -218,7 +211,11 @@ class SubmitProcess:
         try:
             waiting.loop.call_soon_threadsafe(self._settle, waiting, kind, rest)
         except RuntimeError:  # the loop is closed: nobody waits
-            self._unsettled.discard(waiting.job_id)
+            self._forget(waiting)
+
+    def _forget(self, waiting: _Waiting) -> None:
+        with self._lock:
+            self._waiting.pop(waiting.job_id, None)
 
     def _settle(self, waiting: _Waiting, kind: str, rest: list[Any]) -> None:
         """On the event loop: hand written lines to the run (even when its caller was
@@ -239,7 +236,7 @@ class SubmitProcess:
             if not waiting.future.done():
                 waiting.future.set_exception(_translated(httpx.DecodingError(str(exc))))
         finally:
-            self._unsettled.discard(waiting.job_id)
+            self._forget(waiting)
 
     @staticmethod
     def _outcome(waiting: _Waiting, kind: str, rest: list[Any]) -> None:
